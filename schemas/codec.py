@@ -1,0 +1,233 @@
+"""Bytes <-> records: the Confluent wire format (Avro), the JSON form, and our output records.
+
+Decoding never raises anything but `RejectedInput` (bad bytes: a dead letter) or
+`TransientSchemaError` (the registry cannot be reached: retry, never a dead letter).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import fastavro
+import orjson
+
+from schemas.event import AuditEvent, InvalidEvent, Limits, event_from_mapping
+from schemas.registry import FIXED_IDS, NAME_BY_ID, parsed
+
+MAGIC = 0
+_HEADER = struct.Struct(">bI")
+
+
+class RejectedInput(Exception):
+    """Input that cannot be accepted. `reason` is the dead-letter reason code."""
+
+    def __init__(self, reason: str, message: str, stage: str, event_id: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.stage = stage
+        self.event_id = event_id
+
+
+class TransientSchemaError(Exception):
+    """The schema registry could not answer; the message must be retried, not dead-lettered."""
+
+
+class SchemaResolver(Protocol):
+    """Finds the writer schema for a wire-format schema id."""
+
+    def writer_schema(self, schema_id: int) -> Any | None:
+        """The parsed writer schema, or None when the id is unknown (a dead letter).
+        Raises TransientSchemaError when the answer cannot be had right now."""
+        ...
+
+
+class BundledSchemas:
+    """Resolves the fixed ids of the schemas shipped in `schemas/`, for setups without a
+    registry."""
+
+    def writer_schema(self, schema_id: int) -> Any | None:
+        name = NAME_BY_ID.get(schema_id)
+        return None if name is None else parsed(name)
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    event: AuditEvent
+    original_format: str  # AVRO or JSON
+
+
+def _decode_avro(value: bytes, resolver: SchemaResolver) -> Any:
+    if len(value) < 5:
+        raise RejectedInput(
+            "avro_decode_error",
+            f"{len(value)} bytes is shorter than the 5-byte wire header",
+            "decode",
+        )
+    magic, schema_id = _HEADER.unpack_from(value)
+    if magic != MAGIC:
+        raise RejectedInput("bad_magic_byte", f"magic byte {magic} is not 0", "decode")
+    writer = resolver.writer_schema(schema_id)
+    if writer is None:
+        raise RejectedInput("unknown_schema_id", f"schema id {schema_id} is not known", "decode")
+    reader = parsed("audit_event")
+    buf = io.BytesIO(value)
+    buf.seek(5)
+    try:
+        if writer is reader:
+            record = fastavro.schemaless_reader(buf, writer, None)
+        else:
+            record = fastavro.schemaless_reader(buf, writer, reader)
+    except (
+        Exception
+    ) as e:  # fastavro raises EOFError, ValueError, IndexError, SchemaResolutionError...
+        raise RejectedInput(
+            "avro_decode_error", f"schema id {schema_id}: {type(e).__name__}: {e}", "decode"
+        ) from None
+    if buf.tell() != len(value):
+        raise RejectedInput(
+            "avro_decode_error",
+            f"schema id {schema_id}: {len(value) - buf.tell()} trailing bytes after the record",
+            "decode",
+        )
+    return record
+
+
+def decode_event(
+    value: bytes | None,
+    *,
+    fmt: str,
+    resolver: SchemaResolver,
+    limits: Limits,
+    now_ms: int,
+) -> Decoded:
+    """Decode and validate one input message value. `fmt` is auto, avro or json: auto takes a
+    leading 0 byte as Avro wire format and a leading `{` as JSON."""
+    if value is None or len(value) == 0:
+        raise RejectedInput("empty_value", "the message has no value", "decode")
+    if len(value) > limits.max_value_bytes:
+        raise RejectedInput(
+            "oversize", f"value is {len(value)} bytes (max {limits.max_value_bytes})", "decode"
+        )
+    first = value[0]
+    if fmt == "avro" or (fmt == "auto" and first == MAGIC):
+        record = _decode_avro(value, resolver)
+        original = "AVRO"
+    elif fmt == "json" or (fmt == "auto" and first in b"{ \t\r\n"):
+        try:
+            record = orjson.loads(value)
+        except orjson.JSONDecodeError as e:
+            raise RejectedInput("json_decode_error", f"not valid JSON: {e}", "decode") from None
+        original = "JSON"
+    else:
+        raise RejectedInput(
+            "bad_magic_byte",
+            f"first byte 0x{first:02x} is neither the Avro wire-format magic byte 0 "
+            "nor the start of a JSON object",
+            "decode",
+        )
+    try:
+        event = event_from_mapping(record, limits, now_ms)
+    except InvalidEvent as e:
+        raise RejectedInput(e.reason, e.message, "validate") from None
+    return Decoded(event, original)
+
+
+def sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def _wire(schema_id: int, schema: Any, record: dict[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    buf.write(_HEADER.pack(MAGIC, schema_id))
+    fastavro.schemaless_writer(buf, schema, record)
+    return buf.getvalue()
+
+
+def encode_event_avro(record: dict[str, Any], schema_id: int = FIXED_IDS["audit_event"]) -> bytes:
+    """Wire-format Avro of an event in its Avro form (timestamp in epoch millis)."""
+    return _wire(schema_id, parsed("audit_event"), record)
+
+
+def encode_archive(
+    event: AuditEvent,
+    *,
+    original_format: str,
+    original_sha256: bytes,
+    topic: str | None,
+    partition: int | None,
+    offset: int | None,
+    archived_at_ms: int,
+    schema_id: int = FIXED_IDS["archive_record"],
+) -> bytes:
+    return _wire(
+        schema_id,
+        parsed("archive_record"),
+        {
+            "event": event.to_avro(),
+            "event_id_derived": event.event_id_derived,
+            "original_format": original_format,
+            "original_sha256": original_sha256,
+            "original_topic": topic,
+            "original_partition": partition,
+            "original_offset": offset,
+            "archived_at": archived_at_ms,
+        },
+    )
+
+
+def encode_dead_letter(
+    *,
+    reason: str,
+    message: str,
+    stage: str,
+    topic: str | None,
+    partition: int | None,
+    offset: int | None,
+    key: bytes | None,
+    value: bytes | None,
+    max_value_bytes: int,
+    rejected_at_ms: int,
+    event_id: str | None = None,
+    schema_id: int = FIXED_IDS["dead_letter"],
+) -> bytes:
+    """A dead letter keeps the raw bytes, truncated past `max_value_bytes` with a hash of the
+    whole so an operator can still match it to the producer's copy."""
+    raw = value or b""
+    return _wire(
+        schema_id,
+        parsed("dead_letter"),
+        {
+            "reason": reason,
+            "message": message[:2000],
+            "stage": stage,
+            "topic": topic,
+            "partition": partition,
+            "offset": offset,
+            "key": key[:max_value_bytes] if key is not None else None,
+            "value": raw[:max_value_bytes],
+            "value_truncated": len(raw) > max_value_bytes,
+            "value_size": len(raw),
+            "value_sha256": sha256(raw),
+            "event_id": event_id,
+            "rejected_at": rejected_at_ms,
+        },
+    )
+
+
+def decode_wire(value: bytes, name: str) -> dict[str, Any]:
+    """Read one of our own output records (archive_record, dead_letter) by its bundled id."""
+    if len(value) < 5 or value[0] != MAGIC:
+        raise ValueError(f"not Avro wire format: {value[:8]!r}")
+    record = fastavro.schemaless_reader(io.BytesIO(value[5:]), parsed(name), None)
+    assert isinstance(record, dict)
+    return record
+
+
+def decoder_for(name: str) -> Callable[[bytes], dict[str, Any]]:
+    return lambda value: decode_wire(value, name)

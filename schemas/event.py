@@ -1,0 +1,295 @@
+"""The audit event as one typed, frozen record, and its validation from a decoded mapping.
+
+Standard library only (plus orjson for canonical bytes), so detectors can import it. Both the
+Avro and the JSON form of an event end in `event_from_mapping`, so they are validated by the
+same rules and get the same derived event_id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+OUTCOMES = ("SUCCESS", "FAILURE", "DENIED")
+_OUTCOME_BY_UPPER = {o: o for o in OUTCOMES}
+REQUIRED_FIELDS = ("timestamp", "machine_id", "resource", "operation", "outcome")
+OPTIONAL_STRING_FIELDS = ("source_ip", "identity_type", "source")
+
+# Events before this are taken as a unit mistake (seconds sent as millis and the like).
+MIN_TIMESTAMP_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
+# Year 2300 in millis; a larger epoch number is microseconds or nanoseconds sent by mistake.
+_MAX_PLAUSIBLE_MS = 10_413_792_000_000
+
+_RFC3339 = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
+    r"(Z|z|[+-]\d{2}:?\d{2})$"
+)
+
+
+class InvalidEvent(ValueError):
+    """An event that decoded but is not acceptable; `reason` is the dead-letter reason code."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Validation limits; `streams.config` fills them from the user's configuration."""
+
+    max_value_bytes: int = 65_536
+    max_field_chars: int = 2_048
+    max_attributes: int = 64
+    max_future_ms: int = 3_600_000
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One access by a machine identity. `ts_us` keeps the precision the producer sent (an Avro
+    event has milliseconds, JSON may carry microseconds); the archive stores milliseconds."""
+
+    event_id: str
+    ts_us: int
+    machine_id: str
+    resource: str
+    operation: str
+    outcome: str
+    source_ip: str | None = None
+    identity_type: str | None = None
+    source: str | None = None
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    event_id_derived: bool = False
+
+    @property
+    def timestamp_ms(self) -> int:
+        return self.ts_us // 1000
+
+    @property
+    def time(self) -> datetime:
+        return datetime.fromtimestamp(self.ts_us / 1_000_000, tz=UTC)
+
+    def to_avro(self) -> dict[str, Any]:
+        """The record for the (logical-type-stripped) AuditEvent schema."""
+        return {
+            "event_id": self.event_id,
+            "timestamp": self.timestamp_ms,
+            "machine_id": self.machine_id,
+            "resource": self.resource,
+            "operation": self.operation,
+            "outcome": self.outcome,
+            "source_ip": self.source_ip,
+            "identity_type": self.identity_type,
+            "source": self.source,
+            "attributes": dict(self.attributes),
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form: like Avro, but the timestamp as RFC 3339 UTC with milliseconds."""
+        out = self.to_avro()
+        out["timestamp"] = format_rfc3339_ms(self.timestamp_ms)
+        return out
+
+    def content_digest(self) -> bytes:
+        """16 bytes identifying the event's archived content (millisecond precision, event_id
+        excluded): two events with one event_id and equal digests are the same event re-sent."""
+        return hashlib.blake2b(
+            _canonical_bytes(self, self.timestamp_ms * 1000), digest_size=16
+        ).digest()
+
+
+def format_rfc3339_ms(ms: int) -> str:
+    dt = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def _canonical_bytes(ev: AuditEvent, ts_us: int) -> bytes:
+    return orjson.dumps(
+        [
+            "v1",
+            ts_us,
+            ev.machine_id,
+            ev.resource,
+            ev.operation,
+            ev.outcome,
+            ev.source_ip,
+            ev.identity_type,
+            ev.source,
+            sorted(ev.attributes.items()),
+        ]
+    )
+
+
+def derive_event_id(ev: AuditEvent) -> str:
+    """The id of an event that came without one: a hash of all its fields at the precision it
+    was sent with, so a re-sent event gets the same id. 128 bits: a collision between two
+    different events is not expected in practice; if one happened, the later event would be
+    dead-lettered as a conflicting duplicate (kept, not lost). Two events equal in every field,
+    to the microsecond, are indistinguishable by design and archived once; producers that can
+    emit such twins must send their own event_id."""
+    return "h-" + hashlib.blake2b(_canonical_bytes(ev, ev.ts_us), digest_size=16).hexdigest()
+
+
+def parse_timestamp_us(value: Any) -> int:
+    """Epoch milliseconds (int, float or digit string) or RFC 3339 text -> epoch microseconds."""
+    if isinstance(value, bool):
+        raise InvalidEvent(
+            "bad_timestamp", f"timestamp must be RFC 3339 or epoch millis, got {value!r}"
+        )
+    if isinstance(value, int):
+        return value * 1000
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidEvent("bad_timestamp", f"timestamp is not a number: {value!r}")
+        return round(value * 1000)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.isdigit():
+            return int(text) * 1000
+        m = _RFC3339.match(text)
+        if m is None:
+            raise InvalidEvent(
+                "bad_timestamp", f"timestamp {value!r} is neither RFC 3339 nor epoch milliseconds"
+            )
+        year, month, day, hour, minute, sec, frac, tz = m.groups()
+        try:
+            base = datetime(
+                int(year), int(month), int(day), int(hour), int(minute), int(sec), tzinfo=UTC
+            )
+        except ValueError as e:
+            raise InvalidEvent("bad_timestamp", f"timestamp {value!r}: {e}") from None
+        us = int(base.timestamp()) * 1_000_000 + (int((frac or "0").ljust(6, "0")[:6]))
+        if tz not in ("Z", "z"):
+            sign = 1 if tz[0] == "+" else -1
+            digits = tz[1:].replace(":", "")
+            offset_min = int(digits[:2]) * 60 + int(digits[2:])
+            us -= sign * offset_min * 60_000_000
+        return us
+    raise InvalidEvent(
+        "bad_timestamp", f"timestamp must be RFC 3339 or epoch millis, got {value!r}"
+    )
+
+
+def _required_str(d: Mapping[str, Any], name: str, limits: Limits) -> str:
+    value = d.get(name)
+    if value is None:
+        raise InvalidEvent("missing_field", f"required field {name!r} is missing")
+    if not isinstance(value, str):
+        raise InvalidEvent(
+            "invalid_field", f"field {name!r} must be a string, got {type(value).__name__}"
+        )
+    if not value:
+        raise InvalidEvent("missing_field", f"required field {name!r} is empty")
+    if len(value) > limits.max_field_chars:
+        raise InvalidEvent(
+            "oversize", f"field {name!r} has {len(value)} characters (max {limits.max_field_chars})"
+        )
+    return value
+
+
+def _optional_str(d: Mapping[str, Any], name: str, limits: Limits) -> str | None:
+    value = d.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidEvent("invalid_field", f"field {name!r} must be a string or null")
+    if len(value) > limits.max_field_chars:
+        raise InvalidEvent(
+            "oversize", f"field {name!r} has {len(value)} characters (max {limits.max_field_chars})"
+        )
+    return value
+
+
+def event_from_mapping(d: Any, limits: Limits, now_ms: int) -> AuditEvent:
+    """Validate a decoded event (Avro record or JSON object) and build the typed event.
+
+    Raises InvalidEvent with a dead-letter reason code. `now_ms` is processing time: an event
+    more than `limits.max_future_ms` ahead of it is rejected, since clocks that far off make
+    every time-based baseline wrong.
+    """
+    if not isinstance(d, Mapping):
+        raise InvalidEvent("invalid_field", f"an event must be an object, got {type(d).__name__}")
+    if "timestamp" not in d or d["timestamp"] is None:
+        raise InvalidEvent("missing_field", "required field 'timestamp' is missing")
+    ts_us = parse_timestamp_us(d["timestamp"])
+    ts_ms = ts_us // 1000
+    if ts_ms < MIN_TIMESTAMP_MS or ts_ms > _MAX_PLAUSIBLE_MS:
+        raise InvalidEvent(
+            "bad_timestamp", f"timestamp {d['timestamp']!r} is outside 2000-01-01 .. 2300-01-01"
+        )
+    if ts_ms > now_ms + limits.max_future_ms:
+        raise InvalidEvent(
+            "timestamp_in_future",
+            f"timestamp {format_rfc3339_ms(ts_ms)} is {(ts_ms - now_ms) / 1000:.0f} s ahead of "
+            f"processing time (max {limits.max_future_ms / 1000:.0f} s)",
+        )
+    machine_id = _required_str(d, "machine_id", limits)
+    resource = _required_str(d, "resource", limits)
+    operation = _required_str(d, "operation", limits)
+    raw_outcome = d.get("outcome")
+    if raw_outcome is None:
+        raise InvalidEvent("missing_field", "required field 'outcome' is missing")
+    outcome = _OUTCOME_BY_UPPER.get(raw_outcome.upper()) if isinstance(raw_outcome, str) else None
+    if outcome is None:
+        raise InvalidEvent(
+            "invalid_field", f"outcome {raw_outcome!r} is not one of {', '.join(OUTCOMES)}"
+        )
+    attrs_raw = d.get("attributes")
+    attributes: dict[str, str] = {}
+    if attrs_raw is not None:
+        if not isinstance(attrs_raw, Mapping):
+            raise InvalidEvent("invalid_field", "attributes must be an object of strings")
+        if len(attrs_raw) > limits.max_attributes:
+            raise InvalidEvent(
+                "oversize", f"{len(attrs_raw)} attributes (max {limits.max_attributes})"
+            )
+        for k, v in attrs_raw.items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                raise InvalidEvent(
+                    "invalid_field", f"attribute {k!r} must map a string to a string"
+                )
+            if len(k) + len(v) > limits.max_field_chars:
+                raise InvalidEvent(
+                    "oversize", f"attribute {k!r} is longer than {limits.max_field_chars}"
+                )
+            attributes[k] = v
+    given_id = d.get("event_id")
+    if given_id is not None and not isinstance(given_id, str):
+        raise InvalidEvent("invalid_field", "event_id must be a string or null")
+    if given_id is not None and len(given_id) > 256:
+        raise InvalidEvent("oversize", f"event_id has {len(given_id)} characters (max 256)")
+    ev = AuditEvent(
+        event_id=given_id or "",
+        ts_us=ts_us,
+        machine_id=machine_id,
+        resource=resource,
+        operation=operation,
+        outcome=outcome,
+        source_ip=_optional_str(d, "source_ip", limits),
+        identity_type=_optional_str(d, "identity_type", limits),
+        source=_optional_str(d, "source", limits),
+        attributes=attributes,
+    )
+    if given_id:
+        return ev
+    return AuditEvent(
+        event_id=derive_event_id(ev),
+        ts_us=ts_us,
+        machine_id=ev.machine_id,
+        resource=ev.resource,
+        operation=ev.operation,
+        outcome=ev.outcome,
+        source_ip=ev.source_ip,
+        identity_type=ev.identity_type,
+        source=ev.source,
+        attributes=attributes,
+        event_id_derived=True,
+    )

@@ -1,0 +1,391 @@
+"""The `auditwatch` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+
+from streams.config import Config, ConfigError, load_config
+
+EPILOG = """\
+Quick start: `auditwatch demo` (local broker, processor, synthetic traffic with injected
+anomalies, alerts as they arrive). Every command takes --config FILE (YAML); see README.md.
+"""
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(getattr(args, "config", None))
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config", "-c", metavar="FILE", help="YAML config (default: built-in defaults)"
+    )
+
+
+def cmd_kafka(args: argparse.Namespace) -> int:
+    from streams import kafka_local
+
+    return kafka_local.main([args.action])
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from streams.topics import ensure_topics
+
+    cfg = _config(args)
+    status = 0
+    for r in ensure_topics(cfg):
+        if r.created:
+            print(f"created  {r.name}")
+        elif r.differences:
+            status = 1
+            print(f"DIFFERS  {r.name}: " + "; ".join(r.differences))
+        else:
+            print(f"ok       {r.name}")
+    if status:
+        print(
+            "existing topics were left unchanged; alter them deliberately if the "
+            "differences matter",
+            file=sys.stderr,
+        )
+    return status
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from streams.app import run
+
+    cfg = _config(args)
+    logging.getLogger("auditwatch").info(
+        "starting: bootstrap=%s group=%s input=%s guarantee=%s config_version=%s",
+        cfg.kafka.bootstrap(),
+        cfg.kafka.consumer_group,
+        cfg.topics.events,
+        cfg.kafka.processing_guarantee,
+        cfg.detectors.build().version(),
+    )
+    processor = run(cfg)
+    print(orjson.dumps(dict(sorted(processor.metrics.items()))).decode(), file=sys.stderr)
+    return 0
+
+
+def _synthetic_events(args: argparse.Namespace) -> tuple[Iterator[dict[str, Any]], int | None]:
+    import time
+
+    from streams.synthetic import SyntheticConfig, SyntheticTraffic, demo_config
+
+    now_ms = int(time.time() * 1000)
+    if args.hours is None and args.machines is None and args.anomalies is None:
+        sc = demo_config(now_ms)
+    else:
+        hours = args.hours or 3.0
+        anomalies = (
+            _kv_counts(args.anomalies) if args.anomalies else {"fan_out": 1, "rate_burst": 1}
+        )
+        sc = SyntheticConfig(
+            seed=args.seed,
+            start_ms=now_ms - int(hours * 3_600_000),
+            duration_s=hours * 3600,
+            machines=args.machines or 40,
+            warmup_s=hours * 3600 * 2 / 3,
+            anomalies=anomalies,
+            benign={},
+        )
+    traffic = SyntheticTraffic(sc)
+    for ep in traffic.episodes:
+        if ep.malicious:
+            print(f"injecting {ep.kind} on {ep.machine_id}: {ep.description}", file=sys.stderr)
+    return iter(traffic), traffic.expected_events()
+
+
+def _kv_counts(spec: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for part in spec.split(","):
+        name, _, n = part.partition("=")
+        out[name.strip()] = int(n or 1)
+    return out
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from streams.producer import produce_events
+    from streams.readers import parse_csv_map, read_records
+
+    cfg = _config(args)
+    if args.synthetic == bool(args.files):
+        print("give event FILES or --synthetic (one of them)", file=sys.stderr)
+        return 2
+    total: int | None
+    if args.synthetic:
+        events, total = _synthetic_events(args)
+    else:
+        csv_map = parse_csv_map(args.csv_map)
+        events = (orjson.loads(r.value) for r in read_records(args.files, args.format, csv_map))
+        total = None
+    stats = produce_events(
+        cfg, events, encoding=args.encoding, rate=args.rate, total=total, topic=args.topic
+    )
+    print(
+        f"sent {stats.sent:,} events to {args.topic or cfg.topics.events} in "
+        f"{stats.seconds:.1f} s ({stats.sent / max(stats.seconds, 1e-9):,.0f}/s); "
+        f"skipped {stats.skipped}, failed {stats.failed}",
+        file=sys.stderr,
+    )
+    return 1 if stats.failed else 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from streams.readers import parse_csv_map
+    from streams.replay import replay
+
+    cfg = _config(args)
+    dl = open(args.deadletter_out, "wb") if args.deadletter_out else None  # noqa: SIM115
+    try:
+        with open(args.alerts_out, "wb") as out:
+            result = replay(
+                cfg,
+                args.files,
+                out,
+                fmt=args.format,
+                csv_map=parse_csv_map(args.csv_map),
+                deadletter_out=dl,
+                progress=not args.quiet,
+            )
+    finally:
+        if dl is not None:
+            dl.close()
+    dead = ", ".join(f"{k} {v}" for k, v in sorted(result.dead_letters.items())) or "none"
+    print(
+        f"replayed {result.records:,} records: {result.events:,} events, "
+        f"{result.duplicates:,} duplicates, dead letters: {dead}; "
+        f"{result.pages} pages written to {args.alerts_out}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def format_alert_row(a: dict[str, Any]) -> list[str]:
+    return [
+        a["event_time"].replace("T", " ")[:19],
+        a["severity"].upper(),
+        a["status"],
+        a["machine_id"],
+        a["detector"],
+        f"{a['score']:.0f}",
+        a["summary"],
+    ]
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    from schemas.alert import SEVERITY_RANK
+    from streams.reading import read_topic
+
+    cfg = _config(args)
+    min_rank = SEVERITY_RANK[args.min_severity]
+    rows: list[list[str]] = []
+    console: Any = None
+    if not args.json:
+        from rich.console import Console
+
+        console = Console()
+    try:
+        for msg in read_topic(cfg, cfg.topics.alerts, follow=args.follow):
+            a = orjson.loads(msg.value())
+            if SEVERITY_RANK.get(a.get("severity"), 0) < min_rank:
+                continue
+            if args.json:
+                sys.stdout.write(orjson.dumps(a).decode() + "\n")
+                sys.stdout.flush()
+            elif args.follow:
+                console.print(_alert_line(a))
+            else:
+                rows.append(format_alert_row(a))
+    except KeyboardInterrupt:
+        return 0
+    if console is not None and not args.follow:
+        _print_table(console, rows)
+    return 0
+
+
+_STYLE = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "cyan", "info": "dim"}
+
+
+def _alert_line(a: dict[str, Any]) -> str:
+    sev = a["severity"]
+    return (
+        f"[{_STYLE[sev]}]{sev.upper():8}[/] {a['event_time'][:19].replace('T', ' ')} "
+        f"{a['status']:9} {a['detector']:13} {a['machine_id']}: {a['summary']}"
+    )
+
+
+def _print_table(console: Any, rows: list[list[str]]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{len(rows)} alert states")
+    for col in (
+        "event time (UTC)",
+        "severity",
+        "status",
+        "machine",
+        "detector",
+        "score",
+        "summary",
+    ):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(*r)
+    console.print(table)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from streams.demo import demo
+
+    return demo(duration_limit_s=args.max_seconds, rate=args.rate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="auditwatch",
+        description="Real-time auditing of machine-to-machine access from Kafka audit trails.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("AUDITWATCH_LOG_LEVEL", "INFO"),
+        help="logging level (default INFO, or $AUDITWATCH_LOG_LEVEL)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "demo",
+        help="run everything locally: broker, processor, synthetic traffic, alerts",
+        description="Start the local broker (if none is running), create demo topics, "
+        "run the processor, send synthetic traffic with injected anomalies and print "
+        "alerts as they arrive; then stop everything it started.",
+    )
+    p.add_argument(
+        "--rate", type=float, default=5000, help="events per second to send (default 5000)"
+    )
+    p.add_argument(
+        "--max-seconds", type=float, default=300, help="give up after this long (default 300)"
+    )
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "kafka",
+        help="manage the local development broker (no Docker)",
+        description="Fetch Kafka jars from Maven Central (once) and start/stop a "
+        "single-node KRaft broker on loopback.",
+    )
+    p.add_argument("action", choices=["fetch", "start", "stop", "status"])
+    p.set_defaults(func=cmd_kafka)
+
+    p = sub.add_parser(
+        "topics",
+        help="create auditwatch's topics",
+        description="Create the events, alerts, archive and dead-letter topics "
+        "idempotently; report existing topics whose config differs (exit 1).",
+    )
+    p.add_argument("action", choices=["create"])
+    _add_config(p)
+    p.set_defaults(func=cmd_topics)
+
+    p = sub.add_parser(
+        "run",
+        help="run the stream processor",
+        description="Consume audit events, archive every valid one, dead-letter bad "
+        "input, detect anomalies per machine and write alerts. Stops cleanly on "
+        "SIGTERM/Ctrl-C (commits first).",
+    )
+    _add_config(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "produce",
+        help="send events from files or synthetic traffic",
+        description="Send events keyed by machine_id, Avro (Confluent wire format, "
+        "bundled schema id 1001) by default.",
+    )
+    p.add_argument(
+        "files", nargs="*", metavar="FILE", help="event files (JSON lines or CSV; .gz ok)"
+    )
+    p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    p.add_argument("--csv-map", metavar="FIELD=COLUMN,...", help="CSV column for each event field")
+    p.add_argument("--encoding", choices=["avro", "json"], default="avro")
+    p.add_argument("--synthetic", action="store_true", help="generate realistic M2M traffic")
+    p.add_argument("--machines", type=int, help="synthetic: about this many machines (default 40)")
+    p.add_argument(
+        "--hours", type=float, help="synthetic: hours of event time ending now (default 3)"
+    )
+    p.add_argument(
+        "--anomalies",
+        metavar="KIND=N,...",
+        help="synthetic: anomalies to inject (fan_out, rate_burst, failure_spike, "
+        "new_identity, off_hours, operation_shift, silence)",
+    )
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
+    p.add_argument("--topic", help="override the input topic")
+    _add_config(p)
+    p.set_defaults(func=cmd_produce)
+
+    p = sub.add_parser(
+        "replay",
+        help="run detection over event files, without Kafka",
+        description="Validate, dedupe and run the detection core over files in "
+        "event-time order; write pages (opened/escalated, medium and above) as "
+        "JSON lines.",
+    )
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--alerts-out", required=True, metavar="ALERTS.jsonl")
+    p.add_argument("--deadletter-out", metavar="DEAD.jsonl", help="write rejected records here")
+    p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    p.add_argument("--csv-map", metavar="FIELD=COLUMN,...")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
+    _add_config(p)
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser(
+        "alerts",
+        help="read the alerts topic",
+        description="Show alert states from the alerts topic as a table, a live "
+        "feed (--follow) or JSON lines (--json).",
+    )
+    p.add_argument("--follow", "-f", action="store_true", help="keep reading new alerts")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument(
+        "--min-severity", default="info", choices=["info", "low", "medium", "high", "critical"]
+    )
+    _add_config(p)
+    p.set_defaults(func=cmd_alerts)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        rc: int = args.func(args)
+        return rc
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:
+        print(f"auditwatch: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

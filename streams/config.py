@@ -1,0 +1,185 @@
+"""The one configuration model: validated at start, errors name the bad key and value.
+
+Also the one place that builds librdkafka settings, so TLS/SASL options later pass through
+`kafka.librdkafka` without code changes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from detectors.core import DetectorConfig
+from detectors.rate import RateParams
+from schemas.event import Limits
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaSettings(_Model):
+    bootstrap_servers: str | None = Field(
+        None,
+        description="host:port list. Unset: $AUDITWATCH_BOOTSTRAP, then the local broker "
+        "started by `auditwatch kafka start`, then 127.0.0.1:9092.",
+    )
+    consumer_group: str = "auditwatch"
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    processing_guarantee: Literal["at-least-once", "exactly-once"] = "at-least-once"
+    commit_interval_s: float = Field(5.0, gt=0)
+    state_dir: str = "state"
+    librdkafka: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="Extra librdkafka settings for every client (security.protocol, sasl.*...).",
+    )
+
+    def bootstrap(self) -> str:
+        if self.bootstrap_servers:
+            return self.bootstrap_servers
+        env = os.environ.get("AUDITWATCH_BOOTSTRAP")
+        if env:
+            return env
+        from streams import kafka_local
+
+        return kafka_local.bootstrap_from_env_or_file() or "127.0.0.1:9092"
+
+    def client_config(self) -> dict[str, Any]:
+        """librdkafka settings shared by consumers, producers and admin clients."""
+        return {"bootstrap.servers": self.bootstrap(), **self.librdkafka}
+
+
+class TopicSettings(_Model):
+    events: str = "audit.events"
+    alerts: str = "audit.alerts"
+    archive: str = "audit.archive"
+    deadletter: str = "audit.deadletter"
+    partitions: int = Field(8, ge=1)
+    replication_factor: int = Field(1, ge=1)
+    events_retention_ms: int = Field(7 * 86_400_000, ge=-1)
+    alerts_retention_ms: int = Field(90 * 86_400_000, ge=-1)
+    archive_retention_ms: int = Field(
+        -1, ge=-1, description="-1 keeps the audit record forever (compaction only)."
+    )
+
+
+class SchemaRegistrySettings(_Model):
+    url: str
+    basic_auth_user_info: SecretStr | None = None
+
+
+class InputSettings(_Model):
+    format: Literal["auto", "avro", "json"] = "auto"
+    schema_registry: SchemaRegistrySettings | None = None
+    max_value_bytes: int = Field(65_536, ge=256)
+    max_field_chars: int = Field(2_048, ge=16)
+    max_attributes: int = Field(64, ge=0)
+    max_future_s: int = Field(3_600, ge=0)
+
+    def limits(self) -> Limits:
+        return Limits(
+            max_value_bytes=self.max_value_bytes,
+            max_field_chars=self.max_field_chars,
+            max_attributes=self.max_attributes,
+            max_future_ms=self.max_future_s * 1000,
+        )
+
+
+class RateSettings(_Model):
+    interval_s: int = Field(60, ge=1)
+    alpha: float = Field(0.02, gt=0, lt=1)
+    z: float = Field(6.0, gt=0)
+    min_ratio: float = Field(3.0, ge=1)
+    min_count: int = Field(20, ge=1)
+    warmup_intervals: int = Field(60, ge=0)
+
+
+class DetectorSettings(_Model):
+    warmup_s: int = Field(3600, ge=0)
+    warmup_events: int = Field(50, ge=0)
+    resource_depth: int = Field(2, ge=0)
+    max_resources: int = Field(1000, ge=1)
+    resource_horizon_days: float = Field(30, gt=0)
+    fanout_window_s: int = Field(300, ge=1)
+    cooldown_s: int = Field(900, ge=0)
+    update_every_s: int = Field(60, ge=0)
+    rate: RateSettings = RateSettings()
+
+    def build(self) -> DetectorConfig:
+        return DetectorConfig(
+            rate=RateParams(**self.rate.model_dump()),
+            warmup_s=self.warmup_s,
+            warmup_events=self.warmup_events,
+            resource_depth=self.resource_depth,
+            max_resources=self.max_resources,
+            resource_horizon_s=int(self.resource_horizon_days * 86400),
+            fanout_window_s=self.fanout_window_s,
+            cooldown_s=self.cooldown_s,
+            update_every_s=self.update_every_s,
+        )
+
+
+class Config(_Model):
+    kafka: KafkaSettings = KafkaSettings()
+    topics: TopicSettings = TopicSettings()
+    input: InputSettings = InputSettings()
+    detectors: DetectorSettings = DetectorSettings()
+
+    def masked(self) -> dict[str, Any]:
+        """The effective config for logs and `config check`: secrets masked by SecretStr, and
+        librdkafka values that look like secrets masked too."""
+        d = self.model_dump(mode="json")
+        for k in list(d["kafka"]["librdkafka"]):
+            if any(s in k for s in ("password", "secret", "key", "token")):
+                d["kafka"]["librdkafka"][k] = "**********"
+        return d
+
+
+class ConfigError(ValueError):
+    """An invalid config; the message names every bad key with its value."""
+
+
+def _format(e: ValidationError, source: str) -> str:
+    lines = [f"invalid config in {source}:"]
+    for err in e.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        value = err.get("input")
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key (value {value!r})")
+        else:
+            lines.append(f"  {key} = {value!r}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read a YAML config (or defaults when `path` is None) and validate it."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            with open(path, encoding="utf-8") as f:
+                loaded = yaml.safe_load(f)
+        except OSError as e:
+            raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config {path} is not valid YAML: {e}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config {path} must be a mapping at the top level")
+        data = loaded
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format(e, source)) from None

@@ -1,0 +1,218 @@
+"""One message in, output records out: decode, validate, dedupe by event_id, archive, detect.
+
+Shared by `auditwatch run` (inside the Quix graph, state in its stores) and `auditwatch replay`
+(state in memory). It produces records as data (`Output`); the runtime decides how to write
+them, so the dead letters share the runtime's processing guarantee.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import orjson
+
+from detectors.core import DetectionCore, MachineState
+from schemas.alert import Alert
+from schemas.codec import (
+    RejectedInput,
+    SchemaResolver,
+    TransientSchemaError,
+    decode_event,
+    encode_archive,
+    encode_dead_letter,
+    sha256,
+)
+from schemas.event import AuditEvent
+from streams.config import Config
+
+log = logging.getLogger("auditwatch.processor")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a message came from: a topic partition offset, or a file and line."""
+
+    topic: str | None
+    partition: int | None
+    offset: int | None
+
+    def __str__(self) -> str:
+        return f"{self.topic}[{self.partition}]@{self.offset}"
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    kind: str  # archive, deadletter or alert
+    key: bytes | None
+    value: bytes
+    alert: Alert | None = None
+
+
+class Store(Protocol):
+    """The processor's state: what each event_id was, and each machine's baselines."""
+
+    def get_seen(self, event_id: str) -> bytes | None: ...
+    def set_seen(self, event_id: str, digest: bytes) -> None: ...
+    def get_machine(self, machine_id: str) -> bytes | None: ...
+    def set_machine(self, machine_id: str, value: bytes) -> None: ...
+
+
+class MemoryStore:
+    """A Store in a dict, for replay and in-process tests."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, bytes] = {}
+        self.machines: dict[str, bytes] = {}
+
+    def get_seen(self, event_id: str) -> bytes | None:
+        return self.seen.get(event_id)
+
+    def set_seen(self, event_id: str, digest: bytes) -> None:
+        self.seen[event_id] = digest
+
+    def get_machine(self, machine_id: str) -> bytes | None:
+        return self.machines.get(machine_id)
+
+    def set_machine(self, machine_id: str, value: bytes) -> None:
+        self.machines[machine_id] = value
+
+
+class Processor:
+    """Turns input messages into archive records, dead letters and alert states."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        resolver: SchemaResolver,
+        clock: Callable[[], int] = now_ms,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.cfg = cfg
+        self.resolver = resolver
+        self.limits = cfg.input.limits()
+        self.fmt = cfg.input.format
+        self.core = DetectionCore(cfg.detectors.build())
+        self.clock = clock
+        self.sleep = sleep
+        self.metrics: Counter[str] = Counter()
+
+    def dead_letter(
+        self, e: RejectedInput, key: bytes | None, value: bytes | None, origin: Origin
+    ) -> Output:
+        self.metrics["deadlettered"] += 1
+        self.metrics[f"deadlettered.{e.reason}"] += 1
+        return Output(
+            "deadletter",
+            key,
+            encode_dead_letter(
+                reason=e.reason,
+                message=e.message,
+                stage=e.stage,
+                topic=origin.topic,
+                partition=origin.partition,
+                offset=origin.offset,
+                key=key,
+                value=value,
+                max_value_bytes=self.limits.max_value_bytes,
+                rejected_at_ms=self.clock(),
+                event_id=e.event_id,
+            ),
+        )
+
+    def _decode(self, value: bytes | None, now: int) -> tuple[AuditEvent, str]:
+        delay = 0.5
+        while True:
+            try:
+                d = decode_event(
+                    value, fmt=self.fmt, resolver=self.resolver, limits=self.limits, now_ms=now
+                )
+                return d.event, d.original_format
+            except TransientSchemaError as e:
+                # Not the message's fault: hold the partition and retry rather than
+                # dead-letter good events while the registry is down.
+                self.metrics["registry_retries"] += 1
+                log.warning("schema registry unavailable (%s); retrying in %.1f s", e, delay)
+                self.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    def ingest(
+        self,
+        value: bytes | None,
+        key: bytes | None,
+        origin: Origin,
+        store: Store,
+        original_format: str | None = None,
+    ) -> tuple[list[Output], AuditEvent | None]:
+        """Decode, validate and dedupe one message. Returns the records to write and the event
+        to run detection on (None for an invalid message or an exact re-send)."""
+        self.metrics["events_in"] += 1
+        now = self.clock()
+        try:
+            event, fmt = self._decode(value, now)
+        except RejectedInput as e:
+            log.info("dead letter %s at %s: %s", e.reason, origin, e.message)
+            return [self.dead_letter(e, key, value, origin)], None
+        if key is not None and key != event.machine_id.encode():
+            self.metrics["key_mismatch"] += 1
+        digest = event.content_digest()
+        seen = store.get_seen(event.event_id)
+        if seen is not None:
+            if seen == digest:
+                self.metrics["duplicates"] += 1
+                return [], None
+            self.metrics["conflicting_duplicates"] += 1
+            err = RejectedInput(
+                "conflicting_duplicate",
+                f"event_id {event.event_id!r} was already archived with different content; "
+                "the archived record is kept",
+                "dedupe",
+                event_id=event.event_id,
+            )
+            return [self.dead_letter(err, key, value, origin)], None
+        store.set_seen(event.event_id, digest)
+        self.metrics["archived"] += 1
+        record = encode_archive(
+            event,
+            original_format=original_format or fmt,
+            original_sha256=sha256(value or b""),
+            topic=origin.topic,
+            partition=origin.partition,
+            offset=origin.offset,
+            archived_at_ms=now,
+        )
+        return [Output("archive", event.event_id.encode(), record)], event
+
+    def detect(self, event: AuditEvent, store: Store, origin: Origin) -> list[Output]:
+        """Run the detection core for one accepted event. A detector bug must not stop the
+        pipeline: the event is already archived, the error is logged and counted."""
+        try:
+            raw = store.get_machine(event.machine_id)
+            state = MachineState.from_dict(orjson.loads(raw)) if raw is not None else None
+            state, alerts = self.core.process(event, state)
+            store.set_machine(event.machine_id, orjson.dumps(state.to_dict()))
+        except Exception:
+            self.metrics["detector_errors"] += 1
+            log.exception("detection failed for event %s at %s", event.event_id, origin)
+            return []
+        out = []
+        for a in alerts:
+            self.metrics[f"alerts.{a.status}"] += 1
+            out.append(Output("alert", a.alert_id.encode(), orjson.dumps(a.to_json()), a))
+        return out
+
+    def handle(
+        self, value: bytes | None, key: bytes | None, origin: Origin, store: Store
+    ) -> list[Output]:
+        outputs, event = self.ingest(value, key, origin, store)
+        if event is not None:
+            outputs.extend(self.detect(event, store, origin))
+        return outputs

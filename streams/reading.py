@@ -1,0 +1,94 @@
+"""Reading whole topics: used by `auditwatch alerts` and by anything that audits the output."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+from streams.config import Config
+
+
+def _consumer(cfg: Config, isolation: str) -> Consumer:
+    return Consumer(
+        {
+            **cfg.kafka.client_config(),
+            # A throwaway group: readers never commit, and never disturb the processor's group.
+            "group.id": f"auditwatch-reader-{uuid.uuid4().hex[:12]}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": isolation,
+            "enable.partition.eof": True,
+        }
+    )
+
+
+def read_topic(
+    cfg: Config,
+    topic: str,
+    *,
+    follow: bool = False,
+    isolation: str = "read_committed",
+    timeout: float = 30.0,
+) -> Iterator[Any]:
+    """Yield every message of `topic` from the beginning. Without `follow`, stop at the end
+    offsets seen when reading started (read_committed: only committed transactions count)."""
+    consumer = _consumer(cfg, isolation)
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+        if meta is None or meta.error is not None:
+            raise RuntimeError(f"topic {topic!r} does not exist (run `auditwatch topics create`)")
+        parts = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions]
+        ends: dict[int, int] = {}
+        for tp in parts:
+            low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
+            if high > low:
+                ends[tp.partition] = high
+        consumer.assign(parts)
+        deadline = time.monotonic() + timeout
+        while follow or ends:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                if not follow and time.monotonic() > deadline:
+                    raise TimeoutError(f"reading {topic} did not reach its end offsets {ends}")
+                continue
+            if msg.error() is not None:
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    # With read_committed the last offsets may be transaction markers that
+                    # are never delivered: reaching EOF means the partition is done.
+                    if msg.offset() >= ends.get(msg.partition(), 0):
+                        ends.pop(msg.partition(), None)
+                    continue
+                raise RuntimeError(f"reading {topic}: {msg.error()}")
+            deadline = time.monotonic() + timeout
+            if not follow and msg.offset() >= ends.get(msg.partition(), -1):
+                continue
+            yield msg
+            if not follow and msg.offset() + 1 >= ends.get(msg.partition(), 0):
+                ends.pop(msg.partition(), None)
+    finally:
+        consumer.close()
+
+
+def group_lag(cfg: Config, group: str, topic: str, timeout: float = 10.0) -> int:
+    """Messages of `topic` not yet committed by consumer group `group` (all partitions)."""
+    consumer = Consumer(
+        {**cfg.kafka.client_config(), "group.id": group, "enable.auto.commit": False}
+    )
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout).topics[topic]
+        parts = [TopicPartition(topic, p) for p in meta.partitions]
+        committed = consumer.committed(parts, timeout=timeout)
+        lag = 0
+        for tp in committed:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, tp.partition), timeout=timeout
+            )
+            start = tp.offset if tp.offset >= 0 else low
+            lag += max(high - start, 0)
+        return lag
+    finally:
+        consumer.close()

@@ -1,0 +1,134 @@
+"""auditwatch's four topics: their configs, idempotent creation and drift reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+
+from streams.config import Config
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    role: str
+    name: str
+    partitions: int
+    replication_factor: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def topic_specs(cfg: Config, overrides: dict[str, dict[str, str]] | None = None) -> list[TopicSpec]:
+    """The topics and why each is configured as it is. `overrides` (role -> settings) is for
+    tests that need e.g. a short segment.ms to see compaction."""
+    t = cfg.topics
+    specs = [
+        TopicSpec(
+            "events",
+            t.events,
+            t.partitions,
+            t.replication_factor,
+            {"retention.ms": str(t.events_retention_ms)},
+        ),
+        # Alert states keyed by alert_id: compaction keeps each alert's latest state, deletion
+        # bounds how long closed alerts stay.
+        TopicSpec(
+            "alerts",
+            t.alerts,
+            t.partitions,
+            t.replication_factor,
+            {"cleanup.policy": "compact,delete", "retention.ms": str(t.alerts_retention_ms)},
+        ),
+        # The audit record: one record per event_id, never deleted by age. Readers still dedupe
+        # by event_id, since the active segment is never compacted.
+        TopicSpec(
+            "archive",
+            t.archive,
+            t.partitions,
+            t.replication_factor,
+            {
+                "cleanup.policy": "compact",
+                "compression.type": "zstd",
+                "retention.ms": str(t.archive_retention_ms),
+            },
+        ),
+        # Kept at least as long as the archive: a dead letter is part of the audit record too.
+        TopicSpec(
+            "deadletter",
+            t.deadletter,
+            t.partitions,
+            t.replication_factor,
+            {
+                "cleanup.policy": "delete",
+                "compression.type": "zstd",
+                "retention.ms": str(t.archive_retention_ms),
+            },
+        ),
+    ]
+    if overrides:
+        specs = [
+            TopicSpec(
+                s.role,
+                s.name,
+                s.partitions,
+                s.replication_factor,
+                {**s.config, **overrides.get(s.role, {})},
+            )
+            for s in specs
+        ]
+    return specs
+
+
+@dataclass
+class TopicReport:
+    name: str
+    created: bool
+    differences: list[str]
+
+
+def ensure_topics(
+    cfg: Config,
+    overrides: dict[str, dict[str, str]] | None = None,
+    timeout: float = 30.0,
+) -> list[TopicReport]:
+    """Create missing topics; report existing ones whose partitions or configs differ. Never
+    alters an existing topic: changing a live audit topic is an operator's decision."""
+    admin = AdminClient(cfg.kafka.client_config())
+    specs = topic_specs(cfg, overrides)
+    existing = admin.list_topics(timeout=timeout).topics
+    reports: dict[str, TopicReport] = {}
+    to_create = [s for s in specs if s.name not in existing]
+    if to_create:
+        futures = admin.create_topics(
+            [
+                NewTopic(s.name, s.partitions, s.replication_factor, config=s.config)
+                for s in to_create
+            ],
+            request_timeout=timeout,
+        )
+        for name, fut in futures.items():
+            try:
+                fut.result()
+                reports[name] = TopicReport(name, True, [])
+            except KafkaException as e:
+                # Someone else created it between our listing and our request.
+                if e.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                    raise
+    present = [s for s in specs if s.name not in reports]
+    if present:
+        resources = [ConfigResource(ConfigResource.Type.TOPIC, s.name) for s in present]
+        described = admin.describe_configs(resources, request_timeout=timeout)
+        meta = admin.list_topics(timeout=timeout).topics
+        for s, res in zip(present, resources, strict=True):
+            actual = {k: v.value for k, v in described[res].result().items()}
+            diffs = [
+                f"{k}={actual.get(k)!r}, expected {v!r}"
+                for k, v in s.config.items()
+                if actual.get(k) != v
+            ]
+            n = len(meta[s.name].partitions) if s.name in meta else None
+            if n != s.partitions:
+                diffs.append(f"partitions={n}, expected {s.partitions}")
+            reports[s.name] = TopicReport(s.name, False, diffs)
+    return [reports[s.name] for s in specs]

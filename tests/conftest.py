@@ -1,0 +1,152 @@
+"""Fixtures for the real-broker tier: a broker, unique topics per test, worker processes.
+
+The broker is $AUDITWATCH_BOOTSTRAP when set (CI starts one), else the local broker from
+`auditwatch kafka start`, started here (and stopped at the end) if it is not running.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from streams.config import Config, load_config
+from streams.reading import read_topic
+from streams.topics import ensure_topics
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_until(
+    condition: Callable[[], Any], timeout: float = 60.0, interval: float = 0.2, what: str = ""
+) -> Any:
+    """Poll `condition` until it returns something truthy; fail the test after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what or condition}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def bootstrap() -> Iterator[str]:
+    env = os.environ.get("AUDITWATCH_BOOTSTRAP")
+    if env:
+        yield env
+        return
+    from streams import kafka_local
+
+    running = kafka_local.status()
+    if running:
+        yield running
+        return
+    address = kafka_local.start()
+    try:
+        yield address
+    finally:
+        kafka_local.stop()
+
+
+class Stack:
+    """One test's topics, config file and worker processes."""
+
+    def __init__(self, root: Path, bootstrap: str, name: str, **settings: Any) -> None:
+        self.root = root
+        self.prefix = f"t-{name}-{uuid.uuid4().hex[:8]}"
+        data: dict[str, Any] = {
+            "kafka": {
+                "bootstrap_servers": bootstrap,
+                "consumer_group": f"{self.prefix}-group",
+                "state_dir": str(root / "state"),
+                "commit_interval_s": 1.0,
+            },
+            "topics": {
+                role: f"{self.prefix}.{role}" for role in ("events", "alerts", "archive", "deadletter")
+            },
+        }
+        for dotted, value in settings.items():
+            node = data
+            *parents, leaf = dotted.split("__")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = value
+        self.config_path = root / "config.yaml"
+        self.config_path.write_text(yaml.safe_dump(data))
+        self.cfg: Config = load_config(self.config_path)
+        self.workers: list[subprocess.Popen[bytes]] = []
+
+    def create_topics(self, overrides: dict[str, dict[str, str]] | None = None) -> None:
+        ensure_topics(self.cfg, overrides)
+
+    def start_worker(self, state_subdir: str = "state") -> subprocess.Popen[bytes]:
+        cfg_path = self.config_path
+        if state_subdir != "state":
+            data = yaml.safe_load(self.config_path.read_text())
+            data["kafka"]["state_dir"] = str(self.root / state_subdir)
+            cfg_path = self.root / f"config-{state_subdir}.yaml"
+            cfg_path.write_text(yaml.safe_dump(data))
+        log = (self.root / f"worker-{len(self.workers)}.log").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "run", "--config", str(cfg_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        self.workers.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for p in self.workers:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.workers:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def read(self, role: str, isolation: str = "read_committed") -> list[Any]:
+        topic = getattr(self.cfg.topics, role)
+        return list(read_topic(self.cfg, topic, isolation=isolation))
+
+    def worker_logs(self) -> str:
+        return "\n".join(
+            p.read_text(errors="replace")[-4000:] for p in sorted(self.root.glob("worker-*.log"))
+        )
+
+
+@pytest.fixture
+def stack(tmp_path: Path, bootstrap: str, request: pytest.FixtureRequest) -> Iterator[Callable[..., Stack]]:
+    made: list[Stack] = []
+
+    def make(**settings: Any) -> Stack:
+        name = request.node.name.replace("_", "-").replace("[", "-").replace("]", "")[:40]
+        s = Stack(tmp_path, bootstrap, name, **settings)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.stop_all()
+        if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
+            print(s.worker_logs())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    rep = outcome.get_result()  # type: ignore[attr-defined]
+    setattr(item, f"rep_{rep.when}", rep)
