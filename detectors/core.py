@@ -208,7 +208,8 @@ class DetectionCore:
 
     def _learn_resource(self, state: MachineState, resource: str, ts: int) -> None:
         cfg = self.config
-        state.resources[resource] = ts
+        # max: a late event must not make a resource look older than it is.
+        state.resources[resource] = max(ts, state.resources.get(resource, ts))
         if len(state.resources) > cfg.max_resources:
             # Forget what has not been used within the horizon, else the least recently used.
             horizon = ts - cfg.resource_horizon_s * 1000

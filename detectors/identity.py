@@ -22,7 +22,7 @@ def default_group(machine_id: str) -> str:
 
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-_HEX = re.compile(r"\b[0-9a-fA-F]{16,}\b")
+_HEX = re.compile(r"(?<![0-9A-Za-z])[0-9a-fA-F]{16,}(?![0-9A-Za-z])")
 # Short numbers are usually part of a name (t1, api-key-3, db-01); long ones are ids.
 _LONG_NUM = re.compile(r"\d{4,}")
 

@@ -152,7 +152,7 @@ def parse_timestamp_us(value: Any) -> int:
         return round(value * 1000)
     if isinstance(value, str):
         text = value.strip()
-        if text.isdigit():
+        if text.isascii() and text.isdigit():
             return int(text) * 1000
         m = _RFC3339.match(text)
         if m is None:
@@ -170,7 +170,10 @@ def parse_timestamp_us(value: Any) -> int:
         if tz not in ("Z", "z"):
             sign = 1 if tz[0] == "+" else -1
             digits = tz[1:].replace(":", "")
-            offset_min = int(digits[:2]) * 60 + int(digits[2:])
+            hours, minutes = int(digits[:2]), int(digits[2:])
+            if hours > 23 or minutes > 59:
+                raise InvalidEvent("bad_timestamp", f"timestamp {value!r} has no such UTC offset")
+            offset_min = hours * 60 + minutes
             us -= sign * offset_min * 60_000_000
         return us
     raise InvalidEvent(

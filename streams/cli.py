@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -366,7 +367,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_third_party_warnings() -> None:
+    # Quix imports confluent-kafka's schema-registry client, whose OAuth support imports
+    # authlib, which warns about its own httpx module on every start. authlib installs an
+    # "always" filter for that warning when imported, so ours must be added after it.
+    try:
+        import authlib.deprecate  # noqa: F401
+    except ImportError:
+        return
+    warnings.filterwarnings("ignore", message="The httpx module is deprecated")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet_third_party_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

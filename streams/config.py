@@ -17,6 +17,9 @@ from detectors.core import DetectorConfig
 from detectors.rate import RateParams
 from schemas.event import Limits
 
+# Settings whose name contains one of these are never printed.
+_SECRET_WORDS = ("password", "secret", "key", "token", "user_info", "userinfo")
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -134,7 +137,7 @@ class Config(_Model):
         librdkafka values that look like secrets masked too."""
         d = self.model_dump(mode="json")
         for k in list(d["kafka"]["librdkafka"]):
-            if any(s in k for s in ("password", "secret", "key", "token")):
+            if any(word in k for word in _SECRET_WORDS):
                 d["kafka"]["librdkafka"][k] = "**********"
         return d
 
@@ -148,6 +151,8 @@ def _format(e: ValidationError, source: str) -> str:
     for err in e.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
         value = err.get("input")
+        if any(word in key for word in _SECRET_WORDS):
+            value = "**********"
         if err["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key (value {value!r})")
         else:

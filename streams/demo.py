@@ -24,6 +24,8 @@ from streams.config import load_config
 from streams.reading import group_lag, read_topic
 from streams.topics import ensure_topics
 
+PAGE_SEVERITIES = ("medium", "high", "critical")
+
 
 def demo(*, duration_limit_s: float = 300, rate: float = 5000) -> int:
     from streams.cli import _alert_line
@@ -60,14 +62,13 @@ def demo(*, duration_limit_s: float = 300, rate: float = 5000) -> int:
         nonlocal pages
         from rich.console import Console
 
-        console = Console(stderr=False)
-        for msg in read_topic(cfg, cfg.topics.alerts, follow=True):
+        console = Console(soft_wrap=True)
+        for msg in read_topic(cfg, cfg.topics.alerts, follow=True, stop=stop_alerts):
             a = orjson.loads(msg.value())
-            if a["status"] != "resolved":
+            # On-call sees pages: alerts opening or escalating at medium and above.
+            if a["status"] in ("opened", "escalated") and a["severity"] in PAGE_SEVERITIES:
                 console.print(_alert_line(a))
-                pages += a["status"] in ("opened", "escalated")
-            if stop_alerts.is_set():
-                return
+                pages += 1
 
     viewer = threading.Thread(target=show_alerts, daemon=True)
     viewer.start()
@@ -108,6 +109,7 @@ def demo(*, duration_limit_s: float = 300, rate: float = 5000) -> int:
         return 130
     finally:
         stop_alerts.set()
+        viewer.join(10)
         if processor.poll() is None:
             processor.send_signal(signal.SIGTERM)
             try:

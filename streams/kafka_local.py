@@ -173,6 +173,8 @@ def fetch_jars() -> Path:
     with _locked(libs.parent / f".{libs.name}.lock"):
         if _has_kafka_jar(libs):  # another process fetched while we waited for the lock
             return libs
+        for stale in libs.parent.glob(f".{libs.name}-*"):  # left by a fetch that was killed
+            shutil.rmtree(stale, ignore_errors=True)
         _info(f"fetching Kafka {KAFKA_VERSION} jars from Maven Central (once)...")
         began = time.monotonic()
         tmp = Path(tempfile.mkdtemp(prefix=f".{libs.name}-", dir=libs.parent))
@@ -199,6 +201,7 @@ def fetch_jars() -> Path:
                 )
             if libs.exists():  # a directory without the broker jar is junk, not a cache
                 shutil.rmtree(libs)
+            tmp.chmod(0o755)  # mkdtemp makes it private; a CI cache may be shared
             tmp.rename(libs)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

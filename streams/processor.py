@@ -128,14 +128,16 @@ class Processor:
             ),
         )
 
-    def _decode(self, value: bytes | None, now: int) -> tuple[AuditEvent, str]:
+    def _decode(self, value: bytes | None) -> tuple[AuditEvent, str, int]:
+        """(event, original format, processing time of the successful decode)."""
         delay = 0.5
         while True:
+            now = self.clock()
             try:
                 d = decode_event(
                     value, fmt=self.fmt, resolver=self.resolver, limits=self.limits, now_ms=now
                 )
-                return d.event, d.original_format
+                return d.event, d.original_format, now
             except TransientSchemaError as e:
                 # Not the message's fault: hold the partition and retry rather than
                 # dead-letter good events while the registry is down.
@@ -155,9 +157,8 @@ class Processor:
         """Decode, validate and dedupe one message. Returns the records to write and the event
         to run detection on (None for an invalid message or an exact re-send)."""
         self.metrics["events_in"] += 1
-        now = self.clock()
         try:
-            event, fmt = self._decode(value, now)
+            event, fmt, now = self._decode(value)
         except RejectedInput as e:
             log.info("dead letter %s at %s: %s", e.reason, origin, e.message)
             return [self.dead_letter(e, key, value, origin)], None

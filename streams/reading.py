@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from streams.config import Config
 
@@ -26,6 +27,26 @@ def _consumer(cfg: Config, isolation: str) -> Consumer:
     )
 
 
+def _end_offsets(
+    consumer: Consumer, parts: list[TopicPartition], deadline: float
+) -> dict[int, int]:
+    """High watermarks of the non-empty partitions. A topic created a moment ago may not have
+    its partition leaders yet, so transient errors are retried until the deadline."""
+    ends: dict[int, int] = {}
+    for tp in parts:
+        while True:
+            try:
+                low, high = consumer.get_watermark_offsets(tp, timeout=5.0)
+                break
+            except KafkaException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        if high > low:
+            ends[tp.partition] = high
+    return ends
+
+
 def read_topic(
     cfg: Config,
     topic: str,
@@ -33,23 +54,27 @@ def read_topic(
     follow: bool = False,
     isolation: str = "read_committed",
     timeout: float = 30.0,
+    stop: threading.Event | None = None,
 ) -> Iterator[Any]:
     """Yield every message of `topic` from the beginning. Without `follow`, stop at the end
     offsets seen when reading started (read_committed: only committed transactions count)."""
     consumer = _consumer(cfg, isolation)
     try:
-        meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
-        if meta is None or meta.error is not None:
-            raise RuntimeError(f"topic {topic!r} does not exist (run `auditwatch topics create`)")
-        parts = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions]
-        ends: dict[int, int] = {}
-        for tp in parts:
-            low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
-            if high > low:
-                ends[tp.partition] = high
-        consumer.assign(parts)
         deadline = time.monotonic() + timeout
-        while follow or ends:
+        while True:
+            # Metadata of a topic created a moment ago may not have reached every broker yet.
+            meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+            if meta is not None and meta.error is None and meta.partitions:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"topic {topic!r} does not exist (run `auditwatch topics create`)"
+                )
+            time.sleep(0.2)
+        parts = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions]
+        ends = {} if follow else _end_offsets(consumer, parts, deadline)
+        consumer.assign(parts)
+        while (follow or ends) and not (stop is not None and stop.is_set()):
             msg = consumer.poll(0.5)
             if msg is None:
                 if not follow and time.monotonic() > deadline:

@@ -98,8 +98,8 @@ _SECRETS = ("db-password", "api-key", "signing-key", "tls-key", "oauth-client-se
             "webhook-token")
 _ROLES = ("api", "worker", "consumer", "gateway", "sync", "reporting", "admin")
 _ROLE_SHARE = (0.3, 0.2, 0.15, 0.07, 0.08, 0.1, 0.1)
-# Mean events/s at rate_scale 1 on a weekday (batch: inside its window; ci: averaged over the
-# burst state, which is about 1 in working hours).
+# Mean events/s at rate_scale 1 on a weekday (batch: inside its window; ci: before the burst
+# factor, 0.1 while idle and 3 while a pipeline runs).
 _ROLE_RATE = {"api": 0.12, "worker": 0.08, "consumer": 0.08, "gateway": 0.18, "sync": 0.05,
               "reporting": 0.05, "admin": 0.08, "vm": 0.07, "ci": 0.08, "batch": 1.0}
 _VM_GROUPS = ("ingest-worker", "etl-node", "cache-warmer", "log-shipper", "stream-processor",
@@ -129,8 +129,10 @@ class Episode:
 class SyntheticConfig:
     """What to generate. Counts in `anomalies` / `benign` are per kind (see ANOMALY_KINDS and
     BENIGN_KINDS); benign counts are changes, each of which may touch several machines.
-    `nightly_batch` windows are always labelled; its count is the minimum number of batch jobs.
-    `rate_scale` multiplies every rate (1.0: about 0.08 events/s per machine on a weekday).
+    `machines` is the size of the starting population, exactly; episodes add a few (new pods,
+    new instances, a new identity). `nightly_batch` windows are always labelled; its count is
+    the minimum number of batch jobs.
+    `rate_scale` multiplies every rate (1.0: about 0.09 events/s per machine on a weekday).
     `mark_injected` adds attributes {"injected": kind} to anomaly events, for evaluation only."""
 
     seed: int = 7
@@ -182,11 +184,7 @@ def demo_config(now_ms: int) -> SyntheticConfig:
     )
     expected = SyntheticTraffic(base).expected_events()
     scale = 30_000 / expected if expected > 0 else 1.0
-    return SyntheticConfig(
-        seed=base.seed, start_ms=base.start_ms, duration_s=base.duration_s,
-        machines=base.machines, warmup_s=base.warmup_s, anomalies=dict(base.anomalies),
-        rate_scale=round(scale, 4),
-    )
+    return replace(base, rate_scale=round(scale, 4))
 
 
 @dataclass
@@ -271,9 +269,6 @@ class _Catalog:
     def profile_resources(self, profile: int) -> list[str]:
         return [self.res_text[self.bindings[b][0]] for b, _ in self.profiles[profile]]
 
-    def profile_ops(self, profile: int) -> set[str]:
-        return {self.ops[o] for b, _ in self.profiles[profile] for o in self.bindings[b][1]}
-
 
 def _mix64(x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
     # splitmix64 finaliser: a counter-based hash, so a CI runner's burst state for a block is
@@ -305,6 +300,8 @@ class SyntheticTraffic:
         self._dep_meta: dict[str, tuple[str, str]] = {}  # deployment -> (domain, role)
         self._vm_groups: dict[str, list[int]] = {}
         self._touched: set[str] = set()  # groups changed by benign episodes
+        self._reshaped: set[str] = set()  # deployments rotated or redeployed: one each only
+        self._growing: set[str] = set()
         self._used: set[int] = set()  # machines given an anomaly
         start = datetime.fromtimestamp(config.start_ms / SECOND_MS, tz=UTC)
         self._yyyy, self._mm = f"{start.year:04d}", f"{start.month:02d}"
@@ -657,27 +654,43 @@ class SyntheticTraffic:
         weekday = (t // DAY_MS + 3) % 7 < 5  # 1970-01-01 was a Thursday
         return weekday & (hour >= 9) & (hour < 17)
 
+    def _room(self) -> int:
+        cfg = self.config
+        return cfg.end_ms - cfg.start_ms - int(cfg.warmup_s * SECOND_MS)
+
     def _length(self, lo_min: int, hi_min: int) -> int:
         """A random episode length, shortened to what fits after warm-up (never below lo)."""
-        cfg = self.config
-        room = cfg.end_ms - cfg.start_ms - int(cfg.warmup_s * SECOND_MS)
         length = int(self._rng.integers(lo_min, hi_min + 1)) * MINUTE_MS
-        return max(lo_min * MINUTE_MS, min(length, room))
+        return max(lo_min * MINUTE_MS, min(length, self._room()))
 
-    def _free_groups(self, groups: Mapping[str, list[int]], min_size: int) -> list[str]:
-        return [g for g, slots in groups.items()
-                if g not in self._touched and len(slots) >= min_size]
+    def _benign_window(self, span: int) -> int:
+        """Start of a benign change taking `span` ms, leaving its settle time before the end
+        of the run when there is room, so the change is seen as well as made."""
+        return self._pick_window(max(span, min(span + _SETTLE_MS, self._room())), "busy",
+                                 spread=False)
+
+    def _choose_group(self, kind: str, groups: Mapping[str, list[int]], min_size: int,
+                      exclusive: set[str] | None) -> str:
+        """A group for a benign change: one no other change touched if there is one, else any
+        not in `exclusive` (changes that must not stack, like two rotations of one deployment);
+        the group is added to `exclusive`."""
+        sized = [g for g, slots in groups.items()
+                 if len(slots) >= min_size and (exclusive is None or g not in exclusive)]
+        pool = [g for g in sized if g not in self._touched] or sized
+        if not pool:
+            raise ValueError(f"no group left for {kind}; raise machines or lower counts")
+        group = self._pick(pool)
+        self._touched.add(group)
+        if exclusive is not None:
+            exclusive.add(group)
+        return group
 
     def _inject_benign(self) -> None:
         cfg, r = self.config, self._rng
         for _ in range(cfg.benign.get("pod_rotation", 0)):
-            deps = self._free_groups(self._deployments, 2)
-            if not deps:
-                raise ValueError("no deployment left for pod_rotation")
-            dep = self._pick(deps)
-            self._touched.add(dep)
+            dep = self._choose_group("pod_rotation", self._deployments, 2, self._reshaped)
             old = list(self._deployments[dep])
-            t = self._pick_window(len(old) * 20 * SECOND_MS, "busy", spread=False)
+            t = self._benign_window(len(old) * 20 * SECOND_MS)
             rs_hash = self._k8s_token(int(r.integers(9, 11)))
             desc = f"rolling update of {dep}: {len(old)} pods replaced, same resources"
             for i, s in enumerate(old):
@@ -695,13 +708,9 @@ class SyntheticTraffic:
                               desc + " (old pod retired)")
                 self._episode("pod_rotation", m, t, t + _SETTLE_MS, False, desc + " (new pod)")
         for _ in range(cfg.benign.get("autoscale", 0)):
-            groups = self._free_groups(self._vm_groups, 1)
-            if not groups:
-                raise ValueError("no instance group left for autoscale")
-            group = self._pick(groups)
-            self._touched.add(group)
+            group = self._choose_group("autoscale", self._vm_groups, 1, None)
             k = int(r.integers(1, 5))
-            t = self._pick_window(k * MINUTE_MS, "busy", spread=False)
+            t = self._benign_window(k * MINUTE_MS)
             ref = self._slots[self._vm_groups[group][0]]
             last = max(int(self._machine_list[self._slots[s].machine].name.rsplit("-", 1)[1])
                        for s in self._vm_groups[group])
@@ -711,17 +720,13 @@ class SyntheticTraffic:
                 self._vm_groups[group].append(s)
                 self._episode("autoscale", self._slots[s].machine, t + i * MINUTE_MS,
                               t + i * MINUTE_MS + _SETTLE_MS, False,
-                              f"{group} scaled out by {k} instances, same resources")
+                              f"{group} scaled out by {k} instance(s), same resources")
         for _ in range(cfg.benign.get("group_deploy", 0)):
-            deps = self._free_groups(self._deployments, 2)
-            if not deps:
-                raise ValueError("no deployment left for group_deploy")
-            dep = self._pick(deps)
-            self._touched.add(dep)
+            dep = self._choose_group("group_deploy", self._deployments, 2, self._reshaped)
             domain, _role = self._dep_meta[dep]
             table = f"{domain}_{self._pick(('v2', 'history', 'snapshots', 'ledger_entries'))}"
             res = f"postgres://{domain}-db/public.{table}"
-            t = self._pick_window(MINUTE_MS, "busy", spread=False)
+            t = self._benign_window(MINUTE_MS)
             slots = self._deployments[dep]
             alt = self._cat.extend_profile(self._slots[slots[0]].profile, res,
                                            {"SELECT": 0.6, "INSERT": 0.4}, 0.2)
@@ -730,13 +735,10 @@ class SyntheticTraffic:
                 self._episode("group_deploy", self._slots[s].machine, t, t + _SETTLE_MS, False,
                               f"release of {dep}: all {len(slots)} replicas start using {res}")
         for _ in range(cfg.benign.get("traffic_growth", 0)):
-            deps = self._free_groups(self._deployments, 1)
-            if not deps:
-                raise ValueError("no deployment left for traffic_growth")
-            dep = self._pick(deps)
-            self._touched.add(dep)
+            dep = self._choose_group("traffic_growth", self._deployments, 1, self._growing)
             per_day = float(r.uniform(0.3, 0.8))
-            t = self._pick_window(MINUTE_MS, None, spread=False)
+            # Starts in the first half of the time after warm-up, so the growth is visible.
+            t = self._pick_window(max(MINUTE_MS, self._room() // 2), None, spread=False)
             for s in self._deployments[dep]:
                 self._slots[s].growth_per_day, self._slots[s].growth_from = per_day, t
                 self._episode("traffic_growth", self._slots[s].machine, t, cfg.end_ms, False,
@@ -754,13 +756,14 @@ class SyntheticTraffic:
                                   f"{w0 // MINUTE_MS % 60:02d}-{w1 // MINUTE_MS // 60:02d}:"
                                   f"{w1 // MINUTE_MS % 60:02d} UTC")
 
-    def _candidates(self, want: str) -> list[int]:
-        """Base slots an anomaly may use: pods and VMs of groups no benign change touched,
-        machines not used yet; "busy" sorts by rate, highest first."""
+    def _candidates(self, want: str, allow_touched: bool) -> list[int]:
+        """Base slots an anomaly may use: pods and VMs present for the whole run, not used by
+        another anomaly, in groups no benign change touched unless `allow_touched`; "busy"
+        sorts by rate, highest first."""
         out = []
         for s, slot in enumerate(self._slots):
             m = self._machine_list[slot.machine]
-            if (m.kind not in ("pod", "vm") or m.group in self._touched
+            if (m.kind not in ("pod", "vm") or (m.group in self._touched and not allow_touched)
                     or slot.machine in self._used or slot.label
                     or slot.active_from > 0 or slot.active_to < _FOREVER):
                 continue
@@ -777,9 +780,11 @@ class SyntheticTraffic:
         return out
 
     def _target(self, kind: str, want: str, top: float = 1.0) -> int:
-        cands = self._candidates(want)
-        if not cands and want != "any":
-            cands = self._candidates("any")
+        # Fall back step by step: the wanted kind of machine in a group no benign change
+        # touched, then in any group, then any machine (small populations run out).
+        cands: list[int] = []
+        for w, allow in ((want, False), (want, True), ("any", False), ("any", True)):
+            cands = cands or self._candidates(w, allow)
         if not cands:
             raise ValueError(f"no machine left for {kind}; raise machines or lower counts")
         cands = cands[: max(1, int(len(cands) * top))]
@@ -887,16 +892,19 @@ class SyntheticTraffic:
         self._overlay(s, "off_hours", t, t + length, rate=self._slots[s].rate * factor,
                       schedule=_CONSTANT)
         hour = (t % DAY_MS) // HOUR_MS
+        what = "office-hours" if self._slots[s].schedule == _OFFICE else "business-hours"
         self._episode("off_hours", self._slots[s].machine, t, t + length, True,
-                      f"office-hours service active at {hour:02d}:xx UTC at {factor:.1f}x its "
+                      f"{what} service active at {hour:02d}:xx UTC at {factor:.1f}x its "
                       "daytime mean rate")
 
     def _inject_operation_shift(self, r: np.random.Generator, cat: _Catalog) -> None:
         s = self._target("operation_shift", "read_only")
         own = cat.profile_resources(self._slots[s].profile)
         tables = [x for x in own if x.startswith("postgres://") and "%" not in x]
-        if not tables:  # a fallback machine that is not the read-only client
-            tables = [f"postgres://{self._machine_list[self._slots[s].machine].group}-db/public.data"]
+        group = self._machine_list[self._slots[s].machine].group
+        read_only = self._dep_meta.get(group, ("", ""))[1] == "reporting"
+        if not tables:  # a fallback machine without plain tables: a database it can reach
+            tables = [f"postgres://{group}-db/public.jobs"]
         ops = ("DELETE", "DELETE", "TRUNCATE", "DROP")
         accesses = [(self._pick(tables), self._pick(ops), 1 if r.random() < 0.1 else 0)
                     for _ in range(int(r.integers(10, 41)))]
@@ -904,7 +912,8 @@ class SyntheticTraffic:
         t = self._pick_window(length, "busy", spread=True)
         self._script(self._slots[s].machine, "operation_shift", t, t + length, accesses)
         self._episode("operation_shift", self._slots[s].machine, t, t + length, True,
-                      f"read-only client issues {len(accesses)} DELETE/TRUNCATE/DROP")
+                      f"{'read-only client' if read_only else 'client that never deletes'} "
+                      f"issues {len(accesses)} DELETE/TRUNCATE/DROP")
 
     def _inject_silence(self, r: np.random.Generator, cat: _Catalog) -> None:
         s = self._target("silence", "busy", top=0.25)

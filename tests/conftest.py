@@ -73,7 +73,8 @@ class Stack:
                 "commit_interval_s": 1.0,
             },
             "topics": {
-                role: f"{self.prefix}.{role}" for role in ("events", "alerts", "archive", "deadletter")
+                role: f"{self.prefix}.{role}"
+                for role in ("events", "alerts", "archive", "deadletter")
             },
         }
         for dotted, value in settings.items():
@@ -129,7 +130,9 @@ class Stack:
 
 
 @pytest.fixture
-def stack(tmp_path: Path, bootstrap: str, request: pytest.FixtureRequest) -> Iterator[Callable[..., Stack]]:
+def stack(
+    tmp_path: Path, bootstrap: str, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., Stack]]:
     made: list[Stack] = []
 
     def make(**settings: Any) -> Stack:

@@ -8,13 +8,11 @@ import time
 from collections import Counter
 from typing import Any
 
-import fastavro
 import orjson
 import pytest
 from confluent_kafka import Producer
 
 from schemas.codec import decode_wire, encode_event_avro, sha256
-from schemas.registry import parsed
 from streams.producer import to_avro_record
 from streams.reading import group_lag
 from streams.replay import replay
@@ -56,7 +54,9 @@ def test_valid_events_archived_once_and_bad_input_dead_lettered(stack: Any) -> N
         }
         for i in range(40)
     ]
-    messages: list[tuple[bytes | None, bytes]] = [(e["machine_id"].encode(), avro(e)) for e in valid]
+    messages: list[tuple[bytes | None, bytes]] = [
+        (e["machine_id"].encode(), avro(e)) for e in valid
+    ]
     # Re-sends of the same events, as JSON and as Avro again: archived once.
     messages += [(e["machine_id"].encode(), orjson.dumps(e)) for e in valid[:10]]
     messages += [(e["machine_id"].encode(), avro(e)) for e in valid[10:15]]
@@ -69,7 +69,9 @@ def test_valid_events_archived_once_and_bad_input_dead_lettered(stack: Any) -> N
         "missing_field": orjson.dumps({k: v for k, v in valid[2].items() if k != "resource"}),
         "bad_timestamp": orjson.dumps({**valid[2], "event_id": "x-ts", "timestamp": "yesterday"}),
         "future": orjson.dumps({**valid[2], "event_id": "x-fut", "timestamp": now + 86_400_000}),
-        "oversize": orjson.dumps({**valid[2], "event_id": "x-big", "attributes": {"pad": "x" * 5000}}),
+        "oversize": orjson.dumps(
+            {**valid[2], "event_id": "x-big", "attributes": {"pad": "x" * 5000}}
+        ),
         # Same event_id as an archived event, different content: must not overwrite it.
         "conflict": orjson.dumps({**valid[1], "resource": "secrets://prod/root-token"}),
     }
@@ -145,8 +147,10 @@ def test_replay_and_kafka_give_the_same_pages(stack: Any, tmp_path: Any) -> None
     )
     alerts = [orjson.loads(m.value()) for m in s.read("alerts")]
     kafka_pages = [
-        a for a in alerts
-        if a["status"] in ("opened", "escalated") and a["severity"] in ("medium", "high", "critical")
+        a
+        for a in alerts
+        if a["status"] in ("opened", "escalated")
+        and a["severity"] in ("medium", "high", "critical")
     ]
     key = lambda a: (a["alert_id"], a["status"], a["severity"], a["event_time"])  # noqa: E731
     assert sorted(map(key, kafka_pages)) == sorted(map(key, replay_pages))

@@ -44,7 +44,9 @@ def fan_out(machine: str, at_ms: int, n: int = 12) -> list[dict[str, Any]]:
     ]
 
 
-def burst(machine: str, resource: str, at_ms: int, n: int = 400, over_ms: int = 60_000) -> list[dict[str, Any]]:
+def burst(
+    machine: str, resource: str, at_ms: int, n: int = 400, over_ms: int = 60_000
+) -> list[dict[str, Any]]:
     return [
         {
             "event_id": f"burst-{machine}-{i}",
@@ -62,9 +64,19 @@ def scenario() -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Two machines for 3 hours, then a fan-out on one and a rate burst on the other.
     Returns (events sorted by time, {machine: expected detector})."""
     a, b = "billing-api-6f7c9d8b4-q2w7x", "ingest-worker-07"
-    events = steady(a, ["postgres://billing-db/public.invoices", "redis://cache/session"], BASE_MS, 3 * 3600)
-    events += steady(b, ["s3://raw-events/2026/01/part-0001.json", "kafka://topic/ingest"], BASE_MS, 3 * 3600, 2000)
+    events = steady(
+        a, ["postgres://billing-db/public.invoices", "redis://cache/session"], BASE_MS, 3 * 3600
+    )
+    events += steady(
+        b,
+        ["s3://raw-events/2026/01/part-0001.json", "kafka://topic/ingest"],
+        BASE_MS,
+        3 * 3600,
+        2000,
+    )
     events += fan_out(b, BASE_MS + 2 * 3600 * 1000 + 600_000)
-    events += burst(a, "postgres://billing-db/public.invoices", BASE_MS + 2 * 3600 * 1000 + 1_800_000)
+    events += burst(
+        a, "postgres://billing-db/public.invoices", BASE_MS + 2 * 3600 * 1000 + 1_800_000
+    )
     events.sort(key=lambda e: e["timestamp"])
     return events, {a: "access_rate", b: "new_resource"}

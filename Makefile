@@ -1,0 +1,33 @@
+# Every target works on a fresh machine with Python 3.11+, Java 17 and Maven: the venv and the
+# Kafka jars are made on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint kafka-start kafka-stop
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/auditwatch demo
+
+# Uses $$AUDITWATCH_BOOTSTRAP or the local broker, starting (and then stopping) one if needed.
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+kafka-start: $(STAMP)
+	$(VENV)/bin/auditwatch kafka start
+
+kafka-stop: $(STAMP)
+	$(VENV)/bin/auditwatch kafka stop
