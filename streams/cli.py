@@ -20,6 +20,10 @@ anomalies, alerts as they arrive). Every command takes --config FILE (YAML); see
 """
 
 
+class UsageError(Exception):
+    """Bad arguments: printed without a traceback, exit status 2."""
+
+
 def _config(args: argparse.Namespace) -> Config:
     return load_config(getattr(args, "config", None))
 
@@ -88,15 +92,18 @@ def _synthetic_events(args: argparse.Namespace) -> tuple[Iterator[dict[str, Any]
         anomalies = (
             _kv_counts(args.anomalies) if args.anomalies else {"fan_out": 1, "rate_burst": 1}
         )
-        sc = SyntheticConfig(
-            seed=args.seed,
-            start_ms=now_ms - int(hours * 3_600_000),
-            duration_s=hours * 3600,
-            machines=args.machines or 40,
-            warmup_s=hours * 3600 * 2 / 3,
-            anomalies=anomalies,
-            benign={},
-        )
+        try:
+            sc = SyntheticConfig(
+                seed=args.seed,
+                start_ms=now_ms - int(hours * 3_600_000),
+                duration_s=hours * 3600,
+                machines=args.machines or 40,
+                warmup_s=hours * 3600 * 2 / 3,
+                anomalies=anomalies,
+                benign={},
+            )
+        except ValueError as e:
+            raise UsageError(f"--synthetic: {e}") from None
     traffic = SyntheticTraffic(sc)
     for ep in traffic.episodes:
         if ep.malicious:
@@ -108,7 +115,10 @@ def _kv_counts(spec: str) -> dict[str, int]:
     out: dict[str, int] = {}
     for part in spec.split(","):
         name, _, n = part.partition("=")
-        out[name.strip()] = int(n or 1)
+        try:
+            out[name.strip()] = int(n or 1)
+        except ValueError:
+            raise UsageError(f"--anomalies: {part!r} is not KIND=COUNT") from None
     return out
 
 
@@ -192,7 +202,8 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     if not args.json:
         from rich.console import Console
 
-        console = Console()
+        # Piped output gets a wide table rather than rich's 80-column fallback.
+        console = Console(width=None if sys.stdout.isatty() else 200)
     try:
         for msg in read_topic(cfg, cfg.topics.alerts, follow=args.follow):
             a = orjson.loads(msg.value())
@@ -390,8 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc: int = args.func(args)
         return rc
-    except ConfigError as e:
-        print(str(e), file=sys.stderr)
+    except (ConfigError, UsageError) as e:
+        print(f"auditwatch: {e}", file=sys.stderr)
         return 2
     except FileNotFoundError as e:
         print(f"auditwatch: {e}", file=sys.stderr)

@@ -623,9 +623,11 @@ class SyntheticTraffic:
         self._episodes.append(Episode(kind, self._machine_list[machine].name, start,
                                       min(end, self.config.end_ms), malicious, description))
 
-    def _pick_window(self, length: int, prefer: str | None, spread: bool) -> int:
+    def _pick_window(self, length: int, prefer: str | None, spread: bool,
+                     required: bool = False) -> int:
         """A start time on the minute grid for a window of `length` ms after warm-up, in the
-        preferred hours if any fit ("busy": weekdays 09-17 UTC, "night": 00-05 UTC)."""
+        preferred hours if any fit ("busy": weekdays 09-17 UTC, "night": 20-06 UTC); if none
+        fit, anywhere, unless `required`."""
         cfg = self.config
         lo = cfg.start_ms + int(cfg.warmup_s * SECOND_MS)
         hi = cfg.end_ms - length
@@ -638,6 +640,9 @@ class SyntheticTraffic:
             ok = self._in_hours(starts, prefer) & self._in_hours(starts + length - 1, prefer)
             if ok.any():
                 starts = starts[ok]
+            elif required:
+                raise ValueError(f"no {prefer} hours (UTC) after warm-up for a "
+                                 f"{length // MINUTE_MS} min episode")
         for _ in range(30):
             s = int(starts[int(self._rng.integers(starts.size))])
             if not spread or all(s + length <= a or s >= b for a, b in self._taken):
@@ -650,7 +655,7 @@ class SyntheticTraffic:
     def _in_hours(t: npt.NDArray[np.int64], prefer: str) -> npt.NDArray[np.bool_]:
         hour = (t % DAY_MS) // HOUR_MS
         if prefer == "night":
-            return hour < 5
+            return (hour < 6) | (hour >= 20)
         weekday = (t // DAY_MS + 3) % 7 < 5  # 1970-01-01 was a Thursday
         return weekday & (hour >= 9) & (hour < 17)
 
@@ -887,7 +892,8 @@ class SyntheticTraffic:
     def _inject_off_hours(self, r: np.random.Generator, cat: _Catalog) -> None:
         s = self._target("off_hours", "office")
         length = self._length(30, 90)
-        t = self._pick_window(length, "night", spread=True)
+        # Required: at the wrong hour this would be ordinary traffic labelled as an anomaly.
+        t = self._pick_window(length, "night", spread=True, required=True)
         factor = float(r.uniform(0.6, 1.2))
         self._overlay(s, "off_hours", t, t + length, rate=self._slots[s].rate * factor,
                       schedule=_CONSTANT)

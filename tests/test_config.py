@@ -182,3 +182,12 @@ def test_masked_hides_librdkafka_secrets() -> None:
         assert secret not in text
     # The real values are still there for the clients.
     assert cfg.kafka.client_config()["sasl.password"] == "hunter2"
+
+
+def test_example_config_documents_exactly_the_defaults() -> None:
+    from pathlib import Path
+
+    from streams.config import Config
+
+    example = Path(__file__).resolve().parent.parent / "deploy" / "auditwatch.example.yaml"
+    assert load_config(example) == Config()

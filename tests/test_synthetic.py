@@ -216,18 +216,20 @@ def test_new_identity(full: tuple[SyntheticTraffic, list[Event]],
 def test_off_hours(full: tuple[SyntheticTraffic, list[Event]],
                    by_machine: dict[str, list[Event]]) -> None:
     (ep,) = episodes_of(full[0], "off_hours")
-    assert (ep.start_ms % DAY_MS) // HOUR_MS < 5  # at night
+    hour = (ep.start_ms % DAY_MS) // HOUR_MS
+    assert hour < 6 or hour >= 20  # at night
     events = by_machine[ep.machine_id]
     _, inside, _ = split(events, ep)
-    night_start = ep.start_ms - ep.start_ms % DAY_MS
-    night = [e for e in events if night_start <= e["timestamp"] < night_start + 6 * HOUR_MS]
+    # The run's only night is 22:00-06:00 (warm-up ends at 22:00); business hours follow.
+    night0 = FULL.start_ms + 10 * HOUR_MS
+    night = [e for e in events if night0 <= e["timestamp"] < night0 + 8 * HOUR_MS]
     outside = [e for e in night if not ep.start_ms <= e["timestamp"] < ep.end_ms]
     inside_rate = len(inside) / (ep.end_ms - ep.start_ms)
-    outside_rate = (len(outside) + 1) / (6 * HOUR_MS - (ep.end_ms - ep.start_ms))
+    outside_rate = (len(outside) + 1) / (8 * HOUR_MS - (ep.end_ms - ep.start_ms))
     assert len(inside) >= 20 and inside_rate >= 10 * outside_rate
     # A normal-ish rate: comparable to its own daytime traffic.
-    day = [e for e in events if night_start + 9 * HOUR_MS <= e["timestamp"] < night_start
-           + 12 * HOUR_MS]
+    day0 = night0 + 11 * HOUR_MS
+    day = [e for e in events if day0 <= e["timestamp"] < day0 + 3 * HOUR_MS]
     assert inside_rate >= 0.2 * len(day) / (3 * HOUR_MS)
 
 
@@ -351,6 +353,13 @@ def test_demo_config(hour: int) -> None:
     bad = [e for e in traffic.episodes if e.malicious]
     assert {e.kind for e in bad} >= {"fan_out", "rate_burst"}
     assert all(e.start_ms >= now - HOUR_MS for e in bad)
+
+
+def test_off_hours_needs_a_night() -> None:
+    daytime = SyntheticConfig(start_ms=DEFAULT_START_MS + 9 * HOUR_MS, duration_s=6 * 3600,
+                              warmup_s=3600, anomalies={"off_hours": 1})
+    with pytest.raises(ValueError, match="night"):
+        SyntheticTraffic(daytime)
 
 
 def test_config_validation() -> None:
