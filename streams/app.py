@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from quixstreams import Application
@@ -64,6 +65,40 @@ class _OutputValue(Serializer):
         return value.value
 
 
+class _ProgressLog:
+    """A periodic INFO line with the processor's counters, so an operator tailing the log sees
+    progress and dead-letter rates without a metrics stack."""
+
+    def __init__(self, processor: Processor, every_s: float = 30.0) -> None:
+        self.processor = processor
+        self.every_s = every_s
+        self.n = 0
+        self.last = time.monotonic()
+        self.last_in = 0
+
+    def tick(self) -> None:
+        self.n += 1
+        if self.n % 1000:
+            return
+        now = time.monotonic()
+        if now - self.last < self.every_s:
+            return
+        m = self.processor.metrics
+        rate = (m["events_in"] - self.last_in) / (now - self.last)
+        self.last, self.last_in = now, m["events_in"]
+        log.info(
+            "processed %d events (%.0f/s): archived %d, duplicates %d, dead letters %d, "
+            "alerts opened %d, key mismatches %d",
+            m["events_in"],
+            rate,
+            m["archived"],
+            m["duplicates"],
+            m["deadlettered"],
+            m["alerts.opened"],
+            m["key_mismatch"],
+        )
+
+
 def make_resolver(cfg: Config) -> SchemaResolver:
     if cfg.input.schema_registry is None:
         return BundledSchemas()
@@ -100,12 +135,16 @@ def build_application(
         )
     }
 
+    progress = _ProgressLog(processor)
+
     def process(
         value: bytes | None, key: bytes | None, _ts: int, _headers: Any, state: Any
     ) -> list[Output]:
         ctx = message_context()
         origin = Origin(ctx.topic, ctx.partition, ctx.offset)
-        return processor.handle(value, key, origin, _TransactionStore(state._transaction))
+        outputs = processor.handle(value, key, origin, _TransactionStore(state._transaction))
+        progress.tick()
+        return outputs
 
     sdf = app.dataframe(source)
     sdf = sdf.apply(process, stateful=True, metadata=True, expand=True)

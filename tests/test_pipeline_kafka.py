@@ -37,8 +37,9 @@ def archived_ids(stack: Stack) -> Counter[str]:
     return Counter(m.key().decode() for m in stack.read("archive"))
 
 
-def test_valid_events_archived_once_and_bad_input_dead_lettered(stack: Any) -> None:
-    s: Stack = stack(input__max_value_bytes=4096)
+@pytest.mark.parametrize("guarantee", ["at-least-once", "exactly-once"])
+def test_valid_events_archived_once_and_bad_input_dead_lettered(stack: Any, guarantee: str) -> None:
+    s: Stack = stack(input__max_value_bytes=4096, kafka__processing_guarantee=guarantee)
     s.create_topics()
     worker = s.start_worker()
     now = int(time.time() * 1000)
@@ -102,6 +103,8 @@ def test_valid_events_archived_once_and_bad_input_dead_lettered(stack: Any) -> N
     archive = {}
     for m in s.read("archive"):
         archive[m.key().decode()] = decode_wire(m.value(), "archive_record")
+        # Kafka timestamps are processing time; event time (an hour earlier) is in the payload.
+        assert now - 5_000 <= m.timestamp()[1] <= time.time() * 1000
     assert len(archive) == 41
     assert ids <= set(archive)
     derived = [r for r in archive.values() if r["event_id_derived"]]
