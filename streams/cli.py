@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from streams.config import Config, ConfigError, load_config
+from streams.readers import FORMATS
 
 EPILOG = """\
 Quick start: `auditwatch demo` (local broker, processor, synthetic traffic with injected
@@ -326,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "files", nargs="*", metavar="FILE", help="event files (JSON lines or CSV; .gz ok)"
     )
-    p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    p.add_argument("--format", choices=FORMATS, default="jsonl")
     p.add_argument("--csv-map", metavar="FIELD=COLUMN,...", help="CSV column for each event field")
     p.add_argument("--encoding", choices=["avro", "json"], default="avro")
     p.add_argument("--synthetic", action="store_true", help="generate realistic M2M traffic")
@@ -356,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--alerts-out", required=True, metavar="ALERTS.jsonl")
     p.add_argument("--deadletter-out", metavar="DEAD.jsonl", help="write rejected records here")
-    p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    p.add_argument("--format", choices=FORMATS, default="jsonl")
     p.add_argument("--csv-map", metavar="FIELD=COLUMN,...")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
     _add_config(p)
