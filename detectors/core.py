@@ -11,19 +11,46 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from detectors.identity import default_group, normalise_resource
+from detectors.peers import KeyValue, PeerGroup, store_first_seen
 from detectors.rate import RateBaseline, RateParams
 from schemas.alert import SEVERITY_RANK, Alert, Scalar, severity_for
 from schemas.event import AuditEvent, format_rfc3339_ms
+
+# Verbs (SQL, Redis, HTTP, cloud API names after the service prefix) that destroy or rewrite.
+_DESTRUCTIVE = re.compile(
+    r"^(?:[\w.-]+:)?(DELETE|DROP|TRUNCATE|ALTER|GRANT|REVOKE|PURGE|DESTROY|REMOVE|FLUSHALL|"
+    r"FLUSHDB|DEL|TERMINATE|DISABLE|STOPLOGGING|PUTBUCKETPOLICY|ATTACH|DETACH)"
+)
+_READ = re.compile(
+    r"^(?:[\w.-]+:)?(SELECT|GET|LIST|READ|DESCRIBE|HEAD|SCAN|CONSUME|QUERY|FETCH|SUBSCRIBE|"
+    r"LOOKUP|SEARCH|WATCH|MGET|HGET|EXISTS|CHECK|VIEW|LOOKUP)"
+)
+
+
+def is_destructive(operation: str) -> bool:
+    return _DESTRUCTIVE.match(operation.upper()) is not None
+
+
+def is_write(operation: str) -> bool:
+    return _READ.match(operation.upper()) is None
+
 
 HINTS = {
     "access_rate": "Check what the machine was running at that time (deploy, backfill, retry "
     "loop) and whether its credentials are used from an unexpected place.",
     "new_resource": "Check whether a deploy or config change gave the machine this access; if "
     "not, treat its credentials as possibly leaked.",
+    "failure_ratio": "Check for a rotated or revoked credential, a permission change, or "
+    "someone probing with this identity (many distinct resources failing).",
+    "operation": "Check whether this client is supposed to write or delete; a read-only "
+    "identity issuing destructive statements suggests stolen credentials.",
+    "new_identity": "Check who deployed this identity and whether it belongs to a known "
+    "workload; an unknown identity touching sensitive resources is a red flag.",
 }
 
 
@@ -40,6 +67,9 @@ class DetectorConfig:
     fanout_window_s: int = 300
     cooldown_s: int = 900
     update_every_s: int = 60  # at most one 'updated' state per alert per this much event time
+    max_operations: int = 128
+    failure_min_count: int = 5  # failures in one interval before the ratio can page
+    failure_min_ratio: float = 0.3  # and at least this share of the interval's accesses
 
     def version(self) -> str:
         """A short hash of the effective detection config: alerts carry it, and it is part of
@@ -89,6 +119,9 @@ class MachineState:
     rate: list[Any]
     recent_new: list[list[Any]]  # [ms, resource] of new resources inside the fan-out window
     episodes: dict[str, Episode]
+    ops: dict[str, int] = field(default_factory=dict)  # operation -> last seen (ms)
+    # [interval, accesses in it, failures in it, learned failure ratio, intervals learned]
+    fail: list[Any] = field(default_factory=lambda: [-1, 0, 0, 0.0, 0])
 
     @classmethod
     def new(cls, ts_ms: int) -> MachineState:
@@ -103,6 +136,8 @@ class MachineState:
             "q": self.rate,
             "w": self.recent_new,
             "e": {k: v.to_list() for k, v in self.episodes.items()},
+            "o": self.ops,
+            "x": self.fail,
         }
 
     @classmethod
@@ -115,6 +150,8 @@ class MachineState:
             d["q"],
             d["w"],
             {k: Episode.from_list(v) for k, v in d["e"].items()},
+            d.get("o", {}),
+            d.get("x", [-1, 0, 0, 0.0, 0]),
         )
 
 
@@ -136,19 +173,37 @@ class DetectionCore:
         self.config = config or DetectorConfig()
         self.config_version = self.config.version()
 
+    def group_of(self, machine_id: str) -> str:
+        """The peer group a machine belongs to (and the detection stage's partitioning key)."""
+        return default_group(machine_id)
+
     def process(
-        self, event: AuditEvent, state: MachineState | None
+        self, event: AuditEvent, state: MachineState | None, kv: KeyValue | None = None
     ) -> tuple[MachineState, list[Alert]]:
+        """Score `event` against its machine's `state` (None for a machine not seen before)
+        and, when `kv` is given, against its peer group; then learn it. Returns the updated
+        state and the alert states to publish."""
         cfg = self.config
         ts = event.timestamp_ms
+        warmup_ms = cfg.warmup_s * 1000
+        group_name = self.group_of(event.machine_id)
+        peers = PeerGroup(kv, group_name) if kv is not None else None
+        findings: list[Finding] = []
         if state is None:
             state = MachineState.new(ts)
+            if kv is not None and peers is not None:
+                if not peers.known and ts - store_first_seen(kv, ts) > warmup_ms:
+                    findings.append(self._new_identity(event, group_name))
+                peers.join(ts)
         alerts: list[Alert] = []
-        group = default_group(event.machine_id)
+        group = group_name
         alerts.extend(self._resolve_quiet(event.machine_id, group, state, ts))
 
-        warm = state.n >= cfg.warmup_events and ts - state.first_ms >= cfg.warmup_s * 1000
-        findings: list[Finding] = []
+        own_warm = state.n >= cfg.warmup_events and ts - state.first_ms >= warmup_ms
+        # A new replica of a group that has been watched long enough is judged by the group
+        # from its first event: rotated pods and autoscaled instances are not strangers.
+        peer_warm = peers is not None and peers.members > 1 and peers.warm(ts, warmup_ms)
+        warm = own_warm or peer_warm
 
         rate = RateBaseline(cfg.rate, state.rate)
         rate_score = rate.observe(ts)
@@ -167,15 +222,30 @@ class DetectionCore:
             )
         state.rate = rate.state()
 
+        failure = self._failure(event, state, warm)
+        if failure is not None:
+            findings.append(failure)
+        operation = self._operation(event, state, warm, peers)
+        if operation is not None:
+            findings.append(operation)
+
         resource = normalise_resource(event.resource, cfg.resource_depth)
         known = resource in state.resources
+        if not known and peers is not None:
+            known_to_peers = peers.uses_resource(resource)
+            peers.learn_resource(resource, ts)
+            if known_to_peers:
+                known = True
         if not known and warm:
             window_start = ts - cfg.fanout_window_s * 1000
             state.recent_new = [r for r in state.recent_new if r[0] >= window_start]
             state.recent_new.append([ts, resource])
             k = len(state.recent_new)
-            # One new resource is worth a look; a burst (enumeration) far more.
-            score = min(100.0, 55.0 + 12.0 * math.log2(k))
+            # One new resource is worth a look; a burst (enumeration) far more. In a group of
+            # replicas one new resource is more often a deploy rolling out: below a page
+            # unless more follow.
+            base = 45.0 if peers is not None and peers.members > 1 else 55.0
+            score = min(100.0, base + 12.0 * math.log2(k))
             summary = (
                 f"{event.machine_id} accessed {resource}, which it had not used in "
                 f"{len(state.resources)} known resources"
@@ -205,6 +275,100 @@ class DetectionCore:
             if alert is not None:
                 alerts.append(alert)
         return state, alerts
+
+    def _new_identity(self, event: AuditEvent, group: str) -> Finding:
+        return Finding(
+            "new_identity",
+            60.0,
+            f"{event.machine_id} is a new identity with no known peer group; its first access "
+            f"was {event.operation} on {event.resource}.",
+            {
+                "machine_id": event.machine_id,
+                "group": group,
+                "resource": event.resource,
+                "operation": event.operation,
+            },
+            {"known_group": "none"},
+        )
+
+    def _failure(self, event: AuditEvent, state: MachineState, warm: bool) -> Finding | None:
+        """Failures and denials in the current interval against the machine's usual ratio."""
+        cfg = self.config
+        interval = event.timestamp_ms // (cfg.rate.interval_s * 1000)
+        cur, n, f, p, learned = state.fail
+        if interval > cur:
+            if cur >= 0 and n > 0:
+                # Weight by accesses (a busy interval says more) but cap it, and clip what is
+                # learned so a failure storm does not become the new normal.
+                a = min(0.5, 0.02 * n) if learned else 1.0
+                p += a * (min(f / n, max(p * 2, 0.05)) - p)
+                learned += 1
+            cur, n, f = interval, 0, 0
+        n += 1
+        failed = event.outcome != "SUCCESS"
+        f += failed
+        state.fail = [cur, n, f, round(p, 6), learned]
+        if not (failed and warm and learned >= 5):
+            return None
+        ratio = f / n
+        if f < cfg.failure_min_count or ratio < max(cfg.failure_min_ratio, 4 * p):
+            return None
+        excess = f - n * p
+        score = min(100.0, 50.0 + 12.0 * math.log2(excess / cfg.failure_min_count + 1))
+        return Finding(
+            "failure_ratio",
+            score,
+            f"{event.machine_id} had {f} of {n} accesses fail or denied in one "
+            f"{cfg.rate.interval_s}-second interval ({ratio:.0%}); it usually fails "
+            f"{p:.1%}.",
+            {
+                "failures": f,
+                "accesses": n,
+                "ratio": round(ratio, 3),
+                "latest_outcome": event.outcome,
+                "resource": event.resource,
+            },
+            {"ratio": round(p, 4)},
+        )
+
+    def _operation(
+        self, event: AuditEvent, state: MachineState, warm: bool, peers: PeerGroup | None
+    ) -> Finding | None:
+        """An operation this machine does not perform; destructive ones from a read-only
+        client score highest."""
+        cfg = self.config
+        op = event.operation.upper()
+        ts = event.timestamp_ms
+        if op in state.ops:
+            state.ops[op] = max(ts, state.ops[op])
+            return None
+        read_only = all(not is_write(o) for o in state.ops)
+        known_to_peers = peers is not None and peers.uses_operation(op)
+        if peers is not None:
+            peers.learn_operation(op, ts)
+        state.ops[op] = ts
+        if len(state.ops) > cfg.max_operations:
+            oldest = min(state.ops, key=state.ops.__getitem__)
+            del state.ops[oldest]
+        if not warm or known_to_peers or not state.n:
+            return None
+        if is_destructive(op):
+            score = 80.0 if read_only else 55.0
+        elif is_write(op) and read_only:
+            score = 50.0
+        else:
+            # A new read-like operation is usually a code path seldom taken: worth noting,
+            # not worth a page.
+            score = 35.0
+        kind = "read-only " if read_only else ""
+        return Finding(
+            "operation",
+            score,
+            f"{event.machine_id}, a {kind}client, performed {op} on {event.resource}, an "
+            f"operation it had not used before.",
+            {"operation": op, "resource": event.resource},
+            {"operations": ", ".join(sorted(o for o in state.ops if o != op))[:200]},
+        )
 
     def _learn_resource(self, state: MachineState, resource: str, ts: int) -> None:
         cfg = self.config

@@ -1,92 +1,338 @@
 """Access-rate baseline: events per interval against the machine's own learned level.
 
-The baseline is an exponentially weighted mean and variance of per-interval counts, with empty
-intervals counted as zeros. A count is scored against the baseline of the intervals before it
-(score before learn), and learned winsorised so one burst does not teach the baseline that
-bursts are normal.
+The expected value of an interval is a time-of-day profile (one slot per hour of the UTC day,
+learned over about a week), plus a day-of-week offset once two weeks of history exist, plus a
+fast-moving level that tracks how far the series currently runs above or below its profile.
+The spread is an exponentially weighted variance of the one-step prediction errors, floored
+for counts at the Poisson variance (a count of mean m is never less noisy than sqrt(m)).
+
+Every value is scored against the model of the intervals before it (score before learn), on
+both sides: a spike (`observe`, `threshold`) and a normally busy series going quiet
+(`quiet_score`). It is learned winsorised (clipped at a few standard deviations) so one burst
+does not teach the baseline that bursts are normal; a deviation that persists on one side for
+`adapt_after` intervals is a new normal, and the level re-anchors on it.
+
+`RateBaseline` counts events per interval for the detection core. `SeriesBaseline` is the same
+model as a river-style anomaly detector (`learn_one` / `score_one`) for any timestamped numeric
+series, one value per interval: that is how it is benchmarked on NAB (`bench/nab.py`).
+
+Imports: the standard library only.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-# A gap longer than this many intervals decays the baseline in closed form instead of a loop.
-_MAX_ZERO_STEPS = 64
+_DAY_S = 86_400
+_WEEK_DAYS = 7
+# Longest run of empty intervals learned one by one; longer gaps decay in closed form.
+_MAX_ZERO_STEPS = 2_880
 
 
 @dataclass(frozen=True, slots=True)
 class RateParams:
+    """Product defaults for per-minute M2M access counts. Rates are per interval, except the
+    profile's, which are in days so a profile means the same for any interval length."""
+
     interval_s: int = 60
-    alpha: float = 0.02  # ~50 intervals of memory
+    alpha: float = 0.02  # the level: ~50 intervals of memory
     z: float = 6.0  # how many (Poisson-floored) standard deviations make a spike
     min_ratio: float = 3.0  # and at least this many times the expected count
     min_count: int = 20  # and at least this many events in the interval
     warmup_intervals: int = 60
+    slots: int = 24  # time-of-day slots per UTC day; 0 turns the profile off
+    profile_days: float = 7.0  # memory of each slot's level
+    profile_prior_days: float = 0.25  # history a slot needs to outweigh the level it started at
+    weekly_after_days: float = 14.0  # day-of-week offsets apply from this much history on
+    clip_z: float = 3.0  # learning is winsorised at this many standard deviations
+    adapt_after: int = 12  # one-sided deviations in a row before the level re-anchors
+    quiet_min_expected: float = 5.0  # quiet needs at least this many events expected
+    scale_floor: float = 0.1  # the spread is at least this fraction of the series' own std
+    scale_rate: float = 0.1  # the series' std learns at this fraction of alpha
+
+
+def _epoch_ms(ts: datetime | float | int) -> int:
+    if isinstance(ts, datetime):
+        if ts.tzinfo is None:
+            raise ValueError("timestamps must be timezone-aware")
+        return int(ts.timestamp() * 1000)
+    return int(ts)
+
+
+class _Model:
+    """Profile + day-of-week + level model of one value per interval; the shared engine.
+
+    Flat state (JSON-friendly, a few hundred bytes): level, variance, intervals learned, the
+    current one-sided run (length, sum), the first interval's day, the interval length, then
+    per slot (value, observations) and the seven day-of-week offsets."""
+
+    __slots__ = (
+        "counts",
+        "dow",
+        "first_day",
+        "gmean",
+        "gvar",
+        "interval_s",
+        "level",
+        "n",
+        "params",
+        "prof",
+        "prof_n",
+        "ref",
+        "run",
+        "run_sum",
+        "var",
+    )
+
+    def __init__(self, params: RateParams, counts: bool) -> None:
+        self.params = params
+        self.counts = counts
+        self.level = 0.0
+        self.var = 0.0
+        self.n = 0
+        self.run = 0
+        self.run_sum = 0.0
+        self.first_day = -1.0
+        self.gmean = 0.0  # slow mean and variance of the values themselves: the series' scale
+        self.gvar = 0.0
+        self.ref = 0.0  # the profile value of the last slot learned: unseen slots start there
+        self.interval_s = float(params.interval_s)
+        self.prof: list[float] = [0.0] * params.slots
+        self.prof_n: list[int] = [0] * params.slots
+        self.dow: list[float] = [0.0] * _WEEK_DAYS
+
+    # --- state -------------------------------------------------------------------------
+    def dump(self) -> list[Any]:
+        out: list[Any] = [
+            round(self.level, 6),
+            round(self.var, 6),
+            self.n,
+            self.run,
+            round(self.run_sum, 6),
+            round(self.first_day, 6),
+            self.interval_s,
+            round(self.ref, 6),
+            round(self.gmean, 6),
+            round(self.gvar, 6),
+        ]
+        for v, k in zip(self.prof, self.prof_n, strict=True):
+            out += (round(v, 6), k)
+        out += [round(d, 6) for d in self.dow]
+        return out
+
+    def load(self, s: list[Any]) -> None:
+        self.level, self.var, self.n, self.run, self.run_sum, self.first_day = s[:6]
+        self.interval_s = float(s[6])
+        self.ref, self.gmean, self.gvar = float(s[7]), float(s[8]), float(s[9])
+        s = s[2:]
+        slots = self.params.slots
+        if len(s) != 8 + 2 * slots + _WEEK_DAYS:
+            # The slot layout changed with the config: relearn the profile from the level.
+            self.level += self.ref
+            self.ref = 0.0
+            return
+        self.prof = [float(v) for v in s[8 : 8 + 2 * slots : 2]]
+        self.prof_n = [int(k) for k in s[9 : 9 + 2 * slots : 2]]
+        self.dow = [float(d) for d in s[8 + 2 * slots :]]
+
+    # --- model -------------------------------------------------------------------------
+    def _where(self, t_s: float | None) -> tuple[int, int, float]:
+        """(slot or -1, day of week or -1, weight of the day-of-week offsets) at t_s."""
+        if t_s is None:
+            return -1, -1, 0.0
+        p = self.params
+        slot = int(t_s % _DAY_S * p.slots // _DAY_S) if p.slots else -1
+        day = t_s / _DAY_S
+        dow = (int(day) + 3) % _WEEK_DAYS  # 1970-01-01 was a Thursday; Monday is 0
+        w = 0.0
+        if self.first_day >= 0:
+            # Ramp in over a week rather than switch on: no step in the expectation.
+            w = min(1.0, max(0.0, (day - self.first_day - p.weekly_after_days) / _WEEK_DAYS))
+        return slot, dow, w
+
+    def base(self, t_s: float | None) -> float:
+        """The profile's value at t_s (0 with no profile: the level is then everything)."""
+        slot, dow, w = self._where(t_s)
+        if slot < 0:
+            return 0.0
+        b = self.prof[slot] if self.prof_n[slot] else self.ref
+        if w > 0.0:
+            b += w * self.dow[dow]
+        return b
+
+    def expected(self, t_s: float | None) -> float:
+        e = self.base(t_s) + self.level
+        return max(e, 0.0) if self.counts else e
+
+    def std(self, expected: float) -> float:
+        # A fraction of the series' own scale: a model that has fitted a pattern exactly is
+        # not infinitely sure of itself.
+        var = max(self.var, self.params.scale_floor**2 * self.gvar)
+        if self.counts:
+            # Counts are at least Poisson-noisy: floor the variance at the mean.
+            return math.sqrt(max(var, expected, 0.25))
+        return math.sqrt(max(var, (1e-3 * abs(expected)) ** 2, 1e-12))
+
+    def zscore(self, x: float, t_s: float | None) -> float:
+        e = self.expected(t_s)
+        return (x - e) / self.std(e)
+
+    def learn(self, x: float, t_s: float | None) -> None:
+        p = self.params
+        slot, dow, w = self._where(t_s)
+        if t_s is not None and self.first_day < 0:
+            self.first_day = t_s / _DAY_S
+        if slot >= 0 and self.prof_n[slot] == 0:
+            # A slot seen for the first time starts where the last one was, so the
+            # expectation does not jump; its own history then takes over (below).
+            self.prof[slot] = self.ref if self.n else x
+        b = self.prof[slot] if slot >= 0 else 0.0
+        if w > 0.0:
+            b += w * self.dow[dow]
+        if self.n == 0:
+            self.gmean = x
+            if slot < 0:
+                self.level = x
+            else:
+                self.prof_n[slot] = 1
+                self.ref = x
+            self.n = 1
+            return
+        e = b + self.level
+        if self.counts:
+            e = max(e, 0.0)
+        sd = self.std(e)
+        d = x - e
+        lim = p.clip_z * sd
+        side = 1 if d > lim else -1 if d < -lim else 0
+        # Winsorise: the baseline adapts to growth, not to bursts.
+        xc = e + max(-lim, min(lim, d))
+        if side and (self.run == 0 or (side > 0) == (self.run > 0)):
+            self.run += side
+            self.run_sum += x
+        else:
+            self.run, self.run_sum = side, (x if side else 0.0)
+        if abs(self.run) >= p.adapt_after:
+            # The same side for this long is a new normal: re-anchor the level on it.
+            xc = self.run_sum / abs(self.run)
+            self.level += xc - e
+            self.var = max(self.var, (xc - e) ** 2 / p.adapt_after)
+            self.run, self.run_sum = 0, 0.0
+        else:
+            a = p.alpha
+            dc = xc - e
+            self.level += a * dc
+            self.var = (1 - a) * (self.var + a * dc * dc)
+        if slot >= 0:
+            # The profile learns the value itself, clipped at a few of the series' standard
+            # deviations, on its own clock: `profile_days` of memory, starting from
+            # `profile_prior_days` of weight on its first value.
+            per_day = max(1.0, _DAY_S / self.interval_s / p.slots)
+            k = self.prof_n[slot]
+            r = max(
+                1.0 / (k + 1 + per_day * p.profile_prior_days), 1.0 / (per_day * p.profile_days)
+            )
+            old = self.prof[slot]
+            glim = p.clip_z * math.sqrt(self.gvar)
+            dp = x - (w * self.dow[dow] if w > 0 else 0.0) - old
+            self.prof[slot] = old + r * max(-glim, min(glim, dp))
+            # Counted only as far as it matters: past that the slot learns at its steady rate.
+            self.prof_n[slot] = min(k + 1, int(per_day * (p.profile_days - p.profile_prior_days)))
+            self.ref = self.prof[slot]
+            # Keep the expectation continuous: what the profile learned, the level gives up.
+            self.level -= self.prof[slot] - old
+            # The day-of-week offset learns the day's departure from the profile.
+            rd = 1.0 / (per_day * p.slots * 3)  # ~3 weeks of memory
+            dd = x - self.prof[slot] - self.dow[dow]
+            self.dow[dow] += rd * max(-glim, min(glim, dd))
+            # Offsets average to zero: the profile holds the level of the week.
+            mean_dow = sum(self.dow) / _WEEK_DAYS
+            self.dow = [v - mean_dow for v in self.dow]
+        # The series' own scale, learned slowly and clipped relative to its size, so that one
+        # huge burst does not make everything after it look small.
+        ag = p.alpha * p.scale_rate
+        gsd = math.sqrt(self.gvar)
+        glim = p.clip_z * gsd + abs(self.gmean)
+        gd = max(-glim, min(glim, x - self.gmean))
+        self.gmean += ag * gd
+        self.gvar = (1 - ag) * (self.gvar + ag * gd * gd)
+        self.n += 1
+
+    def decay_zeros(self, k: int) -> None:
+        """After more empty intervals than are learned one by one: fade towards zero."""
+        decay = (1 - self.params.alpha) ** k
+        self.level *= decay
+        self.var *= decay
+        self.n += k
 
 
 class RateBaseline:
-    """Per-interval event counts of one series. State is a small list, so it serialises cheaply:
-    [interval index, count in it, mean, variance, intervals learned]."""
+    """Per-interval event counts of one machine, for the detection core. State is one flat
+    list: [interval index, count in it, level, variance, intervals learned, model...], so it
+    serialises cheaply; a fresh baseline is [-1, 0, 0.0, 0.0, 0]."""
 
-    __slots__ = ("count", "current", "mean", "n", "params", "var")
+    __slots__ = ("count", "current", "model", "params")
 
     def __init__(self, params: RateParams, state: list[Any] | None = None) -> None:
         self.params = params
+        self.model = _Model(params, counts=True)
+        self.current, self.count = -1, 0
         if state:
-            self.current, self.count, self.mean, self.var, self.n = state
-        else:
-            self.current, self.count, self.mean, self.var, self.n = -1, 0, 0.0, 0.0, 0
+            self.current, self.count = state[0], state[1]
+            if len(state) == 5:  # a fresh baseline, or one from before the profile
+                self.model.level, self.model.var, self.model.n = state[2:5]
+            else:
+                self.model.load(state[2:])
 
     def state(self) -> list[Any]:
-        return [self.current, self.count, round(self.mean, 6), round(self.var, 6), self.n]
+        m = self.model
+        if m.n == 0:
+            return [self.current, self.count, 0.0, 0.0, 0]
+        return [self.current, self.count, *m.dump()]
 
-    def _learn(self, x: float) -> None:
-        p = self.params
-        if self.n > 0:
-            # Winsorise at the spike threshold: the baseline adapts to growth, not to bursts.
-            x = min(x, self.threshold())
-        a = p.alpha if self.n > 0 else 1.0
-        d = x - self.mean
-        self.mean += a * d
-        self.var = (1 - a) * (self.var + a * d * d)
-        self.n += 1
+    @property
+    def n(self) -> int:
+        return self.model.n
 
-    def _learn_zeros(self, k: int) -> None:
-        steps = min(k, _MAX_ZERO_STEPS)
-        for _ in range(steps):
-            self._learn(0.0)
-        rest = k - steps
-        if rest > 0:
-            decay = (1 - self.params.alpha) ** rest
-            self.mean *= decay
-            self.var *= decay
-            self.n += rest
+    def _t(self, interval: int) -> float:
+        return interval * float(self.params.interval_s)
 
     def advance(self, interval: int) -> None:
         """Close the current interval (learning it and any empty ones since) when time moves on."""
         if interval <= self.current:
             return
         if self.current >= 0:
-            self._learn(float(self.count))
-            self._learn_zeros(min(interval - self.current - 1, 10_000_000))
+            m = self.model
+            m.learn(float(self.count), self._t(self.current))
+            gap = min(interval - self.current - 1, 10_000_000)
+            for i in range(1, min(gap, _MAX_ZERO_STEPS) + 1):
+                m.learn(0.0, self._t(self.current + i))
+            if gap > _MAX_ZERO_STEPS:
+                m.decay_zeros(gap - _MAX_ZERO_STEPS)
         self.current, self.count = interval, 0
 
     def expected(self) -> float:
-        return self.mean
+        """Expected events in the current interval."""
+        return self.model.expected(self._t(self.current) if self.current >= 0 else None)
+
+    def expected_at(self, ts_ms: int) -> float:
+        """Expected events in the interval holding ts_ms, as the model stands (no learning)."""
+        return self.model.expected(self._t(ts_ms // (self.params.interval_s * 1000)))
 
     def std(self) -> float:
-        # Counts are at least Poisson-noisy: floor the variance at the mean.
-        return math.sqrt(max(self.var, self.mean, 0.25))
+        return self.model.std(self.expected())
 
     def threshold(self) -> float:
         p = self.params
-        return max(self.mean + p.z * self.std(), p.min_ratio * self.mean, float(p.min_count))
+        e = self.expected()
+        return max(e + p.z * self.std(), p.min_ratio * e, float(p.min_count))
 
     @property
     def warm(self) -> bool:
-        return self.n >= self.params.warmup_intervals
+        return self.model.n >= self.params.warmup_intervals
 
     def observe(self, ts_ms: int, weight: int = 1) -> float:
         """Count an event and return its score in [0, 100]: 0 below the spike threshold, above it
@@ -95,17 +341,150 @@ class RateBaseline:
         self.count += weight
         if not self.warm or self.count < self.threshold():
             return 0.0
-        ratio = self.count / max(self.mean, 0.5)
+        ratio = self.count / max(self.expected(), 0.5)
         return max(50.0, min(100.0, 40.0 + 15.0 * math.log2(ratio)))
 
-    # river-style interface, for using the baseline on any timestamped numeric series.
-    def score_one(self, x: dict[str, float]) -> float:
-        """Score of value x["value"] as the count of one interval, without learning it."""
+    def quiet_score(self, now_ms: int) -> float:
+        """How unusual the silence up to `now_ms` is, in [0, 100] (>= 50: page-worthy), without
+        learning anything. The closed intervals since the last event and the elapsed part of the
+        current one are compared with what the model expected over the same span."""
+        p = self.params
+        m = self.model
+        if not self.warm or self.current < 0:
+            return 0.0
+        iv_ms = p.interval_s * 1000
+        now_iv = now_ms // iv_ms
+        if now_iv < self.current:
+            return 0.0
+        observed = float(self.count)
+        exp_sum = var_sum = 0.0
+        # Cap the span: a day of silence is as conclusive as a week of it.
+        last = min(now_iv, self.current + _DAY_S // p.interval_s)
+        for i in range(self.current, last + 1):
+            frac = 1.0
+            if i == now_iv:
+                frac = (now_ms - now_iv * iv_ms) / iv_ms
+            e = m.expected(self._t(i)) * frac
+            exp_sum += e
+            var_sum += m.std(e) ** 2 * frac
+        if exp_sum < p.quiet_min_expected or observed >= exp_sum:
+            return 0.0
+        z = (exp_sum - observed) / math.sqrt(max(var_sum, exp_sum, 1e-9))
+        return _product_score(_unit_score(z, p.z))
+
+    # river-style interface on raw counts (see SeriesBaseline for timestamped series).
+    def score_one(self, x: dict[str, Any]) -> float:
+        """Score of x["value"] as one interval's count, in [0, 1], without learning it."""
         if not self.warm:
             return 0.0
-        v = x["value"]
-        z = (v - self.mean) / self.std()
-        return max(0.0, min(1.0, z / (2 * self.params.z)))
+        t = x.get("timestamp")
+        t_s = _epoch_ms(t) / 1000 if t is not None else None
+        return _unit_score(self.model.zscore(float(x["value"]), t_s), self.params.z)
 
-    def learn_one(self, x: dict[str, float]) -> None:
-        self._learn(x["value"])
+    def learn_one(self, x: dict[str, Any]) -> None:
+        t = x.get("timestamp")
+        self.model.learn(float(x["value"]), _epoch_ms(t) / 1000 if t is not None else None)
+
+
+def _unit_score(z: float, z_page: float) -> float:
+    """Map a z-score (either side) to [0, 1]: 0 at z = 0, 0.5 at |z| = z_page, towards 1 beyond."""
+    return 1.0 - 2.0 ** (-abs(z) / z_page)
+
+
+def _product_score(s: float) -> float:
+    """The detection core's 0..100 scale: a unit score s >= 0.5 pages as 100 * s, below is 0."""
+    return 100.0 * s if s >= 0.5 else 0.0
+
+
+class SeriesBaseline:
+    """The rate model as a river-style anomaly detector on any timestamped numeric series.
+
+    x = {"value": float, "timestamp": datetime (aware) or epoch ms}; one value per interval
+    (the series' own spacing defines the interval). `score_one(x)` is in [0, 1], 1 the most
+    anomalous, two-sided, 0 while warming up; it does not learn.
+
+    Two steps turn the model's z-score into the score, both standing in for what the detection
+    core does with counts (its min_ratio / min_count gates, and alert cooldowns):
+    - calibration: the surprise log(1 + |z|) is compared with the surprises this series
+      usually produces (a slow mean and variance of them), so a series whose values routinely
+      jump (bursty disk writes) needs a bigger jump than a smooth one;
+    - repeats: within `repeat_intervals` of a higher score, a score only counts if it beats it
+      (one anomaly, one detection).
+    The product's 0..100 score is 100 * score_one when that is >= 0.5 (its page threshold 50 is
+    0.5 here), else 0.
+
+    `counts=None` treats the series as counts (Poisson floor on the variance) while every value
+    seen is a non-negative integer; True or False fixes it."""
+
+    def __init__(
+        self,
+        params: RateParams | None = None,
+        counts: bool | None = None,
+        calibration_rate: float = 0.002,
+        calibration_z: float = 3.0,
+        repeat_intervals: int = 96,
+    ) -> None:
+        self.params = params or RateParams()
+        self.counts = counts
+        self.calibration_rate = calibration_rate
+        self.calibration_z = calibration_z
+        self.repeat_intervals = repeat_intervals
+        self._model: _Model | None = None
+        self._last_s: float | None = None
+        # Calibration: mean, variance and count of the surprises; the last high score, its age.
+        self._cm, self._cv, self._cn = 0.0, 1.0, 0
+        self._peak, self._peak_age = 0.0, 0
+
+    def _m(self) -> _Model:
+        if self._model is None:
+            self._model = _Model(self.params, counts=self.counts is not False)
+        return self._model
+
+    def _raw(self, x: dict[str, Any]) -> tuple[float, float]:
+        """(surprise, calibrated score before the repeat rule) of x."""
+        m = self._m()
+        if m.n < self.params.warmup_intervals:
+            return -1.0, 0.0
+        z = m.zscore(float(x["value"]), _epoch_ms(x["timestamp"]) / 1000)
+        u = math.log1p(abs(z))
+        c = (u - self._cm) / math.sqrt(max(self._cv, 0.01))
+        return u, _unit_score(c, self.calibration_z) if c > 0 else 0.0
+
+    def score_one(self, x: dict[str, Any]) -> float:
+        _, s = self._raw(x)
+        peak = self._peak if self._peak_age < self.repeat_intervals else 0.0
+        return s if s > peak else 0.0
+
+    def learn_one(self, x: dict[str, Any]) -> None:
+        u, s = self._raw(x)
+        if u >= 0:
+            if s > self._peak or self._peak_age >= self.repeat_intervals:
+                self._peak, self._peak_age = s, 0
+            else:
+                self._peak_age += 1
+            r = max(self.calibration_rate, 1.0 / (self._cn + 1))
+            d = u - self._cm
+            self._cm += r * d
+            self._cv = (1 - r) * (self._cv + r * d * d)
+            self._cn += 1
+        m = self._m()
+        v = float(x["value"])
+        if self.counts is None and m.counts and (v < 0 or not v.is_integer()):
+            m.counts = False  # not counts after all: no Poisson floor from here on
+        t_s = _epoch_ms(x["timestamp"]) / 1000
+        if self._last_s is not None and t_s > self._last_s:
+            dt = t_s - self._last_s
+            # The interval is the series' spacing: the smallest step seen.
+            m.interval_s = dt if m.n <= 1 else min(m.interval_s, dt)
+        self._last_s = t_s
+        m.learn(v, t_s)
+
+    def state(self) -> list[Any]:
+        return [
+            *self._m().dump(),
+            round(self._cm, 6),
+            round(self._cv, 6),
+            self._cn,
+            round(self._peak, 6),
+            self._peak_age,
+        ]

@@ -231,3 +231,26 @@ def decode_wire(value: bytes, name: str) -> dict[str, Any]:
 
 def decoder_for(name: str) -> Callable[[bytes], dict[str, Any]]:
     return lambda value: decode_wire(value, name)
+
+
+def encode_canonical(event: AuditEvent) -> bytes:
+    """The accepted event (event_id set) in wire-format Avro, for the detection stage."""
+    return encode_event_avro(event.to_avro())
+
+
+def decode_canonical(value: bytes) -> AuditEvent:
+    """Inverse of `encode_canonical`. Trusted input written by `encode_canonical`, so it is not
+    validated again."""
+    r = decode_wire(value, "audit_event")
+    return AuditEvent(
+        event_id=r["event_id"],
+        ts_us=r["timestamp"] * 1000,
+        machine_id=r["machine_id"],
+        resource=r["resource"],
+        operation=r["operation"],
+        outcome=r["outcome"],
+        source_ip=r["source_ip"],
+        identity_type=r["identity_type"],
+        source=r["source"],
+        attributes=r["attributes"],
+    )

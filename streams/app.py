@@ -17,25 +17,22 @@ from quixstreams import Application
 from quixstreams.context import message_context
 from quixstreams.models.serializers import Serializer
 
-from schemas.codec import BundledSchemas, SchemaResolver
+from schemas.codec import BundledSchemas, SchemaResolver, decode_canonical, encode_canonical
 from streams.config import Config
 from streams.processor import Origin, Output, Processor, now_ms
 from streams.topics import ensure_topics
 
 log = logging.getLogger("auditwatch.run")
 
-# Prefixes that split the one per-partition store into its two tables.
-_SEEN = b"e"
-_MACHINE = b"m"
-
 
 class _TransactionStore:
     """The Processor's Store over a Quix partition transaction.
 
     Quix scopes `State` to the message key, but the message key is only a partitioning hint:
-    the machine_id inside the event is authoritative, and dedupe is by event_id. So this
-    addresses the partition's transaction directly with our own prefixes; writes still go
-    through the transaction and its changelog, keeping the recovery guarantees.
+    the machine_id inside the event is authoritative, dedupe is by event_id and peer groups
+    span machines. So this addresses the partition's transaction directly with our own key
+    kinds as prefixes; writes still go through the transaction and its changelog, keeping
+    the recovery guarantees.
     """
 
     __slots__ = ("tx",)
@@ -43,19 +40,12 @@ class _TransactionStore:
     def __init__(self, tx: Any) -> None:
         self.tx = tx
 
-    def get_seen(self, event_id: str) -> bytes | None:
-        value: bytes | None = self.tx.get_bytes(event_id.encode(), _SEEN)
+    def get(self, kind: bytes, key: str) -> bytes | None:
+        value: bytes | None = self.tx.get_bytes(key.encode(), kind)
         return value
 
-    def set_seen(self, event_id: str, digest: bytes) -> None:
-        self.tx.set_bytes(event_id.encode(), digest, _SEEN)
-
-    def get_machine(self, machine_id: str) -> bytes | None:
-        value: bytes | None = self.tx.get_bytes(machine_id.encode(), _MACHINE)
-        return value
-
-    def set_machine(self, machine_id: str, value: bytes) -> None:
-        self.tx.set_bytes(machine_id.encode(), value, _MACHINE)
+    def set(self, kind: bytes, key: str, value: bytes) -> None:
+        self.tx.set_bytes(key.encode(), value, kind)
 
 
 class _OutputValue(Serializer):
@@ -132,8 +122,10 @@ def build_application(
             ("archive", t.archive),
             ("deadletter", t.deadletter),
             ("alert", t.alerts),
+            ("detect", t.detect),
         )
     }
+    detect_source = app.topic(t.detect, key_deserializer="bytes", value_deserializer="bytes")
 
     progress = _ProgressLog(processor)
 
@@ -142,9 +134,21 @@ def build_application(
     ) -> list[Output]:
         ctx = message_context()
         origin = Origin(ctx.topic, ctx.partition, ctx.offset)
-        outputs = processor.handle(value, key, origin, _TransactionStore(state._transaction))
+        outputs, event = processor.ingest(value, key, origin, _TransactionStore(state._transaction))
+        if event is not None:
+            # Re-keyed by peer group: the detection stage sees a whole group in one partition.
+            group = processor.core.group_of(event.machine_id)
+            outputs.append(Output("detect", group.encode(), encode_canonical(event)))
         progress.tick()
         return outputs
+
+    def detect(
+        value: bytes, _key: bytes | None, _ts: int, _headers: Any, state: Any
+    ) -> list[Output]:
+        ctx = message_context()
+        event = decode_canonical(value)
+        origin = Origin(ctx.topic, ctx.partition, ctx.offset)
+        return processor.detect(event, _TransactionStore(state._transaction), origin)
 
     sdf = app.dataframe(source)
     sdf = sdf.apply(process, stateful=True, metadata=True, expand=True)
@@ -152,6 +156,11 @@ def build_application(
     # rejects records more than an hour ahead of the broker clock.
     sdf = sdf.set_timestamp(lambda _v, _k, _t, _h: now_ms())
     sdf.to_topic(lambda v, _k, _t, _h: sinks[v.kind], key=lambda v: v.key)
+
+    stage2 = app.dataframe(detect_source)
+    stage2 = stage2.apply(detect, stateful=True, metadata=True, expand=True)
+    stage2 = stage2.set_timestamp(lambda _v, _k, _t, _h: now_ms())
+    stage2.to_topic(sinks["alert"], key=lambda v: v.key)
     return app, processor
 
 

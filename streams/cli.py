@@ -123,9 +123,22 @@ def _kv_counts(spec: str) -> dict[str, int]:
     return out
 
 
+def _file_events(
+    files: list[str], fmt: str, csv_map: dict[str, str]
+) -> Iterator[dict[str, Any]]:
+    from streams.readers import read_records
+
+    for r in read_records(files, fmt, csv_map):
+        try:
+            yield orjson.loads(r.value)
+        except orjson.JSONDecodeError:
+            # Cannot be encoded as an event at all: say where, keep going.
+            print(f"skipped {r.path}:{r.line}: not a JSON object", file=sys.stderr)
+
+
 def cmd_produce(args: argparse.Namespace) -> int:
     from streams.producer import produce_events
-    from streams.readers import parse_csv_map, read_records
+    from streams.readers import parse_csv_map
 
     cfg = _config(args)
     if args.synthetic == bool(args.files):
@@ -136,7 +149,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
         events, total = _synthetic_events(args)
     else:
         csv_map = parse_csv_map(args.csv_map)
-        events = (orjson.loads(r.value) for r in read_records(args.files, args.format, csv_map))
+        events = _file_events(args.files, args.format, csv_map)
         total = None
     stats = produce_events(
         cfg, events, encoding=args.encoding, rate=args.rate, total=total, topic=args.topic

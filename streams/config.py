@@ -61,6 +61,10 @@ class TopicSettings(_Model):
     alerts: str = "audit.alerts"
     archive: str = "audit.archive"
     deadletter: str = "audit.deadletter"
+    detect: str = Field(
+        "audit.detect",
+        description="Internal: valid events re-keyed by peer group for the detection stage.",
+    )
     partitions: int = Field(8, ge=1)
     replication_factor: int = Field(1, ge=1)
     events_retention_ms: int = Field(7 * 86_400_000, ge=-1)

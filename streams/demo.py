@@ -21,7 +21,7 @@ import yaml
 
 from streams import kafka_local
 from streams.config import load_config
-from streams.reading import group_lag, read_topic
+from streams.reading import pipeline_lag, read_topic
 from streams.topics import ensure_topics
 
 PAGE_SEVERITIES = ("medium", "high", "critical")
@@ -43,7 +43,7 @@ def demo(*, duration_limit_s: float = 300, rate: float = 5000) -> int:
         },
         "topics": {
             role: f"demo-{run_id}.audit.{role}"
-            for role in ("events", "alerts", "archive", "deadletter")
+            for role in ("events", "alerts", "archive", "deadletter", "detect")
         },
     }
     config_path = work / "config.yaml"
@@ -95,7 +95,7 @@ def demo(*, duration_limit_s: float = 300, rate: float = 5000) -> int:
             return 1
         # Done when the processor has committed everything that was sent.
         while time.monotonic() < deadline and processor.poll() is None:
-            if group_lag(cfg, cfg.kafka.consumer_group, cfg.topics.events) == 0:
+            if pipeline_lag(cfg) == 0:
                 break
             time.sleep(1)
         time.sleep(2)  # let the viewer print the last alerts it has fetched

@@ -58,32 +58,37 @@ class Output:
 
 
 class Store(Protocol):
-    """The processor's state: what each event_id was, and each machine's baselines."""
+    """The processor's state as bytes by (kind, key): kinds are b"e" (what each event_id was),
+    b"m" (each machine's baselines) and the peer-group kinds of `detectors.peers`."""
 
-    def get_seen(self, event_id: str) -> bytes | None: ...
-    def set_seen(self, event_id: str, digest: bytes) -> None: ...
-    def get_machine(self, machine_id: str) -> bytes | None: ...
-    def set_machine(self, machine_id: str, value: bytes) -> None: ...
+    def get(self, kind: bytes, key: str) -> bytes | None: ...
+    def set(self, kind: bytes, key: str, value: bytes) -> None: ...
+
+
+SEEN = b"e"
+MACHINE = b"m"
 
 
 class MemoryStore:
-    """A Store in a dict, for replay and in-process tests."""
+    """A Store in dicts, for replay and in-process tests."""
 
     def __init__(self) -> None:
-        self.seen: dict[str, bytes] = {}
-        self.machines: dict[str, bytes] = {}
+        self.data: dict[bytes, dict[str, bytes]] = {}
 
-    def get_seen(self, event_id: str) -> bytes | None:
-        return self.seen.get(event_id)
+    def get(self, kind: bytes, key: str) -> bytes | None:
+        table = self.data.get(kind)
+        return None if table is None else table.get(key)
 
-    def set_seen(self, event_id: str, digest: bytes) -> None:
-        self.seen[event_id] = digest
+    def set(self, kind: bytes, key: str, value: bytes) -> None:
+        self.data.setdefault(kind, {})[key] = value
 
-    def get_machine(self, machine_id: str) -> bytes | None:
-        return self.machines.get(machine_id)
+    @property
+    def seen(self) -> dict[str, bytes]:
+        return self.data.setdefault(SEEN, {})
 
-    def set_machine(self, machine_id: str, value: bytes) -> None:
-        self.machines[machine_id] = value
+    @property
+    def machines(self) -> dict[str, bytes]:
+        return self.data.setdefault(MACHINE, {})
 
 
 class Processor:
@@ -165,7 +170,7 @@ class Processor:
         if key is not None and key != event.machine_id.encode():
             self.metrics["key_mismatch"] += 1
         digest = event.content_digest()
-        seen = store.get_seen(event.event_id)
+        seen = store.get(SEEN, event.event_id)
         if seen is not None:
             if seen == digest:
                 self.metrics["duplicates"] += 1
@@ -179,7 +184,7 @@ class Processor:
                 event_id=event.event_id,
             )
             return [self.dead_letter(err, key, value, origin)], None
-        store.set_seen(event.event_id, digest)
+        store.set(SEEN, event.event_id, digest)
         self.metrics["archived"] += 1
         record = encode_archive(
             event,
@@ -196,10 +201,10 @@ class Processor:
         """Run the detection core for one accepted event. A detector bug must not stop the
         pipeline: the event is already archived, the error is logged and counted."""
         try:
-            raw = store.get_machine(event.machine_id)
+            raw = store.get(MACHINE, event.machine_id)
             state = MachineState.from_dict(orjson.loads(raw)) if raw is not None else None
-            state, alerts = self.core.process(event, state)
-            store.set_machine(event.machine_id, orjson.dumps(state.to_dict()))
+            state, alerts = self.core.process(event, state, store)
+            store.set(MACHINE, event.machine_id, orjson.dumps(state.to_dict()))
         except Exception:
             self.metrics["detector_errors"] += 1
             log.exception("detection failed for event %s at %s", event.event_id, origin)

@@ -117,3 +117,11 @@ def group_lag(cfg: Config, group: str, topic: str, timeout: float = 10.0) -> int
         return lag
     finally:
         consumer.close()
+
+
+def pipeline_lag(cfg: Config, timeout: float = 10.0) -> int:
+    """Events the processor has not yet committed through both of its stages."""
+    group = cfg.kafka.consumer_group
+    return group_lag(cfg, group, cfg.topics.events, timeout) + group_lag(
+        cfg, group, cfg.topics.detect, timeout
+    )

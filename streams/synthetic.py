@@ -63,18 +63,114 @@ _BUSINESS, _OFFICE, _FLAT, _BATCH, _CI, _CONSTANT = range(6)
 _RHYTHM_RAW = np.array(
     [
         # business: customer-facing services, busy 08-18 UTC, never idle
-        [0.25, 0.2, 0.18, 0.18, 0.2, 0.3, 0.5, 0.8, 1.2, 1.5, 1.6, 1.6,
-         1.5, 1.6, 1.6, 1.5, 1.4, 1.2, 1.0, 0.8, 0.6, 0.5, 0.4, 0.3],
+        [
+            0.25,
+            0.2,
+            0.18,
+            0.18,
+            0.2,
+            0.3,
+            0.5,
+            0.8,
+            1.2,
+            1.5,
+            1.6,
+            1.6,
+            1.5,
+            1.6,
+            1.6,
+            1.5,
+            1.4,
+            1.2,
+            1.0,
+            0.8,
+            0.6,
+            0.5,
+            0.4,
+            0.3,
+        ],
         # office: internal tools used by people at work, practically silent at night
-        [0.01, 0.01, 0.01, 0.01, 0.01, 0.02, 0.05, 0.4, 1.5, 2.5, 2.6, 2.4,
-         1.8, 2.4, 2.6, 2.4, 1.8, 0.7, 0.15, 0.05, 0.03, 0.02, 0.01, 0.01],
+        [
+            0.01,
+            0.01,
+            0.01,
+            0.01,
+            0.01,
+            0.02,
+            0.05,
+            0.4,
+            1.5,
+            2.5,
+            2.6,
+            2.4,
+            1.8,
+            2.4,
+            2.6,
+            2.4,
+            1.8,
+            0.7,
+            0.15,
+            0.05,
+            0.03,
+            0.02,
+            0.01,
+            0.01,
+        ],
         # flat: infrastructure that works around the clock
-        [0.85, 0.8, 0.8, 0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15, 1.15,
-         1.15, 1.15, 1.15, 1.1, 1.1, 1.05, 1.0, 1.0, 0.95, 0.9, 0.9, 0.85],
+        [
+            0.85,
+            0.8,
+            0.8,
+            0.8,
+            0.85,
+            0.9,
+            0.95,
+            1.0,
+            1.05,
+            1.1,
+            1.15,
+            1.15,
+            1.15,
+            1.15,
+            1.15,
+            1.1,
+            1.1,
+            1.05,
+            1.0,
+            1.0,
+            0.95,
+            0.9,
+            0.9,
+            0.85,
+        ],
         [1.0] * 24,  # batch: constant inside its nightly window, zero outside (masked)
         # ci: probability that a runner is busy with a pipeline in a ten-minute block
-        [0.02, 0.02, 0.02, 0.02, 0.02, 0.02, 0.05, 0.15, 0.35, 0.5, 0.55, 0.5,
-         0.4, 0.5, 0.55, 0.5, 0.4, 0.25, 0.12, 0.06, 0.04, 0.03, 0.02, 0.02],
+        [
+            0.02,
+            0.02,
+            0.02,
+            0.02,
+            0.02,
+            0.02,
+            0.05,
+            0.15,
+            0.35,
+            0.5,
+            0.55,
+            0.5,
+            0.4,
+            0.5,
+            0.55,
+            0.5,
+            0.4,
+            0.25,
+            0.12,
+            0.06,
+            0.04,
+            0.03,
+            0.02,
+            0.02,
+        ],
         [1.0] * 24,  # constant
     ]
 )
@@ -85,25 +181,82 @@ _RHYTHM[[_BUSINESS, _OFFICE, _FLAT]] /= _RHYTHM_RAW[[_BUSINESS, _OFFICE, _FLAT]]
 _WEEKEND = np.array([0.6, 0.05, 1.0, 1.0, 0.25, 1.0])
 
 _DOMAINS = (
-    "payments", "orders", "invoices", "users", "catalog", "search", "shipping", "inventory",
-    "billing", "notifications", "auth", "fraud", "ledger", "pricing", "checkout", "reviews",
-    "recommendations", "media", "accounts", "subscriptions", "messaging", "loyalty", "returns",
-    "tax", "identity",
+    "payments",
+    "orders",
+    "invoices",
+    "users",
+    "catalog",
+    "search",
+    "shipping",
+    "inventory",
+    "billing",
+    "notifications",
+    "auth",
+    "fraud",
+    "ledger",
+    "pricing",
+    "checkout",
+    "reviews",
+    "recommendations",
+    "media",
+    "accounts",
+    "subscriptions",
+    "messaging",
+    "loyalty",
+    "returns",
+    "tax",
+    "identity",
 )
 _TABLES = (
-    "customers", "events", "audit_log", "line_items", "refunds", "settings", "outbox",
-    "addresses", "sessions", "api_tokens", "webhooks", "exports",
+    "customers",
+    "events",
+    "audit_log",
+    "line_items",
+    "refunds",
+    "settings",
+    "outbox",
+    "addresses",
+    "sessions",
+    "api_tokens",
+    "webhooks",
+    "exports",
 )
-_SECRETS = ("db-password", "api-key", "signing-key", "tls-key", "oauth-client-secret",
-            "webhook-token")
+_SECRETS = (
+    "db-password",
+    "api-key",
+    "signing-key",
+    "tls-key",
+    "oauth-client-secret",
+    "webhook-token",
+)
 _ROLES = ("api", "worker", "consumer", "gateway", "sync", "reporting", "admin")
 _ROLE_SHARE = (0.3, 0.2, 0.15, 0.07, 0.08, 0.1, 0.1)
 # Mean events/s at rate_scale 1 on a weekday (batch: inside its window; ci: before the burst
 # factor, 0.1 while idle and 3 while a pipeline runs).
-_ROLE_RATE = {"api": 0.12, "worker": 0.08, "consumer": 0.08, "gateway": 0.18, "sync": 0.05,
-              "reporting": 0.05, "admin": 0.08, "vm": 0.07, "ci": 0.08, "batch": 1.0}
-_VM_GROUPS = ("ingest-worker", "etl-node", "cache-warmer", "log-shipper", "stream-processor",
-              "indexer", "backup-agent", "image-resizer", "mail-relay", "metrics-collector")
+_ROLE_RATE = {
+    "api": 0.12,
+    "worker": 0.08,
+    "consumer": 0.08,
+    "gateway": 0.18,
+    "sync": 0.05,
+    "reporting": 0.05,
+    "admin": 0.08,
+    "vm": 0.07,
+    "ci": 0.08,
+    "batch": 1.0,
+}
+_VM_GROUPS = (
+    "ingest-worker",
+    "etl-node",
+    "cache-warmer",
+    "log-shipper",
+    "stream-processor",
+    "indexer",
+    "backup-agent",
+    "image-resizer",
+    "mail-relay",
+    "metrics-collector",
+)
 _BATCH_TASKS = ("export", "reconcile", "backfill", "compaction", "report", "cleanup")
 _ROGUE_NAMES = ("adhoc-admin", "debug-shell", "legacy-sync", "tmp-migrator", "ops-laptop")
 
@@ -150,8 +303,10 @@ class SyntheticConfig:
             raise ValueError(f"machines must be >= 12, got {self.machines}")
         if self.duration_s <= 0 or self.warmup_s < 0 or self.rate_scale < 0:
             raise ValueError("duration_s must be > 0, warmup_s and rate_scale >= 0")
-        for name, counts, known in (("anomalies", self.anomalies, ANOMALY_KINDS),
-                                    ("benign", self.benign, BENIGN_KINDS)):
+        for name, counts, known in (
+            ("anomalies", self.anomalies, ANOMALY_KINDS),
+            ("benign", self.benign, BENIGN_KINDS),
+        ):
             for kind, n in counts.items():
                 if kind not in known:
                     raise ValueError(f"unknown {name} kind {kind!r}; known: {', '.join(known)}")
@@ -256,8 +411,7 @@ class _Catalog:
         self.profiles.append(entries)
         return len(self.profiles) - 1
 
-    def extend_profile(self, profile: int, res: str, ops: Mapping[str, float],
-                       share: float) -> int:
+    def extend_profile(self, profile: int, res: str, ops: Mapping[str, float], share: float) -> int:
         """A copy of `profile` plus one binding taking `share` of its accesses."""
         entries = list(self.profiles[profile])
         total = sum(w for _, w in entries)
@@ -372,8 +526,9 @@ class SyntheticTraffic:
         # shows up over a day even at a small rate_scale.
         return _ROLE_RATE[kind] * float(np.clip(self._rng.lognormal(0.0, 0.35), 0.5, 2.0))
 
-    def _add_machine(self, name: str, kind: str, group: str, ip: str, ident: str,
-                     attrs: dict[str, str]) -> int:
+    def _add_machine(
+        self, name: str, kind: str, group: str, ip: str, ident: str, attrs: dict[str, str]
+    ) -> int:
         if name in self._names:
             raise RuntimeError(f"duplicate machine id {name}")  # a bug, never user input
         self._names.add(name)
@@ -451,8 +606,11 @@ class SyntheticTraffic:
                 (f"kafka://topic/{domain}", {"consume": 1.0}, 3.0),
                 (f"{db}.{main}/id=%d", {"UPDATE": 0.7, "INSERT": 0.3}, 2.0),
                 (f"{db}.{extra[0]}", {"INSERT": 0.8, "SELECT": 0.2}, 1.0),
-                (f"s3://{domain}-bucket/{y}/{m}/{domain[:3]}-%d.pdf",
-                 {"PutObject": 0.7, "GetObject": 0.3}, 2.0),
+                (
+                    f"s3://{domain}-bucket/{y}/{m}/{domain[:3]}-%d.pdf",
+                    {"PutObject": 0.7, "GetObject": 0.3},
+                    2.0,
+                ),
                 (f"secrets://prod/{domain}/db-password", {"read": 1.0}, 0.2),
             ]
         elif role == "consumer":
@@ -464,8 +622,9 @@ class SyntheticTraffic:
             ]
         elif role == "gateway":
             targets = [str(d) for d in r.choice(_DOMAINS, size=3, replace=False)]
-            items = [(f"https://api.internal/v1/{d}/%d", {"GET": 0.8, "POST": 0.2}, 3.0)
-                     for d in targets]
+            items = [
+                (f"https://api.internal/v1/{d}/%d", {"GET": 0.8, "POST": 0.2}, 3.0) for d in targets
+            ]
             items += [
                 (f"{cache}/ratelimit:%d", {"GET": 0.6, "SET": 0.4}, 2.0),
                 (f"secrets://prod/{domain}/signing-key", {"read": 1.0}, 0.2),
@@ -490,15 +649,19 @@ class SyntheticTraffic:
             ]
         else:  # admin: an internal console used by people during office hours
             items = [
-                (f"https://api.internal/v1/{domain}/%d", {"GET": 0.7, "POST": 0.2, "PUT": 0.1},
-                 3.0),
+                (
+                    f"https://api.internal/v1/{domain}/%d",
+                    {"GET": 0.7, "POST": 0.2, "PUT": 0.1},
+                    3.0,
+                ),
                 (f"{db}.{main}", {"SELECT": 0.8, "UPDATE": 0.2}, 2.0),
                 (f"{db}.{extra[1]}", {"SELECT": 1.0}, 1.0),
                 (f"secrets://prod/{domain}/api-key", {"read": 1.0}, 0.2),
             ]
         jitter = r.uniform(0.6, 1.4, size=len(items))
-        return self._cat.profile([(res, ops, w * float(j))
-                                  for (res, ops, w), j in zip(items, jitter, strict=True)])
+        return self._cat.profile(
+            [(res, ops, w * float(j)) for (res, ops, w), j in zip(items, jitter, strict=True)]
+        )
 
     def _build_pods(self, n_pod: int) -> None:
         r = self._rng
@@ -524,7 +687,11 @@ class SyntheticTraffic:
             self._dep_meta[dep] = (domain, role)
             for _ in range(replicas):
                 m = self._add_machine(
-                    self._pod_name(dep, rs_hash), "pod", dep, self._ip(1), "service-account",
+                    self._pod_name(dep, rs_hash),
+                    "pod",
+                    dep,
+                    self._ip(1),
+                    "service-account",
                     {"namespace": domain, "cluster": "prod-eu-1"},
                 )
                 # Replicas share the profile; their rates differ a little (load balancing).
@@ -538,11 +705,17 @@ class SyntheticTraffic:
         y, m = self._yyyy, self._mm
         items: list[tuple[str, Mapping[str, float], float]] = [
             (f"kafka://topic/{domain}.raw", {"consume": 1.0}, 3.0),
-            (f"s3://{domain}-datalake/raw/{y}/{m}/part-%d.parquet",
-             {"PutObject": 0.8, "GetObject": 0.2}, 2.5),
+            (
+                f"s3://{domain}-datalake/raw/{y}/{m}/part-%d.parquet",
+                {"PutObject": 0.8, "GetObject": 0.2},
+                2.5,
+            ),
             (f"postgres://{domain}-db/public.{domain}/id=%d", {"SELECT": 0.6, "INSERT": 0.4}, 1.5),
-            (f"redis://cache-{int(self._rng.integers(1, 9)):02d}/{group}:lock",
-             {"GET": 0.5, "SET": 0.5}, 1.0),
+            (
+                f"redis://cache-{int(self._rng.integers(1, 9)):02d}/{group}:lock",
+                {"GET": 0.5, "SET": 0.5},
+                1.0,
+            ),
             (f"secrets://prod/{group}/api-key", {"read": 1.0}, 0.2),
         ]
         return self._cat.profile(items)
@@ -562,13 +735,23 @@ class SyntheticTraffic:
             for i in range(first, first + count):
                 self._vm_groups[group].append(self._add_vm_slot(group, i, profile, rate, fail))
 
-    def _add_vm_slot(self, group: str, number: int, profile: int, rate: float, fail: float,
-                     active_from: int = 0) -> int:
+    def _add_vm_slot(
+        self, group: str, number: int, profile: int, rate: float, fail: float, active_from: int = 0
+    ) -> int:
         zone = "eu-west-1" + "abc"[number % 3]
-        m = self._add_machine(f"{group}-{number:02d}", "vm", group, self._ip(20), "iam-role",
-                              {"zone": zone})
-        return self._add_slot(_Slot(m, profile, rate * float(self._rng.uniform(0.85, 1.15)),
-                                    _FLAT, active_from=active_from, fail=fail))
+        m = self._add_machine(
+            f"{group}-{number:02d}", "vm", group, self._ip(20), "iam-role", {"zone": zone}
+        )
+        return self._add_slot(
+            _Slot(
+                m,
+                profile,
+                rate * float(self._rng.uniform(0.85, 1.15)),
+                _FLAT,
+                active_from=active_from,
+                fail=fail,
+            )
+        )
 
     def _build_batch(self, n_batch: int) -> None:
         r = self._rng
@@ -578,33 +761,54 @@ class SyntheticTraffic:
             domain = self._pick(_DOMAINS)
             name = self._unique(f"nightly-{domain}-{self._pick(_BATCH_TASKS)}", taken)
             taken[name] = 1
-            profile = self._cat.profile([
-                (f"postgres://{domain}-db/public.{domain}/id=%d", {"SELECT": 1.0}, 5.0),
-                (f"s3://{domain}-exports/{y}/{m}/export-%d.csv.gz", {"PutObject": 1.0}, 2.0),
-                (f"kafka://topic/{domain}.batch", {"produce": 1.0}, 1.0),
-                (f"secrets://prod/{domain}/db-password", {"read": 1.0}, 0.1),
-            ])
+            profile = self._cat.profile(
+                [
+                    (f"postgres://{domain}-db/public.{domain}/id=%d", {"SELECT": 1.0}, 5.0),
+                    (f"s3://{domain}-exports/{y}/{m}/export-%d.csv.gz", {"PutObject": 1.0}, 2.0),
+                    (f"kafka://topic/{domain}.batch", {"produce": 1.0}, 1.0),
+                    (f"secrets://prod/{domain}/db-password", {"read": 1.0}, 0.1),
+                ]
+            )
             # Windows on a five-minute grid between 00:30 and 05:00 UTC.
             start = int(r.integers(6, 31)) * 5 * MINUTE_MS
             length = int(r.integers(12, 25)) * 5 * MINUTE_MS
-            mach = self._add_machine(name, "batch", name, self._ip(1), "service-account",
-                                     {"namespace": domain, "cluster": "prod-eu-1"})
-            self._add_slot(_Slot(mach, profile, self._base_rate("batch"), _BATCH,
-                                 window=(start, start + length),
-                                 fail=float(r.uniform(0.002, 0.01))))
+            mach = self._add_machine(
+                name,
+                "batch",
+                name,
+                self._ip(1),
+                "service-account",
+                {"namespace": domain, "cluster": "prod-eu-1"},
+            )
+            self._add_slot(
+                _Slot(
+                    mach,
+                    profile,
+                    self._base_rate("batch"),
+                    _BATCH,
+                    window=(start, start + length),
+                    fail=float(r.uniform(0.002, 0.01)),
+                )
+            )
 
     def _build_ci(self, n_ci: int) -> None:
         # One pool: every runner may build any repository, so all share one profile.
         items: list[tuple[str, Mapping[str, float], float]] = []
         for domain in self._rng.choice(_DOMAINS, size=8, replace=False):
             items += [
-                (f"oci://registry.internal/{domain}-api/manifests/sha-%d",
-                 {"pull": 0.85, "push": 0.15}, 2.0),
+                (
+                    f"oci://registry.internal/{domain}-api/manifests/sha-%d",
+                    {"pull": 0.85, "push": 0.15},
+                    2.0,
+                ),
                 (f"https://git.internal/acme/{domain}.git", {"clone": 0.6, "fetch": 0.4}, 1.0),
             ]
         items += [
-            ("https://artifacts.internal/maven/com/acme/lib-%d.jar", {"GET": 0.95, "PUT": 0.05},
-             3.0),
+            (
+                "https://artifacts.internal/maven/com/acme/lib-%d.jar",
+                {"GET": 0.95, "PUT": 0.05},
+                3.0,
+            ),
             ("https://artifacts.internal/npm/pkg-%d.tgz", {"GET": 1.0}, 3.0),
             ("s3://build-cache/cache-%d.tar.zst", {"GetObject": 0.7, "PutObject": 0.3}, 2.0),
             ("secrets://ci/registry-token", {"read": 1.0}, 0.3),
@@ -612,19 +816,35 @@ class SyntheticTraffic:
         profile = self._cat.profile(items)
         width = max(2, len(str(n_ci)))
         for i in range(1, n_ci + 1):
-            m = self._add_machine(f"ci-runner-{i:0{width}d}", "ci", "ci-runner", self._ip(30),
-                                  "ci-runner", {"pool": "linux-x64"})
+            m = self._add_machine(
+                f"ci-runner-{i:0{width}d}",
+                "ci",
+                "ci-runner",
+                self._ip(30),
+                "ci-runner",
+                {"pool": "linux-x64"},
+            )
             self._add_slot(_Slot(m, profile, self._base_rate("ci"), _CI, fail=0.02))
 
     # -- episode placement ------------------------------------------------------------------
 
-    def _episode(self, kind: str, machine: int, start: int, end: int, malicious: bool,
-                 description: str) -> None:
-        self._episodes.append(Episode(kind, self._machine_list[machine].name, start,
-                                      min(end, self.config.end_ms), malicious, description))
+    def _episode(
+        self, kind: str, machine: int, start: int, end: int, malicious: bool, description: str
+    ) -> None:
+        self._episodes.append(
+            Episode(
+                kind,
+                self._machine_list[machine].name,
+                start,
+                min(end, self.config.end_ms),
+                malicious,
+                description,
+            )
+        )
 
-    def _pick_window(self, length: int, prefer: str | None, spread: bool,
-                     required: bool = False) -> int:
+    def _pick_window(
+        self, length: int, prefer: str | None, spread: bool, required: bool = False
+    ) -> int:
         """A start time on the minute grid for a window of `length` ms after warm-up, in the
         preferred hours if any fit ("busy": weekdays 09-17 UTC, "night": 20-06 UTC); if none
         fit, anywhere, unless `required`."""
@@ -641,8 +861,9 @@ class SyntheticTraffic:
             if ok.any():
                 starts = starts[ok]
             elif required:
-                raise ValueError(f"no {prefer} hours (UTC) after warm-up for a "
-                                 f"{length // MINUTE_MS} min episode")
+                raise ValueError(
+                    f"no {prefer} hours (UTC) after warm-up for a {length // MINUTE_MS} min episode"
+                )
         for _ in range(30):
             s = int(starts[int(self._rng.integers(starts.size))])
             if not spread or all(s + length <= a or s >= b for a, b in self._taken):
@@ -671,16 +892,21 @@ class SyntheticTraffic:
     def _benign_window(self, span: int) -> int:
         """Start of a benign change taking `span` ms, leaving its settle time before the end
         of the run when there is room, so the change is seen as well as made."""
-        return self._pick_window(max(span, min(span + _SETTLE_MS, self._room())), "busy",
-                                 spread=False)
+        return self._pick_window(
+            max(span, min(span + _SETTLE_MS, self._room())), "busy", spread=False
+        )
 
-    def _choose_group(self, kind: str, groups: Mapping[str, list[int]], min_size: int,
-                      exclusive: set[str] | None) -> str:
+    def _choose_group(
+        self, kind: str, groups: Mapping[str, list[int]], min_size: int, exclusive: set[str] | None
+    ) -> str:
         """A group for a benign change: one no other change touched if there is one, else any
         not in `exclusive` (changes that must not stack, like two rotations of one deployment);
         the group is added to `exclusive`."""
-        sized = [g for g, slots in groups.items()
-                 if len(slots) >= min_size and (exclusive is None or g not in exclusive)]
+        sized = [
+            g
+            for g, slots in groups.items()
+            if len(slots) >= min_size and (exclusive is None or g not in exclusive)
+        ]
         pool = [g for g in sized if g not in self._touched] or sized
         if not pool:
             raise ValueError(f"no group left for {kind}; raise machines or lower counts")
@@ -703,29 +929,50 @@ class SyntheticTraffic:
                 # A rolling update: each new pod is ready before its old one stops.
                 t_new, t_old = t + i * 20 * SECOND_MS, t + i * 20 * SECOND_MS + 15 * SECOND_MS
                 attrs = dict(self._machine_list[base.machine].attrs)
-                m = self._add_machine(self._pod_name(dep, rs_hash), "pod", dep, self._ip(1),
-                                      "service-account", attrs)
-                new = _Slot(m, base.profile, base.rate, base.schedule, active_from=t_new,
-                            fail=base.fail)
+                m = self._add_machine(
+                    self._pod_name(dep, rs_hash), "pod", dep, self._ip(1), "service-account", attrs
+                )
+                new = _Slot(
+                    m, base.profile, base.rate, base.schedule, active_from=t_new, fail=base.fail
+                )
                 base.active_to = t_old
                 self._deployments[dep].append(self._add_slot(new))
-                self._episode("pod_rotation", base.machine, t, t + _SETTLE_MS, False,
-                              desc + " (old pod retired)")
+                self._episode(
+                    "pod_rotation",
+                    base.machine,
+                    t,
+                    t + _SETTLE_MS,
+                    False,
+                    desc + " (old pod retired)",
+                )
                 self._episode("pod_rotation", m, t, t + _SETTLE_MS, False, desc + " (new pod)")
         for _ in range(cfg.benign.get("autoscale", 0)):
             group = self._choose_group("autoscale", self._vm_groups, 1, None)
             k = int(r.integers(1, 5))
             t = self._benign_window(k * MINUTE_MS)
             ref = self._slots[self._vm_groups[group][0]]
-            last = max(int(self._machine_list[self._slots[s].machine].name.rsplit("-", 1)[1])
-                       for s in self._vm_groups[group])
+            last = max(
+                int(self._machine_list[self._slots[s].machine].name.rsplit("-", 1)[1])
+                for s in self._vm_groups[group]
+            )
             for i in range(k):
-                s = self._add_vm_slot(group, last + 1 + i, ref.profile, ref.rate, ref.fail,
-                                      active_from=t + i * MINUTE_MS)
+                s = self._add_vm_slot(
+                    group,
+                    last + 1 + i,
+                    ref.profile,
+                    ref.rate,
+                    ref.fail,
+                    active_from=t + i * MINUTE_MS,
+                )
                 self._vm_groups[group].append(s)
-                self._episode("autoscale", self._slots[s].machine, t + i * MINUTE_MS,
-                              t + i * MINUTE_MS + _SETTLE_MS, False,
-                              f"{group} scaled out by {k} instance(s), same resources")
+                self._episode(
+                    "autoscale",
+                    self._slots[s].machine,
+                    t + i * MINUTE_MS,
+                    t + i * MINUTE_MS + _SETTLE_MS,
+                    False,
+                    f"{group} scaled out by {k} instance(s), same resources",
+                )
         for _ in range(cfg.benign.get("group_deploy", 0)):
             dep = self._choose_group("group_deploy", self._deployments, 2, self._reshaped)
             domain, _role = self._dep_meta[dep]
@@ -733,12 +980,19 @@ class SyntheticTraffic:
             res = f"postgres://{domain}-db/public.{table}"
             t = self._benign_window(MINUTE_MS)
             slots = self._deployments[dep]
-            alt = self._cat.extend_profile(self._slots[slots[0]].profile, res,
-                                           {"SELECT": 0.6, "INSERT": 0.4}, 0.2)
+            alt = self._cat.extend_profile(
+                self._slots[slots[0]].profile, res, {"SELECT": 0.6, "INSERT": 0.4}, 0.2
+            )
             for s in slots:
                 self._slots[s].alt_profile, self._slots[s].switch_at = alt, t
-                self._episode("group_deploy", self._slots[s].machine, t, t + _SETTLE_MS, False,
-                              f"release of {dep}: all {len(slots)} replicas start using {res}")
+                self._episode(
+                    "group_deploy",
+                    self._slots[s].machine,
+                    t,
+                    t + _SETTLE_MS,
+                    False,
+                    f"release of {dep}: all {len(slots)} replicas start using {res}",
+                )
         for _ in range(cfg.benign.get("traffic_growth", 0)):
             dep = self._choose_group("traffic_growth", self._deployments, 1, self._growing)
             per_day = float(r.uniform(0.3, 0.8))
@@ -746,8 +1000,14 @@ class SyntheticTraffic:
             t = self._pick_window(max(MINUTE_MS, self._room() // 2), None, spread=False)
             for s in self._deployments[dep]:
                 self._slots[s].growth_per_day, self._slots[s].growth_from = per_day, t
-                self._episode("traffic_growth", self._slots[s].machine, t, cfg.end_ms, False,
-                              f"{dep} traffic grows {per_day:.0%} per day")
+                self._episode(
+                    "traffic_growth",
+                    self._slots[s].machine,
+                    t,
+                    cfg.end_ms,
+                    False,
+                    f"{dep} traffic grows {per_day:.0%} per day",
+                )
         # Batch windows are part of the population, so they are always labelled.
         for slot in self._slots:
             if slot.schedule != _BATCH:
@@ -756,10 +1016,16 @@ class SyntheticTraffic:
             for day in range(cfg.start_ms // DAY_MS, cfg.end_ms // DAY_MS + 1):
                 a, b = max(day * DAY_MS + w0, cfg.start_ms), min(day * DAY_MS + w1, cfg.end_ms)
                 if a < b:
-                    self._episode("nightly_batch", slot.machine, a, b, False,
-                                  f"nightly batch window {w0 // MINUTE_MS // 60:02d}:"
-                                  f"{w0 // MINUTE_MS % 60:02d}-{w1 // MINUTE_MS // 60:02d}:"
-                                  f"{w1 // MINUTE_MS % 60:02d} UTC")
+                    self._episode(
+                        "nightly_batch",
+                        slot.machine,
+                        a,
+                        b,
+                        False,
+                        f"nightly batch window {w0 // MINUTE_MS // 60:02d}:"
+                        f"{w0 // MINUTE_MS % 60:02d}-{w1 // MINUTE_MS // 60:02d}:"
+                        f"{w1 // MINUTE_MS % 60:02d} UTC",
+                    )
 
     def _candidates(self, want: str, allow_touched: bool) -> list[int]:
         """Base slots an anomaly may use: pods and VMs present for the whole run, not used by
@@ -768,9 +1034,14 @@ class SyntheticTraffic:
         out = []
         for s, slot in enumerate(self._slots):
             m = self._machine_list[slot.machine]
-            if (m.kind not in ("pod", "vm") or (m.group in self._touched and not allow_touched)
-                    or slot.machine in self._used or slot.label
-                    or slot.active_from > 0 or slot.active_to < _FOREVER):
+            if (
+                m.kind not in ("pod", "vm")
+                or (m.group in self._touched and not allow_touched)
+                or slot.machine in self._used
+                or slot.label
+                or slot.active_from > 0
+                or slot.active_to < _FOREVER
+            ):
                 continue
             role = self._dep_meta.get(m.group, ("", "vm"))[1]
             if want == "office" and role != "admin":
@@ -798,11 +1069,18 @@ class SyntheticTraffic:
         return s
 
     def _overlay(self, base: int, kind: str, start: int, end: int, **changes: Any) -> None:
-        self._add_slot(replace(self._slots[base], active_from=start, active_to=end, label=kind,
-                               **changes))
+        self._add_slot(
+            replace(self._slots[base], active_from=start, active_to=end, label=kind, **changes)
+        )
 
-    def _script(self, machine: int, kind: str, start: int, end: int,
-                accesses: Sequence[tuple[str, str, int]]) -> None:
+    def _script(
+        self,
+        machine: int,
+        kind: str,
+        start: int,
+        end: int,
+        accesses: Sequence[tuple[str, str, int]],
+    ) -> None:
         """Scripted events (resource, operation, outcome) spread over [start, end)."""
         slot = self._add_slot(_Slot(machine, 0, 0.0, _CONSTANT, label=kind))
         times = np.sort(self._rng.integers(start, end, size=len(accesses)))
@@ -830,9 +1108,15 @@ class SyntheticTraffic:
         t = self._pick_window(length, "busy", spread=True)
         mult = float(r.uniform(10, 30))
         self._overlay(s, "rate_burst", t, t + length, rate=self._slots[s].rate * (mult - 1))
-        self._episode("rate_burst", self._slots[s].machine, t, t + length, True,
-                      f"access rate {mult:.0f}x its normal for {length // MINUTE_MS} min "
-                      "on its usual resources")
+        self._episode(
+            "rate_burst",
+            self._slots[s].machine,
+            t,
+            t + length,
+            True,
+            f"access rate {mult:.0f}x its normal for {length // MINUTE_MS} min "
+            "on its usual resources",
+        )
 
     def _inject_fan_out(self, r: np.random.Generator, cat: _Catalog) -> None:
         s = self._target("fan_out", "any")
@@ -842,52 +1126,82 @@ class SyntheticTraffic:
         if mode in ("secrets", "mixed"):
             pool += [(f"secrets://prod/{d}/{n}", "read") for d in _DOMAINS for n in _SECRETS]
         if mode in ("tables", "mixed"):
-            pool += [(f"postgres://{d}-db/public.{t}", "SELECT")
-                     for d in _DOMAINS for t in (d, *_TABLES)]
+            pool += [
+                (f"postgres://{d}-db/public.{t}", "SELECT") for d in _DOMAINS for t in (d, *_TABLES)
+            ]
         pool = [p for p in pool if p[0] not in own]
         n = int(r.integers(20, 61))
         picks = [pool[i] for i in r.choice(len(pool), size=n, replace=False)]
-        accesses = [(res, op, 2 if r.random() < 0.3 else 0)
-                    for res, op in picks for _ in range(int(r.integers(1, 3)))]
+        accesses = [
+            (res, op, 2 if r.random() < 0.3 else 0)
+            for res, op in picks
+            for _ in range(int(r.integers(1, 3)))
+        ]
         length = self._length(5, 15)
         t = self._pick_window(length, "busy", spread=True)
         self._script(self._slots[s].machine, "fan_out", t, t + length, accesses)
         what = {"secrets": "secrets", "tables": "database tables", "mixed": "secrets and tables"}
-        self._episode("fan_out", self._slots[s].machine, t, t + length, True,
-                      f"enumerates {n} {what[mode]} it never used in {length // MINUTE_MS} min")
+        self._episode(
+            "fan_out",
+            self._slots[s].machine,
+            t,
+            t + length,
+            True,
+            f"enumerates {n} {what[mode]} it never used in {length // MINUTE_MS} min",
+        )
 
     def _inject_failure_spike(self, r: np.random.Generator, cat: _Catalog) -> None:
         s = self._target("failure_spike", "busy", top=0.5)
         length = self._length(5, 15)
         t = self._pick_window(length, "busy", spread=True)
         mult = float(r.uniform(2, 5))
-        self._overlay(s, "failure_spike", t, t + length, rate=self._slots[s].rate * mult,
-                      fail=0.85, deny=0.5)
-        self._episode("failure_spike", self._slots[s].machine, t, t + length, True,
-                      f"most accesses FAILURE/DENIED for {length // MINUTE_MS} min "
-                      f"(retrying at {mult + 1:.1f}x its rate)")
+        self._overlay(
+            s, "failure_spike", t, t + length, rate=self._slots[s].rate * mult, fail=0.85, deny=0.5
+        )
+        self._episode(
+            "failure_spike",
+            self._slots[s].machine,
+            t,
+            t + length,
+            True,
+            f"most accesses FAILURE/DENIED for {length // MINUTE_MS} min "
+            f"(retrying at {mult + 1:.1f}x its rate)",
+        )
 
     def _inject_new_identity(self, r: np.random.Generator, cat: _Catalog) -> None:
         name = f"{self._pick(_ROGUE_NAMES)}-{int(r.integers(16**5, 16**6)):06x}"
-        m = self._add_machine(name, "rogue", name, f"203.0.113.{int(r.integers(2, 255))}",
-                              "static-key", {})
+        m = self._add_machine(
+            name, "rogue", name, f"203.0.113.{int(r.integers(2, 255))}", "static-key", {}
+        )
         self._used.add(m)
         pool = [(f"secrets://prod/{d}/{n}", "read") for d in _DOMAINS for n in _SECRETS[:3]]
-        pool += [(f"postgres://{d}-db/public.{t}", "SELECT")
-                 for d in ("users", "accounts", "identity", "payments")
-                 for t in ("customers", "api_tokens", "sessions")]
-        pool += [("s3://db-backups/prod/", "ListObjects"),
-                 ("s3://db-backups/prod/users-%d.dump", "GetObject")]
+        pool += [
+            (f"postgres://{d}-db/public.{t}", "SELECT")
+            for d in ("users", "accounts", "identity", "payments")
+            for t in ("customers", "api_tokens", "sessions")
+        ]
+        pool += [
+            ("s3://db-backups/prod/", "ListObjects"),
+            ("s3://db-backups/prod/users-%d.dump", "GetObject"),
+        ]
         targets = [pool[i] for i in r.choice(len(pool), size=int(r.integers(8, 21)), replace=False)]
         n_events = int(r.integers(20, 61))
-        accesses = [(*targets[int(r.integers(len(targets)))], 2 if r.random() < 0.15 else 0)
-                    for _ in range(n_events)]
+        accesses = [
+            (*targets[int(r.integers(len(targets)))], 2 if r.random() < 0.15 else 0)
+            for _ in range(n_events)
+        ]
         length = self._length(10, 30)
         t = self._pick_window(length, None, spread=True)
         self._script(m, "new_identity", t, t + length, accesses)
-        self._episode("new_identity", m, t, t + length, True,
-                      f"unknown identity (static key from {self._machine_list[m].ip}) reads "
-                      f"{len(targets)} sensitive resources")
+        self._episode(
+            "new_identity",
+            m,
+            t,
+            t + length,
+            True,
+            f"unknown identity (static key from {self._machine_list[m].ip}) reads "
+            f"{len(targets)} sensitive resources",
+        )
 
     def _inject_off_hours(self, r: np.random.Generator, cat: _Catalog) -> None:
         s = self._target("off_hours", "office")
@@ -895,13 +1209,19 @@ class SyntheticTraffic:
         # Required: at the wrong hour this would be ordinary traffic labelled as an anomaly.
         t = self._pick_window(length, "night", spread=True, required=True)
         factor = float(r.uniform(0.6, 1.2))
-        self._overlay(s, "off_hours", t, t + length, rate=self._slots[s].rate * factor,
-                      schedule=_CONSTANT)
+        self._overlay(
+            s, "off_hours", t, t + length, rate=self._slots[s].rate * factor, schedule=_CONSTANT
+        )
         hour = (t % DAY_MS) // HOUR_MS
         what = "office-hours" if self._slots[s].schedule == _OFFICE else "business-hours"
-        self._episode("off_hours", self._slots[s].machine, t, t + length, True,
-                      f"{what} service active at {hour:02d}:xx UTC at {factor:.1f}x its "
-                      "daytime mean rate")
+        self._episode(
+            "off_hours",
+            self._slots[s].machine,
+            t,
+            t + length,
+            True,
+            f"{what} service active at {hour:02d}:xx UTC at {factor:.1f}x its daytime mean rate",
+        )
 
     def _inject_operation_shift(self, r: np.random.Generator, cat: _Catalog) -> None:
         s = self._target("operation_shift", "read_only")
@@ -912,22 +1232,36 @@ class SyntheticTraffic:
         if not tables:  # a fallback machine without plain tables: a database it can reach
             tables = [f"postgres://{group}-db/public.jobs"]
         ops = ("DELETE", "DELETE", "TRUNCATE", "DROP")
-        accesses = [(self._pick(tables), self._pick(ops), 1 if r.random() < 0.1 else 0)
-                    for _ in range(int(r.integers(10, 41)))]
+        accesses = [
+            (self._pick(tables), self._pick(ops), 1 if r.random() < 0.1 else 0)
+            for _ in range(int(r.integers(10, 41)))
+        ]
         length = self._length(10, 30)
         t = self._pick_window(length, "busy", spread=True)
         self._script(self._slots[s].machine, "operation_shift", t, t + length, accesses)
-        self._episode("operation_shift", self._slots[s].machine, t, t + length, True,
-                      f"{'read-only client' if read_only else 'client that never deletes'} "
-                      f"issues {len(accesses)} DELETE/TRUNCATE/DROP")
+        self._episode(
+            "operation_shift",
+            self._slots[s].machine,
+            t,
+            t + length,
+            True,
+            f"{'read-only client' if read_only else 'client that never deletes'} "
+            f"issues {len(accesses)} DELETE/TRUNCATE/DROP",
+        )
 
     def _inject_silence(self, r: np.random.Generator, cat: _Catalog) -> None:
         s = self._target("silence", "busy", top=0.25)
         length = self._length(30, 60)
         t = self._pick_window(length, "busy", spread=True)
         self._gaps.append((s, t, t + length))
-        self._episode("silence", self._slots[s].machine, t, t + length, True,
-                      f"busy machine sends nothing for {length // MINUTE_MS} min")
+        self._episode(
+            "silence",
+            self._slots[s].machine,
+            t,
+            t + length,
+            True,
+            f"busy machine sends nothing for {length // MINUTE_MS} min",
+        )
 
     # -- generation -------------------------------------------------------------------------
 
@@ -936,8 +1270,9 @@ class SyntheticTraffic:
         cfg, cat, slots = self.config, self._cat, self._slots
         self._s_machine = np.array([s.machine for s in slots], dtype=np.int64)
         self._s_profile = np.array([s.profile for s in slots], dtype=np.int64)
-        self._s_alt = np.array([s.alt_profile if s.alt_profile >= 0 else s.profile for s in slots],
-                               dtype=np.int64)
+        self._s_alt = np.array(
+            [s.alt_profile if s.alt_profile >= 0 else s.profile for s in slots], dtype=np.int64
+        )
         self._s_switch = np.array([s.switch_at for s in slots], dtype=np.int64)
         self._s_rate = np.array([s.rate for s in slots], dtype=np.float64)
         self._s_sched = np.array([s.schedule for s in slots], dtype=np.int64)
@@ -950,8 +1285,10 @@ class SyntheticTraffic:
         self._s_growth = np.array([s.growth_per_day for s in slots], dtype=np.float64)
         self._s_growth_from = np.array([s.growth_from for s in slots], dtype=np.int64)
         self._s_is_ci = self._s_sched == _CI
-        self._s_hash = _mix64(np.arange(len(slots), dtype=np.uint64)
-                              + np.uint64(cfg.seed % 2**32) * np.uint64(1_000_003))
+        self._s_hash = _mix64(
+            np.arange(len(slots), dtype=np.uint64)
+            + np.uint64(cfg.seed % 2**32) * np.uint64(1_000_003)
+        )
         self._slot_ids = np.arange(len(slots), dtype=np.int64)
 
         # Profiles as one sorted array: profile p's cumulative weights run over (p, p + 1], so
@@ -985,8 +1322,12 @@ class SyntheticTraffic:
             return {**base, "injected": s.label} if s.label and cfg.mark_injected else base
 
         self._slot_info = [
-            (self._machine_list[s.machine].name, self._machine_list[s.machine].ip,
-             self._machine_list[s.machine].identity_type, attrs(s))
+            (
+                self._machine_list[s.machine].name,
+                self._machine_list[s.machine].ip,
+                self._machine_list[s.machine].identity_type,
+                attrs(s),
+            )
             for s in slots
         ]
         peak = float(self._s_rate.sum()) * cfg.rate_scale * 2.5 + 1e-9
@@ -1002,8 +1343,9 @@ class SyntheticTraffic:
             yield t, nxt
             t = nxt
 
-    def _lambdas(self, t0: int, t1: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64],
-                                                  npt.NDArray[np.float64]]:
+    def _lambdas(
+        self, t0: int, t1: int
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64]]:
         """Per slot: start and length (ms) of its active part of [t0, t1), and its Poisson mean."""
         lo = np.maximum(self._s_from, t0)
         dur = np.clip(np.minimum(self._s_to, t1) - lo, 0, None)
@@ -1017,8 +1359,9 @@ class SyntheticTraffic:
         mult = by_sched[self._s_sched]
         if self._s_is_ci.any():
             block = np.uint64(t0 // _CI_BLOCK_MS)
-            u = (_mix64(self._s_hash ^ _mix64(np.array([block], dtype=np.uint64)))
-                 >> np.uint64(11)).astype(np.float64) / 2.0**53
+            u = (
+                _mix64(self._s_hash ^ _mix64(np.array([block], dtype=np.uint64))) >> np.uint64(11)
+            ).astype(np.float64) / 2.0**53
             mult = np.where(self._s_is_ci, np.where(u < mult, _CI_ON, _CI_OFF), mult)
         tod = t0 % DAY_MS
         in_window = (self._s_win_lo <= tod) & (tod < self._s_win_hi)
@@ -1026,8 +1369,9 @@ class SyntheticTraffic:
         lam = self._s_rate * mult * growth * in_window * dur * (self.config.rate_scale / SECOND_MS)
         return lo, dur, lam
 
-    def _draw(self, rng: np.random.Generator, t0: int,
-              t1: int) -> tuple[npt.NDArray[np.int64], ...] | None:
+    def _draw(
+        self, rng: np.random.Generator, t0: int, t1: int
+    ) -> tuple[npt.NDArray[np.int64], ...] | None:
         """One slice's events as parallel arrays (time, slot, resource, op, outcome, key),
         sorted by time; None if there are none."""
         lo, dur, lam = self._lambdas(t0, t1)
@@ -1044,8 +1388,9 @@ class SyntheticTraffic:
                 slot, ts = slot[keep], ts[keep]
                 total = int(slot.size)
         prof = np.where(ts >= self._s_switch[slot], self._s_alt[slot], self._s_profile[slot])
-        bind = self._prof_bind[np.searchsorted(self._prof_cum, prof + rng.random(total),
-                                               side="right")]
+        bind = self._prof_bind[
+            np.searchsorted(self._prof_cum, prof + rng.random(total), side="right")
+        ]
         u = rng.random(total)
         local = (self._bind_cum[bind] <= u[:, None]).sum(axis=1)
         op = self._bind_ops[bind, local]

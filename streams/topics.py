@@ -65,6 +65,15 @@ def topic_specs(cfg: Config, overrides: dict[str, dict[str, str]] | None = None)
                 "retention.ms": str(t.archive_retention_ms),
             },
         ),
+        # Internal: accepted events keyed by peer group, so one partition holds a whole group
+        # (its shared baselines) for the detection stage. Only needs to outlive processing lag.
+        TopicSpec(
+            "detect",
+            t.detect,
+            t.partitions,
+            t.replication_factor,
+            {"retention.ms": str(t.events_retention_ms), "compression.type": "lz4"},
+        ),
     ]
     if overrides:
         specs = [

@@ -12,7 +12,7 @@ import pytest
 
 from schemas.codec import decode_wire
 from streams.cli import main
-from streams.reading import group_lag
+from streams.reading import pipeline_lag
 from tests.conftest import Stack, wait_until
 from tests.traffic import BASE_MS, fan_out, steady
 
@@ -60,7 +60,7 @@ def test_produce_files_then_read_alerts(stack: Any, tmp_path: Path, capsys: Any)
 
     s.start_worker()
     wait_until(
-        lambda: group_lag(s.cfg, s.cfg.kafka.consumer_group, s.cfg.topics.events) == 0,
+        lambda: pipeline_lag(s.cfg) == 0,
         timeout=120,
         what="processor to commit every event",
     )

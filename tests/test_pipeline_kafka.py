@@ -14,7 +14,7 @@ from confluent_kafka import Producer
 
 from schemas.codec import decode_wire, encode_event_avro, sha256
 from streams.producer import to_avro_record
-from streams.reading import group_lag
+from streams.reading import pipeline_lag
 from streams.replay import replay
 from tests.conftest import Stack, wait_until
 from tests.traffic import scenario
@@ -144,11 +144,14 @@ def test_replay_and_kafka_give_the_same_pages(stack: Any, tmp_path: Any) -> None
     s.start_worker()
     send(s, [(e["machine_id"].encode(), avro(e)) for e in events])
     wait_until(
-        lambda: group_lag(s.cfg, s.cfg.kafka.consumer_group, s.cfg.topics.events) == 0,
+        lambda: pipeline_lag(s.cfg) == 0,
         timeout=120,
         what="processor to commit every event",
     )
-    alerts = [orjson.loads(m.value()) for m in s.read("alerts")]
+    messages = s.read("alerts")
+    alerts = [orjson.loads(m.value()) for m in messages]
+    # The alerts topic is keyed by alert_id.
+    assert [m.key().decode() for m in messages] == [a["alert_id"] for a in alerts]
     kafka_pages = [
         a
         for a in alerts
@@ -157,4 +160,3 @@ def test_replay_and_kafka_give_the_same_pages(stack: Any, tmp_path: Any) -> None
     ]
     key = lambda a: (a["alert_id"], a["status"], a["severity"], a["event_time"])  # noqa: E731
     assert sorted(map(key, kafka_pages)) == sorted(map(key, replay_pages))
-    assert [m.key().decode() for m in s.read("alerts")] == [a["alert_id"] for a in alerts]

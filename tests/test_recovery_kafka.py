@@ -12,7 +12,7 @@ from confluent_kafka import Producer
 
 from schemas.codec import encode_event_avro
 from streams.producer import to_avro_record
-from streams.reading import group_lag
+from streams.reading import pipeline_lag
 from tests.conftest import Stack, wait_until
 from tests.traffic import BASE_MS, steady
 
@@ -36,7 +36,7 @@ def send(stack: Stack, events: list[dict[str, Any]]) -> None:
 
 
 def lag(stack: Stack) -> int:
-    return group_lag(stack.cfg, stack.cfg.kafka.consumer_group, stack.cfg.topics.events)
+    return pipeline_lag(stack.cfg)
 
 
 def new_resource_pages(stack: Stack) -> list[dict[str, Any]]:

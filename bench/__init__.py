@@ -1,0 +1,1 @@
+"""Benchmarks of auditwatch's detectors on public data sets (not run by the tests)."""

@@ -1,0 +1,88 @@
+"""Peer groups: what a machine's group (its replicas, rotated pods, autoscaled instances) uses.
+
+A new member of a known group is judged against the group, not as a stranger, and a resource
+its peers already use is not news. Group knowledge is kept as many small keys (one per group
+resource or operation) rather than one large value, so a lookup is one point read and the
+common case (the machine already knows what it touches) costs nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import orjson
+
+# Key kinds in the store: group meta, group resources, group operations, store-wide facts.
+_META = b"gm"
+_RESOURCE = b"gr"
+_OPERATION = b"go"
+_STORE = b"p"
+_SEP = "\x1f"
+# A group's knowledge is refreshed at most this often per resource, to bound writes.
+_REFRESH_MS = 3_600_000
+
+
+class KeyValue(Protocol):
+    """Bytes by (kind, key): Quix state through the runtime, a dict in replay and tests."""
+
+    def get(self, kind: bytes, key: str) -> bytes | None: ...
+    def set(self, kind: bytes, key: str, value: bytes) -> None: ...
+
+
+class PeerGroup:
+    """One group's shared knowledge, read and written through a KeyValue."""
+
+    __slots__ = ("_meta", "group", "kv")
+
+    def __init__(self, kv: KeyValue, group: str) -> None:
+        self.kv = kv
+        self.group = group
+        raw = kv.get(_META, group)
+        # [first seen ms, members]
+        self._meta: list[int] | None = orjson.loads(raw) if raw is not None else None
+
+    @property
+    def known(self) -> bool:
+        return self._meta is not None
+
+    @property
+    def members(self) -> int:
+        return self._meta[1] if self._meta is not None else 0
+
+    def warm(self, ts_ms: int, warmup_ms: int) -> bool:
+        return self._meta is not None and ts_ms - self._meta[0] >= warmup_ms
+
+    def join(self, ts_ms: int) -> None:
+        """A machine seen for the first time joins its group."""
+        if self._meta is None:
+            self._meta = [ts_ms, 0]
+        self._meta[1] += 1
+        self.kv.set(_META, self.group, orjson.dumps(self._meta))
+
+    def uses_resource(self, resource: str) -> bool:
+        return self.kv.get(_RESOURCE, self.group + _SEP + resource) is not None
+
+    def uses_operation(self, operation: str) -> bool:
+        return self.kv.get(_OPERATION, self.group + _SEP + operation) is not None
+
+    def learn_resource(self, resource: str, ts_ms: int) -> None:
+        self._learn(_RESOURCE, resource, ts_ms)
+
+    def learn_operation(self, operation: str, ts_ms: int) -> None:
+        self._learn(_OPERATION, operation, ts_ms)
+
+    def _learn(self, kind: bytes, name: str, ts_ms: int) -> None:
+        key = self.group + _SEP + name
+        raw = self.kv.get(kind, key)
+        if raw is None or ts_ms - int(raw) >= _REFRESH_MS:
+            self.kv.set(kind, key, str(ts_ms).encode())
+
+
+def store_first_seen(kv: KeyValue, ts_ms: int) -> int:
+    """When this store (a partition, or a whole replay) saw its first event: before the store
+    itself has watched long enough, every identity is 'new' and none is news."""
+    raw = kv.get(_STORE, "first")
+    if raw is None:
+        kv.set(_STORE, "first", str(ts_ms).encode())
+        return ts_ms
+    return int(raw)

@@ -1,0 +1,185 @@
+"""Behaviour tests of the access-rate baseline: time of day, spikes, quiet, robust learning,
+state, and the river-style series interface. No NAB run here (that is `bench/nab.py`)."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+
+from detectors.rate import RateBaseline, RateParams, SeriesBaseline
+
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z, a Thursday
+MIN = 60_000
+DAY = 1440  # one-minute intervals per day
+
+
+def day_night(minute: int) -> int:
+    """Busy 09:00-17:00 UTC (100 a minute), quiet otherwise (2 a minute)."""
+    return 100 if 9 * 60 <= minute % DAY < 17 * 60 else 2
+
+
+def run(
+    b: RateBaseline, start: int, stop: int, count: int | Callable[[int], int] = day_night
+) -> list[float]:
+    """One observe per interval carrying the whole interval's count; returns the scores."""
+    f = count if callable(count) else (lambda _m: count)
+    return [b.observe(T0 + i * MIN, weight=f(i)) for i in range(start, stop) if f(i)]
+
+
+@pytest.fixture(scope="module")
+def learned_state() -> list[object]:
+    b = RateBaseline(RateParams())
+    run(b, 0, 5 * DAY)
+    return b.state()
+
+
+def test_busy_day_quiet_night_does_not_alarm_after_learning(learned_state: list[object]) -> None:
+    b = RateBaseline(RateParams(), learned_state)
+    scores = run(b, 5 * DAY, 6 * DAY)  # a whole day: the morning ramp, the day, the night
+    assert max(scores) == 0.0
+    night = b.expected_at(T0 + (6 * DAY + 3 * 60) * MIN)  # 03:00
+    noon = b.expected_at(T0 + (6 * DAY + 12 * 60) * MIN)
+    assert night < 10
+    assert noon > 60
+
+
+def test_night_burst_at_daytime_level_scores(learned_state: list[object]) -> None:
+    b = RateBaseline(RateParams(), learned_state)
+    run(b, 5 * DAY, 5 * DAY + 2 * 60)  # up to 02:00, normal
+    assert b.observe(T0 + (5 * DAY + 2 * 60) * MIN, weight=100) >= 50.0
+    # The same count at noon is just the usual daytime traffic.
+    b2 = RateBaseline(RateParams(), learned_state)
+    assert max(run(b2, 5 * DAY, 5 * DAY + 12 * 60 + 1)) == 0.0
+
+
+def test_spike_scores_and_grows_with_ratio() -> None:
+    b = RateBaseline(RateParams())
+    assert max(run(b, 0, 120, 10)) == 0.0
+    assert b.warm
+    s1 = b.observe(T0 + 120 * MIN, weight=60)
+    b2 = RateBaseline(RateParams(), b.state())
+    s2 = b2.observe(T0 + 120 * MIN, weight=500)  # state() holds the 60 already counted
+    assert 50.0 <= s1 < s2 <= 100.0
+
+
+def test_quiet_scores_for_a_busy_series_going_silent() -> None:
+    b = RateBaseline(RateParams())
+    run(b, 0, 180, 100)
+    last = T0 + 179 * MIN
+    assert b.quiet_score(last + 30_000) == 0.0  # the current minute is still open
+    assert b.quiet_score(last + 3 * MIN) >= 50.0  # two whole minutes without an event
+    state = b.state()
+    b.quiet_score(last + 10 * MIN)
+    assert b.state() == state  # it learns nothing
+
+
+def test_quiet_night_is_not_quiet_alarm(learned_state: list[object]) -> None:
+    b = RateBaseline(RateParams(), learned_state)
+    run(b, 5 * DAY, 5 * DAY + 17 * 60)  # through the working day
+    # 17:00-17:05: the usual evening drop to 2 a minute; 2 missing minutes at night is nothing.
+    assert b.quiet_score(T0 + (5 * DAY + 17 * 60 + 2) * MIN) == 0.0
+    # The same silence at noon of a working day is.
+    b2 = RateBaseline(RateParams(), learned_state)
+    run(b2, 5 * DAY, 5 * DAY + 12 * 60)
+    assert b2.quiet_score(T0 + (5 * DAY + 12 * 60 + 3) * MIN) >= 50.0
+
+
+def test_winsorised_learning_ignores_bursts_but_follows_a_new_level() -> None:
+    b = RateBaseline(RateParams())
+    run(b, 0, 120, 10)
+    before = b.expected()
+    b.observe(T0 + 120 * MIN, weight=5000)
+    run(b, 121, 123, 10)
+    assert b.expected() < before * 1.2
+    # A level that holds for adapt_after intervals is the new normal.
+    run(b, 123, 123 + RateParams().adapt_after + 5, 60)
+    assert b.expected() == pytest.approx(60, rel=0.2)
+    assert max(run(b, 200, 260, 60)) == 0.0
+
+
+def test_state_round_trip_with_profile(learned_state: list[object]) -> None:
+    a = RateBaseline(RateParams(), learned_state)
+    b = RateBaseline(RateParams(), orjson.loads(orjson.dumps(learned_state)))
+    counts = [2, 3, 100, 2, 0, 0, 40, 2]
+    sa = [a.observe(T0 + (5 * DAY + i) * MIN, weight=c) for i, c in enumerate(counts) if c]
+    sb = [b.observe(T0 + (5 * DAY + i) * MIN, weight=c) for i, c in enumerate(counts) if c]
+    assert sa == pytest.approx(sb, abs=1e-3)
+    assert max(sa) >= 50.0
+    assert a.state() == pytest.approx(b.state(), abs=1e-5)
+
+
+def test_state_is_small_and_bounded() -> None:
+    b = RateBaseline(RateParams())
+    sizes = []
+    for day in range(30):
+        run(b, day * DAY, (day + 1) * DAY)
+        sizes.append(len(json.dumps(b.state())))
+    # ~530 bytes of JSON whatever the history: a fixed layout of rounded numbers.
+    assert max(sizes) <= 600
+
+
+def test_legacy_state_still_loads() -> None:
+    b = RateBaseline(RateParams(), [100, 3, 10.0, 4.0, 80])
+    assert b.warm
+    assert b.expected() == pytest.approx(10.0)
+
+
+# --- the series interface ---------------------------------------------------------------
+
+
+def series(n: int, seed: int = 1) -> list[dict[str, object]]:
+    rnd = random.Random(seed)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    return [
+        {
+            "value": 50 + 20 * math.sin(2 * math.pi * i / 288) + rnd.gauss(0, 2),
+            "timestamp": t0 + timedelta(minutes=5 * i),
+        }
+        for i in range(n)
+    ]
+
+
+def test_score_one_before_learn_one() -> None:
+    m = SeriesBaseline()
+    x = {"value": 1e9, "timestamp": T0}
+    assert m.score_one(x) == 0.0
+    assert x == {"value": 1e9, "timestamp": T0}
+
+
+def test_series_scores_in_unit_interval_two_sided_without_learning() -> None:
+    m = SeriesBaseline()
+    xs = series(2000)
+    scores = []
+    for x in xs:
+        scores.append(m.score_one(x))
+        m.learn_one(x)
+    assert all(0.0 <= s <= 1.0 for s in scores)
+    assert max(scores[600:]) < 0.5  # a noisy daily sine is normal
+    t = xs[-1]["timestamp"] + timedelta(minutes=5)  # type: ignore[operator]
+    state = m.state()
+    normal = m.score_one({"value": 50 + 20 * math.sin(2 * math.pi * 2000 / 288), "timestamp": t})
+    high = m.score_one({"value": 200.0, "timestamp": t})
+    low = m.score_one({"value": -100.0, "timestamp": t})
+    assert m.state() == state
+    assert normal < 0.5 <= high <= 1.0
+    assert 0.5 <= low <= 1.0
+
+
+def test_series_accepts_epoch_ms_and_rejects_naive_datetimes() -> None:
+    m = SeriesBaseline()
+    m.learn_one({"value": 1.0, "timestamp": T0})
+    with pytest.raises(ValueError, match="timezone-aware"):
+        m.learn_one({"value": 1.0, "timestamp": datetime(2026, 1, 1)})  # noqa: DTZ001
+
+
+def test_series_state_is_small() -> None:
+    m = SeriesBaseline()
+    for x in series(5000):
+        m.learn_one(x)
+    assert len(json.dumps(m.state())) <= 800
