@@ -31,3 +31,9 @@ kafka-start: $(STAMP)
 
 kafka-stop: $(STAMP)
 	$(VENV)/bin/auditwatch kafka stop
+
+# Synthetic suite through replay, scored against its labelled episodes: eval/results.json and a
+# table (scratch files in eval/out/). A few minutes on two cores.
+.PHONY: eval
+eval: $(STAMP)
+	$(PY) -m bench.evaluate --out eval/results.json

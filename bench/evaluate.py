@@ -27,9 +27,14 @@ Definitions (the scoring below implements exactly these):
   when it stops, a scaled-out instance starts counting when it starts, and a machine seen once
   adds nothing. False pages per 1000 machine-hours = false pages * 1000 / machine-hours.
 
-The scoring functions (`score`, `check_targets`, `false_page_report`, `ActivitySpans`) are
-pure, over lists of `Episode` and alert dicts, so evaluations on real, hand-labelled data can
-reuse them.
+Targets (from the issue; each reported with a pass/fail boolean, and a value that cannot be
+computed fails): recall >= 0.95, precision >= 0.9, <= 2 false pages per 1000 machine-hours,
+median time to detect <= 2 minutes for every anomaly kind but silence (the slowest kind's
+median is the value), and silence detected within 15 minutes (its median).
+
+The scoring functions (`score`, `check_targets`, `false_page_report`, `missed_report`,
+`ActivitySpans`) are pure, over lists of `Episode` and alert dicts, so evaluations on real,
+hand-labelled data can reuse them.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +78,7 @@ TARGET_FALSE_PAGES_PER_1000_MH = 2.0
 TARGET_MEDIAN_TTD_S = 120.0
 TARGET_SILENCE_TTD_S = 900.0
 SLOW_KINDS = ("silence",)
+MISSED_SHOWN = 12  # missed episodes printed; results.json has them all
 
 DEFAULT_OUT = Path("eval/results.json")
 # The standard suite's size: about 1.2 million events, a few minutes of replay on two cores.
@@ -167,6 +173,7 @@ class Score:
     machine_hours: float
     false_pages_per_1000_machine_hours: float | None
     verdicts: list[PageVerdict]
+    missed: list[Episode] = field(default_factory=list)  # malicious, never detected
 
     def kind(self, kind: str) -> KindScore | None:
         """The row of one kind, if any episode of it was scored."""
@@ -274,6 +281,7 @@ def score(
             false_pages * 1000 / machine_hours if machine_hours > 0 else None
         ),
         verdicts=verdicts,
+        missed=[e for e in malicious_eps if id(e) not in first_hit],
     )
 
 
@@ -374,6 +382,20 @@ def false_page_report(s: Score, top: int = 10) -> dict[str, Any]:
         "by_benign_kind": dict(by_cause.most_common()),
         "top_machines": machines,
     }
+
+
+def missed_report(s: Score) -> list[dict[str, Any]]:
+    """The malicious episodes no page detected, in start order: what recall work is left."""
+    return [
+        {
+            "kind": e.kind,
+            "machine_id": e.machine_id,
+            "start": format_rfc3339_ms(e.start_ms),
+            "minutes": round((e.end_ms - e.start_ms) / MINUTE_MS),
+            "description": e.description,
+        }
+        for e in sorted(s.missed, key=lambda e: (e.start_ms, e.machine_id))
+    ]
 
 
 # -- the synthetic suite -------------------------------------------------------------------
@@ -500,6 +522,7 @@ def evaluate(
         "overall": overall,
         "targets": check_targets(s),
         "false_pages": false_page_report(s, top),
+        "missed": missed_report(s),
     }
 
 
@@ -584,6 +607,14 @@ def render(doc: dict[str, Any]) -> str:
                 f"{_clip(','.join(m['benign_kinds']) or '-', 15):<16}"
                 f"{str(sample['event_time'])[5:16].replace('T', ' ')} {sample['severity']} "
                 f"{sample['summary']}"
+            )
+    missed = doc["missed"]
+    if missed:
+        lines += ["", f"missed malicious episodes ({len(missed)}; all in results.json)"]
+        for e in missed[:MISSED_SHOWN]:
+            lines.append(
+                f"  {e['kind']:<16}{_clip(e['machine_id'], 39):<40}"
+                f"{e['start'][5:16].replace('T', ' ')} {e['description']}"
             )
     return "\n".join(lines)
 

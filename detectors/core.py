@@ -12,7 +12,8 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from fnmatch import fnmatchcase
 from typing import Any
 
 from detectors.identity import default_group, normalise_resource
@@ -55,6 +56,39 @@ HINTS = {
 
 
 @dataclass(frozen=True, slots=True)
+class Suppression:
+    """Findings matching every given pattern (shell-style globs) are dropped, not alerted,
+    until `until_ms` (event time; None: no expiry)."""
+
+    machine: str = "*"
+    resource: str = "*"
+    detector: str = "*"
+    until_ms: int | None = None
+    reason: str = ""
+
+    def matches(self, machine: str, resource: str, detector: str, ts_ms: int) -> bool:
+        return (
+            (self.until_ms is None or ts_ms < self.until_ms)
+            and fnmatchcase(machine, self.machine)
+            and fnmatchcase(resource, self.resource)
+            and fnmatchcase(detector, self.detector)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    """Settings for the machines whose id or peer group matches (globs); later overrides win.
+    `settings` holds DetectorConfig field names (and `rate` as a dict of RateParams fields)."""
+
+    machine: str = "*"
+    group: str = "*"
+    settings: tuple[tuple[str, Any], ...] = ()
+
+    def matches(self, machine: str, group: str) -> bool:
+        return fnmatchcase(machine, self.machine) and fnmatchcase(group, self.group)
+
+
+@dataclass(frozen=True, slots=True)
 class DetectorConfig:
     """Detection settings. `streams.config` builds this from the validated YAML config."""
 
@@ -70,6 +104,12 @@ class DetectorConfig:
     max_operations: int = 128
     failure_min_count: int = 5  # failures in one interval before the ratio can page
     failure_min_ratio: float = 0.3  # and at least this share of the interval's accesses
+    # Peer groups: an event attribute naming the group wins, then these regexes (the named
+    # group "group", else the first group, else the whole match), then the default rules.
+    group_attribute: str | None = None
+    group_patterns: tuple[str, ...] = ()
+    suppressions: tuple[Suppression, ...] = ()
+    overrides: tuple[Override, ...] = ()
 
     def version(self) -> str:
         """A short hash of the effective detection config: alerts carry it, and it is part of
@@ -172,10 +212,52 @@ class DetectionCore:
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()
         self.config_version = self.config.version()
+        self._group_patterns = [re.compile(p) for p in self.config.group_patterns]
+        self._per_machine: dict[str, DetectorConfig] = {}
+        self.suppressed_findings = 0
 
-    def group_of(self, machine_id: str) -> str:
-        """The peer group a machine belongs to (and the detection stage's partitioning key)."""
-        return default_group(machine_id)
+    def group_of(self, event: AuditEvent) -> str:
+        """The peer group of the event's machine (and the detection stage's partitioning
+        key)."""
+        cfg = self.config
+        if cfg.group_attribute is not None:
+            named = event.attributes.get(cfg.group_attribute)
+            if named:
+                return named
+        for pattern in self._group_patterns:
+            m = pattern.search(event.machine_id)
+            if m is not None:
+                if "group" in pattern.groupindex:
+                    return m.group("group")
+                return m.group(1) if pattern.groups else m.group(0)
+        return default_group(event.machine_id)
+
+    def config_for(self, machine_id: str, group: str) -> DetectorConfig:
+        """The base config with every matching override applied, cached per machine."""
+        if not self.config.overrides:
+            return self.config
+        cached = self._per_machine.get(machine_id)
+        if cached is not None:
+            return cached
+        cfg = self.config
+        for o in cfg.overrides:
+            if o.matches(machine_id, group):
+                values = dict(o.settings)
+                rate = values.pop("rate", None)
+                if rate:
+                    values["rate"] = replace(cfg.rate, **dict(rate))
+                cfg = replace(cfg, **values)
+        if len(self._per_machine) >= 100_000:
+            self._per_machine.clear()
+        self._per_machine[machine_id] = cfg
+        return cfg
+
+    def suppressed(self, machine_id: str, finding: Finding, ts_ms: int) -> bool:
+        resource = str(finding.observed.get("resource", ""))
+        return any(
+            s.matches(machine_id, resource, finding.detector, ts_ms)
+            for s in self.config.suppressions
+        )
 
     def process(
         self, event: AuditEvent, state: MachineState | None, kv: KeyValue | None = None
@@ -183,10 +265,10 @@ class DetectionCore:
         """Score `event` against its machine's `state` (None for a machine not seen before)
         and, when `kv` is given, against its peer group; then learn it. Returns the updated
         state and the alert states to publish."""
-        cfg = self.config
         ts = event.timestamp_ms
+        group_name = self.group_of(event)
+        cfg = self.config_for(event.machine_id, group_name)
         warmup_ms = cfg.warmup_s * 1000
-        group_name = self.group_of(event.machine_id)
         peers = PeerGroup(kv, group_name) if kv is not None else None
         findings: list[Finding] = []
         if state is None:
@@ -197,7 +279,7 @@ class DetectionCore:
                 peers.join(ts)
         alerts: list[Alert] = []
         group = group_name
-        alerts.extend(self._resolve_quiet(event.machine_id, group, state, ts))
+        alerts.extend(self._resolve_quiet(cfg, event.machine_id, group, state, ts))
 
         own_warm = state.n >= cfg.warmup_events and ts - state.first_ms >= warmup_ms
         # A new replica of a group that has been watched long enough is judged by the group
@@ -222,10 +304,10 @@ class DetectionCore:
             )
         state.rate = rate.state()
 
-        failure = self._failure(event, state, warm)
+        failure = self._failure(cfg, event, state, warm)
         if failure is not None:
             findings.append(failure)
-        operation = self._operation(event, state, warm, peers)
+        operation = self._operation(cfg, event, state, warm, peers)
         if operation is not None:
             findings.append(operation)
 
@@ -266,12 +348,15 @@ class DetectionCore:
                     {"known_resources": len(state.resources), "new_resources_in_window": 0},
                 )
             )
-        self._learn_resource(state, resource, ts)
+        self._learn_resource(cfg, state, resource, ts)
 
         state.n += 1
         state.last_ms = max(state.last_ms, ts)
         for f in findings:
-            alert = self._episode(event, group, state, f)
+            if cfg.suppressions and self.suppressed(event.machine_id, f, ts):
+                self.suppressed_findings += 1
+                continue
+            alert = self._episode(cfg, event, group, state, f)
             if alert is not None:
                 alerts.append(alert)
         return state, alerts
@@ -291,9 +376,10 @@ class DetectionCore:
             {"known_group": "none"},
         )
 
-    def _failure(self, event: AuditEvent, state: MachineState, warm: bool) -> Finding | None:
+    def _failure(
+        self, cfg: DetectorConfig, event: AuditEvent, state: MachineState, warm: bool
+    ) -> Finding | None:
         """Failures and denials in the current interval against the machine's usual ratio."""
-        cfg = self.config
         interval = event.timestamp_ms // (cfg.rate.interval_s * 1000)
         cur, n, f, p, learned = state.fail
         if interval > cur:
@@ -332,11 +418,15 @@ class DetectionCore:
         )
 
     def _operation(
-        self, event: AuditEvent, state: MachineState, warm: bool, peers: PeerGroup | None
+        self,
+        cfg: DetectorConfig,
+        event: AuditEvent,
+        state: MachineState,
+        warm: bool,
+        peers: PeerGroup | None,
     ) -> Finding | None:
         """An operation this machine does not perform; destructive ones from a read-only
         client score highest."""
-        cfg = self.config
         op = event.operation.upper()
         ts = event.timestamp_ms
         if op in state.ops:
@@ -370,8 +460,9 @@ class DetectionCore:
             {"operations": ", ".join(sorted(o for o in state.ops if o != op))[:200]},
         )
 
-    def _learn_resource(self, state: MachineState, resource: str, ts: int) -> None:
-        cfg = self.config
+    def _learn_resource(
+        self, cfg: DetectorConfig, state: MachineState, resource: str, ts: int
+    ) -> None:
         # max: a late event must not make a resource look older than it is.
         state.resources[resource] = max(ts, state.resources.get(resource, ts))
         if len(state.resources) > cfg.max_resources:
@@ -388,9 +479,8 @@ class DetectionCore:
         return "a-" + hashlib.sha256(blob.encode()).hexdigest()[:24]
 
     def _episode(
-        self, event: AuditEvent, group: str, state: MachineState, f: Finding
+        self, cfg: DetectorConfig, event: AuditEvent, group: str, state: MachineState, f: Finding
     ) -> Alert | None:
-        cfg = self.config
         ts = event.timestamp_ms
         severity = severity_for(f.score)
         ep = state.episodes.get(f.detector)
@@ -424,11 +514,11 @@ class DetectionCore:
         return self._alert(event.machine_id, group, f.detector, "opened", ep, f, ts)
 
     def _resolve_quiet(
-        self, machine_id: str, group: str, state: MachineState, ts: int
+        self, cfg: DetectorConfig, machine_id: str, group: str, state: MachineState, ts: int
     ) -> list[Alert]:
         """Episodes quiet for a cooldown are resolved when the machine's stream moves past it
         (event time, not wall clock, so replay and Kafka agree)."""
-        cooldown = self.config.cooldown_s * 1000
+        cooldown = cfg.cooldown_s * 1000
         out: list[Alert] = []
         for detector, ep in list(state.episodes.items()):
             if ts - ep.last_ms > cooldown:
@@ -445,7 +535,7 @@ class DetectionCore:
                             detector,
                             ep.score,
                             f"{machine_id}: no further {detector} findings for "
-                            f"{self.config.cooldown_s // 60} minutes.",
+                            f"{cfg.cooldown_s // 60} minutes.",
                             {"repeats": ep.count},
                             {},
                         ),

@@ -137,7 +137,7 @@ def build_application(
         outputs, event = processor.ingest(value, key, origin, _TransactionStore(state._transaction))
         if event is not None:
             # Re-keyed by peer group: the detection stage sees a whole group in one partition.
-            group = processor.core.group_of(event.machine_id)
+            group = processor.core.group_of(event)
             outputs.append(Output("detect", group.encode(), encode_canonical(event)))
         progress.tick()
         return outputs

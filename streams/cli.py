@@ -123,9 +123,7 @@ def _kv_counts(spec: str) -> dict[str, int]:
     return out
 
 
-def _file_events(
-    files: list[str], fmt: str, csv_map: dict[str, str]
-) -> Iterator[dict[str, Any]]:
+def _file_events(files: list[str], fmt: str, csv_map: dict[str, str]) -> Iterator[dict[str, Any]]:
     from streams.readers import read_records
 
     for r in read_records(files, fmt, csv_map):

@@ -7,13 +7,15 @@ Also the one place that builds librdkafka settings, so TLS/SASL options later pa
 from __future__ import annotations
 
 import os
+import re
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from detectors.core import DetectorConfig
+from detectors.core import DetectorConfig, Override, Suppression
 from detectors.rate import RateParams
 from schemas.event import Limits
 
@@ -105,6 +107,86 @@ class RateSettings(_Model):
     warmup_intervals: int = Field(60, ge=0)
 
 
+class RatePatch(_Model):
+    """A partial RateSettings, for overrides: unset fields keep the base value."""
+
+    interval_s: int | None = Field(None, ge=1)
+    alpha: float | None = Field(None, gt=0, lt=1)
+    z: float | None = Field(None, gt=0)
+    min_ratio: float | None = Field(None, ge=1)
+    min_count: int | None = Field(None, ge=1)
+    warmup_intervals: int | None = Field(None, ge=0)
+
+
+class DetectorPatch(_Model):
+    """A partial set of detector settings, for per-group and per-machine overrides."""
+
+    warmup_s: int | None = Field(None, ge=0)
+    warmup_events: int | None = Field(None, ge=0)
+    resource_depth: int | None = Field(None, ge=0)
+    max_resources: int | None = Field(None, ge=1)
+    fanout_window_s: int | None = Field(None, ge=1)
+    cooldown_s: int | None = Field(None, ge=0)
+    update_every_s: int | None = Field(None, ge=0)
+    max_operations: int | None = Field(None, ge=1)
+    failure_min_count: int | None = Field(None, ge=1)
+    failure_min_ratio: float | None = Field(None, gt=0, le=1)
+    rate: RatePatch | None = None
+
+    def values(self) -> tuple[tuple[str, Any], ...]:
+        # Hashable and ordered, so the override is part of the config version.
+        return tuple(
+            (name, tuple(sorted(value.items())) if name == "rate" else value)
+            for name, value in self.model_dump(exclude_none=True).items()
+        )
+
+
+class GroupSettings(_Model):
+    attribute: str | None = Field(
+        None, description="Event attribute naming the peer group (wins over patterns)."
+    )
+    patterns: list[str] = Field(
+        default_factory=list,
+        description="Regexes tried in order on machine_id; the named group 'group' (else the "
+        "first group, else the match) is the peer group. Then the built-in rules.",
+    )
+
+    @field_validator("patterns")
+    @classmethod
+    def _compile(cls, patterns: list[str]) -> list[str]:
+        for p in patterns:
+            try:
+                re.compile(p)
+            except re.error as e:
+                raise ValueError(f"{p!r} is not a valid regular expression: {e}") from None
+        return patterns
+
+
+class SuppressionSettings(_Model):
+    machine: str = "*"
+    resource: str = "*"
+    detector: str = "*"
+    until: date | datetime | None = Field(
+        None, description="Expiry (event time); a date means midnight UTC at its start."
+    )
+    reason: str = ""
+
+    def until_ms(self) -> int | None:
+        if self.until is None:
+            return None
+        if isinstance(self.until, datetime):
+            moment = self.until if self.until.tzinfo else self.until.replace(tzinfo=UTC)
+        else:
+            moment = datetime(self.until.year, self.until.month, self.until.day, tzinfo=UTC)
+        return int(moment.timestamp() * 1000)
+
+
+class OverrideSettings(_Model):
+    machine: str = "*"
+    group: str = "*"
+    settings: DetectorPatch
+
+
 class DetectorSettings(_Model):
     warmup_s: int = Field(3600, ge=0)
     warmup_events: int = Field(50, ge=0)
@@ -114,7 +196,13 @@ class DetectorSettings(_Model):
     fanout_window_s: int = Field(300, ge=1)
     cooldown_s: int = Field(900, ge=0)
     update_every_s: int = Field(60, ge=0)
+    max_operations: int = Field(128, ge=1)
+    failure_min_count: int = Field(5, ge=1)
+    failure_min_ratio: float = Field(0.3, gt=0, le=1)
     rate: RateSettings = RateSettings()
+    groups: GroupSettings = GroupSettings()
+    suppress: list[SuppressionSettings] = Field(default_factory=list)
+    overrides: list[OverrideSettings] = Field(default_factory=list)
 
     def build(self) -> DetectorConfig:
         return DetectorConfig(
@@ -127,6 +215,18 @@ class DetectorSettings(_Model):
             fanout_window_s=self.fanout_window_s,
             cooldown_s=self.cooldown_s,
             update_every_s=self.update_every_s,
+            max_operations=self.max_operations,
+            failure_min_count=self.failure_min_count,
+            failure_min_ratio=self.failure_min_ratio,
+            group_attribute=self.groups.attribute,
+            group_patterns=tuple(self.groups.patterns),
+            suppressions=tuple(
+                Suppression(s.machine, s.resource, s.detector, s.until_ms(), s.reason)
+                for s in self.suppress
+            ),
+            overrides=tuple(
+                Override(o.machine, o.group, o.settings.values()) for o in self.overrides
+            ),
         )
 
 

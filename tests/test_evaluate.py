@@ -134,6 +134,7 @@ def test_precision_and_recall_arithmetic() -> None:
     assert (s.pages_after_warmup, s.true_pages, s.false_pages) == (5, 3, 2)
     assert s.precision == pytest.approx(3 / 5)
     assert s.recall == pytest.approx(2 / 4)  # a and b detected; c and d missed
+    assert [e.machine_id for e in s.missed] == ["c", "d"]
     # Rows follow the generator's kind order: rate_burst before fan_out.
     assert [(k.kind, k.episodes, k.detected, k.recall) for k in s.kinds] == [
         ("rate_burst", 2, 0, 0.0),
@@ -280,10 +281,10 @@ def test_tiny_suite_end_to_end(tmp_path: Path) -> None:
     sc = SyntheticConfig(
         seed=3,
         start_ms=DEFAULT_START_MS + 8 * H,
-        duration_s=6 * 3600,
-        machines=20,
+        duration_s=4 * 3600,
+        machines=12,
         rate_scale=0.5,
-        warmup_s=3 * 3600,
+        warmup_s=2 * 3600,
         anomalies={"fan_out": 1, "rate_burst": 1},
         benign={"pod_rotation": 1},
     )
@@ -302,4 +303,5 @@ def test_tiny_suite_end_to_end(tmp_path: Path) -> None:
         "silence_median_ttd_s",
     }
     orjson.dumps(doc)  # JSON-ready
+    assert {e["kind"] for e in doc["missed"]} <= {"fan_out", "rate_burst"}
     assert "anomaly kind" in render(doc)
