@@ -16,19 +16,22 @@ from dataclasses import asdict, dataclass, field, replace
 from fnmatch import fnmatchcase
 from typing import Any
 
+import orjson
+
 from detectors.identity import default_group, normalise_resource
 from detectors.peers import KeyValue, PeerGroup, store_first_seen
 from detectors.rate import RateBaseline, RateParams
+from detectors.silence import SWEEP_EVERY_MS, SilenceWatch, SilenceWatches, WatchEntry
 from schemas.alert import SEVERITY_RANK, Alert, Scalar, severity_for
 from schemas.event import AuditEvent, format_rfc3339_ms
 
 # Verbs (SQL, Redis, HTTP, cloud API names after the service prefix) that destroy or rewrite.
 _DESTRUCTIVE = re.compile(
-    r"^(?:[\w.-]+:)?(DELETE|DROP|TRUNCATE|ALTER|GRANT|REVOKE|PURGE|DESTROY|REMOVE|FLUSHALL|"
+    r"^(?:[\w.-]+:)*(DELETE|DROP|TRUNCATE|ALTER|GRANT|REVOKE|PURGE|DESTROY|REMOVE|FLUSHALL|"
     r"FLUSHDB|DEL|TERMINATE|DISABLE|STOPLOGGING|PUTBUCKETPOLICY|ATTACH|DETACH)"
 )
 _READ = re.compile(
-    r"^(?:[\w.-]+:)?(SELECT|GET|LIST|READ|DESCRIBE|HEAD|SCAN|CONSUME|QUERY|FETCH|SUBSCRIBE|"
+    r"^(?:[\w.-]+:)*(SELECT|GET|LIST|READ|DESCRIBE|HEAD|SCAN|CONSUME|QUERY|FETCH|SUBSCRIBE|"
     r"LOOKUP|SEARCH|WATCH|MGET|HGET|EXISTS|CHECK|VIEW|LOOKUP)"
 )
 
@@ -41,6 +44,11 @@ def is_write(operation: str) -> bool:
     return _READ.match(operation.upper()) is None
 
 
+# Key kind of machine state in the store.
+MACHINE = b"m"
+# A member joining the group this long before (or after) another went quiet is its successor.
+ROTATION_WINDOW_MS = 30 * 60_000
+
 HINTS = {
     "access_rate": "Check what the machine was running at that time (deploy, backfill, retry "
     "loop) and whether its credentials are used from an unexpected place.",
@@ -50,6 +58,10 @@ HINTS = {
     "someone probing with this identity (many distinct resources failing).",
     "operation": "Check whether this client is supposed to write or delete; a read-only "
     "identity issuing destructive statements suggests stolen credentials.",
+    "off_hours": "Check for a scheduled job or maintenance window; otherwise someone is "
+    "using this identity outside its normal hours.",
+    "silence": "Check whether the machine crashed, was scaled down or lost its network or "
+    "credentials; if it was stopped on purpose, no action.",
     "new_identity": "Check who deployed this identity and whether it belongs to a known "
     "workload; an unknown identity touching sensitive resources is a red flag.",
 }
@@ -104,6 +116,14 @@ class DetectorConfig:
     max_operations: int = 128
     failure_min_count: int = 5  # failures in one interval before the ratio can page
     failure_min_ratio: float = 0.3  # and at least this share of the interval's accesses
+    silence_min_rate: float = 0.5  # watched for silence above this many events per interval
+    off_hours_max_share: float = 0.1  # an idle hour: at most this share of the busiest hour
+    off_hours_ratio: float = 10.0  # and this many times the hour's usual count in the window
+    off_hours_min_events: int = 15  # and at least this many events in the window
+    off_hours_window_s: int = 1800
+    silence_min_active_hours: int = 6  # only machines busy most of the day are watched
+    silence_min_gap_s: int = 300  # and never called silent before this much quiet
+    max_watched: int = 50_000  # per store: the busiest machines beyond this are not watched
     # Peer groups: an event attribute naming the group wins, then these regexes (the named
     # group "group", else the first group, else the whole match), then the default rules.
     group_attribute: str | None = None
@@ -162,6 +182,7 @@ class MachineState:
     ops: dict[str, int] = field(default_factory=dict)  # operation -> last seen (ms)
     # [interval, accesses in it, failures in it, learned failure ratio, intervals learned]
     fail: list[Any] = field(default_factory=lambda: [-1, 0, 0, 0.0, 0])
+    off: list[int] = field(default_factory=list)  # [window start, last, events, alerted]
 
     @classmethod
     def new(cls, ts_ms: int) -> MachineState:
@@ -178,6 +199,7 @@ class MachineState:
             "e": {k: v.to_list() for k, v in self.episodes.items()},
             "o": self.ops,
             "x": self.fail,
+            "h": self.off,
         }
 
     @classmethod
@@ -192,6 +214,7 @@ class MachineState:
             {k: Episode.from_list(v) for k, v in d["e"].items()},
             d.get("o", {}),
             d.get("x", [-1, 0, 0, 0.0, 0]),
+            d.get("h", []),
         )
 
 
@@ -215,6 +238,7 @@ class DetectionCore:
         self._group_patterns = [re.compile(p) for p in self.config.group_patterns]
         self._per_machine: dict[str, DetectorConfig] = {}
         self.suppressed_findings = 0
+        self._watches = SilenceWatches()
 
     def group_of(self, event: AuditEvent) -> str:
         """The peer group of the event's machine (and the detection stage's partitioning
@@ -228,8 +252,11 @@ class DetectionCore:
             m = pattern.search(event.machine_id)
             if m is not None:
                 if "group" in pattern.groupindex:
-                    return m.group("group")
-                return m.group(1) if pattern.groups else m.group(0)
+                    found = m.group("group")
+                else:
+                    found = m.group(1) if pattern.groups else m.group(0)
+                # A group that took no part in the match falls back to the whole match.
+                return found or m.group(0)
         return default_group(event.machine_id)
 
     def config_for(self, machine_id: str, group: str) -> DetectorConfig:
@@ -258,6 +285,104 @@ class DetectionCore:
             s.matches(machine_id, resource, finding.detector, ts_ms)
             for s in self.config.suppressions
         )
+
+    def observe(self, event: AuditEvent, kv: KeyValue, partition: Any = None) -> list[Alert]:
+        """Process one event with all state in `kv` (one store per partition; `partition`
+        tells the stores apart in memory): the machine's baselines, its peer group, and the
+        silence watch list, which may yield alerts for other, silent machines."""
+        raw = kv.get(MACHINE, event.machine_id)
+        state = MachineState.from_dict(orjson.loads(raw)) if raw is not None else None
+        state, alerts = self.process(event, state, kv)
+        kv.set(MACHINE, event.machine_id, orjson.dumps(state.to_dict()))
+        alerts.extend(self._watch_silence(event, state, kv, partition))
+        return alerts
+
+    def _watch_silence(
+        self, event: AuditEvent, state: MachineState, kv: KeyValue, partition: Any
+    ) -> list[Alert]:
+        group = self.group_of(event)
+        cfg = self.config_for(event.machine_id, group)
+        watch = self._watches.get(kv, partition)
+        ts = event.timestamp_ms
+        rate = RateBaseline(cfg.rate, state.rate)
+        if rate.warm and rate.expected() >= cfg.silence_min_rate:
+            entry = watch.entries.get(event.machine_id)
+            if entry is None:
+                if len(watch.entries) < cfg.max_watched:
+                    watch.entries[event.machine_id] = WatchEntry(ts, group)
+            else:
+                entry.last_ms, entry.alerted = max(entry.last_ms, ts), False
+        else:
+            watch.entries.pop(event.machine_id, None)
+        watch.clock_ms = max(watch.clock_ms, ts)
+        if watch.clock_ms < watch.next_sweep_ms:
+            return []
+        watch.next_sweep_ms = watch.clock_ms + SWEEP_EVERY_MS
+        alerts = self._sweep(watch, kv)
+        self._watches.save(kv, watch)
+        return alerts
+
+    def _sweep(self, watch: SilenceWatch, kv: KeyValue) -> list[Alert]:
+        now = watch.clock_ms
+        alerts: list[Alert] = []
+        for machine, entry in list(watch.entries.items()):
+            cfg = self.config_for(machine, entry.group)
+            if entry.alerted or now - entry.last_ms < cfg.silence_min_gap_s * 1000:
+                continue
+            raw = kv.get(MACHINE, machine)
+            if raw is None:
+                del watch.entries[machine]
+                continue
+            if PeerGroup(kv, entry.group).last_join_ms >= entry.last_ms - ROTATION_WINDOW_MS:
+                # A new member joined as this one went quiet: a rotated pod or a replaced
+                # instance, which never comes back. Not silence; stop watching it.
+                del watch.entries[machine]
+                continue
+            state = MachineState.from_dict(orjson.loads(raw))
+            rate = RateBaseline(cfg.rate, state.rate)
+            day = now - now % 86_400_000
+            active_hours = sum(
+                rate.expected_at(day + h * 3_600_000) >= cfg.silence_min_rate for h in range(24)
+            )
+            if active_hours < cfg.silence_min_active_hours:
+                # Batch jobs and other short-duty machines are quiet most of the day by design.
+                del watch.entries[machine]
+                continue
+            score = rate.quiet_score(now)
+            if score < 50:
+                continue
+            entry.alerted = True
+            minutes = (now - entry.last_ms) / 60_000
+            expected = rate.expected_at(now) * minutes * 60 / cfg.rate.interval_s
+            finding = Finding(
+                "silence",
+                score,
+                f"{machine} has made no accesses for {minutes:.0f} minutes; at this time of "
+                f"day it makes about {expected:.0f} in that time.",
+                {
+                    "silent_minutes": round(minutes, 1),
+                    "last_event_time": format_rfc3339_ms(entry.last_ms),
+                },
+                {"events_in_that_time": round(expected, 1)},
+            )
+            # The episode is anchored on the machine's last event time, which both Kafka and
+            # replay agree on, so the alert id does not depend on which event noticed it.
+            anchor = AuditEvent(
+                event_id=f"silence-after-{entry.last_ms}",
+                ts_us=now * 1000,
+                machine_id=machine,
+                resource="",
+                operation="",
+                outcome="SUCCESS",
+            )
+            if cfg.suppressions and self.suppressed(machine, finding, now):
+                self.suppressed_findings += 1
+                continue
+            alert = self._episode(cfg, anchor, entry.group, state, finding)
+            kv.set(MACHINE, machine, orjson.dumps(state.to_dict()))
+            if alert is not None:
+                alerts.append(alert)
+        return alerts
 
     def process(
         self, event: AuditEvent, state: MachineState | None, kv: KeyValue | None = None
@@ -302,6 +427,9 @@ class DetectionCore:
                     {"mean": round(expected, 2), "threshold": round(rate.threshold(), 1)},
                 )
             )
+        off_hours = self._off_hours(cfg, event, state, rate) if warm else None
+        if off_hours is not None:
+            findings.append(off_hours)
         state.rate = rate.state()
 
         failure = self._failure(cfg, event, state, warm)
@@ -313,11 +441,12 @@ class DetectionCore:
 
         resource = normalise_resource(event.resource, cfg.resource_depth)
         known = resource in state.resources
-        if not known and peers is not None:
-            known_to_peers = peers.uses_resource(resource)
+        if not known and peers is not None and peers.uses_resource(resource):
+            known = True
+        elif not known and peers is not None and (not warm or self._learns_quietly(cfg, state, ts)):
+            # A resource new to the group is learned by the group unless it is part of a
+            # burst that pages (see _learns_quietly): a deploy teaches, an enumeration does not.
             peers.learn_resource(resource, ts)
-            if known_to_peers:
-                known = True
         if not known and warm:
             window_start = ts - cfg.fanout_window_s * 1000
             state.recent_new = [r for r in state.recent_new if r[0] >= window_start]
@@ -361,6 +490,57 @@ class DetectionCore:
                 alerts.append(alert)
         return state, alerts
 
+    @staticmethod
+    def _learns_quietly(cfg: DetectorConfig, state: MachineState, ts: int) -> bool:
+        """Whether one more new resource now would stay below a page for a group member
+        (fewer than two others in the fan-out window)."""
+        window_start = ts - cfg.fanout_window_s * 1000
+        return sum(1 for r in state.recent_new if r[0] >= window_start) < 2
+
+    def _off_hours(
+        self, cfg: DetectorConfig, event: AuditEvent, state: MachineState, rate: RateBaseline
+    ) -> Finding | None:
+        """Activity at a time of day when the machine is normally (nearly) idle: a business-
+        hours service busy at night, even at a rate that would be ordinary by day."""
+        ts = event.timestamp_ms
+        interval_ms = cfg.rate.interval_s * 1000
+        # Idle hours are only known once the profile has seen at least a full day.
+        if rate.n < 86_400_000 // interval_ms:
+            return None
+        window_ms = cfg.off_hours_window_s * 1000
+        if not state.off or ts - state.off[0] > window_ms:
+            state.off = [ts, ts, 0, 0]
+        state.off[1] = ts
+        state.off[2] += 1
+        start, _, count, fired = state.off
+        if fired or count < cfg.off_hours_min_events:
+            return None
+        expected_now = rate.expected_at(ts)
+        expected = expected_now * window_ms / interval_ms
+        if count < cfg.off_hours_ratio * max(expected, 0.1):
+            return None
+        day = ts - ts % 86_400_000
+        peak = max(rate.expected_at(day + h * 3_600_000) for h in range(24))
+        if expected_now > cfg.off_hours_max_share * peak:
+            return None
+        state.off[3] = 1
+        minutes = max((ts - start) / 60_000, 1.0)
+        hour = format_rfc3339_ms(ts)[11:16]
+        return Finding(
+            "off_hours",
+            min(
+                100.0,
+                50.0 + 10.0 * math.log2(count / (cfg.off_hours_ratio * max(expected, 0.1)) + 1),
+            ),
+            f"{event.machine_id} made {count} accesses in {minutes:.0f} minutes at {hour} UTC, "
+            f"a time of day when it normally makes about {expected:.1f} in that time.",
+            {"events": count, "minutes": round(minutes, 1), "resource": event.resource},
+            {
+                "events_in_that_time": round(expected, 2),
+                "busiest_hour_per_interval": round(peak, 2),
+            },
+        )
+
     def _new_identity(self, event: AuditEvent, group: str) -> Finding:
         return Finding(
             "new_identity",
@@ -397,7 +577,7 @@ class DetectionCore:
         if not (failed and warm and learned >= 5):
             return None
         ratio = f / n
-        if f < cfg.failure_min_count or ratio < max(cfg.failure_min_ratio, 4 * p):
+        if f < cfg.failure_min_count or ratio < max(cfg.failure_min_ratio, min(4 * p, (1 + p) / 2)):
             return None
         excess = f - n * p
         score = min(100.0, 50.0 + 12.0 * math.log2(excess / cfg.failure_min_count + 1))
@@ -434,13 +614,13 @@ class DetectionCore:
             return None
         read_only = all(not is_write(o) for o in state.ops)
         known_to_peers = peers is not None and peers.uses_operation(op)
-        if peers is not None:
-            peers.learn_operation(op, ts)
         state.ops[op] = ts
         if len(state.ops) > cfg.max_operations:
             oldest = min(state.ops, key=state.ops.__getitem__)
             del state.ops[oldest]
         if not warm or known_to_peers or not state.n:
+            if peers is not None:
+                peers.learn_operation(op, ts)
             return None
         if is_destructive(op):
             score = 80.0 if read_only else 55.0
@@ -450,6 +630,10 @@ class DetectionCore:
             # A new read-like operation is usually a code path seldom taken: worth noting,
             # not worth a page.
             score = 35.0
+        if peers is not None and score < 50:
+            # Only what does not page teaches the group: one compromised replica must not
+            # make the same behaviour normal for all of them.
+            peers.learn_operation(op, ts)
         kind = "read-only " if read_only else ""
         return Finding(
             "operation",

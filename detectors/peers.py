@@ -38,7 +38,7 @@ class PeerGroup:
         self.kv = kv
         self.group = group
         raw = kv.get(_META, group)
-        # [first seen ms, members]
+        # [first seen ms, members, last time a member joined ms]
         self._meta: list[int] | None = orjson.loads(raw) if raw is not None else None
 
     @property
@@ -55,9 +55,18 @@ class PeerGroup:
     def join(self, ts_ms: int) -> None:
         """A machine seen for the first time joins its group."""
         if self._meta is None:
-            self._meta = [ts_ms, 0]
+            self._meta = [ts_ms, 0, ts_ms]
+        elif len(self._meta) < 3:
+            self._meta.append(ts_ms)
         self._meta[1] += 1
+        self._meta[2] = max(self._meta[2], ts_ms)
         self.kv.set(_META, self.group, orjson.dumps(self._meta))
+
+    @property
+    def last_join_ms(self) -> int:
+        if self._meta is None or len(self._meta) < 3:
+            return 0
+        return self._meta[2]
 
     def uses_resource(self, resource: str) -> bool:
         return self.kv.get(_RESOURCE, self.group + _SEP + resource) is not None

@@ -166,7 +166,7 @@ class SuppressionSettings(_Model):
     machine: str = "*"
     resource: str = "*"
     detector: str = "*"
-    until: date | datetime | None = Field(
+    until: datetime | date | None = Field(
         None, description="Expiry (event time); a date means midnight UTC at its start."
     )
     reason: str = ""

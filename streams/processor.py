@@ -16,7 +16,7 @@ from typing import Protocol
 
 import orjson
 
-from detectors.core import DetectionCore, MachineState
+from detectors.core import MACHINE, DetectionCore
 from schemas.alert import Alert
 from schemas.codec import (
     RejectedInput,
@@ -66,7 +66,6 @@ class Store(Protocol):
 
 
 SEEN = b"e"
-MACHINE = b"m"
 
 
 class MemoryStore:
@@ -201,10 +200,7 @@ class Processor:
         """Run the detection core for one accepted event. A detector bug must not stop the
         pipeline: the event is already archived, the error is logged and counted."""
         try:
-            raw = store.get(MACHINE, event.machine_id)
-            state = MachineState.from_dict(orjson.loads(raw)) if raw is not None else None
-            state, alerts = self.core.process(event, state, store)
-            store.set(MACHINE, event.machine_id, orjson.dumps(state.to_dict()))
+            alerts = self.core.observe(event, store, origin.partition)
         except Exception:
             self.metrics["detector_errors"] += 1
             log.exception("detection failed for event %s at %s", event.event_id, origin)
