@@ -118,8 +118,8 @@ class DetectorConfig:
     failure_min_ratio: float = 0.3  # and at least this share of the interval's accesses
     silence_min_rate: float = 0.5  # watched for silence above this many events per interval
     off_hours_max_share: float = 0.1  # an idle hour: at most this share of the busiest hour
-    off_hours_ratio: float = 10.0  # and this many times the hour's usual count in the window
-    off_hours_min_events: int = 15  # and at least this many events in the window
+    off_hours_ratio: float = 4.0  # and this many times the most seen in that window of the day
+    off_hours_min_events: int = 5  # and at least this many events in the window
     off_hours_window_s: int = 1800
     silence_min_active_hours: int = 6  # only machines busy most of the day are watched
     silence_min_gap_s: int = 300  # and never called silent before this much quiet
@@ -182,7 +182,8 @@ class MachineState:
     ops: dict[str, int] = field(default_factory=dict)  # operation -> last seen (ms)
     # [interval, accesses in it, failures in it, learned failure ratio, intervals learned]
     fail: list[Any] = field(default_factory=lambda: [-1, 0, 0, 0.0, 0])
-    off: list[int] = field(default_factory=list)  # [window start, last, events, alerted]
+    off: list[int] = field(default_factory=list)  # [window, events in it, alerted]
+    hmax: list[int] = field(default_factory=list)  # most events seen per window of the day
 
     @classmethod
     def new(cls, ts_ms: int) -> MachineState:
@@ -200,6 +201,7 @@ class MachineState:
             "o": self.ops,
             "x": self.fail,
             "h": self.off,
+            "k": self.hmax,
         }
 
     @classmethod
@@ -215,6 +217,7 @@ class MachineState:
             d.get("o", {}),
             d.get("x", [-1, 0, 0, 0.0, 0]),
             d.get("h", []),
+            d.get("k", []),
         )
 
 
@@ -341,9 +344,9 @@ class DetectionCore:
             state = MachineState.from_dict(orjson.loads(raw))
             rate = RateBaseline(cfg.rate, state.rate)
             day = now - now % 86_400_000
-            active_hours = sum(
-                rate.expected_at(day + h * 3_600_000) >= cfg.silence_min_rate for h in range(24)
-            )
+            by_hour = [rate.expected_at(day + h * 3_600_000) for h in range(24)]
+            busiest = max(by_hour)
+            active_hours = sum(e >= max(cfg.silence_min_rate, 0.25 * busiest) for e in by_hour)
             if active_hours < cfg.silence_min_active_hours:
                 # Batch jobs and other short-duty machines are quiet most of the day by design.
                 del watch.entries[machine]
@@ -427,7 +430,7 @@ class DetectionCore:
                     {"mean": round(expected, 2), "threshold": round(rate.threshold(), 1)},
                 )
             )
-        off_hours = self._off_hours(cfg, event, state, rate) if warm else None
+        off_hours = self._off_hours(cfg, event, state, rate, peers) if warm else None
         if off_hours is not None:
             findings.append(off_hours)
         state.rate = rate.state()
@@ -498,46 +501,60 @@ class DetectionCore:
         return sum(1 for r in state.recent_new if r[0] >= window_start) < 2
 
     def _off_hours(
-        self, cfg: DetectorConfig, event: AuditEvent, state: MachineState, rate: RateBaseline
+        self,
+        cfg: DetectorConfig,
+        event: AuditEvent,
+        state: MachineState,
+        rate: RateBaseline,
+        peers: PeerGroup | None,
     ) -> Finding | None:
-        """Activity at a time of day when the machine is normally (nearly) idle: a business-
-        hours service busy at night, even at a rate that would be ordinary by day."""
+        """Activity at a time of day when the machine is normally (nearly) idle, well above
+        anything it has done at that time before: a business-hours service busy at night,
+        even at a rate that would be ordinary by day."""
         ts = event.timestamp_ms
-        interval_ms = cfg.rate.interval_s * 1000
-        # Idle hours are only known once the profile has seen at least a full day.
-        if rate.n < 86_400_000 // interval_ms:
-            return None
         window_ms = cfg.off_hours_window_s * 1000
-        if not state.off or ts - state.off[0] > window_ms:
-            state.off = [ts, ts, 0, 0]
-        state.off[1] = ts
-        state.off[2] += 1
-        start, _, count, fired = state.off
-        if fired or count < cfg.off_hours_min_events:
+        window = ts // window_ms
+        slots = 86_400_000 // window_ms
+        if len(state.hmax) != slots:
+            state.hmax = [0] * slots
+        if not state.off or window > state.off[0]:
+            if state.off:
+                prev = state.off[0] % slots
+                state.hmax[prev] = max(state.hmax[prev], state.off[1])
+                if peers is not None and state.off[1] > 1:
+                    peers.note_window(prev, slots, state.off[1])
+            state.off = [window, 0, 0]
+        elif window < state.off[0]:
+            return None  # a late event: its window is closed
+        state.off[1] += 1
+        _, count, fired = state.off
+        # Idle hours are only known once the profile has seen at least a full day.
+        if fired or count < cfg.off_hours_min_events or rate.n < 86_400 // cfg.rate.interval_s:
             return None
-        expected_now = rate.expected_at(ts)
-        expected = expected_now * window_ms / interval_ms
-        if count < cfg.off_hours_ratio * max(expected, 0.1):
+        before = state.hmax[window % slots]
+        if count < cfg.off_hours_ratio * max(before, 1):
+            return None
+        if peers is not None and peers.members > 1:
+            before = max(before, peers.busiest_window(window % slots))
+        if count < cfg.off_hours_ratio * max(before, 1):
             return None
         day = ts - ts % 86_400_000
         peak = max(rate.expected_at(day + h * 3_600_000) for h in range(24))
+        expected_now = rate.expected_at(ts)
         if expected_now > cfg.off_hours_max_share * peak:
             return None
-        state.off[3] = 1
-        minutes = max((ts - start) / 60_000, 1.0)
+        state.off[2] = 1
         hour = format_rfc3339_ms(ts)[11:16]
+        minutes = cfg.off_hours_window_s // 60
         return Finding(
             "off_hours",
-            min(
-                100.0,
-                50.0 + 10.0 * math.log2(count / (cfg.off_hours_ratio * max(expected, 0.1)) + 1),
-            ),
-            f"{event.machine_id} made {count} accesses in {minutes:.0f} minutes at {hour} UTC, "
-            f"a time of day when it normally makes about {expected:.1f} in that time.",
-            {"events": count, "minutes": round(minutes, 1), "resource": event.resource},
+            min(100.0, 50.0 + 10.0 * math.log2(count / (cfg.off_hours_ratio * max(before, 1)) + 1)),
+            f"{event.machine_id} made {count} accesses within {minutes} minutes at {hour} UTC, "
+            f"a time of day when it is nearly idle (at most {before} before).",
+            {"events": count, "window_minutes": minutes, "resource": event.resource},
             {
-                "events_in_that_time": round(expected, 2),
-                "busiest_hour_per_interval": round(peak, 2),
+                "most_events_at_this_time": before,
+                "share_of_busiest_hour": round(expected_now / peak, 3) if peak else 0.0,
             },
         )
 

@@ -16,6 +16,7 @@ import orjson
 _META = b"gm"
 _RESOURCE = b"gr"
 _OPERATION = b"go"
+_WINDOWS = b"gh"
 _STORE = b"p"
 _SEP = "\x1f"
 # A group's knowledge is refreshed at most this often per resource, to bound writes.
@@ -73,6 +74,26 @@ class PeerGroup:
 
     def uses_operation(self, operation: str) -> bool:
         return self.kv.get(_OPERATION, self.group + _SEP + operation) is not None
+
+    def busiest_window(self, slot: int) -> int:
+        """The most events any member made in this window of the day (see note_window)."""
+        raw = self.kv.get(_WINDOWS, self.group)
+        if raw is None:
+            return 0
+        windows: list[int] = orjson.loads(raw)
+        return windows[slot] if slot < len(windows) else 0
+
+    def note_window(self, slot: int, slots: int, count: int) -> None:
+        """A member closed a window of the day with `count` events: the group's time-of-day
+        habits, so one CI runner's evening build is not 'off hours' when its peers build
+        every evening."""
+        raw = self.kv.get(_WINDOWS, self.group)
+        windows: list[int] = orjson.loads(raw) if raw is not None else []
+        if len(windows) != slots:
+            windows = [0] * slots
+        if count > windows[slot]:
+            windows[slot] = count
+            self.kv.set(_WINDOWS, self.group, orjson.dumps(windows))
 
     def learn_resource(self, resource: str, ts_ms: int) -> None:
         self._learn(_RESOURCE, resource, ts_ms)
