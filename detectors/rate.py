@@ -396,22 +396,52 @@ def _product_score(s: float) -> float:
     return 100.0 * s if s >= 0.5 else 0.0
 
 
+class _Tail:
+    """Streaming calibration of one surprise statistic u >= 0: its mean and variance and a
+    peaks-over-threshold tail (SPOT, Siffer et al. 2017): a running upper quantile q and the
+    mean excess b over it, so P(U >= u) ~ (1 - p) * exp(-(u - q) / b) beyond q."""
+
+    __slots__ = ("b", "m", "n", "q", "v")
+
+    def __init__(self) -> None:
+        self.m, self.v, self.q, self.b, self.n = 0.0, 1.0, 0.0, 0.0, 0
+
+    def z(self, u: float) -> float:
+        return (u - self.m) / math.sqrt(max(self.v, 1e-4))
+
+    def p(self, u: float, level: float) -> float:
+        """Estimated probability of a surprise of at least u."""
+        t = 1.0 - level
+        if u <= self.q:
+            return 1.0
+        b = max(self.b, 0.5 * math.sqrt(self.v), 0.05)
+        return t * math.exp(-(u - self.q) / b)
+
+    def learn(self, u: float, rate: float, level: float, eta: float, tail_rate: float) -> None:
+        r = max(rate, 1.0 / (self.n + 1))
+        d = u - self.m
+        self.m += r * d
+        self.v = (1 - r) * (self.v + r * d * d)
+        sd = math.sqrt(self.v)
+        self.n += 1
+        if self.n < 5 / (1.0 - level):
+            self.q = self.m + 2.0 * sd  # until the quantile has data: a Gaussian guess
+            if u > self.q:
+                self.b += max(0.2, 1.0 / self.n) * (u - self.q - self.b)
+            return
+        if u > self.q:
+            self.b += tail_rate / (1.0 - level) * (u - self.q - self.b)
+            self.q += eta * sd * level
+        else:
+            self.q -= eta * sd * (1.0 - level)
+
+
 class SeriesBaseline:
     """The rate model as a river-style anomaly detector on any timestamped numeric series.
 
     x = {"value": float, "timestamp": datetime (aware) or epoch ms}; one value per interval
     (the series' own spacing defines the interval). `score_one(x)` is in [0, 1], 1 the most
     anomalous, two-sided, 0 while warming up; it does not learn.
-
-    Two steps turn the model's z-score into the score, both standing in for what the detection
-    core does with counts (its min_ratio / min_count gates, and alert cooldowns):
-    - calibration: the surprise log(1 + |z|) is compared with the surprises this series
-      usually produces (a slow mean and variance of them), so a series whose values routinely
-      jump (bursty disk writes) needs a bigger jump than a smooth one;
-    - repeats: within `repeat_intervals` of a higher score, a score only counts if it beats it
-      (one anomaly, one detection).
-    The product's 0..100 score is 100 * score_one when that is >= 0.5 (its page threshold 50 is
-    0.5 here), else 0.
 
     `counts=None` treats the series as counts (Poisson floor on the variance) while every value
     seen is a non-negative integer; True or False fixes it."""
@@ -423,16 +453,25 @@ class SeriesBaseline:
         calibration_rate: float = 0.002,
         calibration_z: float = 3.0,
         repeat_intervals: int = 96,
+        scales: tuple[int, ...] = (1,),
+        mode: str = "gauss",
+        level: float = 0.98,
+        eta: float = 0.1,
+        tail_rate: float = 0.002,
+        page_log10: float = 4.0,
     ) -> None:
         self.params = params or RateParams()
         self.counts = counts
         self.calibration_rate = calibration_rate
         self.calibration_z = calibration_z
         self.repeat_intervals = repeat_intervals
+        self.mode, self.level, self.eta, self.tail_rate = mode, level, eta, tail_rate
+        self.page_log10 = page_log10
         self._model: _Model | None = None
         self._last_s: float | None = None
-        # Calibration: mean, variance and count of the surprises; the last high score, its age.
-        self._cm, self._cv, self._cn = 0.0, 1.0, 0
+        self.scales = tuple(scales)
+        self._ew = [0.0] * len(self.scales)  # per scale: EWMA of the signed surprise
+        self._tails = [_Tail() for _ in self.scales]
         self._peak, self._peak_age = 0.0, 0
 
     def _m(self) -> _Model:
@@ -440,33 +479,46 @@ class SeriesBaseline:
             self._model = _Model(self.params, counts=self.counts is not False)
         return self._model
 
-    def _raw(self, x: dict[str, Any]) -> tuple[float, float]:
-        """(surprise, calibrated score before the repeat rule) of x."""
+    def _raw(self, x: dict[str, Any]) -> tuple[float, list[float]]:
+        """(calibrated score before the repeat rule, per-scale statistics) of x; -1 warming."""
         m = self._m()
         if m.n < self.params.warmup_intervals:
-            return -1.0, 0.0
+            return -1.0, []
         z = m.zscore(float(x["value"]), _epoch_ms(x["timestamp"]) / 1000)
         u = math.log1p(abs(z))
-        c = (u - self._cm) / math.sqrt(max(self._cv, 0.01))
-        return u, _unit_score(c, self.calibration_z) if c > 0 else 0.0
+        su = math.copysign(u, z)
+        stats = []
+        best = -1e9 if self.mode == "gauss" else 1.0
+        for i, k in enumerate(self.scales):
+            e = self._ew[i] + (su - self._ew[i]) / k
+            stats.append(e)
+            t = self._tails[i]
+            if self.mode == "gauss":
+                best = max(best, t.z(abs(e)))
+            else:
+                best = min(best, t.p(abs(e), self.level))
+        if self.mode == "gauss":
+            return (_unit_score(best, self.calibration_z) if best > 0 else 0.0), stats
+        best = min(1.0, best * len(self.scales))
+        return 1.0 - 2.0 ** (math.log10(best) / self.page_log10), stats
 
     def score_one(self, x: dict[str, Any]) -> float:
-        _, s = self._raw(x)
+        s, _ = self._raw(x)
         peak = self._peak if self._peak_age < self.repeat_intervals else 0.0
         return s if s > peak else 0.0
 
     def learn_one(self, x: dict[str, Any]) -> None:
-        u, s = self._raw(x)
-        if u >= 0:
+        s, stats = self._raw(x)
+        if s >= 0:
             if s > self._peak or self._peak_age >= self.repeat_intervals:
                 self._peak, self._peak_age = s, 0
             else:
                 self._peak_age += 1
-            r = max(self.calibration_rate, 1.0 / (self._cn + 1))
-            d = u - self._cm
-            self._cm += r * d
-            self._cv = (1 - r) * (self._cv + r * d * d)
-            self._cn += 1
+            for i, e in enumerate(stats):
+                self._ew[i] = e
+                self._tails[i].learn(
+                    abs(e), self.calibration_rate, self.level, self.eta, self.tail_rate
+                )
         m = self._m()
         v = float(x["value"])
         if self.counts is None and m.counts and (v < 0 or not v.is_integer()):
@@ -480,11 +532,7 @@ class SeriesBaseline:
         m.learn(v, t_s)
 
     def state(self) -> list[Any]:
-        return [
-            *self._m().dump(),
-            round(self._cm, 6),
-            round(self._cv, 6),
-            self._cn,
-            round(self._peak, 6),
-            self._peak_age,
-        ]
+        out: list[Any] = [*self._m().dump()]
+        for e, t in zip(self._ew, self._tails, strict=True):
+            out += [round(e, 6), round(t.m, 6), round(t.v, 6), round(t.q, 6), round(t.b, 6), t.n]
+        return [*out, round(self._peak, 6), self._peak_age]

@@ -20,6 +20,7 @@ from quixstreams.models.serializers import Serializer
 from schemas.codec import BundledSchemas, SchemaResolver, decode_canonical, encode_canonical
 from streams.config import Config
 from streams.processor import Origin, Output, Processor, now_ms
+from streams.seed import is_seed
 from streams.topics import ensure_topics
 
 log = logging.getLogger("auditwatch.run")
@@ -143,12 +144,15 @@ def build_application(
         return outputs
 
     def detect(
-        value: bytes, _key: bytes | None, _ts: int, _headers: Any, state: Any
+        value: bytes, _key: bytes | None, _ts: int, headers: Any, state: Any
     ) -> list[Output]:
         ctx = message_context()
         event = decode_canonical(value)
         origin = Origin(ctx.topic, ctx.partition, ctx.offset)
-        return processor.detect(event, _TransactionStore(state._transaction), origin)
+        # History from `auditwatch seed` is learned like live traffic, never alerted on.
+        return processor.detect(
+            event, _TransactionStore(state._transaction), origin, learn_only=is_seed(headers)
+        )
 
     sdf = app.dataframe(source)
     sdf = sdf.apply(process, stateful=True, metadata=True, expand=True)

@@ -161,6 +161,40 @@ def cmd_produce(args: argparse.Namespace) -> int:
     return 1 if stats.failed else 0
 
 
+def _parse_time(text: str | None) -> int | None:
+    if text is None:
+        return None
+    from schemas.event import InvalidEvent, parse_timestamp_us
+
+    try:
+        return parse_timestamp_us(text) // 1000
+    except InvalidEvent as e:
+        raise UsageError(f"{text!r}: {e.message}") from None
+
+
+def cmd_seed(args: argparse.Namespace) -> int:
+    from streams.readers import parse_csv_map
+    from streams.seed import SeedStats, events_from_archive, events_from_files, send_seed
+    from streams.topics import ensure_topics
+
+    cfg = _config(args)
+    if args.from_archive == bool(args.files):
+        raise UsageError("give event FILES or --from-archive (one of them)")
+    stats = SeedStats()
+    ensure_topics(cfg)
+    if args.from_archive:
+        events = events_from_archive(cfg, _parse_time(args.since), _parse_time(args.until), stats)
+    else:
+        events = events_from_files(cfg, args.files, args.format, parse_csv_map(args.csv_map), stats)
+    send_seed(cfg, events, stats)
+    print(
+        f"seeded {stats.sent:,} events ({stats.read:,} read, {stats.rejected:,} rejected) "
+        f"into {cfg.topics.detect}; `auditwatch run` learns them without alerting",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from streams.readers import parse_csv_map
     from streams.replay import replay
@@ -387,6 +421,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config(p)
     p.set_defaults(func=cmd_alerts)
+
+    p = sub.add_parser(
+        "seed",
+        help="build baselines from history before going live",
+        description="Send history (event files, or the archive topic over an "
+        "event-time range) to the detection stage as seed records: `auditwatch "
+        "run` learns from them like live traffic but raises no alerts, so a new "
+        "deployment is not blind during warm-up. Seed before live traffic.",
+    )
+    p.add_argument("files", nargs="*", metavar="FILE")
+    p.add_argument("--format", choices=FORMATS, default="jsonl")
+    p.add_argument("--csv-map", metavar="FIELD=COLUMN,...")
+    p.add_argument(
+        "--from-archive", action="store_true", help="read the archive topic instead of files"
+    )
+    p.add_argument("--since", metavar="TIME", help="archive: from this event time (RFC 3339)")
+    p.add_argument("--until", metavar="TIME", help="archive: before this event time (RFC 3339)")
+    _add_config(p)
+    p.set_defaults(func=cmd_seed)
     return parser
 
 

@@ -196,14 +196,20 @@ class Processor:
         )
         return [Output("archive", event.event_id.encode(), record)], event
 
-    def detect(self, event: AuditEvent, store: Store, origin: Origin) -> list[Output]:
-        """Run the detection core for one accepted event. A detector bug must not stop the
-        pipeline: the event is already archived, the error is logged and counted."""
+    def detect(
+        self, event: AuditEvent, store: Store, origin: Origin, learn_only: bool = False
+    ) -> list[Output]:
+        """Run the detection core for one accepted event (`learn_only`: history being seeded,
+        no alerts). A detector bug must not stop the pipeline: the event is already archived,
+        the error is logged and counted."""
         try:
             alerts = self.core.observe(event, store, origin.partition)
         except Exception:
             self.metrics["detector_errors"] += 1
             log.exception("detection failed for event %s at %s", event.event_id, origin)
+            return []
+        if learn_only:
+            self.metrics["seeded"] += 1
             return []
         out = []
         for a in alerts:

@@ -56,6 +56,9 @@ def make_producer(cfg: Config, **extra: Any) -> Producer:
         "compression.type": "lz4",
         "enable.idempotence": True,
         "acks": "all",
+        # The partitioner Quix Streams (and the Java client) uses: records we key by peer
+        # group must land in the partition where the processor keeps that group's state.
+        "partitioner": "murmur2",
         **extra,
     }
     return Producer(conf)

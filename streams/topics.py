@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaException
@@ -89,6 +90,20 @@ def topic_specs(cfg: Config, overrides: dict[str, dict[str, str]] | None = None)
     return specs
 
 
+def _describe(admin: AdminClient, res: ConfigResource, timeout: float) -> dict[str, str]:
+    """A topic's configs. A topic created a moment ago (by us or a concurrent caller) may not
+    be known to the broker's config handler yet: retry that, briefly."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            entries = admin.describe_configs([res], request_timeout=timeout)[res].result()
+            return {k: v.value for k, v in entries.items()}
+        except KafkaException as e:
+            if e.args[0].name() != "UNKNOWN_TOPIC_OR_PART" or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 @dataclass
 class TopicReport:
     name: str
@@ -127,10 +142,9 @@ def ensure_topics(
     present = [s for s in specs if s.name not in reports]
     if present:
         resources = [ConfigResource(ConfigResource.Type.TOPIC, s.name) for s in present]
-        described = admin.describe_configs(resources, request_timeout=timeout)
         meta = admin.list_topics(timeout=timeout).topics
         for s, res in zip(present, resources, strict=True):
-            actual = {k: v.value for k, v in described[res].result().items()}
+            actual = _describe(admin, res, timeout)
             diffs = [
                 f"{k}={actual.get(k)!r}, expected {v!r}"
                 for k, v in s.config.items()
