@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from detectors.capacity import MachineIndex, StormWindow
 from detectors.identity import default_group, normalise_resource
 from detectors.peers import KeyValue, PeerGroup, store_first_seen
 from detectors.rate import RateBaseline, RateParams
@@ -62,6 +63,7 @@ HINTS = {
     "using this identity outside its normal hours.",
     "silence": "Check whether the machine crashed, was scaled down or lost its network or "
     "credentials; if it was stopped on purpose, no action.",
+    "storm": "Many machines at once: look for the common cause.",
     "new_identity": "Check who deployed this identity and whether it belongs to a known "
     "workload; an unknown identity touching sensitive resources is a red flag.",
 }
@@ -117,6 +119,10 @@ class DetectorConfig:
     failure_min_count: int = 5  # failures in one interval before the ratio can page
     failure_min_ratio: float = 0.3  # and at least this share of the interval's accesses
     silence_min_rate: float = 0.5  # watched for silence above this many events per interval
+    max_machines: int = 100_000  # per store; least recently seen evicted beyond it
+    machine_idle_horizon_s: int = 30 * 86400  # machines idle this long are forgotten
+    max_pages_per_minute: int = 20  # per store; more become one roll-up alert
+    max_new_identity_pages_per_minute: int = 5
     off_hours_max_share: float = 0.1  # an idle hour: at most this share of the busiest hour
     off_hours_ratio: float = 4.0  # and this many times the most seen in that window of the day
     off_hours_min_events: int = 5  # and at least this many events in the window
@@ -242,6 +248,9 @@ class DetectionCore:
         self._per_machine: dict[str, DetectorConfig] = {}
         self.suppressed_findings = 0
         self._watches = SilenceWatches()
+        self._indexes: dict[Any, MachineIndex] = {}
+        self._storms: dict[Any, StormWindow] = {}
+        self.evictions = 0
 
     def group_of(self, event: AuditEvent) -> str:
         """The peer group of the event's machine (and the detection stage's partitioning
@@ -297,8 +306,106 @@ class DetectionCore:
         state = MachineState.from_dict(orjson.loads(raw)) if raw is not None else None
         state, alerts = self.process(event, state, kv)
         kv.set(MACHINE, event.machine_id, orjson.dumps(state.to_dict()))
+        self._track(event, kv, partition)
         alerts.extend(self._watch_silence(event, state, kv, partition))
-        return alerts
+        return self._storm_control(event, alerts, partition) if alerts else alerts
+
+    def _track(self, event: AuditEvent, kv: KeyValue, partition: Any) -> None:
+        """Capacity: evict the least recently seen machines beyond the cap."""
+        cfg = self.config
+        index = self._indexes.setdefault(partition, MachineIndex())
+        index.touch(event.machine_id, event.timestamp_ms)
+        evicted = index.over(cfg.max_machines)
+        if not evicted:
+            return
+        watch = self._watches.get(kv, partition)
+        for machine in evicted:
+            kv.delete(MACHINE, machine)
+            watch.entries.pop(machine, None)
+            index.evicted += 1
+            self.evictions += 1
+
+    def expire_idle(self, kv: KeyValue, partition: Any, now_ms: int) -> list[str]:
+        """Forget machines idle for longer than the horizon (called once per sweep)."""
+        index = self._indexes.get(partition)
+        if index is None:
+            return []
+        idle = index.idle(now_ms - self.config.machine_idle_horizon_s * 1000)
+        for machine in idle:
+            kv.delete(MACHINE, machine)
+        self.evictions += len(idle)
+        return idle
+
+    def _storm_control(self, event: AuditEvent, alerts: list[Alert], partition: Any) -> list[Alert]:
+        cfg = self.config
+        window = self._storms.setdefault(partition, StormWindow())
+        minute = event.timestamp_ms // 60_000
+        out: list[Alert] = []
+        if minute != window.minute:
+            if window.held:
+                out.append(self._rollup(window, "updated"))
+            self._storms[partition] = window = StormWindow(minute=minute)
+        for alert in alerts:
+            if not alert.is_page:
+                out.append(alert)
+                continue
+            window.pages += 1
+            window.machines.add(alert.machine_id)
+            n = window.by_detector.get(alert.detector, 0) + 1
+            window.by_detector[alert.detector] = n
+            cap = (
+                cfg.max_new_identity_pages_per_minute
+                if alert.detector == "new_identity"
+                else cfg.max_pages_per_minute
+            )
+            if n <= cap and window.pages - window.held <= cfg.max_pages_per_minute:
+                out.append(alert)
+                continue
+            window.held += 1
+            if not window.first_event_id:
+                window.first_event_id = alert.event_ids[0] if alert.event_ids else alert.alert_id
+            out.append(
+                replace(
+                    alert,
+                    severity="low",
+                    summary="(held back by storm control) " + alert.summary,
+                )
+            )
+            if not window.rollup_sent:
+                window.rollup_sent = True
+                out.append(self._rollup(window, "opened"))
+        return out
+
+    def _rollup(self, window: StormWindow, status: str) -> Alert:
+        t = window.minute * 60_000
+        blob = "\x1f".join(("*", "storm", window.first_event_id, self.config_version))
+        detectors = ", ".join(f"{d} {n}" for d, n in sorted(window.by_detector.items()))
+        return Alert(
+            alert_id="a-" + hashlib.sha256(blob.encode()).hexdigest()[:24],
+            status=status,
+            machine_id="*",
+            group="*",
+            detector="storm",
+            severity="high",
+            score=80.0,
+            event_time=format_rfc3339_ms(t),
+            summary=f"Alert storm: {window.pages} pages from {len(window.machines)} machines in "
+            f"one minute ({detectors}); {window.held} beyond the cap were recorded at low "
+            "severity.",
+            observed={
+                "pages": window.pages,
+                "machines": len(window.machines),
+                "held_back": window.held,
+            },
+            expected={"max_pages_per_minute": self.config.max_pages_per_minute},
+            event_ids=[],
+            config_version=self.config_version,
+            first_event_time=format_rfc3339_ms(t),
+            last_event_time=format_rfc3339_ms(t + 59_999),
+            repeat_count=window.pages,
+            hint="Many machines deviating at once is usually a deploy, an outage or a "
+            "credential rotation; look for the common cause before the single machines.",
+        )
 
     def _watch_silence(
         self, event: AuditEvent, state: MachineState, kv: KeyValue, partition: Any
@@ -321,6 +428,8 @@ class DetectionCore:
         if watch.clock_ms < watch.next_sweep_ms:
             return []
         watch.next_sweep_ms = watch.clock_ms + SWEEP_EVERY_MS
+        for machine in self.expire_idle(kv, partition, watch.clock_ms):
+            watch.entries.pop(machine, None)
         alerts = self._sweep(watch, kv)
         self._watches.save(kv, watch)
         return alerts

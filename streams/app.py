@@ -48,6 +48,9 @@ class _TransactionStore:
     def set(self, kind: bytes, key: str, value: bytes) -> None:
         self.tx.set_bytes(key.encode(), value, kind)
 
+    def delete(self, kind: bytes, key: str) -> None:
+        self.tx.delete(key.encode(), kind)
+
 
 class _OutputValue(Serializer):
     """Outputs arrive already encoded; the topic only unwraps them."""

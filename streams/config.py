@@ -199,6 +199,17 @@ class DetectorSettings(_Model):
     max_operations: int = Field(128, ge=1)
     failure_min_count: int = Field(5, ge=1)
     failure_min_ratio: float = Field(0.3, gt=0, le=1)
+    silence_min_rate: float = Field(0.5, gt=0)
+    silence_min_gap_s: int = Field(300, ge=60)
+    silence_min_active_hours: int = Field(6, ge=1, le=24)
+    off_hours_max_share: float = Field(0.1, gt=0, le=1)
+    off_hours_ratio: float = Field(4.0, ge=1)
+    off_hours_min_events: int = Field(5, ge=1)
+    off_hours_window_s: int = Field(1800, ge=60)
+    max_machines: int = Field(100_000, ge=1)
+    machine_idle_days: float = Field(30, gt=0)
+    max_pages_per_minute: int = Field(20, ge=1)
+    max_new_identity_pages_per_minute: int = Field(5, ge=1)
     rate: RateSettings = RateSettings()
     groups: GroupSettings = GroupSettings()
     suppress: list[SuppressionSettings] = Field(default_factory=list)
@@ -218,6 +229,17 @@ class DetectorSettings(_Model):
             max_operations=self.max_operations,
             failure_min_count=self.failure_min_count,
             failure_min_ratio=self.failure_min_ratio,
+            silence_min_rate=self.silence_min_rate,
+            silence_min_gap_s=self.silence_min_gap_s,
+            silence_min_active_hours=self.silence_min_active_hours,
+            off_hours_max_share=self.off_hours_max_share,
+            off_hours_ratio=self.off_hours_ratio,
+            off_hours_min_events=self.off_hours_min_events,
+            off_hours_window_s=self.off_hours_window_s,
+            max_machines=self.max_machines,
+            machine_idle_horizon_s=int(self.machine_idle_days * 86400),
+            max_pages_per_minute=self.max_pages_per_minute,
+            max_new_identity_pages_per_minute=self.max_new_identity_pages_per_minute,
             group_attribute=self.groups.attribute,
             group_patterns=tuple(self.groups.patterns),
             suppressions=tuple(

@@ -63,6 +63,7 @@ class Store(Protocol):
 
     def get(self, kind: bytes, key: str) -> bytes | None: ...
     def set(self, kind: bytes, key: str, value: bytes) -> None: ...
+    def delete(self, kind: bytes, key: str) -> None: ...
 
 
 SEEN = b"e"
@@ -80,6 +81,9 @@ class MemoryStore:
 
     def set(self, kind: bytes, key: str, value: bytes) -> None:
         self.data.setdefault(kind, {})[key] = value
+
+    def delete(self, kind: bytes, key: str) -> None:
+        self.data.get(kind, {}).pop(key, None)
 
     @property
     def seen(self) -> dict[str, bytes]:

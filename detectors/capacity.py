@@ -1,0 +1,60 @@
+"""Bounds on what a store tracks, and on how fast it may page.
+
+- Capacity: at most `max_machines` machines per store, least recently seen evicted first, and
+  machines idle past the horizon expired; so a flood of random identities cannot exhaust
+  memory or disk. Evicted machines start over as new if they return. The index is kept in
+  memory: after a restart it holds the machines seen since, which bounds memory (the goal);
+  older idle state on disk is expired once those machines are seen again.
+- Storm control: at most `max_pages_per_minute` pages per store and event-time minute (and
+  `max_new_identity_pages_per_minute` for new identities); pages beyond the cap are still
+  written, at low severity, and one roll-up alert names how many pages and machines the
+  minute had. Caps apply per detection partition.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+
+@dataclass
+class MachineIndex:
+    """Machines of one store in least-recently-seen order."""
+
+    last_seen: OrderedDict[str, int] = field(default_factory=OrderedDict)
+    evicted: int = 0
+
+    def touch(self, machine: str, ts_ms: int) -> None:
+        self.last_seen[machine] = max(ts_ms, self.last_seen.get(machine, ts_ms))
+        self.last_seen.move_to_end(machine)
+
+    def over(self, limit: int) -> list[str]:
+        """Machines to evict so that at most `limit` remain."""
+        out: list[str] = []
+        while len(self.last_seen) > limit:
+            machine, _ = self.last_seen.popitem(last=False)
+            out.append(machine)
+        return out
+
+    def idle(self, before_ms: int) -> list[str]:
+        """Machines last seen before `before_ms` (scanning only from the oldest end)."""
+        out: list[str] = []
+        for machine, ts in list(self.last_seen.items()):
+            if ts >= before_ms:
+                break
+            del self.last_seen[machine]
+            out.append(machine)
+        return out
+
+
+@dataclass
+class StormWindow:
+    """Pages of one store in the current event-time minute."""
+
+    minute: int = -1
+    pages: int = 0
+    held: int = 0
+    by_detector: dict[str, int] = field(default_factory=dict)
+    machines: set[str] = field(default_factory=set)
+    rollup_sent: bool = False
+    first_event_id: str = ""

@@ -1,0 +1,68 @@
+"""Capacity (bounded machines per store) and storm control (bounded pages per minute)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from detectors.core import MACHINE, DetectionCore, DetectorConfig
+from schemas.event import AuditEvent
+from streams.processor import MemoryStore
+
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+
+
+def ev(machine: str, ts_ms: int, resource: str = "pg://db/t", i: int = 0) -> AuditEvent:
+    return AuditEvent(
+        event_id=f"{machine}-{ts_ms}-{i}",
+        ts_us=ts_ms * 1000,
+        machine_id=machine,
+        resource=resource,
+        operation="SELECT",
+        outcome="SUCCESS",
+    )
+
+
+def test_random_identities_do_not_grow_state_past_the_cap() -> None:
+    core = DetectionCore(replace(DetectorConfig(), max_machines=100))
+    store = MemoryStore()
+    for i in range(1000):
+        core.observe(ev(f"random-{i:04x}", T0 + i), store)
+    assert len(store.data[MACHINE]) == 100
+    assert core.evictions == 900
+    # The most recently seen are the ones kept.
+    assert set(store.data[MACHINE]) == {f"random-{i:04x}" for i in range(900, 1000)}
+
+
+def test_idle_machines_expire_after_the_horizon() -> None:
+    core = DetectionCore(replace(DetectorConfig(), machine_idle_horizon_s=3600))
+    store = MemoryStore()
+    core.observe(ev("old-job", T0), store)
+    for k in range(1, 200):  # another machine keeps the stream clock moving for 3+ hours
+        core.observe(ev("busy-api", T0 + k * 60_000), store)
+    assert "old-job" not in store.data[MACHINE]
+    assert "busy-api" in store.data[MACHINE]
+
+
+def test_a_flood_of_new_identities_is_one_rollup_not_thousands_of_pages() -> None:
+    cfg = replace(DetectorConfig(), warmup_s=60, warmup_events=1)
+    core = DetectionCore(cfg)
+    store = MemoryStore()
+    for k in range(5):  # the store has watched one known service for a while
+        core.observe(ev("known-svc", T0 + k * 30_000), store)
+    alerts = []
+    for i in range(300):  # then 300 unknown identities within one minute
+        alerts += core.observe(ev(f"rogue{i}x", T0 + 10 * 60_000 + i * 100), store)
+    pages = [a for a in alerts if a.is_page]
+    assert [a.detector for a in pages].count(
+        "new_identity"
+    ) == cfg.max_new_identity_pages_per_minute
+    rollups = [a for a in pages if a.detector == "storm"]
+    assert len(rollups) == 1 and rollups[0].machine_id == "*"
+    held = [a for a in alerts if a.detector == "new_identity" and not a.is_page]
+    # Nothing is dropped: every identity still has its alert state, held back at low severity.
+    assert len(held) == 300 - cfg.max_new_identity_pages_per_minute
+    assert all(a.summary.startswith("(held back by storm control)") for a in held)
+    # The next minute's first alert carries the final count of the storm.
+    later = core.observe(ev("intruder-late", T0 + 12 * 60_000), store)
+    final = [a for a in later if a.detector == "storm"]
+    assert final and final[0].status == "updated" and final[0].observed["pages"] == 300
