@@ -73,7 +73,6 @@ import copy
 import hashlib
 import io
 import math
-import os
 import random
 import sys
 import tempfile
@@ -81,7 +80,6 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -89,9 +87,11 @@ from typing import Any, TypeVar
 
 import orjson
 
-from schemas.event import format_rfc3339_ms, parse_timestamp_us
+from schemas.codec import BundledSchemas, decode_wire
+from schemas.event import AuditEvent, format_rfc3339_ms, parse_timestamp_us
 from streams.config import Config, ConfigError, load_config
-from streams.readers import cloudtrail_identity
+from streams.processor import MemoryStore, Origin, Processor
+from streams.readers import cloudtrail_identity, read_records
 from streams.replay import ReplayResult, replay
 
 T = TypeVar("T")
@@ -336,6 +336,87 @@ def run_replay(cfg: Config, paths: Sequence[Path | str], fmt: str) -> Run:
     return Run(result, pages)
 
 
+class SplitReplay:
+    """`streams.replay.replay` cut in two at `split_ms`, for many runs that share a prefix.
+
+    replay ingests every record in file order, then runs detection over the events in
+    event-time order (a stable sort). Here the files given first (a background) are ingested
+    and their events before `split_ms` detected once; `continue_with(paths)` then copies that
+    state, ingests `paths` as if they followed the first files, and detects the rest. When
+    every continued event is at or after `split_ms`, this is the same sequence of Processor
+    calls as one replay of all the files, so the same pages, alert ids included (checked in
+    tests/test_realdata.py); only the shared prefix is not done again."""
+
+    def __init__(self, cfg: Config, paths: Sequence[Path | str], fmt: str, split_ms: int) -> None:
+        self.fmt = fmt
+        self.split_us = split_ms * 1000
+        self.processor = Processor(cfg, BundledSchemas())
+        self.store = MemoryStore()
+        self.result = ReplayResult()
+        self.pages: list[bytes] = []
+        events = self._ingest(self.processor, self.store, self.result, paths)
+        events.sort(key=lambda e: e.ts_us)
+        head = [e for e in events if e.ts_us < self.split_us]
+        self.tail = [e for e in events if e.ts_us >= self.split_us]
+        self._detect(self.processor, self.store, self.result, self.pages, head, 1)
+        self.detected = len(head)
+
+    def _ingest(
+        self,
+        processor: Processor,
+        store: MemoryStore,
+        result: ReplayResult,
+        paths: Sequence[Path | str],
+    ) -> list[AuditEvent]:
+        # As replay does: every record in file order through validation and dedupe.
+        events: list[AuditEvent] = []
+        for rec in read_records([str(p) for p in paths], self.fmt):
+            result.records += 1
+            outputs, event = processor.ingest(
+                rec.value, None, Origin(rec.path, None, rec.line), store, rec.original_format
+            )
+            for out in outputs:
+                if out.kind == "deadletter":
+                    result.dead_letters[decode_wire(out.value, "dead_letter")["reason"]] += 1
+            if event is not None:
+                events.append(event)
+        result.duplicates = processor.metrics["duplicates"]
+        return events
+
+    @staticmethod
+    def _detect(
+        processor: Processor,
+        store: MemoryStore,
+        result: ReplayResult,
+        pages: list[bytes],
+        events: Sequence[AuditEvent],
+        first: int,
+    ) -> None:
+        # As replay does: detection in event-time order, pages kept as written.
+        for i, event in enumerate(events, first):
+            for out in processor.detect(event, store, Origin("replay", None, i)):
+                assert out.alert is not None
+                result.alerts[out.alert.status] += 1
+                if out.alert.is_page:
+                    result.pages += 1
+                    pages.append(out.value)
+        result.events += len(events)
+
+    def continue_with(self, paths: Sequence[Path | str]) -> Run:
+        """The replay of the first files followed by `paths`, from a copy of the state at the
+        split (this object is not changed, so it can be continued any number of times)."""
+        processor, store, result, pages = copy.deepcopy(
+            (self.processor, self.store, self.result, self.pages)
+        )
+        extra = self._ingest(processor, store, result, paths)
+        if any(e.ts_us < self.split_us for e in extra):
+            raise ValueError("continued events must not precede the split")
+        # Stable: at equal times the first files' events come first, as in one replay.
+        rest = sorted([*self.tail, *extra], key=lambda e: e.ts_us)
+        self._detect(processor, store, result, pages, rest, self.detected + 1)
+        return Run(result, [orjson.loads(p) for p in pages])
+
+
 def page_ms(page: Mapping[str, Any]) -> int:
     return parse_timestamp_us(page["event_time"]) // 1000
 
@@ -350,6 +431,8 @@ def page_row(page: Mapping[str, Any]) -> dict[str, Any]:
         "status": page["status"],
         "event_time": page["event_time"],
         "summary": page["summary"],
+        "observed": page.get("observed"),
+        "expected": page.get("expected"),
     }
 
 
@@ -358,13 +441,26 @@ def pages_on(
 ) -> list[Mapping[str, Any]]:
     """Pages naming one of `machines` with an event time in [start_ms, end_ms]."""
     wanted = set(machines)
-    return [
-        p for p in pages if p["machine_id"] in wanted and start_ms <= page_ms(p) <= end_ms
-    ]
+    return [p for p in pages if p["machine_id"] in wanted and start_ms <= page_ms(p) <= end_ms]
 
 
 def _detectors(pages: Iterable[Mapping[str, Any]]) -> list[str]:
     return sorted({str(p["detector"]) for p in pages})
+
+
+def history_pages(pages: Iterable[Mapping[str, Any]], capture_start_ms: int) -> dict[str, Any]:
+    """The pages the synthetic history drew before the capture: all false, since the history
+    is benign by construction. `last_day` counts those in the day before the capture, when
+    every identity has a warm baseline (earlier ones include warm-up effects, e.g. a
+    `new_identity` for an identity whose history starts over an hour after the first)."""
+    before = [p for p in pages if page_ms(p) < capture_start_ms]
+    return {
+        "total": len(before),
+        "last_day": sum(1 for p in before if page_ms(p) >= capture_start_ms - DAY_MS),
+        "by_identity_and_detector": dict(
+            Counter(f"{p['machine_id']} {p['detector']}" for p in before).most_common()
+        ),
+    }
 
 
 def _replay_stats(run: Run) -> dict[str, Any]:
@@ -430,9 +526,7 @@ def otrf_role_history(
     cw_agent = "aws-sdk-go/1.25.19 (go1.13; linux; amd64) CWAgent/1.237768.0"
     tags_filter = {
         "filterSet": {
-            "items": [
-                {"name": "resource-id", "valueSet": {"items": [{"value": OTRF_INSTANCE}]}}
-            ]
+            "items": [{"name": "resource-id", "valueSet": {"items": [{"value": OTRF_INSTANCE}]}}]
         }
     }
     t = start + rng.randint(0, 5 * MINUTE_MS)
@@ -529,7 +623,12 @@ def otrf_plan(datasets: Path, *, days: int, seed: int) -> OtrfPlan:
 
 
 def run_otrf(
-    cfg: Config, datasets: Path, scratch: Path, *, days: int = DEFAULT_DAYS, seed: int = DEFAULT_SEED
+    cfg: Config,
+    datasets: Path,
+    scratch: Path,
+    *,
+    days: int = DEFAULT_DAYS,
+    seed: int = DEFAULT_SEED,
 ) -> dict[str, Any]:
     """History + capture replayed once per role model; the pages and verdicts."""
     plan = otrf_plan(datasets, days=days, seed=seed)
@@ -547,7 +646,9 @@ def run_otrf(
         _write_jsonl(path, history)
         run = run_replay(cfg, [path, plan.capture], "cloudtrail")
         role_pages = pages_on(run.pages, [plan.role], *window)
-        pedro_pages = pages_on(run.pages, [plan.pedro], plan.capture_start_ms, capture_end + AFTER_MS)
+        pedro_pages = pages_on(
+            run.pages, [plan.pedro], plan.capture_start_ms, capture_end + AFTER_MS
+        )
         models.append(
             {
                 "role_model": model,
@@ -557,13 +658,11 @@ def run_otrf(
                 "stolen_role_paged": bool(role_pages),
                 "stolen_role_detectors": _detectors(role_pages),
                 "pedro_paged": bool(pedro_pages),
-                "pages_before_capture": sum(
-                    1 for p in run.pages if page_ms(p) < plan.capture_start_ms
-                ),
+                "history_pages": history_pages(run.pages, plan.capture_start_ms),
                 "pages": [page_row(p) for p in run.pages if page_ms(p) >= plan.capture_start_ms],
             }
         )
-    history_info = {
+    history_info: dict[str, dict[str, Any]] = {
         m: {
             "events": len(h),
             "first": format_rfc3339_ms(ct_time_ms(h[0])) if h else None,
@@ -604,6 +703,7 @@ def run_otrf(
 
 BAD_PASSWORD = ("0xc000006d", "0xc000006a")
 PS_DC = "MORDORDC.theshire.local"
+PS_DC_ACCOUNT = "MORDORDC$"
 PS_WORKSTATIONS = {
     "WORKSTATION5": "172.18.39.5",
     "WORKSTATION6": "172.18.39.6",
@@ -703,7 +803,9 @@ def ps_account_history(
     rng = random.Random(f"{seed}/purplesharp/{account}")
     out: list[dict[str, Any]] = []
 
-    def add(ms: int, event_code: str, op: str, resource: str, log_host: str, ip: str | None) -> None:
+    def add(
+        ms: int, event_code: str, op: str, resource: str, log_host: str, ip: str | None
+    ) -> None:
         ev: dict[str, Any] = {
             "event_id": f"ps-model-{account}-{len(out)}",
             "timestamp": ms,
@@ -730,7 +832,9 @@ def ps_account_history(
     if account == PS_ATTACKER:
         station = "WORKSTATION5"  # where PurpleSharp ran, from his Downloads folder
     else:
-        station = ("WORKSTATION6", "WORKSTATION7")[users.index(account) % 2 if account in users else 0]
+        station = ("WORKSTATION6", "WORKSTATION7")[
+            users.index(account) % 2 if account in users else 0
+        ]
     ip = PS_WORKSTATIONS[station]
     host = f"{station}.theshire.local"
     for d in range(days, 0, -1):
@@ -740,7 +844,7 @@ def ps_account_history(
         add(t + 400, "4769", "kerberos_tgs", f"kerberos://{station}$", PS_DC, ip)
         for slot in range(10):  # every 30 minutes for 5 hours
             s = t + (slot + 1) * 30 * MINUTE_MS + rng.randint(-5 * MINUTE_MS, 5 * MINUTE_MS)
-            add(s, "4769", "kerberos_tgs", f"kerberos://{PS_DC.split('.')[0]}$", PS_DC, ip)
+            add(s, "4769", "kerberos_tgs", f"kerberos://{PS_DC_ACCOUNT}", PS_DC, ip)
             add(s + 50, "4624", "logon/type3", f"host://{PS_DC}", PS_DC, ip)
             add(s + 3_000, "4634", "logoff/type3", f"host://{PS_DC}", PS_DC, None)
             if slot % 4 == 0:
@@ -751,7 +855,12 @@ def ps_account_history(
 
 
 def run_purplesharp(
-    cfg: Config, datasets: Path, scratch: Path, *, days: int = DEFAULT_DAYS, seed: int = DEFAULT_SEED
+    cfg: Config,
+    datasets: Path,
+    scratch: Path,
+    *,
+    days: int = DEFAULT_DAYS,
+    seed: int = DEFAULT_SEED,
 ) -> dict[str, Any]:
     """History + capture (our JSON event form) in one replay; the pages and verdicts."""
     import csv
@@ -791,10 +900,10 @@ def run_purplesharp(
             )
         else:
             h = ps_account_history(account, capture_start, days=days, seed=seed)
-            how = (
-                "modelled (no benign event in the capture): "
-                + ("hourly service logons on every host" if ps_kind(account) == "service"
-                   else "domain-user workday around the capture's time of day")
+            how = "modelled (no benign event in the capture): " + (
+                "hourly service logons on every host"
+                if ps_kind(account) == "service"
+                else "domain-user workday around the capture's time of day"
             )
         history.extend(h)
         method[account] = {
@@ -808,7 +917,9 @@ def run_purplesharp(
     events_path = scratch / "purplesharp-events.jsonl"
     _write_jsonl(events_path, [*history, *capture])
     run = run_replay(cfg, [events_path], "jsonl")
-    attack_times = [ev_time(e) for e, r in zip(capture, rows, strict=True) if r.get("label_heuristic") == "1"]
+    attack_times = [
+        ev_time(e) for e, r in zip(capture, rows, strict=True) if r.get("label_heuristic") == "1"
+    ]
     window = (min(attack_times), max(attack_times) + AFTER_MS)
     attacker_pages = pages_on(run.pages, [PS_ATTACKER], *window)
     targets = [a for a in accounts if a != PS_ATTACKER and attack_by[a] and a not in benign]
@@ -833,7 +944,7 @@ def run_purplesharp(
         "spray_targets": targets,
         "spray_targets_paged": sorted({str(p["machine_id"]) for p in target_pages}),
         "benign_identities_paged": sorted({str(p["machine_id"]) for p in benign_pages}),
-        "pages_before_capture": sum(1 for p in run.pages if page_ms(p) < capture_start),
+        "history_pages": history_pages(run.pages, capture_start),
         "pages": [page_row(p) for p in run.pages if page_ms(p) >= capture_start],
         "pass": bool(attacker_pages) and not benign_pages,
     }
@@ -919,7 +1030,13 @@ BACKGROUND: tuple[BgIdentity, ...] = (
         ips=("198.51.100.23",),
         first_call=_one("signin.amazonaws.com", "ConsoleLogin", 1, None),
         calls=(
-            _one("ec2.amazonaws.com", "DescribeInstances", 8, None, *({"instancesSet": {"items": [{"instanceId": i}]}} for i in _FLEET)),  # noqa: E501
+            _one(
+                "ec2.amazonaws.com",
+                "DescribeInstances",
+                8,
+                None,
+                *({"instancesSet": {"items": [{"instanceId": i}]}} for i in _FLEET),
+            ),
             _one("ec2.amazonaws.com", "DescribeSecurityGroups", 2),
             _one("ec2.amazonaws.com", "DescribeVolumes", 3),
             _one("ec2.amazonaws.com", "DescribeSnapshots", 1),
@@ -928,16 +1045,38 @@ BACKGROUND: tuple[BgIdentity, ...] = (
             _one("monitoring.amazonaws.com", "DescribeAlarms", 3),
             _one("monitoring.amazonaws.com", "GetMetricData", 4),
             _one("s3.amazonaws.com", "ListBuckets", 1),
-            _one("s3.amazonaws.com", "GetBucketLocation", 1, {"bucketName": "acme-app-data"}, {"bucketName": "acme-ci-artifacts"}),  # noqa: E501
+            _one(
+                "s3.amazonaws.com",
+                "GetBucketLocation",
+                1,
+                {"bucketName": "acme-app-data"},
+                {"bucketName": "acme-ci-artifacts"},
+            ),
             _one("iam.amazonaws.com", "ListUsers", 0.5),
             _one("iam.amazonaws.com", "ListRoles", 0.5),
             _one("cloudtrail.amazonaws.com", "LookupEvents", 1),
             _one("cloudtrail.amazonaws.com", "DescribeTrails", 0.3),
             _one("logs.amazonaws.com", "DescribeLogGroups", 1),
-            _one("logs.amazonaws.com", "FilterLogEvents", 2, {"logGroupName": "/app/backend"}, {"logGroupName": "/aws/lambda/processor"}),  # noqa: E501
+            _one(
+                "logs.amazonaws.com",
+                "FilterLogEvents",
+                2,
+                {"logGroupName": "/app/backend"},
+                {"logGroupName": "/aws/lambda/processor"},
+            ),
             _one("ssm.amazonaws.com", "DescribeInstanceInformation", 1),
-            _one("ec2.amazonaws.com", "CreateTags", 0.3, *({"resourcesSet": {"items": [{"resourceId": i}]}} for i in _FLEET)),  # noqa: E501
-            _one("ec2.amazonaws.com", "RebootInstances", 0.1, *({"instancesSet": {"items": [{"instanceId": i}]}} for i in _FLEET)),  # noqa: E501
+            _one(
+                "ec2.amazonaws.com",
+                "CreateTags",
+                0.3,
+                *({"resourcesSet": {"items": [{"resourceId": i}]}} for i in _FLEET),
+            ),
+            _one(
+                "ec2.amazonaws.com",
+                "RebootInstances",
+                0.1,
+                *({"instancesSet": {"items": [{"instanceId": i}]}} for i in _FLEET),
+            ),
         ),
     ),
     BgIdentity(
@@ -957,13 +1096,23 @@ BACKGROUND: tuple[BgIdentity, ...] = (
         ips=("203.0.113.40", "203.0.113.41"),
         first_call=_one("sts.amazonaws.com", "GetCallerIdentity", 1),
         calls=(
-            _one("s3.amazonaws.com", "PutObject", 4, {"bucketName": "acme-ci-artifacts", "key": "builds/app/build.zip"}),  # noqa: E501
+            _one(
+                "s3.amazonaws.com",
+                "PutObject",
+                4,
+                {"bucketName": "acme-ci-artifacts", "key": "builds/app/build.zip"},
+            ),
             _one("cloudformation.amazonaws.com", "DescribeStacks", 5),
             _one("cloudformation.amazonaws.com", "CreateChangeSet", 1),
             _one("cloudformation.amazonaws.com", "DescribeChangeSet", 3),
             _one("cloudformation.amazonaws.com", "ExecuteChangeSet", 1),
             _one("lambda.amazonaws.com", "GetFunction20150331v2", 2, {"functionName": "processor"}),
-            _one("lambda.amazonaws.com", "UpdateFunctionCode20150331v2", 1, {"functionName": "processor"}),  # noqa: E501
+            _one(
+                "lambda.amazonaws.com",
+                "UpdateFunctionCode20150331v2",
+                1,
+                {"functionName": "processor"},
+            ),
             _one("ecr.amazonaws.com", "GetAuthorizationToken", 1),
             _one("ecr.amazonaws.com", "PutImage", 1, {"repositoryName": "app"}),
         ),
@@ -982,14 +1131,42 @@ BACKGROUND: tuple[BgIdentity, ...] = (
         agent="aws-sdk-java/2.20.162 Linux/5.10 OpenJDK_64-Bit_Server_VM/17.0.8",
         ips=("10.0.1.11", "10.0.1.12", "10.0.1.13"),
         calls=(
-            _one("s3.amazonaws.com", "GetObject", 6, {"bucketName": "acme-app-data", "key": "uploads/2026/x.bin"}),  # noqa: E501
-            _one("s3.amazonaws.com", "PutObject", 2, {"bucketName": "acme-app-data", "key": "uploads/2026/y.bin"}),  # noqa: E501
-            _one("dynamodb.amazonaws.com", "GetItem", 6, {"tableName": "orders"}, {"tableName": "users"}),  # noqa: E501
+            _one(
+                "s3.amazonaws.com",
+                "GetObject",
+                6,
+                {"bucketName": "acme-app-data", "key": "uploads/2026/x.bin"},
+            ),
+            _one(
+                "s3.amazonaws.com",
+                "PutObject",
+                2,
+                {"bucketName": "acme-app-data", "key": "uploads/2026/y.bin"},
+            ),
+            _one(
+                "dynamodb.amazonaws.com",
+                "GetItem",
+                6,
+                {"tableName": "orders"},
+                {"tableName": "users"},
+            ),
             _one("dynamodb.amazonaws.com", "PutItem", 3, {"tableName": "orders"}),
             _one("dynamodb.amazonaws.com", "Query", 3, {"tableName": "orders"}),
-            _one("sqs.amazonaws.com", "SendMessage", 2, {"queueUrl": "https://sqs.us-east-1.amazonaws.com/210987654321/jobs"}),  # noqa: E501
-            _one("secretsmanager.amazonaws.com", "GetSecretValue", 0.3, {"secretId": "prod/app/db"}),
-            _one("kms.amazonaws.com", "Decrypt", 1, {"keyId": "arn:aws:kms:us-east-1:210987654321:key/app"}),  # noqa: E501
+            _one(
+                "sqs.amazonaws.com",
+                "SendMessage",
+                2,
+                {"queueUrl": "https://sqs.us-east-1.amazonaws.com/210987654321/jobs"},
+            ),
+            _one(
+                "secretsmanager.amazonaws.com", "GetSecretValue", 0.3, {"secretId": "prod/app/db"}
+            ),
+            _one(
+                "kms.amazonaws.com",
+                "Decrypt",
+                1,
+                {"keyId": "arn:aws:kms:us-east-1:210987654321:key/app"},
+            ),
         ),
     ),
     BgIdentity(
@@ -1006,9 +1183,19 @@ BACKGROUND: tuple[BgIdentity, ...] = (
         agent="Boto3/1.34.34 md/Botocore#1.34.34 Python/3.12.1 exec-env/AWS_Lambda_python3.12",
         ips=("3.80.12.7",),
         calls=(
-            _one("s3.amazonaws.com", "GetObject", 3, {"bucketName": "acme-ingest", "key": "incoming/batch.json"}),  # noqa: E501
+            _one(
+                "s3.amazonaws.com",
+                "GetObject",
+                3,
+                {"bucketName": "acme-ingest", "key": "incoming/batch.json"},
+            ),
             _one("dynamodb.amazonaws.com", "PutItem", 2, {"tableName": "events"}),
-            _one("sqs.amazonaws.com", "DeleteMessage", 2, {"queueUrl": "https://sqs.us-east-1.amazonaws.com/210987654321/jobs"}),  # noqa: E501
+            _one(
+                "sqs.amazonaws.com",
+                "DeleteMessage",
+                2,
+                {"queueUrl": "https://sqs.us-east-1.amazonaws.com/210987654321/jobs"},
+            ),
         ),
     ),
     BgIdentity(
@@ -1053,7 +1240,13 @@ BACKGROUND: tuple[BgIdentity, ...] = (
         ips=("198.51.100.41", "198.51.100.42"),
         calls=(
             _one("iam.amazonaws.com", "ListRoles", 2),
-            _one("iam.amazonaws.com", "GetRole", 2, {"roleName": "app-backend"}, {"roleName": "lambda-processor"}),  # noqa: E501
+            _one(
+                "iam.amazonaws.com",
+                "GetRole",
+                2,
+                {"roleName": "app-backend"},
+                {"roleName": "lambda-processor"},
+            ),
             _one("iam.amazonaws.com", "ListAttachedRolePolicies", 2, {"roleName": "app-backend"}),
             _one("organizations.amazonaws.com", "DescribeOrganization", 1),
             _one("cloudtrail.amazonaws.com", "LookupEvents", 2),
@@ -1144,16 +1337,16 @@ def background_records(start_ms: int, end_ms: int, seed: int) -> list[dict[str, 
             lam = ident.per_hour * ident.rhythm[hour] * (ident.weekend if weekday >= 5 else 1.0)
             for _ in range(_poisson(rng, lam)):
                 t = hour_start + rng.randint(0, HOUR_MS - 1)
-                session = rng.choice(ident.sessions) if ident.sessions else None
+                who = rng.choice(ident.sessions) if ident.sessions else None
                 ip = rng.choice(ident.ips)
                 if ident.style == "steady":
-                    emit(t, _pick_call(rng, ident.calls), session, ip)
+                    emit(t, _pick_call(rng, ident.calls), who, ip)
                     continue
                 if ident.first_call is not None:
-                    emit(t, _pick_call(rng, (ident.first_call,)), session, ip)
+                    emit(t, _pick_call(rng, (ident.first_call,)), who, ip)
                 for _ in range(rng.randint(*ident.burst)):
                     t += max(1_000, int(rng.expovariate(1 / ident.gap_s) * 1000))
-                    emit(t, _pick_call(rng, ident.calls), session, ip)
+                    emit(t, _pick_call(rng, ident.calls), who, ip)
     out = [r for r in out if ct_time_ms(r) < end_ms]
     out.sort(key=ct_time_ms)
     return out
@@ -1180,41 +1373,20 @@ def stratus_existing(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any
     return out
 
 
-@dataclass(frozen=True)
-class StratusJob:
-    """One technique replay: the background file, the re-timed technique, where to write."""
-
-    technique: str
-    mode: str  # own or existing
-    records: tuple[dict[str, Any], ...]
-    background: str
-    scratch: str
-    config: str | None
-
-
-def _stratus_job(job: StratusJob) -> dict[str, Any]:
-    cfg = load_config(job.config)
-    path = Path(job.scratch) / f"{job.technique}.{job.mode}.jsonl"
-    _write_jsonl(path, job.records)
-    run = run_replay(cfg, [job.background, path], "cloudtrail")
-    return {"technique": job.technique, "mode": job.mode, "pages": run.pages,
-            "stats": _replay_stats(run)}
-
-
 def run_stratus(
-    config_file: str | None,
+    cfg: Config,
     datasets: Path,
     scratch: Path,
     *,
     days: int = DEFAULT_DAYS,
     seed: int = DEFAULT_SEED,
-    jobs: int = 1,
     only: Sequence[str] = (),
+    exact: bool = False,
     log: Any = None,
 ) -> dict[str, Any]:
     """Every technique re-timed into the background, under its own and under an existing
-    identity, each in its own replay; plus the background alone for its false pages."""
-    cfg = load_config(config_file)
+    identity, each replayed with the background (a `SplitReplay` continuation, or with
+    `exact` a whole `replay` each); plus the background alone for its false pages."""
     warmup_end = BG_START_MS + days * DAY_MS
     inject = warmup_end + BG_INJECT_HOUR * HOUR_MS
     end = inject + HOUR_MS
@@ -1223,6 +1395,7 @@ def run_stratus(
     _write_jsonl(bg_path, background)
     t0 = time.perf_counter()
     bg_run = run_replay(cfg, [bg_path], "cloudtrail")
+    split = None if exact else SplitReplay(cfg, [bg_path], "cloudtrail", inject)
     if log is not None:
         print(
             f"stratus background: {len(background):,} events replayed in "
@@ -1236,7 +1409,7 @@ def run_stratus(
     if only:
         files = [f for f in files if any(o in f.stem for o in only)]
     plans: dict[str, dict[str, Any]] = {}
-    work: list[StratusJob] = []
+    results: list[dict[str, Any]] = []
     for f in files:
         records = orjson.loads(f.read_bytes())
         timed = retime(records, inject, ct_time_ms, ct_with_time)
@@ -1249,16 +1422,14 @@ def run_stratus(
             "existing": sorted({ct_machine(r) for r in existing}),
         }
         for mode, recs in (("own", timed), ("existing", existing)):
-            work.append(
-                StratusJob(f.stem, mode, tuple(recs), str(bg_path), str(scratch), config_file)
+            path = scratch / f"{f.stem}.{mode}.jsonl"
+            _write_jsonl(path, recs)
+            run = (
+                split.continue_with([path])
+                if split
+                else run_replay(cfg, [bg_path, path], "cloudtrail")
             )
-    results: list[dict[str, Any]] = []
-    if jobs > 1:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            results = list(pool.map(_stratus_job, work))
-    else:
-        results = [_stratus_job(j) for j in work]
-
+            results.append({"technique": f.stem, "mode": mode, "pages": run.pages})
     by_key = {(r["technique"], r["mode"]): r for r in results}
     rows = []
     for technique, plan in plans.items():
@@ -1274,9 +1445,7 @@ def run_stratus(
         for mode in ("own", "existing"):
             r = by_key[(technique, mode)]
             hits = [
-                p
-                for p in pages_on(r["pages"], plan[mode], *window)
-                if p["alert_id"] not in bg_ids
+                p for p in pages_on(r["pages"], plan[mode], *window) if p["alert_id"] not in bg_ids
             ]
             # Pages the technique caused elsewhere (another identity, or later than the window).
             other = [p for p in r["pages"] if p["alert_id"] not in bg_ids and p not in hits]
@@ -1311,9 +1480,8 @@ def run_stratus(
                 b.machine: {
                     "events": sum(1 for r in background if ct_machine(r) == b.machine),
                     "style": b.style,
-                    "existing_for": sorted(
-                        k for k, v in EXISTING_FOR_KIND.items() if v == b.key
-                    ) + (["AssumedRole (AWSReservedSSO*)"] if b.key == EXISTING_SSO else []),
+                    "existing_for": sorted(k for k, v in EXISTING_FOR_KIND.items() if v == b.key)
+                    + (["AssumedRole (AWSReservedSSO*)"] if b.key == EXISTING_SSO else []),
                 }
                 for b in BACKGROUND
             },
@@ -1372,7 +1540,8 @@ def render(doc: Mapping[str, Any]) -> str:
             f"OTRF ec2_proxy_s3_exfiltration: {o['capture']['records']} records, "
             f"{o['history_days']} days of history first; expected: stolen role pages, pedro "
             "does not",
-            f"  {'role history model':<20}{'role paged':<12}{'pedro paged':<13}pages in the capture",
+            f"  {'role history model':<20}{'role paged':<12}{'pedro paged':<13}"
+            "pages in the capture",
         ]
         for m in o["role_models"]:
             lines.append(
@@ -1452,7 +1621,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--days", type=int, default=DEFAULT_DAYS, help="days of warm-up history")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     p.add_argument(
-        "--jobs", type=int, default=min(2, os.cpu_count() or 1), help="parallel Stratus replays"
+        "--exact-replay",
+        action="store_true",
+        help="replay the whole background again for every Stratus run (slow; the default "
+        "continues one shared warm-up, with the same result)",
     )
     p.add_argument(
         "--only",
@@ -1496,12 +1668,12 @@ def main(argv: list[str] | None = None) -> int:
             )
         if "stratus" in only:
             doc["stratus"] = run_stratus(
-                args.config,
+                cfg,
                 args.datasets,
                 scratch,
                 days=args.days,
                 seed=args.seed,
-                jobs=args.jobs,
+                exact=args.exact_replay,
                 only=args.technique,
                 log=sys.stderr,
             )

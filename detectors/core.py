@@ -251,6 +251,8 @@ class DetectionCore:
         self._indexes: dict[Any, MachineIndex] = {}
         self._storms: dict[Any, StormWindow] = {}
         self.evictions = 0
+        self._last_rate: RateBaseline | None = None
+        self.last_findings: list[Finding] = []
 
     def group_of(self, event: AuditEvent) -> str:
         """The peer group of the event's machine (and the detection stage's partitioning
@@ -414,7 +416,8 @@ class DetectionCore:
         cfg = self.config_for(event.machine_id, group)
         watch = self._watches.get(kv, partition)
         ts = event.timestamp_ms
-        rate = RateBaseline(cfg.rate, state.rate)
+        # process() just built this machine's baseline: reuse it rather than parse it again.
+        rate = self._last_rate or RateBaseline(cfg.rate, state.rate)
         if rate.warm and rate.expected() >= cfg.silence_min_rate:
             entry = watch.entries.get(event.machine_id)
             if entry is None:
@@ -525,6 +528,7 @@ class DetectionCore:
         warm = own_warm or peer_warm
 
         rate = RateBaseline(cfg.rate, state.rate)
+        self._last_rate = rate
         rate_score = rate.observe(ts)
         if warm and rate_score > 0:
             expected = rate.expected()
@@ -593,6 +597,7 @@ class DetectionCore:
 
         state.n += 1
         state.last_ms = max(state.last_ms, ts)
+        self.last_findings = findings
         for f in findings:
             if cfg.suppressions and self.suppressed(event.machine_id, f, ts):
                 self.suppressed_findings += 1

@@ -396,28 +396,29 @@ def _product_score(s: float) -> float:
     return 100.0 * s if s >= 0.5 else 0.0
 
 
+_TAIL_CLIP = 1e9
+_TAIL_RATE = 1.0
+
+
 class _Tail:
-    """Streaming calibration of one surprise statistic u >= 0: its mean and variance and a
-    peaks-over-threshold tail (SPOT, Siffer et al. 2017): a running upper quantile q and the
-    mean excess b over it, so P(U >= u) ~ (1 - p) * exp(-(u - q) / b) beyond q."""
+    """Streaming calibration of one surprise statistic u >= 0, peaks over threshold (as in
+    SPOT, Siffer et al. 2017): a running upper quantile q of u (at `level`) and the mean excess
+    b of u over q, so that beyond q, P(U >= u) ~ (1 - level) * exp(-(u - q) / b): an
+    exponential tail fitted to this series' own largest surprises."""
 
     __slots__ = ("b", "m", "n", "q", "v")
 
     def __init__(self) -> None:
         self.m, self.v, self.q, self.b, self.n = 0.0, 1.0, 0.0, 0.0, 0
 
-    def z(self, u: float) -> float:
-        return (u - self.m) / math.sqrt(max(self.v, 1e-4))
-
     def p(self, u: float, level: float) -> float:
-        """Estimated probability of a surprise of at least u."""
-        t = 1.0 - level
+        """Estimated probability of a surprise of at least u (1.0 up to the quantile)."""
         if u <= self.q:
             return 1.0
         b = max(self.b, 0.5 * math.sqrt(self.v), 0.05)
-        return t * math.exp(-(u - self.q) / b)
+        return (1.0 - level) * math.exp(-(u - self.q) / b)
 
-    def learn(self, u: float, rate: float, level: float, eta: float, tail_rate: float) -> None:
+    def learn(self, u: float, rate: float, level: float, step: float) -> None:
         r = max(rate, 1.0 / (self.n + 1))
         d = u - self.m
         self.m += r * d
@@ -425,15 +426,20 @@ class _Tail:
         sd = math.sqrt(self.v)
         self.n += 1
         if self.n < 5 / (1.0 - level):
-            self.q = self.m + 2.0 * sd  # until the quantile has data: a Gaussian guess
+            # Too few values for the quantile yet: a Gaussian guess of it.
+            self.q = self.m + 2.0 * sd
             if u > self.q:
                 self.b += max(0.2, 1.0 / self.n) * (u - self.q - self.b)
             return
         if u > self.q:
-            self.b += tail_rate / (1.0 - level) * (u - self.q - self.b)
-            self.q += eta * sd * level
+            # The mean excess remembers about as many intervals as the mean does.
+            bb = max(self.b, 0.5 * sd, 0.05)
+            ex = min(u - self.q, _TAIL_CLIP * bb)
+            self.b += min(1.0, _TAIL_RATE * rate / (1.0 - level)) * (ex - self.b)
+            self.q += step * sd * level
         else:
-            self.q -= eta * sd * (1.0 - level)
+            # Stochastic quantile: in equilibrium a fraction 1 - level of values exceed q.
+            self.q -= step * sd * (1.0 - level)
 
 
 class SeriesBaseline:
@@ -443,6 +449,24 @@ class SeriesBaseline:
     (the series' own spacing defines the interval). `score_one(x)` is in [0, 1], 1 the most
     anomalous, two-sided, 0 while warming up; it does not learn.
 
+    The model and its z-score are exactly the access-rate baseline's (same `_Model`, same
+    `RateParams`). What this class adds stands in for what the detection core does around the
+    baseline with counts (its min_ratio / min_count gates, and alert cooldowns):
+    - scales: the surprise is u = log(1 + |z|), signed by the side of the error; besides u
+      itself, EWMAs of the signed surprise over `scales` intervals (6, 36, 216: half an hour,
+      three hours and most of a day at 5-minute spacing) see a deviation that persists on one
+      side, a drift or level shift, even when no single interval is extreme;
+    - calibration: each statistic is compared with the values this series itself produces
+      (`_Tail`: its 99th percentile and an exponential tail fitted beyond it), so a series
+      whose values routinely jump (bursty tweets, periodic spikes) needs a bigger jump than a
+      smooth one. The smallest tail probability p, times the number of statistics
+      (Bonferroni), gives the score 1 - 2^(log10(p) / page_log10): 0.5 at p = 10^-page_log10
+      (default 3: rarer than once in a thousand intervals of this series);
+    - repeats: within `repeat_intervals` of a higher score, a score only counts if it beats it
+      (one anomaly, one detection).
+    The product's 0..100 score is 100 * score_one when that is >= 0.5 (its page threshold 50 is
+    0.5 here), else 0.
+
     `counts=None` treats the series as counts (Poisson floor on the variance) while every value
     seen is a non-negative integer; True or False fixes it."""
 
@@ -451,28 +475,25 @@ class SeriesBaseline:
         params: RateParams | None = None,
         counts: bool | None = None,
         calibration_rate: float = 0.002,
-        calibration_z: float = 3.0,
         repeat_intervals: int = 96,
-        scales: tuple[int, ...] = (1,),
-        mode: str = "gauss",
-        level: float = 0.98,
-        eta: float = 0.1,
-        tail_rate: float = 0.002,
-        page_log10: float = 4.0,
+        scales: tuple[int, ...] = (1, 6, 36, 216),
+        tail_level: float = 0.99,
+        quantile_step: float = 0.1,
+        page_log10: float = 3.0,
     ) -> None:
         self.params = params or RateParams()
         self.counts = counts
         self.calibration_rate = calibration_rate
-        self.calibration_z = calibration_z
         self.repeat_intervals = repeat_intervals
-        self.mode, self.level, self.eta, self.tail_rate = mode, level, eta, tail_rate
+        self.scales = tuple(scales)
+        self.tail_level = tail_level
+        self.quantile_step = quantile_step
         self.page_log10 = page_log10
         self._model: _Model | None = None
         self._last_s: float | None = None
-        self.scales = tuple(scales)
         self._ew = [0.0] * len(self.scales)  # per scale: EWMA of the signed surprise
         self._tails = [_Tail() for _ in self.scales]
-        self._peak, self._peak_age = 0.0, 0
+        self._peak, self._peak_age = 0.0, 0  # the last high score and its age
 
     def _m(self) -> _Model:
         if self._model is None:
@@ -480,27 +501,19 @@ class SeriesBaseline:
         return self._model
 
     def _raw(self, x: dict[str, Any]) -> tuple[float, list[float]]:
-        """(calibrated score before the repeat rule, per-scale statistics) of x; -1 warming."""
+        """(score before the repeat rule, per-scale statistics) of x; -1.0 while warming up."""
         m = self._m()
         if m.n < self.params.warmup_intervals:
             return -1.0, []
         z = m.zscore(float(x["value"]), _epoch_ms(x["timestamp"]) / 1000)
-        u = math.log1p(abs(z))
-        su = math.copysign(u, z)
-        stats = []
-        best = -1e9 if self.mode == "gauss" else 1.0
-        for i, k in enumerate(self.scales):
-            e = self._ew[i] + (su - self._ew[i]) / k
-            stats.append(e)
-            t = self._tails[i]
-            if self.mode == "gauss":
-                best = max(best, t.z(abs(e)))
-            else:
-                best = min(best, t.p(abs(e), self.level))
-        if self.mode == "gauss":
-            return (_unit_score(best, self.calibration_z) if best > 0 else 0.0), stats
-        best = min(1.0, best * len(self.scales))
-        return 1.0 - 2.0 ** (math.log10(best) / self.page_log10), stats
+        su = math.copysign(math.log1p(abs(z)), z)
+        stats = [e + (su - e) / k for e, k in zip(self._ew, self.scales, strict=True)]
+        p = min(
+            (t.p(abs(e), self.tail_level) for e, t in zip(stats, self._tails, strict=True)),
+            default=1.0,
+        )
+        p = min(1.0, p * len(self.scales))
+        return 1.0 - 2.0 ** (math.log10(max(p, 1e-300)) / self.page_log10), stats
 
     def score_one(self, x: dict[str, Any]) -> float:
         s, _ = self._raw(x)
@@ -514,11 +527,9 @@ class SeriesBaseline:
                 self._peak, self._peak_age = s, 0
             else:
                 self._peak_age += 1
-            for i, e in enumerate(stats):
-                self._ew[i] = e
-                self._tails[i].learn(
-                    abs(e), self.calibration_rate, self.level, self.eta, self.tail_rate
-                )
+            self._ew = stats
+            for e, t in zip(stats, self._tails, strict=True):
+                t.learn(abs(e), self.calibration_rate, self.tail_level, self.quantile_step)
         m = self._m()
         v = float(x["value"])
         if self.counts is None and m.counts and (v < 0 or not v.is_integer()):
