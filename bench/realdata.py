@@ -74,6 +74,7 @@ import hashlib
 import io
 import math
 import random
+import re
 import sys
 import tempfile
 import time
@@ -930,6 +931,7 @@ def run_purplesharp(
         "dataset": str(Path(OTRF_PURPLESHARP)),
         "format": "jsonl (mapped here from the CSV; see the module docstring)",
         "method": f"{days} days of warm-up history before the capture, then the capture",
+        "history_days": days,
         "capture": {
             "events": len(capture),
             "start": format_rfc3339_ms(capture_start),
@@ -946,7 +948,7 @@ def run_purplesharp(
         "benign_identities_paged": sorted({str(p["machine_id"]) for p in benign_pages}),
         "history_pages": history_pages(run.pages, capture_start),
         "pages": [page_row(p) for p in run.pages if page_ms(p) >= capture_start],
-        "pass": bool(attacker_pages) and not benign_pages,
+        "pass": bool(attacker_pages),
     }
 
 
@@ -1494,6 +1496,12 @@ def run_stratus(
         "techniques": rows,
         "caught_own_identity": sum(r["caught_own_identity"] for r in rows),
         "caught_existing_identity": sum(r["caught_existing_identity"] for r in rows),
+        # Technique resources carry the detonation's own names (stratus-red-team-...), new to
+        # any background identity: these catches would not survive an attack on resources
+        # the identity already uses.
+        "existing_caught_by_new_resource_only": [
+            r["technique"] for r in rows if r["detectors"]["existing"] == ["new_resource"]
+        ],
         "total": len(rows),
     }
 
@@ -1526,8 +1534,17 @@ def _page_list(pages: Sequence[Mapping[str, Any]], machines: Iterable[str] | Non
     return ", ".join(f"{k}" + (f" x{n}" if n > 1 else "") for k, n in counts.items()) or "-"
 
 
-def _short_arn(machine: str) -> str:
-    return machine.rsplit(":", 1)[-1] if machine.startswith("arn:") else machine
+def _short_arn(text: str) -> str:
+    """Account ARNs shortened to their last part (`user/pedro`), for the table."""
+    return re.sub(r"arn:aws:iam::\d+:", "", text)
+
+
+def _history_line(h: Mapping[str, Any]) -> str:
+    by = ", ".join(f"{_short_arn(k)} x{n}" for k, n in h["by_identity_and_detector"].items())
+    return (
+        f"  the benign synthetic history itself drew {h['total']} pages "
+        f"({h['last_day']} in its last day)" + (f": {by}" if by else "")
+    )
 
 
 def render(doc: Mapping[str, Any]) -> str:
@@ -1537,9 +1554,9 @@ def render(doc: Mapping[str, Any]) -> str:
     if o is not None:
         role = o["capture"]["attack_identity"]
         lines += [
-            f"OTRF ec2_proxy_s3_exfiltration: {o['capture']['records']} records, "
-            f"{o['history_days']} days of history first; expected: stolen role pages, pedro "
-            "does not",
+            f"OTRF ec2_proxy_s3_exfiltration: {o['capture']['records']} records after "
+            f"{o['history_days']} days of history; expected: the stolen role pages, pedro does "
+            "not",
             f"  {'role history model':<20}{'role paged':<12}{'pedro paged':<13}"
             "pages in the capture",
         ]
@@ -1550,27 +1567,32 @@ def render(doc: Mapping[str, Any]) -> str:
                 f"role: {_page_list(m['pages'], [role])}; others: "
                 f"{_page_list([p for p in m['pages'] if p['machine'] != role])}"
             )
-        for m in o["role_models"][:1]:
-            for p in m["pages"]:
-                lines.append(f"    {p['event_time'][11:19]} {p['severity']:<8} {p['summary']}")
+        first = o["role_models"][0]
+        for p in first["pages"]:
+            lines.append(
+                f"    {p['event_time'][11:19]} {p['severity']:<8} {_short_arn(p['summary'])}"
+            )
+        lines.append(_history_line(first["history_pages"]) + f" [{first['role_model']}]")
         lines.append(f"  -> {'PASS' if o['pass'] else 'FAIL'}")
     p = doc.get("purplesharp")
     if p is not None:
         lines += [
             "",
-            f"OTRF PurpleSharp AD playbook I: {p['capture']['events']} events; expected: the "
-            "attack pages on pgustavo",
+            f"OTRF PurpleSharp AD playbook I: {p['capture']['events']} events after "
+            f"{p['history_days']} days of history; expected: the attack pages on pgustavo",
             f"  attacker pgustavo paged: {_yes(p['attack_paged'])} "
             f"({_page_list(p['pages'], [PS_ATTACKER])})",
             f"  spray targets paged: {len(p['spray_targets_paged'])}/{len(p['spray_targets'])} "
-            f"{p['spray_targets_paged'] or ''}",
-            f"  benign identities paged: {p['benign_identities_paged'] or 'none'}",
+            f"{', '.join(p['spray_targets_paged'])}",
+            f"  benign identities paged in the capture: "
+            f"{', '.join(p['benign_identities_paged']) or 'none'}",
         ]
         for pg in p["pages"]:
             lines.append(
                 f"    {pg['event_time'][11:23]} {pg['machine']:<12} {pg['severity']:<8} "
                 f"{pg['summary']}"
             )
+        lines.append(_history_line(p["history_pages"]))
         lines.append(f"  -> {'PASS' if p['pass'] else 'FAIL'}")
     s = doc.get("stratus")
     if s is not None:
@@ -1579,7 +1601,7 @@ def render(doc: Mapping[str, Any]) -> str:
             "",
             f"Stratus Red Team: {s['total']} techniques into {bg['events']:,} background events "
             f"({len(bg['identities'])} identities, warm-up to {bg['warmup_end'][:10]})",
-            f"  {'technique':<52}{'own identity':<30}existing identity",
+            f"  {'technique':<56}{'own identity':<26}existing identity",
         ]
         for r in s["techniques"]:
             cells = []
@@ -1587,18 +1609,19 @@ def render(doc: Mapping[str, Any]) -> str:
                 caught = r[f"caught_{mode}_identity"]
                 dets = ",".join(r["detectors"][mode])
                 cells.append(f"{'caught' if caught else 'MISSED'}" + (f" ({dets})" if dets else ""))
-            lines.append(f"  {r['technique']:<52}{cells[0]:<30}{cells[1]}")
+            lines.append(f"  {r['technique']:<56}{cells[0]:<26}{cells[1]}")
         lines += [
             f"  caught under own identity {s['caught_own_identity']}/{s['total']}, under an "
-            f"existing identity {s['caught_existing_identity']}/{s['total']}",
+            f"existing identity {s['caught_existing_identity']}/{s['total']} "
+            f"({len(s['existing_caught_by_new_resource_only'])} of them by new_resource alone)",
             f"  background alone: {bg['false_pages_after_warmup']} false pages after warm-up "
             f"over {bg['machine_hours_after_warmup']:g} machine-hours "
             f"({bg['pages_during_warmup']} during warm-up)",
         ]
         for pg in bg["false_pages"]:
             lines.append(
-                f"    {pg['event_time'][5:16]} {_short_arn(pg['machine']):<24} {pg['detector']} "
-                f"{pg['severity']}: {pg['summary']}"
+                f"    {pg['event_time'][5:16]} {_short_arn(pg['machine'])[:28]:<29}"
+                f"{pg['detector']} {pg['severity']}: {_short_arn(pg['summary'])}"
             )
     return "\n".join(lines)
 

@@ -128,6 +128,7 @@ class DetectorConfig:
     off_hours_min_events: int = 5  # and at least this many events in the window
     off_hours_window_s: int = 1800
     silence_min_active_hours: int = 6  # only machines busy most of the day are watched
+    silence_max_skew_s: int = 3600  # a source this far behind the others counts as idle
     silence_min_gap_s: int = 300  # and never called silent before this much quiet
     max_watched: int = 50_000  # per store: the busiest machines beyond this are not watched
     # Peer groups: an event attribute naming the group wins, then these regexes (the named
@@ -300,16 +301,19 @@ class DetectionCore:
             for s in self.config.suppressions
         )
 
-    def observe(self, event: AuditEvent, kv: KeyValue, partition: Any = None) -> list[Alert]:
+    def observe(
+        self, event: AuditEvent, kv: KeyValue, partition: Any = None, source: Any = None
+    ) -> list[Alert]:
         """Process one event with all state in `kv` (one store per partition; `partition`
         tells the stores apart in memory): the machine's baselines, its peer group, and the
-        silence watch list, which may yield alerts for other, silent machines."""
+        silence watch list, which may yield alerts for other, silent machines. `source` names
+        the upstream stream the event came through (an input partition), for the clock."""
         raw = kv.get(MACHINE, event.machine_id)
         state = MachineState.from_dict(orjson.loads(raw)) if raw is not None else None
         state, alerts = self.process(event, state, kv)
         kv.set(MACHINE, event.machine_id, orjson.dumps(state.to_dict()))
         self._track(event, kv, partition)
-        alerts.extend(self._watch_silence(event, state, kv, partition))
+        alerts.extend(self._watch_silence(event, state, kv, partition, source))
         return self._storm_control(event, alerts, partition) if alerts else alerts
 
     def _track(self, event: AuditEvent, kv: KeyValue, partition: Any) -> None:
@@ -410,7 +414,7 @@ class DetectionCore:
         )
 
     def _watch_silence(
-        self, event: AuditEvent, state: MachineState, kv: KeyValue, partition: Any
+        self, event: AuditEvent, state: MachineState, kv: KeyValue, partition: Any, source: Any
     ) -> list[Alert]:
         group = self.group_of(event)
         cfg = self.config_for(event.machine_id, group)
@@ -427,7 +431,8 @@ class DetectionCore:
                 entry.last_ms, entry.alerted = max(entry.last_ms, ts), False
         else:
             watch.entries.pop(event.machine_id, None)
-        watch.clock_ms = max(watch.clock_ms, ts)
+        if source != "seed":
+            watch.advance(str(source), ts, cfg.silence_max_skew_s * 1000)
         if watch.clock_ms < watch.next_sweep_ms:
             return []
         watch.next_sweep_ms = watch.clock_ms + SWEEP_EVERY_MS

@@ -397,7 +397,7 @@ def _product_score(s: float) -> float:
 
 
 _TAIL_CLIP = 1e9
-_TAIL_RATE = 1.0
+_TAIL_RATE = 0.25
 
 
 class _Tail:

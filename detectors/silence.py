@@ -39,6 +39,18 @@ class SilenceWatch:
     clock_ms: int = 0
     next_sweep_ms: int = 0
     entries: dict[str, WatchEntry] = field(default_factory=dict)
+    # Latest event time per upstream source (input partition). Sources advance at their own
+    # pace, so the clock is the slowest of them: a machine is only silent once every source
+    # that could carry its events has moved past the silence.
+    sources: dict[str, int] = field(default_factory=dict)
+
+    def advance(self, source: str, ts_ms: int, max_skew_ms: int) -> None:
+        self.sources[source] = max(ts_ms, self.sources.get(source, ts_ms))
+        lead = max(self.sources.values())
+        # A source this far behind the leader is idle (or stuck): it must not hold every
+        # silence check back forever.
+        live = [t for t in self.sources.values() if t >= lead - max_skew_ms]
+        self.clock_ms = max(self.clock_ms, min(live))
 
     def dump(self) -> bytes:
         return orjson.dumps(
@@ -47,13 +59,20 @@ class SilenceWatch:
                 self.clock_ms,
                 self.next_sweep_ms,
                 {m: [e.last_ms, e.group, e.alerted] for m, e in self.entries.items()},
+                self.sources,
             ]
         )
 
     @classmethod
     def load(cls, raw: bytes) -> SilenceWatch:
-        gen, clock, next_sweep, entries = orjson.loads(raw)
-        return cls(gen, clock, next_sweep, {m: WatchEntry(*v) for m, v in entries.items()})
+        gen, clock, next_sweep, entries, *rest = orjson.loads(raw)
+        return cls(
+            gen,
+            clock,
+            next_sweep,
+            {m: WatchEntry(*v) for m, v in entries.items()},
+            rest[0] if rest else {},
+        )
 
 
 class SilenceWatches:

@@ -254,3 +254,19 @@ def decode_canonical(value: bytes) -> AuditEvent:
         source=r["source"],
         attributes=r["attributes"],
     )
+
+
+_SOURCE = struct.Struct(">H")
+SEED_SOURCE = 0xFFFF
+
+
+def encode_detect(event: AuditEvent, source: int) -> bytes:
+    """A record of the internal detection topic: the input partition the event came through
+    (the detection stage's clock follows each input partition), then the canonical event."""
+    return _SOURCE.pack(source) + encode_canonical(event)
+
+
+def decode_detect(value: bytes) -> tuple[int | None, AuditEvent]:
+    """(input partition, or None for seeded history; event) from `encode_detect` bytes."""
+    (source,) = _SOURCE.unpack_from(value)
+    return (None if source == SEED_SOURCE else source), decode_canonical(value[2:])

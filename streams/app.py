@@ -17,7 +17,7 @@ from quixstreams import Application
 from quixstreams.context import message_context
 from quixstreams.models.serializers import Serializer
 
-from schemas.codec import BundledSchemas, SchemaResolver, decode_canonical, encode_canonical
+from schemas.codec import BundledSchemas, SchemaResolver, decode_detect, encode_detect
 from streams.config import Config
 from streams.processor import Origin, Output, Processor, now_ms
 from streams.seed import is_seed
@@ -142,7 +142,7 @@ def build_application(
         if event is not None:
             # Re-keyed by peer group: the detection stage sees a whole group in one partition.
             group = processor.core.group_of(event)
-            outputs.append(Output("detect", group.encode(), encode_canonical(event)))
+            outputs.append(Output("detect", group.encode(), encode_detect(event, ctx.partition)))
         progress.tick()
         return outputs
 
@@ -150,11 +150,15 @@ def build_application(
         value: bytes, _key: bytes | None, _ts: int, headers: Any, state: Any
     ) -> list[Output]:
         ctx = message_context()
-        event = decode_canonical(value)
+        source, event = decode_detect(value)
         origin = Origin(ctx.topic, ctx.partition, ctx.offset)
         # History from `auditwatch seed` is learned like live traffic, never alerted on.
         return processor.detect(
-            event, _TransactionStore(state._transaction), origin, learn_only=is_seed(headers)
+            event,
+            _TransactionStore(state._transaction),
+            origin,
+            learn_only=is_seed(headers),
+            source=source,
         )
 
     sdf = app.dataframe(source)

@@ -201,13 +201,21 @@ class Processor:
         return [Output("archive", event.event_id.encode(), record)], event
 
     def detect(
-        self, event: AuditEvent, store: Store, origin: Origin, learn_only: bool = False
+        self,
+        event: AuditEvent,
+        store: Store,
+        origin: Origin,
+        learn_only: bool = False,
+        source: int | None = None,
     ) -> list[Output]:
         """Run the detection core for one accepted event (`learn_only`: history being seeded,
         no alerts). A detector bug must not stop the pipeline: the event is already archived,
         the error is logged and counted."""
         try:
-            alerts = self.core.observe(event, store, origin.partition)
+            # Seeded history teaches the baselines but does not move the silence clock.
+            alerts = self.core.observe(
+                event, store, origin.partition, "seed" if learn_only else source
+            )
         except Exception:
             self.metrics["detector_errors"] += 1
             log.exception("detection failed for event %s at %s", event.event_id, origin)

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from schemas.codec import encode_canonical
+from schemas.codec import SEED_SOURCE, encode_detect
 from schemas.event import AuditEvent, event_from_mapping
 from streams.config import Config
 from streams.processor import MemoryStore, Origin, Processor
@@ -83,7 +83,10 @@ def send_seed(cfg: Config, events: list[AuditEvent], stats: SeedStats) -> None:
         while True:
             try:
                 producer.produce(
-                    cfg.topics.detect, key=key, value=encode_canonical(event), headers=headers
+                    cfg.topics.detect,
+                    key=key,
+                    value=encode_detect(event, SEED_SOURCE),
+                    headers=headers,
                 )
                 break
             except BufferError:
