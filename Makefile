@@ -37,3 +37,10 @@ kafka-stop: $(STAMP)
 .PHONY: eval
 eval: $(STAMP)
 	$(PY) -m bench.evaluate --out eval/results.json
+
+# Real captures from ../shared/datasets (OTRF CloudTrail exfiltration, PurpleSharp AD playbook,
+# Stratus Red Team) replayed after a synthetic warm-up history: eval/realdata.json and a table.
+# About 20 s.
+.PHONY: realdata
+realdata: $(STAMP)
+	$(PY) -m bench.realdata --out eval/realdata.json

@@ -127,6 +127,7 @@ class DetectorConfig:
     off_hours_ratio: float = 4.0  # and this many times the most seen in that window of the day
     off_hours_min_events: int = 5  # and at least this many events in the window
     off_hours_window_s: int = 1800
+    off_hours_spread: int = 2  # windows either side that also count as "this time of day"
     silence_min_active_hours: int = 6  # only machines busy most of the day are watched
     silence_max_skew_s: int = 3600  # a source this far behind the others counts as idle
     silence_min_gap_s: int = 300  # and never called silent before this much quiet
@@ -650,11 +651,16 @@ class DetectionCore:
         # Idle hours are only known once the profile has seen at least a full day.
         if fired or count < cfg.off_hours_min_events or rate.n < 86_400 // cfg.rate.interval_s:
             return None
-        before = state.hmax[window % slots]
+        # Neighbouring windows count too: sessions and schedules drift by an hour or so from
+        # day to day, and that is not "off hours".
+        near = [
+            (window + d) % slots for d in range(-cfg.off_hours_spread, cfg.off_hours_spread + 1)
+        ]
+        before = max(state.hmax[i] for i in near)
         if count < cfg.off_hours_ratio * max(before, 1):
             return None
         if peers is not None and peers.members > 1:
-            before = max(before, peers.busiest_window(window % slots))
+            before = max(before, *(peers.busiest_window(i) for i in near))
         if count < cfg.off_hours_ratio * max(before, 1):
             return None
         day = ts - ts % 86_400_000

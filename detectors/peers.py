@@ -34,7 +34,7 @@ class KeyValue(Protocol):
 class PeerGroup:
     """One group's shared knowledge, read and written through a KeyValue."""
 
-    __slots__ = ("_meta", "group", "kv")
+    __slots__ = ("_meta", "_windows", "group", "kv")
 
     def __init__(self, kv: KeyValue, group: str) -> None:
         self.kv = kv
@@ -42,6 +42,7 @@ class PeerGroup:
         raw = kv.get(_META, group)
         # [first seen ms, members, last time a member joined ms]
         self._meta: list[int] | None = orjson.loads(raw) if raw is not None else None
+        self._windows: list[int] | None = None
 
     @property
     def known(self) -> bool:
@@ -78,11 +79,10 @@ class PeerGroup:
 
     def busiest_window(self, slot: int) -> int:
         """The most events any member made in this window of the day (see note_window)."""
-        raw = self.kv.get(_WINDOWS, self.group)
-        if raw is None:
-            return 0
-        windows: list[int] = orjson.loads(raw)
-        return windows[slot] if slot < len(windows) else 0
+        if self._windows is None:
+            raw = self.kv.get(_WINDOWS, self.group)
+            self._windows = orjson.loads(raw) if raw is not None else []
+        return self._windows[slot] if slot < len(self._windows) else 0
 
     def note_window(self, slot: int, slots: int, count: int) -> None:
         """A member closed a window of the day with `count` events: the group's time-of-day

@@ -206,6 +206,7 @@ class DetectorSettings(_Model):
     off_hours_ratio: float = Field(4.0, ge=1)
     off_hours_min_events: int = Field(5, ge=1)
     off_hours_window_s: int = Field(1800, ge=60)
+    off_hours_spread: int = Field(2, ge=0)
     max_machines: int = Field(100_000, ge=1)
     machine_idle_days: float = Field(30, gt=0)
     max_pages_per_minute: int = Field(20, ge=1)
@@ -236,6 +237,7 @@ class DetectorSettings(_Model):
             off_hours_ratio=self.off_hours_ratio,
             off_hours_min_events=self.off_hours_min_events,
             off_hours_window_s=self.off_hours_window_s,
+            off_hours_spread=self.off_hours_spread,
             max_machines=self.max_machines,
             machine_idle_horizon_s=int(self.machine_idle_days * 86400),
             max_pages_per_minute=self.max_pages_per_minute,
