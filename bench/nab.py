@@ -4,8 +4,8 @@
 
 writes one CSV per data file, at the same relative path under DIR, with the columns
 timestamp,value,anomaly_score: each row scored by `SeriesBaseline` with the product's default
-parameters (score before learn), ready for NAB's scorer. No parameter is chosen per file or for
-NAB. Imports: the standard library and `detectors`.
+parameters and SeriesBaseline's own defaults (score before learn), ready for NAB's scorer. No
+parameter is chosen per file or for NAB. Imports: the standard library and `detectors`.
 """
 
 from __future__ import annotations

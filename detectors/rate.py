@@ -14,7 +14,9 @@ does not teach the baseline that bursts are normal; a deviation that persists on
 
 `RateBaseline` counts events per interval for the detection core. `SeriesBaseline` is the same
 model as a river-style anomaly detector (`learn_one` / `score_one`) for any timestamped numeric
-series, one value per interval: that is how it is benchmarked on NAB (`bench/nab.py`).
+series, one value per interval: that is how it is benchmarked on NAB (`bench/nab.py`). Its
+score adds, on top of the model's z-score, multi-scale surprise statistics calibrated against
+the series' own tail (see the class); `RateBaseline.observe` does not use them.
 
 Imports: the standard library only.
 """
@@ -396,8 +398,8 @@ def _product_score(s: float) -> float:
     return 100.0 * s if s >= 0.5 else 0.0
 
 
-_TAIL_CLIP = 1e9
-_TAIL_RATE = 0.25
+# One surprise moves the fitted tail by at most this many times its current mean excess.
+_TAIL_CLIP = 3.0
 
 
 class _Tail:
@@ -432,10 +434,10 @@ class _Tail:
                 self.b += max(0.2, 1.0 / self.n) * (u - self.q - self.b)
             return
         if u > self.q:
-            # The mean excess remembers about as many intervals as the mean does.
-            bb = max(self.b, 0.5 * sd, 0.05)
-            ex = min(u - self.q, _TAIL_CLIP * bb)
-            self.b += min(1.0, _TAIL_RATE * rate / (1.0 - level)) * (ex - self.b)
+            # The mean excess remembers about as many intervals as the mean does (a handful
+            # of exceedances: a tail that recurs is soon the series' normal), winsorised.
+            ex = min(u - self.q, _TAIL_CLIP * max(self.b, 0.5 * sd, 0.05))
+            self.b += min(1.0, rate / (1.0 - level)) * (ex - self.b)
             self.q += step * sd * level
         else:
             # Stochastic quantile: in equilibrium a fraction 1 - level of values exceed q.

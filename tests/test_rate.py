@@ -183,3 +183,52 @@ def test_series_state_is_small() -> None:
     for x in series(5000):
         m.learn_one(x)
     assert len(json.dumps(m.state())) <= 800
+
+
+def scores_of(values: list[float], **kw: object) -> list[float]:
+    """Score-before-learn of a 5-minute series through SeriesBaseline(**kw)."""
+    m = SeriesBaseline(**kw)  # type: ignore[arg-type]
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    out = []
+    for i, v in enumerate(values):
+        x = {"value": v, "timestamp": t0 + timedelta(minutes=5 * i)}
+        out.append(m.score_one(x))
+        m.learn_one(x)
+    return out
+
+
+def noise(n: int, seed: int = 3) -> list[float]:
+    rnd = random.Random(seed)
+    return [10 + rnd.gauss(0, 1) for _ in range(n)]
+
+
+def test_series_noise_does_not_page() -> None:
+    scores = scores_of(noise(20_000))
+    assert max(scores[1000:]) < 0.5
+
+
+def test_series_recurring_spikes_become_normal() -> None:
+    # A spike of 30 sd every 100 intervals: the first ones are news, later ones are the
+    # series' own tail (the calibration is the series' peaks over its 99th percentile).
+    xs = [v + (30 if i % 100 == 50 else 0) for i, v in enumerate(noise(4000))]
+    scores = scores_of(xs)
+    assert max(scores[i] for i in range(150, 1000, 100)) >= 0.5
+    assert max(scores[i] for i in range(3050, 4000, 100)) < 0.45
+
+
+@pytest.mark.parametrize("shift", [8.0, -8.0])
+def test_series_level_shift_pages_once(shift: float) -> None:
+    xs = [v + (shift if i >= 3000 else 0) for i, v in enumerate(noise(3500))]
+    scores = scores_of(xs)
+    assert max(scores[1000:3000]) < 0.5
+    assert max(scores[3000:3010]) >= 0.5
+    # The new level is learned, and the repeat rule keeps it one detection.
+    assert sum(s >= 0.5 for s in scores[3000:]) <= 3
+
+
+def test_series_scales_see_a_persistent_deviation() -> None:
+    # 2.5 sd for good: no single value is extreme, the run of them is.
+    xs = [v + (2.5 if i >= 3000 else 0) for i, v in enumerate(noise(3400))]
+    multi = scores_of(xs, repeat_intervals=1)
+    point = scores_of(xs, scales=(1,), repeat_intervals=1)
+    assert max(multi[3000:3100]) > max(point[3000:3100]) + 0.05
