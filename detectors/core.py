@@ -116,6 +116,8 @@ class DetectorConfig:
     cooldown_s: int = 900
     update_every_s: int = 60  # at most one 'updated' state per alert per this much event time
     max_operations: int = 128
+    rate_peak_ratio: float = 1.5  # a spike must also exceed the recent peak this many times
+    rate_peak_half_life_s: int = 7 * 86400
     failure_min_count: int = 5  # failures in one interval before the ratio can page
     failure_min_ratio: float = 0.3  # and at least this share of the interval's accesses
     silence_min_rate: float = 0.5  # watched for silence above this many events per interval
@@ -192,6 +194,7 @@ class MachineState:
     fail: list[Any] = field(default_factory=lambda: [-1, 0, 0, 0.0, 0])
     off: list[int] = field(default_factory=list)  # [window, events in it, alerted]
     hmax: list[int] = field(default_factory=list)  # most events seen per window of the day
+    peak: list[Any] = field(default_factory=list)  # [interval, count in it, decayed peak]
 
     @classmethod
     def new(cls, ts_ms: int) -> MachineState:
@@ -210,6 +213,7 @@ class MachineState:
             "x": self.fail,
             "h": self.off,
             "k": self.hmax,
+            "pk": self.peak,
         }
 
     @classmethod
@@ -226,6 +230,7 @@ class MachineState:
             d.get("x", [-1, 0, 0, 0.0, 0]),
             d.get("h", []),
             d.get("k", []),
+            d.get("pk", []),
         )
 
 
@@ -536,6 +541,12 @@ class DetectionCore:
         rate = RateBaseline(cfg.rate, state.rate)
         self._last_rate = rate
         rate_score = rate.observe(ts)
+        peak = self._peak(cfg, state, ts)
+        if rate_score > 0 and rate.count < cfg.rate_peak_ratio * peak:
+            # Bursts this machine makes routinely (a console session, a cron fan-in) are
+            # clipped out of the learned level on purpose; its own recent peaks say they are
+            # normal for it.
+            rate_score = 0.0
         if warm and rate_score > 0:
             expected = rate.expected()
             findings.append(
@@ -619,6 +630,25 @@ class DetectionCore:
         (fewer than two others in the fan-out window)."""
         window_start = ts - cfg.fanout_window_s * 1000
         return sum(1 for r in state.recent_new if r[0] >= window_start) < 2
+
+    @staticmethod
+    def _peak(cfg: DetectorConfig, state: MachineState, ts: int) -> float:
+        """The machine's recent busiest interval (decaying with a half-life of
+        `rate_peak_half_life_s`), excluding the current interval."""
+        interval_ms = cfg.rate.interval_s * 1000
+        interval = ts // interval_ms
+        if not state.peak:
+            state.peak = [interval, 0, 0.0]
+        current, count, peak = state.peak
+        if interval > current:
+            gap = interval - current
+            decay = 0.5 ** (gap * cfg.rate.interval_s / cfg.rate_peak_half_life_s)
+            peak = max(peak * decay, float(count))
+            current, count = interval, 0
+        if interval >= current:
+            count += 1
+        state.peak = [current, count, round(peak, 3)]
+        return float(peak)
 
     def _off_hours(
         self,

@@ -197,6 +197,8 @@ class DetectorSettings(_Model):
     cooldown_s: int = Field(900, ge=0)
     update_every_s: int = Field(60, ge=0)
     max_operations: int = Field(128, ge=1)
+    rate_peak_ratio: float = Field(1.5, ge=1)
+    rate_peak_half_life_s: int = Field(7 * 86400, ge=60)
     failure_min_count: int = Field(5, ge=1)
     failure_min_ratio: float = Field(0.3, gt=0, le=1)
     silence_min_rate: float = Field(0.5, gt=0)
@@ -228,6 +230,8 @@ class DetectorSettings(_Model):
             cooldown_s=self.cooldown_s,
             update_every_s=self.update_every_s,
             max_operations=self.max_operations,
+            rate_peak_ratio=self.rate_peak_ratio,
+            rate_peak_half_life_s=self.rate_peak_half_life_s,
             failure_min_count=self.failure_min_count,
             failure_min_ratio=self.failure_min_ratio,
             silence_min_rate=self.silence_min_rate,

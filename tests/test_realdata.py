@@ -198,11 +198,5 @@ def test_otrf_end_to_end_the_stolen_role_pages(otrf_doc: dict[str, Any]) -> None
 
 
 @needs_datasets
-@pytest.mark.xfail(
-    reason="known detection gap: access_rate pages pedro's console bursts (20+ calls in a "
-    "minute, every day of his history too): the winsorised rate baseline never learns a "
-    "regular burst",
-    strict=False,
-)
 def test_otrf_end_to_end_pedro_does_not_page(otrf_doc: dict[str, Any]) -> None:
     assert not otrf_doc["pedro_paged"]
