@@ -98,25 +98,50 @@ def read_topic(
         consumer.close()
 
 
+_TRANSIENT = {
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError._TIMED_OUT,
+    KafkaError._TRANSPORT,
+}
+
+
 def group_lag(cfg: Config, group: str, topic: str, timeout: float = 10.0) -> int:
     """Messages of `topic` not yet committed by consumer group `group` (all partitions)."""
     consumer = Consumer(
         {**cfg.kafka.client_config(), "group.id": group, "enable.auto.commit": False}
     )
+    deadline = time.monotonic() + timeout
     try:
-        meta = consumer.list_topics(topic, timeout=timeout).topics[topic]
-        parts = [TopicPartition(topic, p) for p in meta.partitions]
-        committed = consumer.committed(parts, timeout=timeout)
-        lag = 0
-        for tp in committed:
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(topic, tp.partition), timeout=timeout
-            )
-            start = tp.offset if tp.offset >= 0 else low
-            lag += max(high - start, 0)
-        return lag
+        while True:
+            try:
+                return _lag(consumer, topic, timeout)
+            except KafkaException as e:
+                # The group coordinator moves or loads (NOT_COORDINATOR, COORDINATOR_LOAD_IN_
+                # PROGRESS...): a moment later the same question has an answer.
+                err = e.args[0]
+                transient = err.retriable() or err.code() in _TRANSIENT
+                if not transient or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
     finally:
         consumer.close()
+
+
+def _lag(consumer: Consumer, topic: str, timeout: float) -> int:
+    meta = consumer.list_topics(topic, timeout=timeout).topics[topic]
+    parts = [TopicPartition(topic, p) for p in meta.partitions]
+    lag = 0
+    for tp in consumer.committed(parts, timeout=timeout):
+        low, high = consumer.get_watermark_offsets(
+            TopicPartition(topic, tp.partition), timeout=timeout
+        )
+        start = tp.offset if tp.offset >= 0 else low
+        lag += max(high - start, 0)
+    return lag
 
 
 def pipeline_lag(cfg: Config, timeout: float = 10.0) -> int:
