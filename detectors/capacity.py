@@ -22,7 +22,6 @@ class MachineIndex:
     """Machines of one store in least-recently-seen order."""
 
     last_seen: OrderedDict[str, int] = field(default_factory=OrderedDict)
-    evicted: int = 0
 
     def touch(self, machine: str, ts_ms: int) -> None:
         self.last_seen[machine] = max(ts_ms, self.last_seen.get(machine, ts_ms))

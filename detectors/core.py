@@ -258,7 +258,11 @@ class DetectionCore:
         self._indexes: dict[Any, MachineIndex] = {}
         self._storms: dict[Any, StormWindow] = {}
         self.evictions = 0
-        self._last_rate: RateBaseline | None = None
+        self._last: tuple[str, DetectorConfig, RateBaseline] = (
+            "",
+            self.config,
+            RateBaseline(self.config.rate),
+        )
         self.last_findings: list[Finding] = []
 
     def group_of(self, event: AuditEvent) -> str:
@@ -334,7 +338,6 @@ class DetectionCore:
         for machine in evicted:
             kv.delete(MACHINE, machine)
             watch.entries.pop(machine, None)
-            index.evicted += 1
             self.evictions += 1
 
     def expire_idle(self, kv: KeyValue, partition: Any, now_ms: int) -> list[str]:
@@ -422,12 +425,11 @@ class DetectionCore:
     def _watch_silence(
         self, event: AuditEvent, state: MachineState, kv: KeyValue, partition: Any, source: Any
     ) -> list[Alert]:
-        group = self.group_of(event)
-        cfg = self.config_for(event.machine_id, group)
+        # process() has just resolved this event's group, config and rate baseline: reuse
+        # them rather than work them out again on the per-event path.
+        group, cfg, rate = self._last
         watch = self._watches.get(kv, partition)
         ts = event.timestamp_ms
-        # process() just built this machine's baseline: reuse it rather than parse it again.
-        rate = self._last_rate or RateBaseline(cfg.rate, state.rate)
         if rate.warm and rate.expected() >= cfg.silence_min_rate:
             entry = watch.entries.get(event.machine_id)
             if entry is None:
@@ -539,7 +541,7 @@ class DetectionCore:
         warm = own_warm or peer_warm
 
         rate = RateBaseline(cfg.rate, state.rate)
-        self._last_rate = rate
+        self._last = (group_name, cfg, rate)
         rate_score = rate.observe(ts)
         peak = self._peak(cfg, state, ts)
         if rate_score > 0 and rate.count < cfg.rate_peak_ratio * peak:

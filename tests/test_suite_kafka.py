@@ -16,7 +16,7 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from bench.evaluate import in_window, is_page
+from bench.evaluate import alert_time_ms, in_window, is_page
 from schemas.codec import encode_event_avro
 from streams.producer import to_avro_record
 from streams.reading import pipeline_lag
@@ -50,17 +50,8 @@ def detected(traffic: SyntheticTraffic, alerts: list[dict[str, Any]]) -> set[tup
         (e.kind, e.machine_id)
         for e in traffic.episodes
         if e.malicious
-        and any(
-            p["machine_id"] == e.machine_id and in_window(orjson_time(p["event_time"]), e)
-            for p in pages
-        )
+        and any(p["machine_id"] == e.machine_id and in_window(alert_time_ms(p), e) for p in pages)
     }
-
-
-def orjson_time(text: str) -> int:
-    from schemas.event import parse_timestamp_us
-
-    return parse_timestamp_us(text) // 1000
 
 
 def test_kafka_and_replay_page_the_same_episodes(stack: Any, tmp_path: Path) -> None:
