@@ -22,6 +22,8 @@ COPY pyproject.toml README.m[d] ./
 COPY streams ./streams
 COPY schemas ./schemas
 COPY detectors ./detectors
+# `auditwatch backtest` scores pages with bench.evaluate.
+COPY bench ./bench
 RUN pip install --no-deps .
 
 # Fixed numeric ids: `USER` by number lets Kubernetes' runAsNonRoot verify the user, and

@@ -44,3 +44,15 @@ eval: $(STAMP)
 .PHONY: realdata
 realdata: $(STAMP)
 	$(PY) -m bench.realdata --out eval/realdata.json
+
+# Throughput, alert latency, state size and restore time against a plain-consumer ceiling, a
+# faust peer and replay (bench/README.md): bench/results/latest.json and a table, under 10
+# minutes on two cores. Other sizes: make bench BENCH_ARGS="--events 200000 --skip faust".
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+.PHONY: bench
+bench: $(BENCH_STAMP)
+	$(PY) -m bench.perf $(BENCH_ARGS)

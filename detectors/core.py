@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from fnmatch import fnmatchcase
 from typing import Any
@@ -19,11 +20,14 @@ from typing import Any
 import orjson
 
 from detectors.capacity import MachineIndex, StormWindow
+from detectors.combined import CombinedModels, CombinedParams, MemoryKV
+from detectors.combined import explain as explain_combined
+from detectors.combined import features as combined_features
 from detectors.identity import default_group, normalise_resource
 from detectors.peers import KeyValue, PeerGroup, store_first_seen
-from detectors.rate import RateBaseline, RateParams
+from detectors.rate import RateBaseline, RateParams, poisson_tail
 from detectors.silence import SWEEP_EVERY_MS, SilenceWatch, SilenceWatches, WatchEntry
-from schemas.alert import SEVERITY_RANK, Alert, Scalar, severity_for
+from schemas.alert import SEVERITY_RANK, Alert, AlertControl, Scalar, severity_for
 from schemas.event import AuditEvent, format_rfc3339_ms
 
 # Verbs (SQL, Redis, HTTP, cloud API names after the service prefix) that destroy or rewrite.
@@ -35,6 +39,10 @@ _READ = re.compile(
     r"^(?:[\w.-]+:)*(SELECT|GET|LIST|READ|DESCRIBE|HEAD|SCAN|CONSUME|QUERY|FETCH|SUBSCRIBE|"
     r"LOOKUP|SEARCH|WATCH|MGET|HGET|EXISTS|CHECK|VIEW|LOOKUP)"
 )
+
+
+_BURST_GAP_MS = 10_000  # off-hours accesses closer than this count as one
+_RUN_GAP_MS = 300_000  # and a run of them ends after this much quiet
 
 
 def is_destructive(operation: str) -> bool:
@@ -64,8 +72,23 @@ HINTS = {
     "silence": "Check whether the machine crashed, was scaled down or lost its network or "
     "credentials; if it was stopped on purpose, no action.",
     "storm": "Many machines at once: look for the common cause.",
+    "combined": "Several signals moved together (rate, new resources, failures, writes): "
+    "check the machine's recent accesses as a whole for a leaked credential in slow use.",
     "new_identity": "Check who deployed this identity and whether it belongs to a known "
     "workload; an unknown identity touching sensitive resources is a red flag.",
+}
+
+# What each detector's `expected` numbers were learned over, added to its alerts as
+# expected["baseline"] (with expected["baseline_since"], the start of the machine's history).
+BASELINES = {
+    "access_rate": "accesses per {interval_s}-second interval, by time of day",
+    "new_resource": "resources the machine or its peer group used in the last {horizon_days} days",
+    "failure_ratio": "share of failed or denied accesses per {interval_s}-second interval",
+    "operation": "operations the machine or its peer group performed",
+    "off_hours": "accesses per {window_minutes}-minute window at this time of day",
+    "silence": "accesses at this time of day",
+    "combined": "the activity windows of the machine's peer group",
+    "new_identity": "peer groups known to this deployment",
 }
 
 
@@ -130,6 +153,11 @@ class DetectorConfig:
     off_hours_min_events: int = 5  # and at least this many events in the window
     off_hours_window_s: int = 1800
     off_hours_spread: int = 2  # windows either side that also count as "this time of day"
+    # A dense burst pages before the window fills: this many events, at a Poisson tail
+    # probability at most off_hours_burst_p given this time of day's learned rate.
+    off_hours_burst_events: int = 3
+    off_hours_burst_p: float = 1e-3
+    combined: CombinedParams | None = field(default_factory=CombinedParams)  # None: off
     silence_min_active_hours: int = 6  # only machines busy most of the day are watched
     silence_max_skew_s: int = 3600  # a source this far behind the others counts as idle
     silence_min_gap_s: int = 300  # and never called silent before this much quiet
@@ -192,9 +220,13 @@ class MachineState:
     ops: dict[str, int] = field(default_factory=dict)  # operation -> last seen (ms)
     # [interval, accesses in it, failures in it, learned failure ratio, intervals learned]
     fail: list[Any] = field(default_factory=lambda: [-1, 0, 0, 0.0, 0])
-    off: list[int] = field(default_factory=list)  # [window, events in it, alerted]
+    # [window, events in it, alerted, first ms, events spaced apart, last spaced ms]
+    off: list[int] = field(default_factory=list)
     hmax: list[int] = field(default_factory=list)  # most events seen per window of the day
     peak: list[Any] = field(default_factory=list)  # [interval, count in it, decayed peak]
+    # the combined score's open window: [window, events, failures, writes, new resources,
+    # new operations]
+    win: list[int] = field(default_factory=list)
 
     @classmethod
     def new(cls, ts_ms: int) -> MachineState:
@@ -214,6 +246,7 @@ class MachineState:
             "h": self.off,
             "k": self.hmax,
             "pk": self.peak,
+            "cw": self.win,
         }
 
     @classmethod
@@ -231,6 +264,7 @@ class MachineState:
             d.get("h", []),
             d.get("k", []),
             d.get("pk", []),
+            d.get("cw", []),
         )
 
 
@@ -248,8 +282,18 @@ class Finding:
 class DetectionCore:
     """Scores each event against its machine's baselines, then learns it."""
 
-    def __init__(self, config: DetectorConfig | None = None) -> None:
+    def __init__(
+        self,
+        config: DetectorConfig | None = None,
+        control: Callable[[str], AlertControl | None] | None = None,
+    ) -> None:
         self.config = config or DetectorConfig()
+        # On-call's acknowledgements and snoozes by alert_id, consulted only when an alert
+        # state is built (None in replay: nobody acknowledges a replay).
+        self.control = control
+        # Per store: machines with open episodes -> (latest finding ms, group), so episodes of
+        # machines that fall quiet resolve on the store's clock rather than never.
+        self._open: dict[Any, dict[str, tuple[int, str]]] = {}
         self.config_version = self.config.version()
         self._group_patterns = [re.compile(p) for p in self.config.group_patterns]
         self._per_machine: dict[str, DetectorConfig] = {}
@@ -264,6 +308,19 @@ class DetectionCore:
             RateBaseline(self.config.rate),
         )
         self.last_findings: list[Finding] = []
+        self._combined_models: CombinedModels | None = None
+        self._combined_store = MemoryKV()
+
+    def reconfigure(self, config: DetectorConfig) -> None:
+        """Swap the detection settings, keeping everything learned: baselines live in the
+        stores, and the silence watches, machine indexes and storm windows stay. Call it
+        between events, on the thread that processes them. Rebuilds what __init__ derives
+        from the config; keep the two in step."""
+        self.config = config
+        self.config_version = config.version()
+        self._group_patterns = [re.compile(p) for p in config.group_patterns]
+        self._per_machine = {}
+        self._last = ("", config, RateBaseline(config.rate))
 
     def group_of(self, event: AuditEvent) -> str:
         """The peer group of the event's machine (and the detection stage's partitioning
@@ -322,6 +379,7 @@ class DetectionCore:
         state = MachineState.from_dict(orjson.loads(raw)) if raw is not None else None
         state, alerts = self.process(event, state, kv)
         kv.set(MACHINE, event.machine_id, orjson.dumps(state.to_dict()))
+        self._note_open(partition, event.machine_id, self._last[0], state)
         self._track(event, kv, partition)
         alerts.extend(self._watch_silence(event, state, kv, partition, source))
         return self._storm_control(event, alerts, partition) if alerts else alerts
@@ -447,8 +505,41 @@ class DetectionCore:
         for machine in self.expire_idle(kv, partition, watch.clock_ms):
             watch.entries.pop(machine, None)
         alerts = self._sweep(watch, kv)
+        alerts.extend(self._resolve_idle(kv, partition, watch.clock_ms))
         self._watches.save(kv, watch)
         return alerts
+
+    def _note_open(self, partition: Any, machine: str, group: str, state: MachineState) -> None:
+        open_ = self._open.setdefault(partition, {})
+        # A silence episode stays open while the machine is silent: only its return ends it.
+        last = [ep.last_ms for d, ep in state.episodes.items() if d != "silence"]
+        if last:
+            open_[machine] = (max(last), group)
+        elif open_:
+            open_.pop(machine, None)
+
+    def _resolve_idle(self, kv: KeyValue, partition: Any, now_ms: int) -> list[Alert]:
+        """Resolve the episodes of machines that have sent nothing for a cooldown: their own
+        next event, which would resolve them, may never come. Runs at each sweep."""
+        open_ = self._open.get(partition)
+        if not open_:
+            return []
+        out: list[Alert] = []
+        for machine, (last_ms, group) in list(open_.items()):
+            cfg = self.config_for(machine, group)
+            if now_ms - last_ms <= cfg.cooldown_s * 1000:
+                continue
+            del open_[machine]
+            raw = kv.get(MACHINE, machine)
+            if raw is None:
+                continue
+            state = MachineState.from_dict(orjson.loads(raw))
+            resolved = self._resolve_quiet(cfg, machine, group, state, now_ms, keep="silence")
+            if resolved:
+                kv.set(MACHINE, machine, orjson.dumps(state.to_dict()))
+                out.extend(resolved)
+            self._note_open(partition, machine, group, state)
+        return out
 
     def _sweep(self, watch: SilenceWatch, kv: KeyValue) -> list[Alert]:
         now = watch.clock_ms
@@ -570,6 +661,9 @@ class DetectionCore:
         failure = self._failure(cfg, event, state, warm)
         if failure is not None:
             findings.append(failure)
+        op_new = event.operation.upper() not in state.ops and not (
+            peers is not None and peers.uses_operation(event.operation.upper())
+        )
         operation = self._operation(cfg, event, state, warm, peers)
         if operation is not None:
             findings.append(operation)
@@ -613,6 +707,12 @@ class DetectionCore:
                 )
             )
         self._learn_resource(cfg, state, resource, ts)
+        if cfg.combined is not None:
+            combined = self._combined(
+                cfg, cfg.combined, event, state, rate, group_name, kv, warm, op_new, not known
+            )
+            if combined is not None:
+                findings.append(combined)
 
         state.n += 1
         state.last_ms = max(state.last_ms, ts)
@@ -625,6 +725,89 @@ class DetectionCore:
             if alert is not None:
                 alerts.append(alert)
         return state, alerts
+
+    def _combined(
+        self,
+        cfg: DetectorConfig,
+        p: CombinedParams,
+        event: AuditEvent,
+        state: MachineState,
+        rate: RateBaseline,
+        group: str,
+        kv: KeyValue | None,
+        warm: bool,
+        op_new: bool,
+        resource_new: bool,
+    ) -> Finding | None:
+        """Close the machine's previous window when this event is past it, score it with the
+        group's model (then learn it), and count this event into its own window."""
+        ts = event.timestamp_ms
+        window = ts // (p.window_s * 1000)
+        win = state.win
+        finding = None
+        if win and window > win[0]:
+            finding = self._score_window(cfg, p, event, state, rate, group, kv, warm)
+            win = []
+        elif win and window < win[0]:
+            window = win[0]  # a late event counts in the open window
+        if not win:
+            win = [window, 0, 0, 0, 0, 0]
+        win[1] += 1
+        win[2] += event.outcome != "SUCCESS"
+        win[3] += is_write(event.operation)
+        win[4] += resource_new
+        win[5] += op_new
+        state.win = win
+        return finding
+
+    def _score_window(
+        self,
+        cfg: DetectorConfig,
+        p: CombinedParams,
+        event: AuditEvent,
+        state: MachineState,
+        rate: RateBaseline,
+        group: str,
+        kv: KeyValue | None,
+        warm: bool,
+    ) -> Finding | None:
+        window, count, failures, writes, new_resources, new_ops = state.win
+        start_ms = window * p.window_s * 1000
+        expected = rate.expected_at(start_ms) * p.window_s / cfg.rate.interval_s
+        learned_failures = float(state.fail[3]) if len(state.fail) > 3 else 0.0
+        x = combined_features(
+            count, expected, failures, learned_failures, writes, new_resources, new_ops
+        )
+        store = kv if kv is not None else self._combined_store
+        if self._combined_models is None or self._combined_models.params != p:
+            self._combined_models = CombinedModels(p)
+        score = self._combined_models.score_and_learn(store, group, x)
+        if score is None or not warm or count < p.min_events or score < p.page_at:
+            return None
+        # What another detector already explains is not news; this one is for the windows
+        # where no single rule fired.
+        if any(
+            d != "combined" and event.timestamp_ms - ep.last_ms <= cfg.cooldown_s * 1000
+            for d, ep in state.episodes.items()
+        ):
+            return None
+        observed = explain_combined(x, count, expected)
+        minutes = p.window_s // 60
+        return Finding(
+            "combined",
+            min(100.0, 50.0 + 50.0 * (score - p.page_at) / max(1e-9, 1.0 - p.page_at)),
+            f"{event.machine_id}'s {minutes} minutes from {format_rfc3339_ms(start_ms)[11:16]} "
+            f"UTC were unusual as a whole: {count} accesses (about {expected:.0f} expected), "
+            f"{observed['new_resources']} new resources, {failures} failed, {writes} writes, "
+            f"{observed['new_operations']} new operations.",
+            {**observed, "combined_score": round(score, 3)},
+            {
+                "events": round(expected, 1),
+                "failure_ratio": round(learned_failures, 3),
+                "window_minutes": minutes,
+                "page_at": p.page_at,
+            },
+        )
 
     @staticmethod
     def _learns_quietly(cfg: DetectorConfig, state: MachineState, ts: int) -> bool:
@@ -675,13 +858,32 @@ class DetectionCore:
                 state.hmax[prev] = max(state.hmax[prev], state.off[1])
                 if peers is not None and state.off[1] > 1:
                     peers.note_window(prev, slots, state.off[1])
-            state.off = [window, 0, 0]
+            # A run of accesses going on across the window boundary stays one run for the
+            # burst test; the learned rate is taken as the run starts, before the run's own
+            # events teach the time-of-day profile (micro-events per interval: an int list).
+            run = (
+                state.off[3:7]
+                if len(state.off) > 6
+                and ts - state.off[5] <= _RUN_GAP_MS
+                and ts - state.off[3] <= window_ms  # a busy day is not one long run
+                else []
+            )
+            state.off = [window, 0, 0, *(run or [ts, 0, ts - _BURST_GAP_MS, 0])]
+            if not run:
+                state.off[6] = round(rate.expected_at(ts) * 1e6)
         elif window < state.off[0]:
             return None  # a late event: its window is closed
         state.off[1] += 1
-        _, count, fired = state.off
+        if len(state.off) > 5 and ts - state.off[5] >= _BURST_GAP_MS:
+            state.off[4] += 1
+            state.off[5] = ts
+        count, fired = state.off[1], state.off[2]
         # Idle hours are only known once the profile has seen at least a full day.
-        if fired or count < cfg.off_hours_min_events or rate.n < 86_400 // cfg.rate.interval_s:
+        if (
+            fired
+            or count < min(cfg.off_hours_min_events, cfg.off_hours_burst_events)
+            or rate.n < 86_400 // cfg.rate.interval_s
+        ):
             return None
         # Neighbouring windows count too: sessions and schedules drift by an hour or so from
         # day to day, and that is not "off hours".
@@ -689,29 +891,63 @@ class DetectionCore:
             (window + d) % slots for d in range(-cfg.off_hours_spread, cfg.off_hours_spread + 1)
         ]
         before = max(state.hmax[i] for i in near)
-        if count < cfg.off_hours_ratio * max(before, 1):
-            return None
         if peers is not None and peers.members > 1:
             before = max(before, *(peers.busiest_window(i) for i in near))
-        if count < cfg.off_hours_ratio * max(before, 1):
-            return None
         day = ts - ts % 86_400_000
         peak = max(rate.expected_at(day + h * 3_600_000) for h in range(24))
         expected_now = rate.expected_at(ts)
         if expected_now > cfg.off_hours_max_share * peak:
             return None
+        full = (
+            count > before
+            and count >= cfg.off_hours_min_events
+            and count >= cfg.off_hours_ratio * max(before, 1)
+        )
+        # The window rule waits for a window's worth of evidence; at an office tool's daytime
+        # pace (about one access a minute) that is a quarter of an hour. Against the learned
+        # rate for this time of day (at least one an hour), a few accesses spread over a
+        # minute or two are already as unlikely. Accesses closer than _BURST_GAP_MS count
+        # once: one action often makes several calls (retries, a page load), and a Poisson
+        # test on them would see a burst in a single click.
+        first_ms = state.off[3] if len(state.off) > 3 else ts
+        spaced = state.off[4] if len(state.off) > 4 else 0
+        # The rate to beat: the machine's own, learned for this time of day, and at least
+        # the busiest window it or a peer ever had here, spread by the window rule's ratio (a
+        # busiest window is a maximum over days and members, not a mean). Only where that
+        # busiest window is small: a group that is busy at this hour in bursts (CI runners
+        # taking turns) is not Poisson, and the window rule judges it.
+        start_rate = state.off[6] / 1e6 if len(state.off) > 6 else expected_now
+        lam = max(
+            start_rate / cfg.rate.interval_s,
+            before / (cfg.off_hours_ratio * cfg.off_hours_window_s),
+            1.0 / 3600.0,
+        )
+        p = poisson_tail(spaced - 1, lam * (ts - first_ms) / 1000.0)
+        burst = (
+            before < cfg.off_hours_ratio * cfg.off_hours_burst_events
+            and spaced >= cfg.off_hours_burst_events
+            and p <= cfg.off_hours_burst_p
+        )
+        if not (full or burst):
+            return None
         state.off[2] = 1
         hour = format_rfc3339_ms(ts)[11:16]
-        minutes = cfg.off_hours_window_s // 60
+        minutes = max(1, math.ceil((ts - first_ms) / 60_000))
+        by_window = 10.0 * math.log2(count / (cfg.off_hours_ratio * max(before, 1)) + 1)
+        by_burst = 5.0 * math.log10(cfg.off_hours_burst_p / max(p, 1e-300))
         return Finding(
             "off_hours",
-            min(100.0, 50.0 + 10.0 * math.log2(count / (cfg.off_hours_ratio * max(before, 1)) + 1)),
+            min(100.0, 50.0 + max(by_window if full else 0.0, by_burst if burst else 0.0)),
             f"{event.machine_id} made {count} accesses within {minutes} minutes at {hour} UTC, "
-            f"a time of day when it is nearly idle (at most {before} before).",
-            {"events": count, "window_minutes": minutes, "resource": event.resource},
+            f"a time of day when it is nearly idle (at most {before} in "
+            f"{cfg.off_hours_window_s // 60} minutes before, about "
+            f"{lam * 3600:.1f} an hour expected).",
+            {"events": count, "minutes": minutes, "resource": event.resource},
             {
                 "most_events_at_this_time": before,
+                "events_per_hour_at_this_time": round(lam * 3600, 2),
                 "share_of_busiest_hour": round(expected_now / peak, 3) if peak else 0.0,
+                "window_minutes": cfg.off_hours_window_s // 60,
             },
         )
 
@@ -857,7 +1093,12 @@ class DetectionCore:
             ep.severity = severity if status == "escalated" else ep.severity
             ep.score = max(ep.score, f.score)
             ep.last_emit_ms = ts
-            return self._alert(event.machine_id, group, f.detector, status, ep, f, ts)
+            control = self.control(ep.alert_id) if self.control is not None else None
+            if status == "escalated" and control is not None and control.silenced:
+                # Acknowledged or snoozed: the higher severity is recorded, nobody is paged.
+                status = "updated"
+            f = self._with_baseline(cfg, f, state)
+            return self._alert(event.machine_id, group, f.detector, status, ep, f, ts, control)
         ep = Episode(
             alert_id=self._alert_id(event.machine_id, f.detector, event.event_id),
             first_ms=ts,
@@ -869,17 +1110,41 @@ class DetectionCore:
             event_ids=[event.event_id],
         )
         state.episodes[f.detector] = ep
+        f = self._with_baseline(cfg, f, state)
         return self._alert(event.machine_id, group, f.detector, "opened", ep, f, ts)
 
+    @staticmethod
+    def _with_baseline(cfg: DetectorConfig, f: Finding, state: MachineState) -> Finding:
+        """The finding with what its expected numbers were learned over."""
+        text = BASELINES.get(f.detector)
+        if text is None or "baseline" in f.expected:
+            return f
+        baseline = text.format(
+            interval_s=cfg.rate.interval_s,
+            horizon_days=round(cfg.resource_horizon_s / 86400),
+            window_minutes=cfg.off_hours_window_s // 60,
+        )
+        extra: dict[str, Scalar] = {"baseline": baseline}
+        if f.detector != "new_identity":
+            extra["baseline_since"] = format_rfc3339_ms(state.first_ms)
+        return replace(f, expected={**f.expected, **extra})
+
     def _resolve_quiet(
-        self, cfg: DetectorConfig, machine_id: str, group: str, state: MachineState, ts: int
+        self,
+        cfg: DetectorConfig,
+        machine_id: str,
+        group: str,
+        state: MachineState,
+        ts: int,
+        keep: str = "",
     ) -> list[Alert]:
         """Episodes quiet for a cooldown are resolved when the machine's stream moves past it
-        (event time, not wall clock, so replay and Kafka agree)."""
+        (event time, not wall clock, so replay and Kafka agree); `keep` names a detector whose
+        episode stays open."""
         cooldown = cfg.cooldown_s * 1000
         out: list[Alert] = []
         for detector, ep in list(state.episodes.items()):
-            if ts - ep.last_ms > cooldown:
+            if ts - ep.last_ms > cooldown and detector != keep:
                 del state.episodes[detector]
                 resolved_at = ep.last_ms + cooldown
                 out.append(
@@ -911,7 +1176,10 @@ class DetectionCore:
         ep: Episode,
         f: Finding,
         ts: int,
+        control: AlertControl | None = None,
     ) -> Alert:
+        if control is None and status != "opened" and self.control is not None:
+            control = self.control(ep.alert_id)
         return Alert(
             alert_id=ep.alert_id,
             status=status,
@@ -930,4 +1198,6 @@ class DetectionCore:
             last_event_time=format_rfc3339_ms(ep.last_ms),
             repeat_count=ep.count,
             hint=HINTS.get(detector),
+            acknowledged_by=control.acknowledged_by if control is not None else None,
+            snoozed_until=control.snoozed_until if control is not None else None,
         )

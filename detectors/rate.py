@@ -388,6 +388,26 @@ class RateBaseline:
         self.model.learn(float(x["value"]), _epoch_ms(t) / 1000 if t is not None else None)
 
 
+def poisson_tail(k: int, mu: float) -> float:
+    """P(X >= k) for X ~ Poisson(mu), accurate in the far tail (summed upward from k, not
+    1 - cdf), which is where it is used: a few events where a fraction of one was expected."""
+    if k <= 0:
+        return 1.0
+    if mu <= 0.0:
+        return 0.0
+    if mu >= k:
+        return 1.0  # not in the tail; callers only ask whether it is small
+    term = math.exp(-mu + k * math.log(mu) - math.lgamma(k + 1))
+    total, i = 0.0, k
+    while term > 1e-17 * total or total == 0.0:
+        total += term
+        i += 1
+        term *= mu / i
+        if i > k + 200:
+            break
+    return min(1.0, total)
+
+
 def _unit_score(z: float, z_page: float) -> float:
     """Map a z-score (either side) to [0, 1]: 0 at z = 0, 0.5 at |z| = z_page, towards 1 beyond."""
     return 1.0 - 2.0 ** (-abs(z) / z_page)
@@ -479,7 +499,7 @@ class SeriesBaseline:
         calibration_rate: float = 0.002,
         repeat_intervals: int = 96,
         scales: tuple[int, ...] = (1, 6, 36, 216),
-        tail_level: float = 0.99,
+        tail_level: float = 0.995,
         quantile_step: float = 0.1,
         page_log10: float = 3.0,
     ) -> None:

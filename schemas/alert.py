@@ -47,6 +47,8 @@ class Alert:
     last_event_time: str | None = None
     repeat_count: int | None = None
     hint: str | None = None
+    acknowledged_by: str | None = None
+    snoozed_until: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -73,5 +75,22 @@ class Alert:
             "last_event_time": self.last_event_time,
             "repeat_count": self.repeat_count,
             "hint": self.hint,
+            "acknowledged_by": self.acknowledged_by,
+            "snoozed_until": self.snoozed_until,
         }
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class AlertControl:
+    """What on-call decided about one alert (`auditwatch alerts ack/snooze`), as the detection
+    core sees it. `snoozed_until` is set only while the snooze lasts: whoever supplies this
+    (the control topic reader) applies its own clock, so the core stays free of wall time."""
+
+    acknowledged_by: str | None = None
+    snoozed_until: str | None = None  # RFC 3339 UTC
+
+    @property
+    def silenced(self) -> bool:
+        """Repeats of the alert must not page: it is acknowledged or snoozed."""
+        return self.acknowledged_by is not None or self.snoozed_until is not None

@@ -9,6 +9,7 @@ resumes with its baselines.
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from typing import Any
@@ -17,9 +18,13 @@ from quixstreams import Application
 from quixstreams.context import message_context
 from quixstreams.models.serializers import Serializer
 
+from detectors.explain import explain_machine
 from schemas.codec import BundledSchemas, SchemaResolver, decode_detect, encode_detect
 from streams.config import Config
+from streams.control import ControlReader
+from streams.metrics import InputWatch, Telemetry, start_http
 from streams.processor import Origin, Output, Processor, now_ms
+from streams.reload import ConfigReloader
 from streams.seed import is_seed
 from streams.topics import ensure_topics
 
@@ -102,11 +107,18 @@ def make_resolver(cfg: Config) -> SchemaResolver:
 
 
 def build_application(
-    cfg: Config, processor: Processor | None = None
+    cfg: Config,
+    processor: Processor | None = None,
+    reloader: ConfigReloader | None = None,
+    telemetry: Telemetry | None = None,
 ) -> tuple[Application, Processor]:
-    """The Quix application for `cfg`, with its dataframe wired. Topics must exist."""
+    """The Quix application for `cfg`, with its dataframe wired. Topics must exist.
+    `reloader`: a new detection config it has read takes effect between two events."""
     processor = processor or Processor(cfg, make_resolver(cfg))
+    telemetry = telemetry or Telemetry(cfg, processor)
     k = cfg.kafka
+    # Quix logs through our handlers (text or JSON, see streams.logs), at WARNING as before.
+    logging.getLogger("quixstreams").setLevel(logging.WARNING)
     app = Application(
         broker_address=k.bootstrap(),
         consumer_group=k.consumer_group,
@@ -114,9 +126,14 @@ def build_application(
         commit_interval=k.commit_interval_s,
         processing_guarantee=k.processing_guarantee,
         state_dir=k.state_dir,
-        consumer_extra_config=dict(k.librdkafka),
+        consumer_extra_config={
+            **k.librdkafka,
+            # Consumer lag and group state for /metrics and /readyz (streams.metrics).
+            "statistics.interval.ms": int(cfg.monitoring.stats_interval_s * 1000),
+            "stats_cb": telemetry.on_stats,
+        },
         producer_extra_config=dict(k.librdkafka),
-        loglevel="WARNING",
+        loglevel=None,
     )
     t = cfg.topics
     source = app.topic(t.events, key_deserializer="bytes", value_deserializer="bytes")
@@ -132,9 +149,11 @@ def build_application(
     detect_source = app.topic(t.detect, key_deserializer="bytes", value_deserializer="bytes")
 
     progress = _ProgressLog(processor)
+    ingest_latency = telemetry.latency["ingest"].observe_since
+    detect_latency = telemetry.latency["detect"].observe_since
 
     def process(
-        value: bytes | None, key: bytes | None, _ts: int, _headers: Any, state: Any
+        value: bytes | None, key: bytes | None, ts: int, _headers: Any, state: Any
     ) -> list[Output]:
         ctx = message_context()
         origin = Origin(ctx.topic, ctx.partition, ctx.offset)
@@ -144,22 +163,27 @@ def build_application(
             group = processor.core.group_of(event)
             outputs.append(Output("detect", group.encode(), encode_detect(event, ctx.partition)))
         progress.tick()
+        ingest_latency(ts)
         return outputs
 
-    def detect(
-        value: bytes, _key: bytes | None, _ts: int, headers: Any, state: Any
-    ) -> list[Output]:
+    def detect(value: bytes, _key: bytes | None, ts: int, headers: Any, state: Any) -> list[Output]:
+        if reloader is not None:
+            reloader.apply(processor)
         ctx = message_context()
         source, event = decode_detect(value)
         origin = Origin(ctx.topic, ctx.partition, ctx.offset)
         # History from `auditwatch seed` is learned like live traffic, never alerted on.
-        return processor.detect(
+        outputs = processor.detect(
             event,
             _TransactionStore(state._transaction),
             origin,
             learn_only=is_seed(headers),
             source=source,
         )
+        detect_latency(ts)
+        if outputs:
+            telemetry.count_pages(outputs)
+        return outputs
 
     sdf = app.dataframe(source)
     sdf = sdf.apply(process, stateful=True, metadata=True, expand=True)
@@ -172,19 +196,104 @@ def build_application(
     stage2 = stage2.apply(detect, stateful=True, metadata=True, expand=True)
     stage2 = stage2.set_timestamp(lambda _v, _k, _t, _h: now_ms())
     stage2.to_topic(sinks["alert"], key=lambda v: v.key)
+
+    explain = _Explainer(app, stage2.stream_id, t.detect, processor)
+    # Quix has no public hook between messages; its periodic tasks run once per round of the
+    # main loop, on the processing thread, which alone may read the state stores.
+    app._dataframe_registry.register_periodic_task(lambda: telemetry.tick(explain))
     return app, processor
 
 
-def run(cfg: Config, stop: threading.Event | None = None) -> Processor:
-    """Run until SIGTERM/SIGINT (or `stop` is set). Creates missing topics first."""
+class _Explainer:
+    """Answers `/machines/ID` on the processing thread, from the detection stage's stores.
+
+    Reads go through the current checkpoint's transaction of each assigned partition, so they
+    see writes not yet committed, and never race the store being closed on a rebalance (which
+    a read from the HTTP thread could)."""
+
+    def __init__(self, app: Application, stream_id: str, topic: str, processor: Processor) -> None:
+        self.app = app
+        self.stream_id = stream_id
+        self.topic = topic
+        self.processor = processor
+
+    def __call__(self, machine_id: str, group: str | None) -> dict[str, Any]:
+        store = self.app._state_manager.get_store(self.stream_id)
+        checkpoint = self.app._processing_context.checkpoint
+        partitions = sorted(store.partitions)
+        for p in partitions:
+            kv = _TransactionStore(checkpoint.get_store_transaction(self.stream_id, p))
+            found = explain_machine(kv, self.processor.core, machine_id, group=group)
+            if found is not None:
+                return {"found": True, "topic": self.topic, "partition": p, **found}
+        return {
+            "found": False,
+            "machine_id": machine_id,
+            "error": f"{machine_id} is not in the detection partitions this worker owns "
+            "(another worker may own it, or it has not been seen)",
+            "topic": self.topic,
+            "partitions_searched": partitions,
+        }
+
+
+def run(
+    cfg: Config,
+    stop: threading.Event | None = None,
+    config_path: str | None = None,
+    reload_poll_s: float = 0.0,
+) -> Processor:
+    """Run until SIGTERM/SIGINT (or `stop` is set). Creates missing topics first. With
+    `config_path`, SIGHUP (and, with `reload_poll_s` > 0, a change to the file) reloads the
+    detection settings, keeping the baselines."""
     for report in ensure_topics(cfg):
         if report.created:
             log.warning("created topic %s", report.name)
         for diff in report.differences:
             log.warning("topic %s differs from the expected config: %s", report.name, diff)
-    app, processor = build_application(cfg)
+    reloader = ConfigReloader(config_path, cfg, reload_poll_s).start() if config_path else None
+    processor = Processor(cfg, make_resolver(cfg))
+    telemetry = Telemetry(cfg, processor)
+    app, processor = build_application(cfg, processor, reloader=reloader, telemetry=telemetry)
+    server = start_http(telemetry, cfg)
+    watch = None
+    if cfg.monitoring.input_quiet_s:
+        watch = InputWatch(cfg, telemetry, lambda: processor.core.config_version)
+        watch.start()
+    # Acknowledgements and snoozes from every partition of the control topic, whichever
+    # detection partitions this worker owns; loaded before the first event is judged.
+    control = ControlReader(cfg).start()
+    if not control.wait_ready(30.0):
+        log.warning("control topic not loaded within 30 s; acknowledgements apply once it is")
+    processor.core.control = control.lookup
     if stop is not None:
         threading.Thread(target=lambda: (stop.wait(), app.stop()), daemon=True).start()
-    # Quix installs SIGINT/SIGTERM handlers that stop after the current message and commit.
-    app.run()
+    previous_hup = _on_sighup(reloader)
+    try:
+        # Quix installs SIGINT/SIGTERM handlers that stop after the current message and commit.
+        app.run()
+    finally:
+        if watch is not None:
+            watch.stop()
+        if server is not None:
+            server.stop()
+        if previous_hup is not None:
+            signal.signal(signal.SIGHUP, previous_hup)
+        control.stop()
+        if reloader is not None:
+            reloader.stop()
     return processor
+
+
+def _on_sighup(reloader: ConfigReloader | None) -> Any:
+    """Route SIGHUP to the reloader (else ignore it: its default would kill the worker).
+    Returns the previous handler, or None where signals cannot be set (not the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(_signum: int, _frame: Any) -> None:
+        if reloader is None:
+            log.warning("SIGHUP: no config file to reload (started without --config)")
+        else:
+            reloader.request()
+
+    return signal.signal(signal.SIGHUP, handler)

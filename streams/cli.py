@@ -75,7 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg.kafka.processing_guarantee,
         cfg.detectors.build().version(),
     )
-    processor = run(cfg)
+    processor = run(cfg, config_path=args.config, reload_poll_s=args.reload_poll)
     print(orjson.dumps(dict(sorted(processor.metrics.items()))).decode(), file=sys.stderr)
     return 0
 
@@ -225,7 +225,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_alert_row(a: dict[str, Any]) -> list[str]:
+def format_alert_row(a: dict[str, Any], oncall: str = "") -> list[str]:
     return [
         a["event_time"].replace("T", " ")[:19],
         a["severity"].upper(),
@@ -234,36 +234,94 @@ def format_alert_row(a: dict[str, Any]) -> list[str]:
         a["detector"],
         f"{a['score']:.0f}",
         a["summary"],
+        a["alert_id"],
+        oncall,
     ]
 
 
+def _since_ms(text: str | None) -> int | None:
+    """--since: a duration back from now (2h, 30m, 1d) or an RFC 3339 time."""
+    if text is None:
+        return None
+    import time
+
+    from streams.control import parse_duration
+
+    try:
+        return int((time.time() - parse_duration(text)) * 1000)
+    except ValueError:
+        pass
+    try:
+        return _parse_time(text)
+    except UsageError:
+        raise UsageError(
+            f"--since {text!r}: give a duration (2h, 30m, 1d) or an RFC 3339 time"
+        ) from None
+
+
+def _oncall(a: dict[str, Any], control: Any) -> str:
+    """Who acknowledged or snoozed the alert: the alert state's own marks, else the control
+    topic's latest decision (which may be newer than the alert's last state)."""
+    ack, snoozed = a.get("acknowledged_by"), a.get("snoozed_until")
+    record = control.get(a["alert_id"]) if control is not None else None
+    if record is not None:
+        import time
+
+        current = record.control_at(int(time.time() * 1000))
+        ack = current.acknowledged_by if current is not None else None
+        snoozed = current.snoozed_until if current is not None else None
+    parts = [f"acked by {ack}"] if ack else []
+    if snoozed:
+        parts.append(f"snoozed until {snoozed[:16].replace('T', ' ')}")
+    return ", ".join(parts)
+
+
 def cmd_alerts(args: argparse.Namespace) -> int:
+    from fnmatch import fnmatchcase
+
     from schemas.alert import SEVERITY_RANK
+    from schemas.event import parse_timestamp_us
+    from streams.control import ControlReader
     from streams.reading import read_topic
 
     cfg = _config(args)
     min_rank = SEVERITY_RANK[args.min_severity]
+    since_ms = _since_ms(args.since)
+    machines: list[str] = args.machine or []
     rows: list[list[str]] = []
     console: Any = None
+    control: ControlReader | None = None
     if not args.json:
         from rich.console import Console
 
         # Piped output gets a wide table rather than rich's 80-column fallback.
         console = Console(width=None if sys.stdout.isatty() else 200)
+        # Acknowledgements and snoozes, kept current while following (its progress lines
+        # are for workers' logs, not for this table).
+        logging.getLogger("auditwatch.control").setLevel(logging.WARNING)
+        control = ControlReader(cfg).start()
+        control.wait_ready(10.0)
     try:
         for msg in read_topic(cfg, cfg.topics.alerts, follow=args.follow):
             a = orjson.loads(msg.value())
             if SEVERITY_RANK.get(a.get("severity"), 0) < min_rank:
                 continue
+            if machines and not any(fnmatchcase(a["machine_id"], g) for g in machines):
+                continue
+            if since_ms is not None and parse_timestamp_us(a["event_time"]) // 1000 < since_ms:
+                continue
             if args.json:
                 sys.stdout.write(orjson.dumps(a).decode() + "\n")
                 sys.stdout.flush()
             elif args.follow:
-                console.print(_alert_line(a))
+                console.print(_alert_line(a, _oncall(a, control)))
             else:
-                rows.append(format_alert_row(a))
+                rows.append(format_alert_row(a, _oncall(a, control)))
     except KeyboardInterrupt:
         return 0
+    finally:
+        if control is not None:
+            control.stop()
     if console is not None and not args.follow:
         _print_table(console, rows)
     return 0
@@ -272,11 +330,12 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 _STYLE = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "cyan", "info": "dim"}
 
 
-def _alert_line(a: dict[str, Any]) -> str:
+def _alert_line(a: dict[str, Any], oncall: str = "") -> str:
     sev = a["severity"]
     return (
         f"[{_STYLE[sev]}]{sev.upper():8}[/] {a['event_time'][:19].replace('T', ' ')} "
-        f"{a['status']:9} {a['detector']:13} {a['machine_id']}: {a['summary']}"
+        f"{a['status']:9} {a['detector']:13} {a['machine_id']}: {a['summary']} "
+        f"[dim]{a['alert_id']}{' (' + oncall + ')' if oncall else ''}[/]"
     )
 
 
@@ -292,6 +351,8 @@ def _print_table(console: Any, rows: list[list[str]]) -> None:
         "detector",
         "score",
         "summary",
+        "alert id",
+        "on-call",
     ):
         table.add_column(col, overflow="fold")
     for r in rows:
@@ -316,6 +377,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level",
         default=os.environ.get("AUDITWATCH_LOG_LEVEL", "INFO"),
         help="logging level (default INFO, or $AUDITWATCH_LOG_LEVEL)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=os.environ.get("AUDITWATCH_LOG_FORMAT", "text"),
+        help="text, or json: one JSON object a line, errors with topic[partition]@offset "
+        "(default text, or $AUDITWATCH_LOG_FORMAT)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -346,8 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "topics",
         help="create auditwatch's topics",
-        description="Create the events, alerts, archive and dead-letter topics "
-        "idempotently; report existing topics whose config differs (exit 1).",
+        description="Create the events, alerts, archive, dead-letter, detect and control "
+        "topics idempotently; report existing topics whose config differs (exit 1).",
     )
     p.add_argument("action", choices=["create"])
     _add_config(p)
@@ -358,7 +426,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the stream processor",
         description="Consume audit events, archive every valid one, dead-letter bad "
         "input, detect anomalies per machine and write alerts. Stops cleanly on "
-        "SIGTERM/Ctrl-C (commits first).",
+        "SIGTERM/Ctrl-C (commits first). SIGHUP reloads the config file's detector "
+        "settings without losing learned baselines (other sections need a restart).",
+    )
+    p.add_argument(
+        "--reload-poll",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="also reload when the config file changes, checked this often (default 5; "
+        "0: only on SIGHUP)",
+    )
+    # Also accepted after `run` (where operators look for it); SUPPRESS keeps the global one.
+    p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=argparse.SUPPRESS,
+        help="json: one JSON object a line, with topic[partition]@offset on the records of a "
+        "message (default text, or $AUDITWATCH_LOG_FORMAT)",
     )
     _add_config(p)
     p.set_defaults(func=cmd_run)
@@ -410,17 +495,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "alerts",
-        help="read the alerts topic",
+        help="read the alerts topic; acknowledge or snooze an alert",
         description="Show alert states from the alerts topic as a table, a live "
-        "feed (--follow) or JSON lines (--json).",
+        "feed (--follow) or JSON lines (--json); or act on one alert: `alerts ack ID`, "
+        "`alerts snooze ID --for 2h` (recorded on the control topic, honoured by every "
+        "worker).",
     )
     p.add_argument("--follow", "-f", action="store_true", help="keep reading new alerts")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument(
         "--min-severity", default="info", choices=["info", "low", "medium", "high", "critical"]
     )
+    p.add_argument(
+        "--since",
+        metavar="WHEN",
+        help="only alert states with an event time from then on: a duration back from now "
+        "(30m, 2h, 1d) or an RFC 3339 time",
+    )
+    p.add_argument(
+        "--machine",
+        action="append",
+        metavar="GLOB",
+        help="only these machines (shell glob, e.g. 'payments-api-*'; repeatable)",
+    )
     _add_config(p)
     p.set_defaults(func=cmd_alerts)
+    from streams.control import add_alert_actions
+
+    add_alert_actions(p)
+    from streams import webhook
+
+    webhook.add_parser(sub)
 
     p = sub.add_parser(
         "seed",
@@ -440,6 +545,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until", metavar="TIME", help="archive: before this event time (RFC 3339)")
     _add_config(p)
     p.set_defaults(func=cmd_seed)
+
+    # The SRE tuning loop: each command lives in its own module.
+    from streams import backtest, config_cli, deadletter
+
+    for module in (config_cli, backtest, deadletter):
+        module.add_parser(sub)
+    from streams import explain_cli
+
+    explain_cli.add_parser(sub)
     return parser
 
 
@@ -458,11 +572,9 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_third_party_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from streams.logs import setup_logging
+
+    setup_logging(args.log_level, args.log_format)
     try:
         rc: int = args.func(args)
         return rc

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from detectors.combined import CombinedParams
 from detectors.core import DetectorConfig, Override, Suppression
 from detectors.rate import RateParams
 from schemas.event import Limits
@@ -66,6 +67,11 @@ class TopicSettings(_Model):
     detect: str = Field(
         "audit.detect",
         description="Internal: valid events re-keyed by peer group for the detection stage.",
+    )
+    control: str = Field(
+        "audit.control",
+        description="On-call decisions (`auditwatch alerts ack/snooze`), keyed by alert_id, "
+        "compacted; every worker reads all of it.",
     )
     partitions: int = Field(8, ge=1)
     replication_factor: int = Field(1, ge=1)
@@ -187,6 +193,23 @@ class OverrideSettings(_Model):
     settings: DetectorPatch
 
 
+class CombinedSettings(_Model):
+    """The combined score: one river HalfSpaceTrees per peer group over window features."""
+
+    enabled: bool = True
+    window_s: int = Field(300, ge=60)
+    n_trees: int = Field(10, ge=1, le=50)
+    height: int = Field(5, ge=1, le=10)
+    window_size: int = Field(100, ge=10, le=60000)
+    min_events: int = Field(5, ge=1)
+    page_at: float = Field(0.8, gt=0, lt=1)
+
+    def build(self) -> CombinedParams | None:
+        if not self.enabled:
+            return None
+        return CombinedParams(**self.model_dump(exclude={"enabled"}))
+
+
 class DetectorSettings(_Model):
     warmup_s: int = Field(3600, ge=0)
     warmup_events: int = Field(50, ge=0)
@@ -209,11 +232,14 @@ class DetectorSettings(_Model):
     off_hours_min_events: int = Field(5, ge=1)
     off_hours_window_s: int = Field(1800, ge=60)
     off_hours_spread: int = Field(2, ge=0)
+    off_hours_burst_events: int = Field(3, ge=2)
+    off_hours_burst_p: float = Field(1e-3, gt=0, lt=1)
     max_machines: int = Field(100_000, ge=1)
     machine_idle_days: float = Field(30, gt=0)
     max_pages_per_minute: int = Field(20, ge=1)
     max_new_identity_pages_per_minute: int = Field(5, ge=1)
     rate: RateSettings = RateSettings()
+    combined: CombinedSettings = CombinedSettings()
     groups: GroupSettings = GroupSettings()
     suppress: list[SuppressionSettings] = Field(default_factory=list)
     overrides: list[OverrideSettings] = Field(default_factory=list)
@@ -242,6 +268,9 @@ class DetectorSettings(_Model):
             off_hours_min_events=self.off_hours_min_events,
             off_hours_window_s=self.off_hours_window_s,
             off_hours_spread=self.off_hours_spread,
+            off_hours_burst_events=self.off_hours_burst_events,
+            off_hours_burst_p=self.off_hours_burst_p,
+            combined=self.combined.build(),
             max_machines=self.max_machines,
             machine_idle_horizon_s=int(self.machine_idle_days * 86400),
             max_pages_per_minute=self.max_pages_per_minute,
@@ -258,11 +287,79 @@ class DetectorSettings(_Model):
         )
 
 
+class HttpSettings(_Model):
+    """The worker's HTTP endpoint: /metrics (Prometheus), /healthz, /readyz, /machines/ID."""
+
+    enabled: bool = True
+    host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="Address to listen on; 0.0.0.0 in a container so Prometheus can scrape.",
+    )
+    port: int = Field(9464, ge=0, le=65535, description="0: any free port (logged at start).")
+
+
+class MonitoringSettings(_Model):
+    """How the worker watches itself and its input."""
+
+    stats_interval_s: float = Field(
+        5.0, gt=0, le=3600, description="How often librdkafka reports consumer lag."
+    )
+    input_quiet_s: int = Field(
+        900,
+        ge=0,
+        description="Alert (detector auditwatch_input_quiet) when the input topic has had no "
+        "new record for this long; 0 turns it off.",
+    )
+    input_check_interval_s: float = Field(30.0, gt=0, le=3600)
+
+
+AlertStatus = Literal["opened", "updated", "escalated", "resolved"]
+
+
+def _webhook_statuses() -> list[AlertStatus]:
+    return ["opened", "escalated", "resolved"]
+
+
+class WebhookSettings(_Model):
+    """`auditwatch webhook`: alert states POSTed as JSON (with a Slack-compatible `text`)."""
+
+    url: SecretStr | None = Field(
+        None,
+        description="http(s) URL to POST to (or --url); secret, since chat webhook URLs "
+        "carry their token.",
+    )
+    min_severity: Literal["info", "low", "medium", "high", "critical"] = "medium"
+    statuses: list[AlertStatus] = Field(
+        default_factory=_webhook_statuses,
+        description="Alert states to send; `updated` (repeats) is off by default: it is "
+        "frequent and never pages.",
+    )
+    consumer_group: str = "auditwatch-webhook"
+    timeout_s: float = Field(10.0, gt=0, le=300)
+    max_attempts: int = Field(5, ge=1, le=100)
+    backoff_s: float = Field(0.5, gt=0, description="First retry delay; doubles each time.")
+    max_backoff_s: float = Field(30.0, gt=0)
+    headers: dict[str, SecretStr] = Field(
+        default_factory=dict, description="Extra request headers (e.g. Authorization)."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is not None and not url.get_secret_value().startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return url
+
+
 class Config(_Model):
     kafka: KafkaSettings = KafkaSettings()
     topics: TopicSettings = TopicSettings()
     input: InputSettings = InputSettings()
     detectors: DetectorSettings = DetectorSettings()
+    http: HttpSettings = HttpSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
+    webhook: WebhookSettings = WebhookSettings()
 
     def masked(self) -> dict[str, Any]:
         """The effective config for logs and `config check`: secrets masked by SecretStr, and

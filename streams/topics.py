@@ -1,4 +1,4 @@
-"""auditwatch's four topics: their configs, idempotent creation and drift reports."""
+"""auditwatch's topics: their configs, idempotent creation and drift reports."""
 
 from __future__ import annotations
 
@@ -74,6 +74,15 @@ def topic_specs(cfg: Config, overrides: dict[str, dict[str, str]] | None = None)
             t.partitions,
             t.replication_factor,
             {"retention.ms": str(t.events_retention_ms), "compression.type": "lz4"},
+        ),
+        # On-call's ack/snooze per alert_id: compaction keeps each alert's latest decision,
+        # and every worker reads the whole topic at start.
+        TopicSpec(
+            "control",
+            t.control,
+            t.partitions,
+            t.replication_factor,
+            {"cleanup.policy": "compact", "retention.ms": "-1"},
         ),
     ]
     if overrides:

@@ -74,7 +74,7 @@ class Stack:
             },
             "topics": {
                 role: f"{self.prefix}.{role}"
-                for role in ("events", "alerts", "archive", "deadletter", "detect")
+                for role in ("events", "alerts", "archive", "deadletter", "detect", "control")
             },
         }
         for dotted, value in settings.items():

@@ -1,0 +1,51 @@
+"""The access-rate band of one machine as its baseline stands: what `auditwatch backtest` plots
+against the observed rate.
+
+Read-only: nothing here learns or changes a baseline. The band is the one the `access_rate`
+detector judges an interval by: `expected` events per interval from the learned profile and
+level, `high` the spike threshold (the larger of expected + z standard deviations, `min_ratio`
+times expected and `min_count`), and `low` expected - z standard deviations (floored at 0),
+the symmetric lower edge, shown for orientation (silence is judged over a span, not per
+interval).
+
+Imports: the standard library and `detectors` only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from detectors.core import DetectorConfig, MachineState
+from detectors.rate import RateBaseline, RateParams
+
+
+@dataclass(frozen=True, slots=True)
+class RateBand:
+    """Events per rate interval (`RateParams.interval_s`) at one moment."""
+
+    expected: float
+    low: float
+    high: float
+    warm: bool  # past the baseline's warm-up: the detector can page on it
+
+
+def rate_band(params: RateParams, rate_state: list[Any], ts_ms: int) -> RateBand | None:
+    """The band at `ts_ms` of a baseline serialised as `RateBaseline.state()`; None when it has
+    learned nothing yet (no closed interval)."""
+    if not rate_state:
+        return None
+    baseline = RateBaseline(params, rate_state)
+    if baseline.n == 0:
+        return None
+    expected = baseline.expected_at(ts_ms)
+    sd = baseline.model.std(expected)
+    high = max(expected + params.z * sd, params.min_ratio * expected, float(params.min_count))
+    return RateBand(expected, max(0.0, expected - params.z * sd), high, baseline.warm)
+
+
+def machine_rate_band(cfg: DetectorConfig, state: Mapping[str, Any], ts_ms: int) -> RateBand | None:
+    """The band of one machine from its stored state (the dict `MachineState.to_dict` makes),
+    with `cfg` the machine's effective config (`DetectionCore.config_for`)."""
+    return rate_band(cfg.rate, MachineState.from_dict(dict(state)).rate, ts_ms)

@@ -1,0 +1,683 @@
+"""The worker's own telemetry: Prometheus metrics, health and readiness, explain requests.
+
+One `Telemetry` per `auditwatch run`. The processing thread is its only writer, and it writes
+plain Python numbers (the Processor's counters, list-backed histograms) with no lock: at tens
+of thousands of events a second a lock or a prometheus_client metric per event would cost
+more than the rest of the bookkeeping. The HTTP thread reads them at scrape time through a
+custom collector; a scrape may see one counter a few events ahead of another, which
+Prometheus tolerates.
+
+Consumer lag comes from librdkafka's statistics (`stats_cb`, every
+`monitoring.stats_interval_s`): librdkafka already tracks each assigned partition's end and
+committed offsets, so lag costs no extra broker request and is reported per partition by the
+one worker that owns it (sum it across workers for the group's lag). It is the committed lag,
+what `kafka-consumer-groups --describe` shows.
+
+`InputWatch`, a thread of its own, checks the input topic's end offsets every
+`monitoring.input_check_interval_s` and raises the `auditwatch_input_quiet` alert when they
+stop moving.
+
+Imports: the standard library, prometheus_client, confluent-kafka, orjson, and streams/schemas.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from bisect import bisect_left
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import orjson
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from schemas.alert import Alert
+from schemas.event import format_rfc3339_ms
+from streams.config import Config
+from streams.processor import Output, Processor
+
+log = logging.getLogger("auditwatch.metrics")
+
+# Seconds from a record's Kafka timestamp to the end of its processing: sub-millisecond when
+# keeping up, minutes to hours while a backlog drains.
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+)  # fmt: skip
+INPUT_QUIET = "auditwatch_input_quiet"
+_now = time.time
+SELF = "auditwatch"
+# The readiness check's tolerance for a main loop that has not come round (a slow message, a
+# registry retry): longer than any normal iteration, shorter than a real hang.
+LOOP_STALL_S = 60.0
+
+
+class Histogram:
+    """A Prometheus histogram for one writer thread: a bucket index and two additions per
+    observation, no lock. Readers copy the list (atomic under the GIL)."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: Iterable[float] = LATENCY_BUCKETS) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        # bisect_left: a value equal to a bound belongs to that bucket (le is inclusive).
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def observe_since(self, ts_ms: int) -> None:
+        """Seconds from `ts_ms` (epoch millis) to now: the per-record path, kept to a clock
+        read, a bisect and two additions."""
+        value = _now() - ts_ms * 0.001
+        if value < 0.0:  # noqa: PLR1730 (max() costs a call) the producer's clock is ahead
+            value = 0.0
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def snapshot(self) -> tuple[list[tuple[str, float]], float]:
+        counts = list(self.counts)
+        total = self.total
+        buckets: list[tuple[str, float]] = []
+        acc = 0
+        for bound, n in zip((*self.bounds, float("inf")), counts, strict=True):
+            acc += n
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), float(acc)))
+        return buckets, total
+
+
+class KafkaStats:
+    """What librdkafka's statistics say about this worker's consumer."""
+
+    __slots__ = ("assigned", "at", "brokers_up", "group_state", "lag")
+
+    def __init__(self) -> None:
+        self.at = 0.0  # time.monotonic() of the last report; 0: none yet
+        self.lag: dict[tuple[str, int], int] = {}
+        self.assigned: dict[str, tuple[int, ...]] = {}
+        self.brokers_up = 0
+        self.group_state = "unknown"
+
+    @classmethod
+    def parse(cls, raw: str | bytes, topics: Iterable[str]) -> KafkaStats:
+        """Lag and assignment of `topics` (changelogs are assigned too, but are not input)."""
+        data = orjson.loads(raw)
+        out = cls()
+        out.at = time.monotonic()
+        out.brokers_up = sum(
+            1
+            for b in data.get("brokers", {}).values()
+            if b.get("nodeid", -1) >= 0 and b.get("state") == "UP"
+        )
+        cgrp = data.get("cgrp") or {}
+        out.group_state = f"{cgrp.get('state', 'unknown')}/{cgrp.get('join_state', 'unknown')}"
+        for topic in topics:
+            parts = (data.get("topics", {}).get(topic) or {}).get("partitions", {})
+            mine = []
+            for p in parts.values():
+                partition = int(p.get("partition", -1))
+                # -1 is librdkafka's internal "unassigned" partition; "none" is not ours.
+                if partition < 0 or p.get("fetch_state", "none") == "none":
+                    continue
+                mine.append(partition)
+                lag = int(p.get("consumer_lag", -1))
+                if lag >= 0:  # -1: nothing committed yet, or end offset not known yet
+                    out.lag[(topic, partition)] = lag
+            out.assigned[topic] = tuple(sorted(mine))
+        return out
+
+    @property
+    def group_joined(self) -> bool:
+        return self.group_state == "up/steady"
+
+
+class ExplainRequests:
+    """Hands `/machines/ID` requests from the HTTP thread to the processing thread, which
+    alone may touch the state stores (it opens and closes them on rebalance, and holds the
+    uncommitted writes of the current checkpoint)."""
+
+    def __init__(self) -> None:
+        self.pending: deque[tuple[str, str | None, Future[Any]]] = deque()
+
+    def __bool__(self) -> bool:
+        return bool(self.pending)
+
+    def ask(self, machine_id: str, group: str | None, timeout: float) -> Any:
+        """Called on the HTTP thread; raises TimeoutError when the worker does not answer."""
+        fut: Future[Any] = Future()
+        self.pending.append((machine_id, group, fut))
+        try:
+            return fut.result(timeout)
+        except FutureTimeout:
+            fut.cancel()
+            raise TimeoutError from None
+
+    def serve(self, answer: Callable[[str, str | None], Any]) -> None:
+        """Called on the processing thread, between messages."""
+        while self.pending:
+            machine_id, group, fut = self.pending.popleft()
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(answer(machine_id, group))
+            except Exception as e:  # reported to the HTTP client, not fatal to the worker
+                fut.set_exception(e)
+
+
+class Telemetry:
+    """Everything the worker reports about itself; see the module docstring for threading."""
+
+    def __init__(self, cfg: Config, processor: Processor) -> None:
+        self.cfg = cfg
+        self.processor = processor
+        self.started = time.monotonic()
+        self.latency = {"ingest": Histogram(), "detect": Histogram()}
+        self.pages: Counter[tuple[str, str]] = Counter()
+        # Written by InputWatch's thread only: each counter keeps a single writer.
+        self.watch_pages: Counter[tuple[str, str]] = Counter()
+        self.stats = KafkaStats()
+        # Rounds of the main loop; readers note when it last moved (no clock read per round).
+        self.rounds = 0
+        self._rounds_seen = (0, 0.0)  # (rounds, time.monotonic() when first seen so)
+        self.explain = ExplainRequests()
+        self.input_quiet = False
+        self.input_idle_s: float | None = None
+        self.state_dir = cfg.kafka.state_dir
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(_Collector(self))
+        ProcessCollector(namespace="", registry=self.registry)
+
+    # --- processing thread --------------------------------------------------------------
+    def observe(self, stage: str, record_ts_ms: int) -> None:
+        """Latency of one record: from its Kafka timestamp to now (the runtime binds
+        `latency[stage].observe_since` once instead, to skip the lookup per record)."""
+        self.latency[stage].observe_since(record_ts_ms)
+
+    def count_pages(self, outputs: list[Output]) -> None:
+        for out in outputs:
+            a = out.alert
+            if a is not None and a.is_page:
+                self.pages[(a.detector, a.severity)] += 1
+
+    def tick(self, answer: Callable[[str, str | None], Any]) -> None:
+        """Once per round of the main loop (once per message): proves it is alive, answers
+        explain requests."""
+        self.rounds += 1
+        if self.explain.pending:
+            self.explain.serve(answer)
+
+    def on_stats(self, raw: str) -> None:
+        """librdkafka's stats_cb (on the processing thread, inside the consumer's poll)."""
+        try:
+            self.stats = KafkaStats.parse(raw, (self.cfg.topics.events, self.cfg.topics.detect))
+        except Exception:
+            log.warning("could not read librdkafka statistics", exc_info=True)
+
+    # --- HTTP thread ---------------------------------------------------------------------
+    def loop_age(self) -> float | None:
+        """Seconds since the main loop was last seen to move on (None: it never ran)."""
+        rounds, since = self._rounds_seen
+        now = time.monotonic()
+        current = self.rounds
+        if current != rounds:
+            self._rounds_seen = (current, now)
+            return 0.0
+        return None if current == 0 else now - since
+
+    def owns_input_partition_zero(self) -> bool:
+        return 0 in self.stats.assigned.get(self.cfg.topics.events, ())
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        now = time.monotonic()
+        stats = self.stats
+        stats_fresh = (
+            stats.at > 0 and now - stats.at <= 3 * self.cfg.monitoring.stats_interval_s + 5
+        )
+        checks = {
+            # Not set during state recovery: the worker is not processing yet.
+            "processing": (age := self.loop_age()) is not None and age <= LOOP_STALL_S,
+            "broker_reachable": stats_fresh and stats.brokers_up > 0,
+            # Joined the group and got its assignment (possibly empty: more workers than
+            # partitions is a valid standby, and must not stall a rolling update).
+            "group_joined": stats_fresh and stats.group_joined,
+        }
+        ready = all(checks.values())
+        body: dict[str, Any] = {
+            "ready": ready,
+            "checks": checks,
+            "group_state": stats.group_state,
+            "assigned": {t: list(p) for t, p in stats.assigned.items()},
+        }
+        return ready, body
+
+    def health(self) -> dict[str, Any]:
+        age = self.loop_age()
+        return {
+            "status": "ok",
+            "uptime_s": round(time.monotonic() - self.started, 1),
+            # How long since the main loop last came round, as far as the probes have seen.
+            "loop_age_s": None if age is None else round(age, 1),
+        }
+
+    def scrape(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def _dir_bytes(path: str) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size
+            except OSError:
+                continue  # RocksDB deletes files as it compacts
+    return total
+
+
+# Processor counter -> (metric, help). Counters absent from the Processor read as 0.
+_COUNTERS = {
+    "events_in": ("events_in", "Messages read from the input topic."),
+    "archived": ("archived", "Valid events written to the archive topic."),
+    "duplicates": ("duplicates", "Exact re-sends of an archived event (not archived again)."),
+    "key_mismatch": ("key_mismatch", "Messages keyed by something other than their machine_id."),
+    "detector_errors": ("detector_errors", "Events whose detection raised (logged; skipped)."),
+    "registry_retries": ("registry_retries", "Schema registry lookups retried."),
+    "seeded": ("seeded_events", "History events learned from `auditwatch seed`."),
+}
+
+
+class _Collector:
+    """Reads Telemetry at scrape time (the HTTP thread)."""
+
+    def __init__(self, t: Telemetry) -> None:
+        self.t = t
+
+    def collect(self) -> Iterator[Metric]:
+        t = self.t
+        # dict() of a Counter is one C-level copy: consistent against the writer thread.
+        m = dict(t.processor.metrics)
+        core = t.processor.core
+        for key, (name, text) in _COUNTERS.items():
+            c = CounterMetricFamily(f"auditwatch_{name}", text)
+            c.add_metric([], m.get(key, 0))
+            yield c
+        dead = CounterMetricFamily(
+            "auditwatch_deadlettered", "Messages dead-lettered, by reason.", labels=["reason"]
+        )
+        for key, n in sorted(m.items()):
+            if key.startswith("deadlettered."):
+                dead.add_metric([key.split(".", 1)[1]], n)
+        yield dead
+        states = CounterMetricFamily(
+            "auditwatch_alert_states", "Alert states written, by status.", labels=["status"]
+        )
+        for key, n in sorted(m.items()):
+            if key.startswith("alerts."):
+                states.add_metric([key.split(".", 1)[1]], n)
+        yield states
+        pages = CounterMetricFamily(
+            "auditwatch_pages",
+            "Pages (opened or escalated, severity medium or above), by detector and severity.",
+            labels=["detector", "severity"],
+        )
+        both = Counter(dict(t.pages))
+        both.update(dict(t.watch_pages))
+        for (detector, severity), n in sorted(both.items()):
+            pages.add_metric([detector, severity], n)
+        yield pages
+        suppressed = CounterMetricFamily(
+            "auditwatch_suppressed_findings", "Findings dropped by a configured suppression."
+        )
+        suppressed.add_metric([], core.suppressed_findings)
+        yield suppressed
+
+        lag = GaugeMetricFamily(
+            "auditwatch_consumer_lag",
+            "Messages not yet committed, per partition this worker owns (librdkafka stats).",
+            labels=["topic", "partition"],
+        )
+        stats = t.stats
+        for (topic, partition), n in sorted(stats.lag.items()):
+            lag.add_metric([topic, str(partition)], n)
+        yield lag
+        assigned = GaugeMetricFamily(
+            "auditwatch_assigned_partitions",
+            "Partitions this worker consumes, by topic.",
+            labels=["topic"],
+        )
+        for topic, parts in sorted(stats.assigned.items()):
+            assigned.add_metric([topic], len(parts))
+        yield assigned
+
+        latency = HistogramMetricFamily(
+            "auditwatch_processing_latency_seconds",
+            "From a record's Kafka timestamp to the end of its processing, by stage (ingest: "
+            "input topic; detect: the re-keyed detection topic).",
+            labels=["stage"],
+        )
+        for stage, h in t.latency.items():
+            buckets, total = h.snapshot()
+            latency.add_metric([stage], buckets, total)
+        yield latency
+
+        # The capacity index of each detection partition (machines seen since start).
+        indexes = list(getattr(core, "_indexes", {}).values())
+        tracked = GaugeMetricFamily(
+            "auditwatch_machines_tracked", "Machines in this worker's in-memory capacity index."
+        )
+        tracked.add_metric([], sum(len(i.last_seen) for i in indexes))
+        yield tracked
+        evicted = CounterMetricFamily(
+            "auditwatch_machines_evicted",
+            "Machines forgotten: beyond detectors.max_machines, or idle past the horizon.",
+        )
+        evicted.add_metric([], core.evictions)
+        yield evicted
+        state = GaugeMetricFamily(
+            "auditwatch_state_bytes", "Size on disk of the worker's RocksDB state directory."
+        )
+        state.add_metric([], _dir_bytes(t.state_dir))
+        yield state
+
+        quiet = GaugeMetricFamily(
+            "auditwatch_input_quiet",
+            "1 while the input topic has had no new record for monitoring.input_quiet_s.",
+        )
+        quiet.add_metric([], 1.0 if t.input_quiet else 0.0)
+        yield quiet
+        if t.input_idle_s is not None:
+            idle = GaugeMetricFamily(
+                "auditwatch_input_idle_seconds",
+                "Seconds since the input topic's end offsets last moved (as this worker saw).",
+            )
+            idle.add_metric([], round(t.input_idle_s, 1))
+            yield idle
+        ready, _ = t.readiness()
+        up = GaugeMetricFamily("auditwatch_ready", "1 when /readyz would answer 200.")
+        up.add_metric([], 1.0 if ready else 0.0)
+        yield up
+        info = GaugeMetricFamily(
+            "auditwatch_build_info",
+            "Constant 1, labelled with the detection config version and consumer group.",
+            labels=["config_version", "consumer_group"],
+        )
+        info.add_metric([core.config_version, t.cfg.kafka.consumer_group], 1.0)
+        yield info
+
+
+class _Handler(BaseHTTPRequestHandler):
+    telemetry: Telemetry
+    explain_timeout_s = 10.0
+    server_version = "auditwatch"
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        path = url.path
+        t = self.telemetry
+        if path == "/metrics":
+            self._send(200, t.scrape(), CONTENT_TYPE_LATEST)
+        elif path == "/healthz":
+            self._json(200, t.health())
+        elif path == "/readyz":
+            ready, body = t.readiness()
+            self._json(200 if ready else 503, body)
+        elif path.startswith("/machines/") and len(path) > len("/machines/"):
+            query = parse_qs(url.query)
+            group = query.get("group", [None])[0]
+            self._explain(unquote(path[len("/machines/") :]), group)
+        else:
+            self._json(404, {"error": f"no such endpoint {path}", "endpoints": _ENDPOINTS})
+
+    def _explain(self, machine_id: str, group: str | None) -> None:
+        try:
+            body = self.telemetry.explain.ask(machine_id, group, self.explain_timeout_s)
+        except TimeoutError:
+            self._json(
+                503,
+                {
+                    "error": "the worker did not answer in time (starting, recovering state "
+                    "or stuck); try again",
+                },
+            )
+            return
+        except Exception as e:
+            log.exception("explain %s failed", machine_id)
+            self._json(500, {"error": f"explain failed: {e}"})
+            return
+        self._json(200 if body.get("found") else 404, body)
+
+    def _json(self, status: int, body: Any) -> None:
+        self._send(status, orjson.dumps(body, option=orjson.OPT_INDENT_2), "application/json")
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("http %s: " + format, self.client_address[0], *args)
+
+
+_ENDPOINTS = ["/metrics", "/healthz", "/readyz", "/machines/MACHINE_ID[?group=GROUP]"]
+
+
+class HttpServer:
+    """The HTTP endpoint on a daemon thread; `start` returns the bound (host, port)."""
+
+    def __init__(self, telemetry: Telemetry, host: str, port: int) -> None:
+        handler = type("Handler", (_Handler,), {"telemetry": telemetry})
+        self.server = ThreadingHTTPServer((host, port), handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, name="auditwatch-http", daemon=True
+        )
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.server.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> tuple[str, int]:
+        self.thread.start()
+        return self.address
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def start_http(telemetry: Telemetry, cfg: Config) -> HttpServer | None:
+    """Serve the endpoint if `http.enabled`. A port that cannot be bound is logged, not fatal:
+    auditing goes on without its metrics (and the "worker down" rule notices)."""
+    h = cfg.http
+    if not h.enabled:
+        return None
+    try:
+        server = HttpServer(telemetry, h.host, h.port)
+    except OSError as e:
+        log.error(
+            "cannot serve metrics on %s:%d (http.host/http.port): %s; running without them",
+            h.host,
+            h.port,
+            e.strerror or e,
+        )
+        return None
+    host, port = server.start()
+    log.info("serving /metrics, /healthz, /readyz and /machines/ID on http://%s:%d", host, port)
+    return server
+
+
+class InputWatch:
+    """Raises `auditwatch_input_quiet` when the input topic's end offsets stop moving.
+
+    Every worker measures (the metric); only the worker that owns input partition 0 writes the
+    alert, so a topic-wide outage pages once. The alert id is a hash of the topic and the end
+    offsets at which it went quiet, so even two workers writing it during a rebalance name the
+    same alert. It resolves when records arrive again."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        telemetry: Telemetry,
+        config_version: Callable[[], str],
+        clock: Callable[[], float] = time.monotonic,
+        wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+    ) -> None:
+        self.cfg = cfg
+        self.telemetry = telemetry
+        self.config_version = config_version
+        self.clock = clock
+        self.wall_ms = wall_ms
+        self.ends: int | None = None
+        self.changed_at = clock()
+        self.changed_wall_ms = wall_ms()
+        self.open_alert: Alert | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._producer: Any = None
+
+    def observe(self, ends: int, owner: bool) -> Alert | None:
+        """One check of the input's summed end offsets; the alert state to write, if any."""
+        now = self.clock()
+        if ends != self.ends:
+            self.ends, self.changed_at, self.changed_wall_ms = ends, now, self.wall_ms()
+            self.telemetry.input_quiet = False
+            self.telemetry.input_idle_s = 0.0
+            if self.open_alert is not None:
+                resolved = self._alert("resolved", self.open_alert.alert_id, now, ends)
+                self.open_alert = None
+                return resolved
+            return None
+        idle = now - self.changed_at
+        self.telemetry.input_idle_s = idle
+        quiet_s = self.cfg.monitoring.input_quiet_s
+        if not quiet_s or idle < quiet_s:
+            return None
+        self.telemetry.input_quiet = True
+        if self.open_alert is not None or not owner:
+            return None
+        blob = "\x1f".join((SELF, INPUT_QUIET, self.cfg.topics.events, str(ends)))
+        alert_id = "a-" + hashlib.sha256(blob.encode()).hexdigest()[:24]
+        self.open_alert = self._alert("opened", alert_id, now, ends)
+        return self.open_alert
+
+    def _alert(self, status: str, alert_id: str, now: float, ends: int) -> Alert:
+        topic = self.cfg.topics.events
+        idle = now - self.changed_at
+        wall = self.wall_ms()
+        summary = (
+            f"Input topic {topic} has had no new records for {_duration(idle)} (end offsets "
+            f"unchanged at {ends}); auditing sees nothing until they resume."
+            if status == "opened"
+            else f"Input topic {topic} is receiving records again."
+        )
+        return Alert(
+            alert_id=alert_id,
+            status=status,
+            machine_id=SELF,
+            group=SELF,
+            detector=INPUT_QUIET,
+            severity="high",
+            score=75.0,
+            event_time=format_rfc3339_ms(wall),
+            summary=summary,
+            observed={"topic": topic, "quiet_s": round(idle), "end_offsets": ends},
+            expected={"max_quiet_s": self.cfg.monitoring.input_quiet_s},
+            event_ids=[],
+            config_version=self.config_version(),
+            first_event_time=format_rfc3339_ms(self.changed_wall_ms),
+            last_event_time=format_rfc3339_ms(wall),
+            repeat_count=1,
+            hint="Check the producers and log shippers that feed the input topic, and their "
+            "credentials; a deployment that went quiet on purpose can raise "
+            "monitoring.input_quiet_s or set it to 0.",
+        )
+
+    # --- thread --------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._run, name="auditwatch-input-watch", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        from confluent_kafka import Consumer, Producer
+
+        client = self.cfg.kafka.client_config()
+        # Never subscribes or commits: the group id is only required by the client.
+        consumer = Consumer({**client, "group.id": f"{self.cfg.kafka.consumer_group}-watch"})
+        self._producer = Producer({**client, "enable.idempotence": True, "linger.ms": 0})
+        try:
+            while not self._stop.wait(self.cfg.monitoring.input_check_interval_s):
+                try:
+                    ends = _end_offsets(consumer, self.cfg.topics.events)
+                except Exception as e:
+                    # A broker that cannot be reached says nothing about the input: keep the
+                    # clock running and try again (the readiness check reports the broker).
+                    log.warning(
+                        "input watch: cannot read end offsets of %s: %s", self.cfg.topics.events, e
+                    )
+                    continue
+                alert = self.observe(ends, self.telemetry.owns_input_partition_zero())
+                if alert is not None:
+                    self._write(alert)
+        finally:
+            consumer.close()
+            self._producer.flush(10)
+
+    def _write(self, alert: Alert) -> None:
+        level = logging.WARNING if alert.status == "opened" else logging.INFO
+        log.log(level, "%s %s: %s", INPUT_QUIET, alert.status, alert.summary)
+        self._producer.produce(
+            self.cfg.topics.alerts,
+            key=alert.alert_id.encode(),
+            value=orjson.dumps(alert.to_json()),
+        )
+        self._producer.flush(10)
+        if alert.is_page:
+            self.telemetry.watch_pages[(alert.detector, alert.severity)] += 1
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} seconds"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} minutes"
+    return f"{seconds / 3600:.1f} hours"
+
+
+def _end_offsets(consumer: Any, topic: str, timeout: float = 10.0) -> int:
+    from confluent_kafka import TopicPartition
+
+    meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+    if meta is None or meta.error is not None:
+        raise RuntimeError(f"topic {topic} not available: {meta.error if meta else 'missing'}")
+    total = 0
+    for p in meta.partitions:
+        _low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+        total += high
+    return total

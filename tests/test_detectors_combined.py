@@ -1,0 +1,196 @@
+"""Off-hours bursts and the combined (HalfSpaceTrees) score, through the detection core."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from detectors.combined import COMBINED, CombinedModels, CombinedParams, MemoryKV, features
+from detectors.core import DetectionCore, DetectorConfig
+from detectors.rate import RateParams, poisson_tail
+from schemas.event import format_rfc3339_ms
+from streams.processor import MemoryStore
+from tests.test_detectors_peers import MIN, T0, Client, pages
+
+HOUR = 60 * MIN
+DAY = 24 * HOUR
+
+
+@pytest.mark.parametrize(("k", "mu"), [(1, 0.5), (2, 0.054), (3, 0.084), (5, 1.0), (12, 3.0)])
+def test_poisson_tail_matches_one_minus_cdf(k: int, mu: float) -> None:
+    cdf = sum(math.exp(-mu) * mu**i / math.factorial(i) for i in range(k))
+    assert poisson_tail(k, mu) == pytest.approx(1.0 - cdf, rel=1e-9)
+
+
+def test_poisson_tail_edges() -> None:
+    assert poisson_tail(0, 2.0) == 1.0
+    assert poisson_tail(3, 0.0) == 0.0
+    assert 0.0 < poisson_tail(40, 0.01) < 1e-100  # the far tail is not rounded to zero
+
+
+# --- off hours --------------------------------------------------------------------------
+
+OFFICE = DetectorConfig(warmup_s=3600, warmup_events=50, combined=None)
+
+
+def office_day(c: Client, day: int, per_hour: int = 60, night: tuple[int, ...] = ()) -> None:
+    """Busy 08-18 UTC; `night` lists the minutes after midnight of stray night accesses."""
+    rng = random.Random(day)
+    for h in range(8, 18):
+        for j in range(per_hour):
+            c.send(T0 + day * DAY + h * HOUR + j * HOUR // per_hour + rng.randrange(1000))
+    for m in night:
+        c.send(T0 + day * DAY + m * MIN)
+
+
+def office_machine(days: int = 3) -> Client:
+    c = Client(DetectionCore(OFFICE), "reports-admin")
+    for d in range(days):
+        office_day(c, d, night=(20 * 60 + 7, 22 * 60 + 41))
+    return c
+
+
+def test_office_tool_at_its_daytime_pace_at_night_pages_within_two_minutes() -> None:
+    c = office_machine()
+    c.alerts.clear()
+    start = T0 + 3 * DAY + 21 * HOUR + 5_000
+    for j in range(30):  # one access a minute: its daytime pace
+        c.send(start + j * MIN)
+    found = [a for a in pages(c.alerts) if a.detector == "off_hours"]
+    assert found, "a night session at the daytime pace must page"
+    assert found[0].status == "opened"
+    assert found[0].event_time <= format_rfc3339_ms(start + 2 * MIN)
+    assert "expected" in found[0].summary
+
+
+def test_stray_night_accesses_do_not_page() -> None:
+    c = office_machine()
+    c.alerts.clear()
+    office_day(c, 3, night=(20 * 60 + 3, 20 * 60 + 30, 23 * 60 + 10))
+    assert [a for a in c.alerts if a.detector == "off_hours"] == []
+
+
+def test_slow_night_activity_still_pages_by_the_window_rule() -> None:
+    c = office_machine()
+    c.alerts.clear()
+    start = T0 + 3 * DAY + 1 * HOUR
+    for j in range(12):  # one every 2.5 minutes: too slow for the burst test at first
+        c.send(start + j * 150_000)
+    found = [a for a in pages(c.alerts) if a.detector == "off_hours"]
+    assert found
+
+
+# --- the combined score ------------------------------------------------------------------
+
+P = CombinedParams(window_size=20, min_events=5, page_at=0.6)
+
+
+def test_model_state_round_trips_through_the_store() -> None:
+    rng = random.Random(1)
+    xs = [
+        dict(
+            zip(
+                ("rate", "new_resources", "failures", "writes", "new_operations"),
+                (rng.random() * 0.2 + 0.4, 0.0, rng.random() * 0.05, 0.1, 0.0),
+                strict=True,
+            )
+        )
+        for _ in range(90)
+    ]
+    straight, kv = CombinedModels(P), MemoryKV()
+    scores = [straight.score_and_learn(kv, "g", x) for x in xs]
+    # A second worker that takes the store over part-way (fresh cache) scores the same.
+    kv2 = MemoryKV()
+    first = CombinedModels(P)
+    for x in xs[:50]:
+        first.score_and_learn(kv2, "g", x)
+    taken_over = CombinedModels(P)
+    rest = [taken_over.score_and_learn(kv2, "g", x) for x in xs[50:]]
+    assert rest == scores[50:]
+    assert scores[:20] == [None] * 20  # no reference window yet
+    assert all(s is not None for s in scores[20:])
+    blob = kv2.get(COMBINED, "g")
+    assert blob is not None and len(blob) < 4096
+
+
+def test_a_stale_cached_model_is_reloaded_from_the_store() -> None:
+    xs = [features(10, 10.0, 0, 0.0, 1, 0, 0) for _ in range(30)]
+    models, kv = CombinedModels(P), MemoryKV()
+    for x in xs:
+        models.score_and_learn(kv, "g", x)
+    saved = kv.get(COMBINED, "g")
+    assert saved is not None
+    odd = features(60, 10.0, 20, 0.0, 30, 5, 2)
+    models.score_and_learn(kv, "g", odd)
+    kv.set(COMBINED, "g", saved)  # the transaction that learned `odd` was rolled back
+    fresh, fresh_kv = CombinedModels(P), MemoryKV()
+    fresh_kv.set(COMBINED, "g", saved)
+    assert models.score_and_learn(kv, "g", odd) == fresh.score_and_learn(fresh_kv, "g", odd)
+
+
+def test_features_are_scaled_to_the_unit_interval() -> None:
+    x = features(
+        count=400,
+        expected=2.0,
+        failures=390,
+        learned_failure_ratio=0.0,
+        writes=400,
+        new_resources=10_000,
+        new_operations=9,
+    )
+    assert all(0.0 <= v <= 1.0 for v in x.values())
+    calm = features(10, 10.0, 0, 0.0, 0, 0, 0)
+    assert calm["new_resources"] == calm["failures"] == calm["new_operations"] == 0.0
+    assert calm["rate"] == pytest.approx(3 / 8)
+
+
+COMBINED_CONFIG = DetectorConfig(
+    rate=RateParams(min_count=10**9),  # keep single rules quiet: the point is what they miss
+    warmup_s=3600,
+    warmup_events=50,
+    combined=P,
+    failure_min_count=10**9,
+)
+
+
+TABLES = [f"postgres://orders-db/public.t{i}" for i in range(3)]
+
+
+def steady(c: Client, minutes: range, rng: random.Random) -> None:
+    """A reader of three tables that updates one row now and then and rarely fails."""
+    for m in minutes:
+        for j in range(rng.randrange(2, 5)):
+            op = "UPDATE" if rng.random() < 0.02 else "SELECT"
+            outcome = "DENIED" if rng.random() < 0.01 else "SUCCESS"
+            c.send(T0 + m * MIN + j * 13_000, TABLES[j % 3], op, outcome)
+
+
+def test_several_small_shifts_together_page_as_combined() -> None:
+    rng = random.Random(3)
+    c = Client(DetectionCore(COMBINED_CONFIG), "billing-worker", MemoryStore())
+    steady(c, range(12 * 60), rng)
+    assert [a for a in pages(c.alerts) if a.detector == "combined"] == []
+    # Ten minutes of a leaked credential in slow use: three times the pace, a third of it
+    # writes, a quarter denied; known tables and operations only, under every single rule.
+    start = 12 * 60
+    for m in range(start, start + 10):
+        for j in range(10):
+            op = "UPDATE" if j % 3 == 0 else "SELECT"
+            outcome = "DENIED" if j % 4 == 0 else "SUCCESS"
+            c.send(T0 + m * MIN + j * 5_000, TABLES[j % 3], op, outcome)
+    steady(c, range(start + 10, start + 20), rng)
+    found = [a for a in pages(c.alerts) if a.detector == "combined"]
+    assert found, [(a.detector, a.severity) for a in c.alerts]
+    assert {a.detector for a in pages(c.alerts)} == {"combined"}
+    assert found[0].hint and found[0].observed["combined_score"] >= P.page_at
+    assert "unusual as a whole" in found[0].summary
+
+
+def test_combined_can_be_switched_off() -> None:
+    cfg = DetectorConfig(combined=None)
+    c = Client(DetectionCore(cfg), "m", MemoryStore())
+    c.send(T0)
+    c.send(T0 + 10 * MIN)
+    assert c.state is not None and c.state.win == []
