@@ -3,18 +3,20 @@ against the observed rate.
 
 Read-only: nothing here learns or changes a baseline. The band is the one the `access_rate`
 detector judges an interval by: `expected` events per interval from the learned profile and
-level, `high` the spike threshold (the larger of expected + z standard deviations, `min_ratio`
-times expected and `min_count`), and `low` expected - z standard deviations (floored at 0),
+level, `high` the page threshold, and `low` expected - z standard deviations (floored at 0),
 the symmetric lower edge, shown for orientation (silence is judged over a span, not per
-interval).
+interval). `high` is the larger of the baseline's spike threshold (expected + z standard
+deviations, `min_ratio` times expected, `min_count`) and, for a machine, `rate_peak_ratio`
+times its recent peak: the detector pages only on an interval above both, since bursts a
+machine makes routinely are clipped out of its learned level on purpose.
 
 Imports: the standard library and `detectors` only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from detectors.core import DetectorConfig, MachineState
@@ -29,6 +31,8 @@ class RateBand:
     low: float
     high: float
     warm: bool  # past the baseline's warm-up: the detector can page on it
+    # rate_peak_ratio x the machine's recent peak, included in `high` (0: not applied).
+    peak_floor: float = 0.0
 
 
 def rate_band(params: RateParams, rate_state: list[Any], ts_ms: int) -> RateBand | None:
@@ -45,7 +49,27 @@ def rate_band(params: RateParams, rate_state: list[Any], ts_ms: int) -> RateBand
     return RateBand(expected, max(0.0, expected - params.z * sd), high, baseline.warm)
 
 
+def recent_peak(cfg: DetectorConfig, peak_state: Sequence[Any], ts_ms: int) -> float:
+    """The recent peak the detector compares an interval at `ts_ms` with, from the stored
+    `[interval, count in it, decayed peak]` (`MachineState.peak`), without updating it: the
+    decayed peak of the intervals before, the last one seen included."""
+    if not peak_state:
+        return 0.0
+    current, count, peak = peak_state
+    interval = ts_ms // (cfg.rate.interval_s * 1000)
+    if interval > current:
+        gap_s = (interval - current) * cfg.rate.interval_s
+        return max(float(peak) * 0.5 ** (gap_s / cfg.rate_peak_half_life_s), float(count))
+    return float(peak)
+
+
 def machine_rate_band(cfg: DetectorConfig, state: Mapping[str, Any], ts_ms: int) -> RateBand | None:
     """The band of one machine from its stored state (the dict `MachineState.to_dict` makes),
-    with `cfg` the machine's effective config (`DetectionCore.config_for`)."""
-    return rate_band(cfg.rate, MachineState.from_dict(dict(state)).rate, ts_ms)
+    with `cfg` the machine's effective config (`DetectionCore.config_for`); `high` includes
+    the recent-peak condition."""
+    machine = MachineState.from_dict(dict(state))
+    band = rate_band(cfg.rate, machine.rate, ts_ms)
+    if band is None:
+        return None
+    floor = cfg.rate_peak_ratio * recent_peak(cfg, machine.peak, ts_ms)
+    return replace(band, high=max(band.high, floor), peak_floor=floor)

@@ -188,6 +188,9 @@ class Episode:
     severity: str
     score: float
     event_ids: list[str]
+    # What the last alert state sent said: a resolution repeats it (it may be read alone).
+    observed: dict[str, Scalar] = field(default_factory=dict)
+    expected: dict[str, Scalar] = field(default_factory=dict)
 
     def to_list(self) -> list[Any]:
         return [
@@ -199,6 +202,8 @@ class Episode:
             self.severity,
             self.score,
             self.event_ids,
+            self.observed,
+            self.expected,
         ]
 
     @classmethod
@@ -225,8 +230,8 @@ class MachineState:
     hmax: list[int] = field(default_factory=list)  # most events seen per window of the day
     peak: list[Any] = field(default_factory=list)  # [interval, count in it, decayed peak]
     # the combined score's open window: [window, events, failures, writes, new resources,
-    # new operations]
-    win: list[int] = field(default_factory=list)
+    # new operations, first event id, last event ms]
+    win: list[Any] = field(default_factory=list)
 
     @classmethod
     def new(cls, ts_ms: int) -> MachineState:
@@ -291,9 +296,6 @@ class DetectionCore:
         # On-call's acknowledgements and snoozes by alert_id, consulted only when an alert
         # state is built (None in replay: nobody acknowledges a replay).
         self.control = control
-        # Per store: machines with open episodes -> (latest finding ms, group), so episodes of
-        # machines that fall quiet resolve on the store's clock rather than never.
-        self._open: dict[Any, dict[str, tuple[int, str]]] = {}
         self.config_version = self.config.version()
         self._group_patterns = [re.compile(p) for p in self.config.group_patterns]
         self._per_machine: dict[str, DetectorConfig] = {}
@@ -379,7 +381,6 @@ class DetectionCore:
         state = MachineState.from_dict(orjson.loads(raw)) if raw is not None else None
         state, alerts = self.process(event, state, kv)
         kv.set(MACHINE, event.machine_id, orjson.dumps(state.to_dict()))
-        self._note_open(partition, event.machine_id, self._last[0], state)
         self._track(event, kv, partition)
         alerts.extend(self._watch_silence(event, state, kv, partition, source))
         return self._storm_control(event, alerts, partition) if alerts else alerts
@@ -396,6 +397,7 @@ class DetectionCore:
         for machine in evicted:
             kv.delete(MACHINE, machine)
             watch.entries.pop(machine, None)
+            watch.open.pop(machine, None)
             self.evictions += 1
 
     def expire_idle(self, kv: KeyValue, partition: Any, now_ms: int) -> list[str]:
@@ -487,6 +489,7 @@ class DetectionCore:
         # them rather than work them out again on the per-event path.
         group, cfg, rate = self._last
         watch = self._watches.get(kv, partition)
+        self._note_open(watch, event.machine_id, group, state)
         ts = event.timestamp_ms
         if rate.warm and rate.expected() >= cfg.silence_min_rate:
             entry = watch.entries.get(event.machine_id)
@@ -504,24 +507,26 @@ class DetectionCore:
         watch.next_sweep_ms = watch.clock_ms + SWEEP_EVERY_MS
         for machine in self.expire_idle(kv, partition, watch.clock_ms):
             watch.entries.pop(machine, None)
+            watch.open.pop(machine, None)
         alerts = self._sweep(watch, kv)
-        alerts.extend(self._resolve_idle(kv, partition, watch.clock_ms))
+        alerts.extend(self._resolve_idle(kv, watch))
         self._watches.save(kv, watch)
         return alerts
 
-    def _note_open(self, partition: Any, machine: str, group: str, state: MachineState) -> None:
-        open_ = self._open.setdefault(partition, {})
+    @staticmethod
+    def _note_open(watch: SilenceWatch, machine: str, group: str, state: MachineState) -> None:
         # A silence episode stays open while the machine is silent: only its return ends it.
         last = [ep.last_ms for d, ep in state.episodes.items() if d != "silence"]
         if last:
-            open_[machine] = (max(last), group)
-        elif open_:
-            open_.pop(machine, None)
+            watch.open[machine] = [max(last), group]
+        elif watch.open:
+            watch.open.pop(machine, None)
 
-    def _resolve_idle(self, kv: KeyValue, partition: Any, now_ms: int) -> list[Alert]:
+    def _resolve_idle(self, kv: KeyValue, watch: SilenceWatch) -> list[Alert]:
         """Resolve the episodes of machines that have sent nothing for a cooldown: their own
         next event, which would resolve them, may never come. Runs at each sweep."""
-        open_ = self._open.get(partition)
+        open_ = watch.open
+        now_ms = watch.clock_ms
         if not open_:
             return []
         out: list[Alert] = []
@@ -538,7 +543,7 @@ class DetectionCore:
             if resolved:
                 kv.set(MACHINE, machine, orjson.dumps(state.to_dict()))
                 out.extend(resolved)
-            self._note_open(partition, machine, group, state)
+            self._note_open(watch, machine, group, state)
         return out
 
     def _sweep(self, watch: SilenceWatch, kv: KeyValue) -> list[Alert]:
@@ -707,12 +712,14 @@ class DetectionCore:
                 )
             )
         self._learn_resource(cfg, state, resource, ts)
+        combined_anchor = event
         if cfg.combined is not None:
             combined = self._combined(
                 cfg, cfg.combined, event, state, rate, group_name, kv, warm, op_new, not known
             )
             if combined is not None:
-                findings.append(combined)
+                findings.append(combined[0])
+                combined_anchor = combined[1]
 
         state.n += 1
         state.last_ms = max(state.last_ms, ts)
@@ -721,7 +728,8 @@ class DetectionCore:
             if cfg.suppressions and self.suppressed(event.machine_id, f, ts):
                 self.suppressed_findings += 1
                 continue
-            alert = self._episode(cfg, event, group, state, f)
+            anchor = combined_anchor if f.detector == "combined" else event
+            alert = self._episode(cfg, anchor, group, state, f)
             if alert is not None:
                 alerts.append(alert)
         return state, alerts
@@ -738,25 +746,34 @@ class DetectionCore:
         warm: bool,
         op_new: bool,
         resource_new: bool,
-    ) -> Finding | None:
+    ) -> tuple[Finding, AuditEvent] | None:
         """Close the machine's previous window when this event is past it, score it with the
-        group's model (then learn it), and count this event into its own window."""
+        group's model (then learn it), and count this event into its own window. A finding
+        comes with the event to anchor its alert on: the unusual window's own (its first
+        event's id, its last event's time), not this event of the next window."""
         ts = event.timestamp_ms
         window = ts // (p.window_s * 1000)
         win = state.win
-        finding = None
+        finding: tuple[Finding, AuditEvent] | None = None
         if win and window > win[0]:
-            finding = self._score_window(cfg, p, event, state, rate, group, kv, warm)
+            found = self._score_window(cfg, p, event, state, rate, group, kv, warm)
+            if found is not None:
+                first_id = str(win[6]) if len(win) > 7 else event.event_id
+                last_ms = int(win[7]) if len(win) > 7 else ts
+                anchor = replace(event, event_id=first_id, ts_us=last_ms * 1000)
+                finding = (found, anchor)
             win = []
         elif win and window < win[0]:
             window = win[0]  # a late event counts in the open window
         if not win:
-            win = [window, 0, 0, 0, 0, 0]
+            win = [window, 0, 0, 0, 0, 0, event.event_id, ts]
         win[1] += 1
         win[2] += event.outcome != "SUCCESS"
         win[3] += is_write(event.operation)
         win[4] += resource_new
         win[5] += op_new
+        if len(win) > 7:
+            win[7] = max(win[7], ts)
         state.win = win
         return finding
 
@@ -771,7 +788,7 @@ class DetectionCore:
         kv: KeyValue | None,
         warm: bool,
     ) -> Finding | None:
-        window, count, failures, writes, new_resources, new_ops = state.win
+        window, count, failures, writes, new_resources, new_ops = state.win[:6]
         start_ms = window * p.window_s * 1000
         expected = rate.expected_at(start_ms) * p.window_s / cfg.rate.interval_s
         learned_failures = float(state.fail[3]) if len(state.fail) > 3 else 0.0
@@ -1098,6 +1115,7 @@ class DetectionCore:
                 # Acknowledged or snoozed: the higher severity is recorded, nobody is paged.
                 status = "updated"
             f = self._with_baseline(cfg, f, state)
+            ep.observed, ep.expected = dict(f.observed), dict(f.expected)
             return self._alert(event.machine_id, group, f.detector, status, ep, f, ts, control)
         ep = Episode(
             alert_id=self._alert_id(event.machine_id, f.detector, event.event_id),
@@ -1111,6 +1129,7 @@ class DetectionCore:
         )
         state.episodes[f.detector] = ep
         f = self._with_baseline(cfg, f, state)
+        ep.observed, ep.expected = dict(f.observed), dict(f.expected)
         return self._alert(event.machine_id, group, f.detector, "opened", ep, f, ts)
 
     @staticmethod
@@ -1154,13 +1173,26 @@ class DetectionCore:
                         detector,
                         "resolved",
                         ep,
-                        Finding(
-                            detector,
-                            ep.score,
-                            f"{machine_id}: no further {detector} findings for "
-                            f"{cfg.cooldown_s // 60} minutes.",
-                            {"repeats": ep.count},
-                            {},
+                        self._with_baseline(
+                            cfg,
+                            Finding(
+                                detector,
+                                ep.score,
+                                f"{machine_id}: no further {detector} findings for "
+                                f"{cfg.cooldown_s // 60} minutes after {ep.count} in all "
+                                f"(peak score {ep.score:.0f}).",
+                                {
+                                    **ep.observed,
+                                    "repeats": ep.count,
+                                    "peak_score": round(ep.score, 1),
+                                    "quiet_minutes": cfg.cooldown_s // 60,
+                                },
+                                {
+                                    **ep.expected,
+                                    "quiet_minutes_to_resolve": cfg.cooldown_s // 60,
+                                },
+                            ),
+                            state,
                         ),
                         resolved_at,
                     )

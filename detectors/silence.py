@@ -43,6 +43,10 @@ class SilenceWatch:
     # pace, so the clock is the slowest of them: a machine is only silent once every source
     # that could carry its events has moved past the silence.
     sources: dict[str, int] = field(default_factory=dict)
+    # Machines with open (non-silence) episodes: [latest finding ms, group]. Their own next
+    # event would resolve them, but it may never come; the sweep resolves them instead. Kept
+    # here so the list survives a restart or a move of the partition to another worker.
+    open: dict[str, list[Any]] = field(default_factory=dict)
 
     def advance(self, source: str, ts_ms: int, max_skew_ms: int) -> None:
         self.sources[source] = max(ts_ms, self.sources.get(source, ts_ms))
@@ -60,6 +64,7 @@ class SilenceWatch:
                 self.next_sweep_ms,
                 {m: [e.last_ms, e.group, e.alerted] for m, e in self.entries.items()},
                 self.sources,
+                self.open,
             ]
         )
 
@@ -72,6 +77,7 @@ class SilenceWatch:
             next_sweep,
             {m: WatchEntry(*v) for m, v in entries.items()},
             rest[0] if rest else {},
+            rest[1] if len(rest) > 1 else {},
         )
 
 

@@ -217,13 +217,13 @@ class _Explainer:
         self.topic = topic
         self.processor = processor
 
-    def __call__(self, machine_id: str, group: str | None) -> dict[str, Any]:
+    def __call__(self, machine_id: str, group: str | None, top: int = 20) -> dict[str, Any]:
         store = self.app._state_manager.get_store(self.stream_id)
         checkpoint = self.app._processing_context.checkpoint
         partitions = sorted(store.partitions)
         for p in partitions:
             kv = _TransactionStore(checkpoint.get_store_transaction(self.stream_id, p))
-            found = explain_machine(kv, self.processor.core, machine_id, group=group)
+            found = explain_machine(kv, self.processor.core, machine_id, group=group, top=top)
             if found is not None:
                 return {"found": True, "topic": self.topic, "partition": p, **found}
         return {
@@ -245,12 +245,32 @@ def run(
     """Run until SIGTERM/SIGINT (or `stop` is set). Creates missing topics first. With
     `config_path`, SIGHUP (and, with `reload_poll_s` > 0, a change to the file) reloads the
     detection settings, keeping the baselines."""
+    # First thing: SIGHUP's default action kills the process, and startup (topics, state,
+    # the control topic) can take a while. A reload asked for meanwhile waits for the reloader.
+    hup = _HupRoute(wants_reload=config_path is not None)
+    previous_hup = hup.install()
+    try:
+        return _run(cfg, stop, config_path, reload_poll_s, hup)
+    finally:
+        if previous_hup is not None:
+            signal.signal(signal.SIGHUP, previous_hup)
+
+
+def _run(
+    cfg: Config,
+    stop: threading.Event | None,
+    config_path: str | None,
+    reload_poll_s: float,
+    hup: _HupRoute,
+) -> Processor:
     for report in ensure_topics(cfg):
         if report.created:
             log.warning("created topic %s", report.name)
         for diff in report.differences:
             log.warning("topic %s differs from the expected config: %s", report.name, diff)
     reloader = ConfigReloader(config_path, cfg, reload_poll_s).start() if config_path else None
+    if reloader is not None:
+        hup.attach(reloader)
     processor = Processor(cfg, make_resolver(cfg))
     telemetry = Telemetry(cfg, processor)
     app, processor = build_application(cfg, processor, reloader=reloader, telemetry=telemetry)
@@ -265,9 +285,9 @@ def run(
     if not control.wait_ready(30.0):
         log.warning("control topic not loaded within 30 s; acknowledgements apply once it is")
     processor.core.control = control.lookup
+    telemetry.control = control
     if stop is not None:
         threading.Thread(target=lambda: (stop.wait(), app.stop()), daemon=True).start()
-    previous_hup = _on_sighup(reloader)
     try:
         # Quix installs SIGINT/SIGTERM handlers that stop after the current message and commit.
         app.run()
@@ -276,24 +296,42 @@ def run(
             watch.stop()
         if server is not None:
             server.stop()
-        if previous_hup is not None:
-            signal.signal(signal.SIGHUP, previous_hup)
         control.stop()
         if reloader is not None:
             reloader.stop()
     return processor
 
 
-def _on_sighup(reloader: ConfigReloader | None) -> Any:
-    """Route SIGHUP to the reloader (else ignore it: its default would kill the worker).
-    Returns the previous handler, or None where signals cannot be set (not the main thread)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
+class _HupRoute:
+    """SIGHUP's handler for the whole of `run`: routes it to the reloader once there is one,
+    queues one reload until then, and without a config file only logs (SIGHUP's default
+    action would kill the worker)."""
 
-    def handler(_signum: int, _frame: Any) -> None:
-        if reloader is None:
-            log.warning("SIGHUP: no config file to reload (started without --config)")
-        else:
+    def __init__(self, wants_reload: bool) -> None:
+        self.wants_reload = wants_reload
+        self.reloader: ConfigReloader | None = None
+        self.pending = False
+
+    def install(self) -> Any:
+        """The previous handler, or None where signals cannot be set (not the main thread)."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        return signal.signal(signal.SIGHUP, self)
+
+    def __call__(self, _signum: int, _frame: Any) -> None:
+        reloader = self.reloader
+        if reloader is not None:
             reloader.request()
+        elif self.wants_reload:
+            self.pending = True
+            log.info("SIGHUP during startup: the config is reloaded once the worker is up")
+        else:
+            log.warning("SIGHUP: no config file to reload (started without --config)")
 
-    return signal.signal(signal.SIGHUP, handler)
+    def attach(self, reloader: ConfigReloader) -> None:
+        # Handlers run on this (the main) thread between bytecodes: a signal before the
+        # assignment sets `pending`, read below; one after it goes to the reloader directly.
+        self.reloader = reloader
+        if self.pending:
+            self.pending = False
+            reloader.request()

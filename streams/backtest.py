@@ -178,21 +178,31 @@ def events_from_files(
     return src
 
 
-def events_from_archive(cfg: Config, since_ms: int | None, until_ms: int | None) -> Source:
+def events_from_archive(
+    cfg: Config,
+    since_ms: int | None,
+    until_ms: int | None,
+    *,
+    slack_ms: int | None = None,
+    progress: IO[str] | None = None,
+) -> Source:
     """The archive topic's events with event time in [since, until), deduplicated by event_id
-    (the reading `seed --from-archive` does)."""
+    (the reading `seed --from-archive` does: only the records archived within `slack_ms` of
+    the range are fetched)."""
     from streams.seed import SeedStats
     from streams.seed import events_from_archive as read_archive
 
     stats = SeedStats()
-    events = read_archive(cfg, since_ms, until_ms, stats)
+    events = read_archive(cfg, since_ms, until_ms, stats, slack_ms=slack_ms, progress=progress)
     events.sort(key=lambda e: e.ts_us)
     span = (
         f"{format_rfc3339_ms(since_ms) if since_ms is not None else 'the start'} to "
         f"{format_rfc3339_ms(until_ms) if until_ms is not None else 'the end'}"
     )
-    src = Source(f"archive topic {cfg.topics.archive}, {span}", events, records=stats.read)
-    src.duplicates = stats.read - len(events)
+    skipped = f", {stats.not_read:,} records outside it not read" if stats.not_read else ""
+    src = Source(f"archive topic {cfg.topics.archive}, {span}{skipped}", events, records=stats.read)
+    # Records read but outside the range are not duplicates: count only repeated event ids.
+    src.duplicates = stats.in_range - len(events)
     return src
 
 
@@ -860,16 +870,26 @@ def cmd_backtest(args: argparse.Namespace) -> int:
 
     if args.archive == bool(args.sources):
         raise UsageError("give event FILES or --archive (one of them)")
-    if not args.archive and (args.since or args.until):
-        raise UsageError("--from/--to select a range of the archive: use them with --archive")
+    if not args.archive and (args.since or args.until or args.slack is not None):
+        raise UsageError(
+            "--from/--to/--slack select a range of the archive: use them with --archive"
+        )
     new_cfg = load_config(args.config)
     old_cfg = load_config(args.compare) if args.compare else None
     progress = Progress(sys.stderr, enabled=not args.quiet)
+    if args.slack is not None and args.slack < 0:
+        raise UsageError("--slack must be 0 or more seconds")
     if args.top_machines < 0:
         raise UsageError("--top-machines must be 0 or more")
     try:
         if args.archive:
-            src = events_from_archive(new_cfg, _parse_time(args.since), _parse_time(args.until))
+            src = events_from_archive(
+                new_cfg,
+                _parse_time(args.since),
+                _parse_time(args.until),
+                slack_ms=None if args.slack is None else int(args.slack * 1000),
+                progress=None if args.quiet else sys.stderr,
+            )
         else:
             src = events_from_files(
                 new_cfg, args.sources, args.format, parse_csv_map(args.csv_map), progress
@@ -931,6 +951,15 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--archive", action="store_true", help="read the archive topic instead of files")
     p.add_argument("--from", dest="since", metavar="TIME", help="archive: from this event time")
     p.add_argument("--to", dest="until", metavar="TIME", help="archive: before this event time")
+    p.add_argument(
+        "--slack",
+        type=float,
+        metavar="SECONDS",
+        help="archive: allowance between an event's time and when it was archived; only "
+        "records archived from --from minus this to --to plus this are read (default: "
+        "input.max_future_s + 3600). Raise it to include events archived long after they "
+        "happened (a backlog, a backfill of old logs)",
+    )
     p.add_argument(
         "--config", "-c", metavar="NEW", help="the config to test (default: built-in defaults)"
     )

@@ -331,16 +331,27 @@ _STYLE = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "cya
 
 
 def _alert_line(a: dict[str, Any], oncall: str = "") -> str:
-    sev = a["severity"]
+    """One alert state as rich markup. Every field is escaped: machine ids, summaries and
+    resource paths are data (`s3://b/[/oops]` would otherwise be read as a closing tag)."""
+    from rich.markup import escape
+
+    sev = str(a["severity"])
+    level = escape(f"{sev.upper():8}")
+    style = _STYLE.get(sev)
     return (
-        f"[{_STYLE[sev]}]{sev.upper():8}[/] {a['event_time'][:19].replace('T', ' ')} "
-        f"{a['status']:9} {a['detector']:13} {a['machine_id']}: {a['summary']} "
-        f"[dim]{a['alert_id']}{' (' + oncall + ')' if oncall else ''}[/]"
+        (f"[{style}]{level}[/]" if style else level)
+        + " "
+        + escape(
+            f"{a['event_time'][:19].replace('T', ' ')} {a['status']:9} {a['detector']:13} "
+            f"{a['machine_id']}: {a['summary']} "
+        )
+        + f"[dim]{escape(str(a['alert_id']) + (' (' + oncall + ')' if oncall else ''))}[/]"
     )
 
 
 def _print_table(console: Any, rows: list[list[str]]) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=f"{len(rows)} alert states")
     for col in (
@@ -356,7 +367,8 @@ def _print_table(console: Any, rows: list[list[str]]) -> None:
     ):
         table.add_column(col, overflow="fold")
     for r in rows:
-        table.add_row(*r)
+        # Text, not str: a cell string would be parsed as markup, and alert fields are data.
+        table.add_row(*(Text(c) for c in r))
     console.print(table)
 
 
@@ -381,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-format",
         choices=["text", "json"],
+        # argparse converts a string default with `type` but never checks it against
+        # `choices`: main() validates the value from the environment.
+        type=str.lower,
         default=os.environ.get("AUDITWATCH_LOG_FORMAT", "text"),
         help="text, or json: one JSON object a line, errors with topic[partition]@offset "
         "(default text, or $AUDITWATCH_LOG_FORMAT)",
@@ -441,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--log-format",
         choices=["text", "json"],
+        type=str.lower,
         default=argparse.SUPPRESS,
         help="json: one JSON object a line, with topic[partition]@offset on the records of a "
         "message (default text, or $AUDITWATCH_LOG_FORMAT)",
@@ -568,14 +584,45 @@ def _quiet_third_party_warnings() -> None:
     warnings.filterwarnings("ignore", message="The httpx module is deprecated")
 
 
+def _setup_logging(args: argparse.Namespace) -> None:
+    from streams.logs import FORMATS, setup_logging
+
+    fmt = str(args.log_format).strip().lower()
+    if fmt not in FORMATS:
+        raise UsageError(
+            f"log format {args.log_format!r} (--log-format or $AUDITWATCH_LOG_FORMAT) is not "
+            f"one of {', '.join(FORMATS)}"
+        )
+    level = str(args.log_level).strip().upper()
+    if not isinstance(logging.getLevelName(level), int):
+        raise UsageError(
+            f"log level {args.log_level!r} (--log-level or $AUDITWATCH_LOG_LEVEL) is not one "
+            "of DEBUG, INFO, WARNING, ERROR, CRITICAL"
+        )
+    setup_logging(level, fmt)
+
+
+def _operational_error(e: BaseException) -> str:
+    """One line for an error the operator can act on (a missing topic, an unreachable
+    broker), instead of a traceback."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    if isinstance(e, KafkaException) and e.args and isinstance(e.args[0], KafkaError):
+        err = e.args[0]
+        text = f"Kafka: {err.str()} ({err.name()})"
+    elif isinstance(e, TimeoutError):
+        text = f"timed out: {e}" if str(e) else "timed out"
+    else:
+        text = str(e) or type(e).__name__
+    return " ".join(text.split())
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet_third_party_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
-    from streams.logs import setup_logging
-
-    setup_logging(args.log_level, args.log_format)
     try:
+        _setup_logging(args)
         rc: int = args.func(args)
         return rc
     except (ConfigError, UsageError) as e:
@@ -586,6 +633,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as e:
+        from confluent_kafka import KafkaException
+
+        if not isinstance(e, (RuntimeError, TimeoutError, KafkaException)):
+            raise
+        # A service that stops keeps its traceback in its log; a one-shot command shows it
+        # with --log-level DEBUG (for a bug report).
+        service = args.command in ("run", "webhook")
+        logging.getLogger("auditwatch").log(
+            logging.ERROR if service else logging.DEBUG,
+            "%s failed",
+            args.command,
+            exc_info=True,
+        )
+        print(f"auditwatch: error: {_operational_error(e)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Also the one place that builds librdkafka settings, so TLS/SASL options later pa
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from datetime import UTC, date, datetime
@@ -13,7 +14,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from detectors.combined import CombinedParams
 from detectors.core import DetectorConfig, Override, Suppression
@@ -55,8 +64,18 @@ class KafkaSettings(_Model):
         return kafka_local.bootstrap_from_env_or_file() or "127.0.0.1:9092"
 
     def client_config(self) -> dict[str, Any]:
-        """librdkafka settings shared by consumers, producers and admin clients."""
-        return {"bootstrap.servers": self.bootstrap(), **self.librdkafka}
+        """librdkafka settings shared by consumers, producers and admin clients.
+
+        librdkafka's own log lines (`%3|...|rdkafka#consumer-1|...` on stderr otherwise) go
+        to the `auditwatch.librdkafka` logger, so they take the worker's log format
+        (`--log-format json`). confluent-kafka hands them over when the client is polled
+        (consumers also on close); an admin client that is never polled drops them, and
+        reports its failures through its futures instead."""
+        return {
+            "bootstrap.servers": self.bootstrap(),
+            "logger": logging.getLogger("auditwatch.librdkafka"),
+            **self.librdkafka,
+        }
 
 
 class TopicSettings(_Model):
@@ -349,7 +368,41 @@ class WebhookSettings(_Model):
     def _http(cls, url: SecretStr | None) -> SecretStr | None:
         if url is not None and not url.get_secret_value().startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
+        if url is not None:
+            from urllib.parse import urlsplit
+
+            try:
+                parts = urlsplit(url.get_secret_value())
+                parts.port  # noqa: B018 - parsing it is the check
+            except ValueError as e:
+                # The message may quote the URL, whose path can carry a token: not repeated.
+                raise ValueError(f"not a usable URL ({type(e).__name__})") from None
+            if not parts.hostname:
+                raise ValueError("names no host")
         return url
+
+    @model_validator(mode="after")
+    def _retries_fit_a_poll_interval(self) -> WebhookSettings:
+        # The sink retries between two consumer polls and raises its max.poll.interval.ms to
+        # cover them (streams/webhook.py); librdkafka accepts at most 24 h there.
+        worst = worst_case_delivery_s(self)
+        if worst + 60 > _MAX_POLL_INTERVAL_S:
+            raise ValueError(
+                f"retries of one alert state could take {worst:,.0f} s (max_attempts "
+                f"{self.max_attempts} x timeout_s {self.timeout_s:g} + backoffs up to "
+                f"max_backoff_s {self.max_backoff_s:g}), more than Kafka's longest poll "
+                f"interval ({_MAX_POLL_INTERVAL_S - 60:,} s); lower one of them"
+            )
+        return self
+
+
+_MAX_POLL_INTERVAL_S = 86_400  # librdkafka's ceiling for max.poll.interval.ms
+
+
+def worst_case_delivery_s(w: WebhookSettings) -> float:
+    """The longest one alert state can hold the webhook sink: every attempt times out and
+    every pause between attempts is the longest allowed."""
+    return w.max_attempts * w.timeout_s + (w.max_attempts - 1) * w.max_backoff_s
 
 
 class Config(_Model):

@@ -20,6 +20,12 @@ with the reason and not sent (`--no-check` sends them anyway). Values truncated 
 dead-lettered (over `input.max_value_bytes`) cannot be re-sent whole and are skipped, and so
 are `conflicting_duplicate`s unless a fix file gives them new content: re-sending one would
 only be refused again (the archived record wins).
+
+The webhook sink (`auditwatch webhook`) dead-letters alert states it could not deliver to the
+same topic, with stage `webhook` (reason `webhook_failed`). Those are not input: a redrive
+leaves them out unless given `--stage webhook`, which re-sends them (checked to be alert
+states) to the topic they were read from, the alerts topic, so every webhook sink's consumer
+group reads them again; receivers drop copies they already have by Idempotency-Key.
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ from streams.config import Config, load_config
 LEDGER_SUFFIX = ".redriven"
 REDRIVE_HEADER = "auditwatch-redrive"
 NOT_REDRIVABLE = ("conflicting_duplicate",)
+WEBHOOK_STAGE = "webhook"  # dead letters of the webhook sink: alert states, not input
+STAGES = ("input", WEBHOOK_STAGE)
 
 
 @dataclass
@@ -260,6 +268,7 @@ class RedriveResult:
     not_redrivable: list[DeadLetter] = field(default_factory=list)
     still_failing: list[tuple[DeadLetter, str]] = field(default_factory=list)  # (dl, reason)
     failed: list[tuple[DeadLetter, str]] = field(default_factory=list)  # delivery errors
+    other_stage: list[DeadLetter] = field(default_factory=list)  # not this redrive's stage
 
 
 def read_fix_file(path: str) -> dict[str, bytes]:
@@ -319,6 +328,25 @@ def precheck(cfg: Config, value: bytes, resolver: Any) -> str | None:
     return None
 
 
+def precheck_alert(value: bytes) -> str | None:
+    """Why the webhook sink would dead-letter `value` again at once (not an alert state), or
+    None. Whether the endpoint now accepts it only the sink can tell."""
+    try:
+        alert = orjson.loads(value)
+    except orjson.JSONDecodeError as e:
+        return f"not an alert state: {e}"
+    if not isinstance(alert, dict) or not all(
+        isinstance(alert.get(k), str) for k in ("alert_id", "status", "severity")
+    ):
+        return "not an alert state: needs alert_id, status and severity"
+    return None
+
+
+def stage_of(d: DeadLetter) -> str:
+    """Which redrive handles `d`: `webhook` for the webhook sink's, `input` for the rest."""
+    return WEBHOOK_STAGE if d.stage == WEBHOOK_STAGE else "input"
+
+
 def _ensure_ledger(cfg: Config) -> None:
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic
@@ -353,29 +381,39 @@ def redrive(
     check: bool = True,
     force: bool = False,
     topic: str | None = None,
+    stage: str = "input",
 ) -> RedriveResult:
-    """Re-send `dls` (or, with `fixes`, only those ids, with the fixed values) to the input
-    topic once each; see the module docstring for what is skipped and why."""
+    """Re-send `dls` (or, with `fixes`, only those ids, with the fixed values) once each: for
+    stage `input` to the input topic, for stage `webhook` (alert states the webhook sink
+    could not deliver) to the topic each was read from (the alerts topic). Dead letters of
+    the other stage are left out (`other_stage`); see the module docstring for what else is
+    skipped and why."""
     from confluent_kafka import KafkaError, Message
 
     from schemas.event import format_rfc3339_ms
     from streams.producer import make_producer
 
-    topic = topic or cfg.topics.events
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; one of {', '.join(STAGES)}")
+    webhook = stage == WEBHOOK_STAGE
     res = RedriveResult()
-    resolver = _resolver(cfg) if check else None
+    resolver = _resolver(cfg) if check and not webhook else None
     todo: list[tuple[DeadLetter, bytes]] = []
     for d in dls:
         if fixes is not None and d.id not in fixes:
             continue
         value = fixes[d.id] if fixes is not None else d.value
-        if d.redriven and not force:
+        if stage_of(d) != stage:
+            res.other_stage.append(d)
+        elif d.redriven and not force:
             res.already.append(d)
         elif fixes is None and d.value_truncated:
             res.truncated.append(d)
         elif fixes is None and d.reason in NOT_REDRIVABLE:
             res.not_redrivable.append(d)
-        elif check and (why := precheck(cfg, value, resolver)) is not None:
+        elif check and (
+            why := precheck_alert(value) if webhook else precheck(cfg, value, resolver)
+        ):
             res.still_failing.append((d, why))
         else:
             todo.append((d, value))
@@ -398,12 +436,19 @@ def redrive(
 
         return cb
 
+    def target(d: DeadLetter) -> str:
+        if topic:
+            return topic
+        if webhook:
+            return d.topic or cfg.topics.alerts
+        return cfg.topics.events
+
     for d, value in todo:
         header = f"{cfg.topics.deadletter}:{d.id}".encode()
         while True:
             try:
                 producer.produce(
-                    topic,
+                    target(d),
                     key=d.key,
                     value=value,
                     headers=[(REDRIVE_HEADER, header)],
@@ -463,6 +508,17 @@ def render_redrive(res: RedriveResult, topic: str, dry_run: bool) -> str:
         ("would be refused again", res.still_failing),
         ("delivery failed", res.failed),
     ]
+    webhook_letters = [d for d in res.other_stage if stage_of(d) == WEBHOOK_STAGE]
+    if webhook_letters:
+        lines.append(
+            f"skipped {len(webhook_letters)}: webhook deliveries that failed (alert states, "
+            "not input; `--stage webhook` re-sends them to the alerts topic)"
+        )
+    if len(webhook_letters) != len(res.other_stage):
+        lines.append(
+            f"skipped {len(res.other_stage) - len(webhook_letters)}: input dead letters "
+            "(redriven without --stage webhook)"
+        )
     for title, items in skipped:
         if not items:
             continue
@@ -478,11 +534,12 @@ def cmd_redrive(args: argparse.Namespace) -> int:
     if args.fix_file and args.no_check:
         raise UsageError("--no-check is for raw re-sends; a fix file's values are always checked")
     cfg = load_config(args.config)
+    webhook = args.stage == WEBHOOK_STAGE
     fixes = read_fix_file(args.fix_file) if args.fix_file else None
     _require_topic(cfg)
     dls = select(read_dead_letters(cfg), args.reason, _since(args.since))
     if fixes is not None:
-        unknown = sorted(set(fixes) - {d.id for d in dls})
+        unknown = sorted(set(fixes) - {d.id for d in dls if stage_of(d) == args.stage})
         if unknown:
             raise UsageError(
                 f"fix file names dead letters not found (or filtered out): {', '.join(unknown)}"
@@ -495,8 +552,10 @@ def cmd_redrive(args: argparse.Namespace) -> int:
         check=not args.no_check,
         force=args.force,
         topic=args.topic,
+        stage=args.stage,
     )
-    print(render_redrive(res, args.topic or cfg.topics.events, args.dry_run))
+    where = args.topic or (cfg.topics.alerts if webhook else cfg.topics.events)
+    print(render_redrive(res, where, args.dry_run))
     return 1 if res.failed else 0
 
 
@@ -542,7 +601,12 @@ def add_parser(sub: Any) -> None:
         "values of --fix-file) to the input topic, each once: a ledger topic "
         "(<dead-letter topic>.redriven) records what was sent, and later redrives skip "
         "it. Values are first checked locally against the current config and schema "
-        "registry; those that would be refused again are reported, not sent.",
+        "registry; those that would be refused again are reported, not sent. Alert states "
+        "the webhook sink failed to deliver (stage webhook, reason webhook_failed) are not "
+        "input and are left out; `--stage webhook` re-sends them instead, to the alerts "
+        "topic they came from, so the webhook sinks deliver them again (once the endpoint "
+        "works). A re-sent state becomes its alert's latest record on the compacted alerts "
+        "topic until the alert's next state.",
     )
     common(r)
     r.add_argument(
@@ -556,5 +620,16 @@ def add_parser(sub: Any) -> None:
     r.add_argument(
         "--no-check", action="store_true", help="send raw values even if they would fail again"
     )
-    r.add_argument("--topic", metavar="TOPIC", help="send here instead of the input topic")
+    r.add_argument(
+        "--stage",
+        choices=STAGES,
+        default="input",
+        help="input (default): refused input messages, re-sent to the input topic; webhook: "
+        "alert states the webhook sink could not deliver, re-sent to the alerts topic",
+    )
+    r.add_argument(
+        "--topic",
+        metavar="TOPIC",
+        help="send here instead of the input topic (--stage webhook: the alerts topic)",
+    )
     r.set_defaults(func=cmd_redrive)

@@ -45,7 +45,8 @@ def add_parser(sub: Any) -> None:
         action="append",
         metavar="URL",
         help="a worker's HTTP endpoint; repeat for each worker "
-        "(default http://127.0.0.1:PORT, PORT from http.port in the config)",
+        "(default http://127.0.0.1:PORT, PORT from http.port in the config; required when "
+        "http.port is 0, since each worker then picks its own port and logs it)",
     )
     p.add_argument(
         "--events",
@@ -87,8 +88,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
             print(f"{args.machine} does not appear in {', '.join(args.events)}", file=sys.stderr)
             return 1
     else:
+        if not args.url and cfg.http.port == 0:
+            print(
+                "auditwatch: http.port is 0 in the config (each worker picks a free port and "
+                "logs it as 'serving ... on http://HOST:PORT'): give --url http://HOST:PORT",
+                file=sys.stderr,
+            )
+            return 2
         urls = args.url or [f"http://127.0.0.1:{cfg.http.port}"]
-        result = explain_from_workers(urls, args.machine, args.group, args.timeout)
+        result = explain_from_workers(urls, args.machine, args.group, args.timeout, args.top)
         if result is None:
             return 1
     if args.json:
@@ -135,13 +143,16 @@ def explain_from_files(
 
 
 def explain_from_workers(
-    urls: list[str], machine_id: str, group: str | None, timeout: float
+    urls: list[str], machine_id: str, group: str | None, timeout: float, top: int = 20
 ) -> dict[str, Any] | None:
     """The first worker's explanation that finds the machine; None (reasons on stderr) when
-    none does."""
-    path = "/machines/" + urllib.parse.quote(machine_id, safe="")
+    none does. `top` bounds the resources and operations listed, as with --events."""
+    query: dict[str, str | int] = {"top": top}
     if group:
-        path += "?" + urllib.parse.urlencode({"group": group})
+        query["group"] = group
+    path = (
+        "/machines/" + urllib.parse.quote(machine_id, safe="") + "?" + urllib.parse.urlencode(query)
+    )
     problems = []
     for base in urls:
         url = base.rstrip("/") + path

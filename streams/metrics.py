@@ -15,7 +15,9 @@ what `kafka-consumer-groups --describe` shows.
 
 `InputWatch`, a thread of its own, checks the input topic's end offsets every
 `monitoring.input_check_interval_s` and raises the `auditwatch_input_quiet` alert when they
-stop moving.
+stop moving. Each alert state is kept until the broker acknowledges it (produced again at the
+next check if it was refused), and a restarted worker reads the alerts topic before opening
+one, so a restart during a quiet spell does not page twice.
 
 Imports: the standard library, prometheus_client, confluent-kafka, orjson, and streams/schemas.
 """
@@ -65,6 +67,9 @@ SELF = "auditwatch"
 # The readiness check's tolerance for a main loop that has not come round (a slow message, a
 # registry retry): longer than any normal iteration, shorter than a real hang.
 LOOP_STALL_S = 60.0
+# Resources and operations an explanation lists unless `?top=` says otherwise.
+EXPLAIN_TOP = 20
+EXPLAIN_TOP_MAX = 10_000
 
 
 class Histogram:
@@ -154,29 +159,32 @@ class ExplainRequests:
     uncommitted writes of the current checkpoint)."""
 
     def __init__(self) -> None:
-        self.pending: deque[tuple[str, str | None, Future[Any]]] = deque()
+        self.pending: deque[tuple[str, str | None, int, Future[Any]]] = deque()
 
     def __bool__(self) -> bool:
         return bool(self.pending)
 
-    def ask(self, machine_id: str, group: str | None, timeout: float) -> Any:
+    def ask(
+        self, machine_id: str, group: str | None, timeout: float, top: int = EXPLAIN_TOP
+    ) -> Any:
         """Called on the HTTP thread; raises TimeoutError when the worker does not answer."""
         fut: Future[Any] = Future()
-        self.pending.append((machine_id, group, fut))
+        self.pending.append((machine_id, group, top, fut))
         try:
             return fut.result(timeout)
         except FutureTimeout:
             fut.cancel()
             raise TimeoutError from None
 
-    def serve(self, answer: Callable[[str, str | None], Any]) -> None:
-        """Called on the processing thread, between messages."""
+    def serve(self, answer: Callable[[str, str | None, int], Any]) -> None:
+        """Called on the processing thread, between messages; `answer(machine_id, group,
+        top)`."""
         while self.pending:
-            machine_id, group, fut = self.pending.popleft()
+            machine_id, group, top, fut = self.pending.popleft()
             if not fut.set_running_or_notify_cancel():
                 continue
             try:
-                fut.set_result(answer(machine_id, group))
+                fut.set_result(answer(machine_id, group, top))
             except Exception as e:  # reported to the HTTP client, not fatal to the worker
                 fut.set_exception(e)
 
@@ -199,6 +207,8 @@ class Telemetry:
         self.explain = ExplainRequests()
         self.input_quiet = False
         self.input_idle_s: float | None = None
+        # The control-topic reader (acks and snoozes), set by the runtime once it starts.
+        self.control: Any = None
         self.state_dir = cfg.kafka.state_dir
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_Collector(self))
@@ -216,7 +226,7 @@ class Telemetry:
             if a is not None and a.is_page:
                 self.pages[(a.detector, a.severity)] += 1
 
-    def tick(self, answer: Callable[[str, str | None], Any]) -> None:
+    def tick(self, answer: Callable[[str, str | None, int], Any]) -> None:
         """Once per round of the main loop (once per message): proves it is alive, answers
         explain requests."""
         self.rounds += 1
@@ -350,7 +360,9 @@ class _Collector:
 
         lag = GaugeMetricFamily(
             "auditwatch_consumer_lag",
-            "Messages not yet committed, per partition this worker owns (librdkafka stats).",
+            "Offsets not yet committed, per partition this worker owns (librdkafka stats). "
+            "Under exactly-once an idle partition of a transactional topic shows 1: the "
+            "commit marker of its last transaction.",
             labels=["topic", "partition"],
         )
         stats = t.stats
@@ -409,6 +421,14 @@ class _Collector:
             )
             idle.add_metric([], round(t.input_idle_s, 1))
             yield idle
+        if t.control is not None:
+            control = GaugeMetricFamily(
+                "auditwatch_control_reader_healthy",
+                "1 while acknowledgements and snoozes are being read from the control topic; "
+                "0 while the reader retries after an error (see the worker's log).",
+            )
+            control.add_metric([], 1.0 if t.control.healthy else 0.0)
+            yield control
         ready, _ = t.readiness()
         up = GaugeMetricFamily("auditwatch_ready", "1 when /readyz would answer 200.")
         up.add_metric([], 1.0 if ready else 0.0)
@@ -441,13 +461,23 @@ class _Handler(BaseHTTPRequestHandler):
         elif path.startswith("/machines/") and len(path) > len("/machines/"):
             query = parse_qs(url.query)
             group = query.get("group", [None])[0]
-            self._explain(unquote(path[len("/machines/") :]), group)
+            raw_top = query.get("top", [str(EXPLAIN_TOP)])[0]
+            try:
+                top = int(raw_top)
+            except ValueError:
+                top = 0
+            if not 1 <= top <= EXPLAIN_TOP_MAX:
+                self._json(
+                    400, {"error": f"top={raw_top!r}: give a whole number 1 to {EXPLAIN_TOP_MAX}"}
+                )
+                return
+            self._explain(unquote(path[len("/machines/") :]), group, top)
         else:
             self._json(404, {"error": f"no such endpoint {path}", "endpoints": _ENDPOINTS})
 
-    def _explain(self, machine_id: str, group: str | None) -> None:
+    def _explain(self, machine_id: str, group: str | None, top: int) -> None:
         try:
-            body = self.telemetry.explain.ask(machine_id, group, self.explain_timeout_s)
+            body = self.telemetry.explain.ask(machine_id, group, self.explain_timeout_s, top)
         except TimeoutError:
             self._json(
                 503,
@@ -477,7 +507,7 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("http %s: " + format, self.client_address[0], *args)
 
 
-_ENDPOINTS = ["/metrics", "/healthz", "/readyz", "/machines/MACHINE_ID[?group=GROUP]"]
+_ENDPOINTS = ["/metrics", "/healthz", "/readyz", "/machines/MACHINE_ID[?group=GROUP&top=N]"]
 
 
 class HttpServer:
@@ -532,7 +562,12 @@ class InputWatch:
     Every worker measures (the metric); only the worker that owns input partition 0 writes the
     alert, so a topic-wide outage pages once. The alert id is a hash of the topic and the end
     offsets at which it went quiet, so even two workers writing it during a rebalance name the
-    same alert. It resolves when records arrive again."""
+    same alert. It resolves when records arrive again.
+
+    `recall(alert_id)` is asked, before an alert is opened, for the last status already
+    written for that id (None: none); "opened" means a previous run of this worker (or
+    another owner of partition 0) opened it, and it is adopted instead of written again. If it
+    raises, the alert is opened anyway."""
 
     def __init__(
         self,
@@ -541,12 +576,14 @@ class InputWatch:
         config_version: Callable[[], str],
         clock: Callable[[], float] = time.monotonic,
         wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        recall: Callable[[str], str | None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.telemetry = telemetry
         self.config_version = config_version
         self.clock = clock
         self.wall_ms = wall_ms
+        self.recall = recall
         self.ends: int | None = None
         self.changed_at = clock()
         self.changed_wall_ms = wall_ms()
@@ -554,6 +591,9 @@ class InputWatch:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._producer: Any = None
+        # Alert states not yet acknowledged by the broker, oldest first.
+        self.outbox: deque[_Outgoing] = deque()
+        self._written: dict[str, int] = {}  # alert_id -> seq of its newest acknowledged state
 
     def observe(self, ends: int, owner: bool) -> Alert | None:
         """One check of the input's summed end offsets; the alert state to write, if any."""
@@ -577,6 +617,22 @@ class InputWatch:
             return None
         blob = "\x1f".join((SELF, INPUT_QUIET, self.cfg.topics.events, str(ends)))
         alert_id = "a-" + hashlib.sha256(blob.encode()).hexdigest()[:24]
+        if self.recall is not None:
+            try:
+                previous = self.recall(alert_id)
+            except Exception as e:
+                # A page twice is the lesser harm than none at all.
+                log.warning(
+                    "input watch: cannot read earlier states of %s (%s); opening it, which "
+                    "may repeat a page sent before a restart",
+                    alert_id,
+                    e,
+                )
+                previous = None
+            if previous == "opened":
+                log.info("%s %s is already open (written before a restart)", INPUT_QUIET, alert_id)
+                self.open_alert = self._alert("opened", alert_id, now, ends)
+                return None
         self.open_alert = self._alert("opened", alert_id, now, ends)
         return self.open_alert
 
@@ -631,8 +687,12 @@ class InputWatch:
         # Never subscribes or commits: the group id is only required by the client.
         consumer = Consumer({**client, "group.id": f"{self.cfg.kafka.consumer_group}-watch"})
         self._producer = Producer({**client, "enable.idempotence": True, "linger.ms": 0})
+        if self.recall is None:
+            self.recall = lambda alert_id: last_alert_status(self.cfg, alert_id)
         try:
             while not self._stop.wait(self.cfg.monitoring.input_check_interval_s):
+                consumer.poll(0)  # hands librdkafka's queued log lines to our logger
+                self.send()
                 try:
                     ends = _end_offsets(consumer, self.cfg.topics.events)
                 except Exception as e:
@@ -647,19 +707,205 @@ class InputWatch:
                     self._write(alert)
         finally:
             consumer.close()
-            self._producer.flush(10)
+            self.send()
+            for item in self.outbox:
+                log.error(
+                    "%s %s of %s was not written to %s before the watch stopped",
+                    INPUT_QUIET,
+                    item.alert.status,
+                    item.alert.alert_id,
+                    self.cfg.topics.alerts,
+                )
 
     def _write(self, alert: Alert) -> None:
         level = logging.WARNING if alert.status == "opened" else logging.INFO
         log.log(level, "%s %s: %s", INPUT_QUIET, alert.status, alert.summary)
-        self._producer.produce(
-            self.cfg.topics.alerts,
-            key=alert.alert_id.encode(),
-            value=orjson.dumps(alert.to_json()),
+        self.outbox.append(_Outgoing(alert))
+        self.send()
+
+    def send(self, timeout: float = 10.0) -> None:
+        """Produce the states in the outbox not yet produced (or refused: again), wait up to
+        `timeout` for the broker, and drop those it acknowledged. One still in flight stays
+        as it is: librdkafka reports it within message.timeout.ms, and producing it again
+        meanwhile could write it twice."""
+        if not self.outbox:
+            return
+        for item in list(self.outbox):
+            if item.state == "failed" and self._superseded(item):
+                # A later state of the same alert is written or on its way: this one after
+                # it would leave the older state as the latest.
+                self.outbox.remove(item)
+                continue
+            if item.state in ("new", "failed"):
+                item.state = "in_flight"
+                try:
+                    self._producer.produce(
+                        self.cfg.topics.alerts,
+                        key=item.alert.alert_id.encode(),
+                        value=orjson.dumps(item.alert.to_json()),
+                        on_delivery=item.delivered,
+                    )
+                except Exception as e:  # a full local queue, a fatal producer error
+                    item.delivered(e, None)
+        self._producer.flush(timeout)
+        for item in list(self.outbox):
+            alert = item.alert
+            if item.state == "done":
+                self.outbox.remove(item)
+                self._written[alert.alert_id] = max(item.seq, self._written.get(alert.alert_id, 0))
+                if alert.is_page:
+                    self.telemetry.watch_pages[(alert.detector, alert.severity)] += 1
+            elif item.state == "failed":
+                log.error(
+                    "%s %s of %s not written to %s (%s); retrying at the next check",
+                    INPUT_QUIET,
+                    alert.status,
+                    alert.alert_id,
+                    self.cfg.topics.alerts,
+                    item.error,
+                )
+            elif item.state == "in_flight":
+                log.warning(
+                    "%s %s of %s not acknowledged by the broker within %.0f s; still trying",
+                    INPUT_QUIET,
+                    alert.status,
+                    alert.alert_id,
+                    timeout,
+                )
+
+    def _superseded(self, item: _Outgoing) -> bool:
+        alert_id = item.alert.alert_id
+        return self._written.get(alert_id, 0) > item.seq or any(
+            later.alert.alert_id == alert_id and later.seq > item.seq for later in self.outbox
         )
-        self._producer.flush(10)
-        if alert.is_page:
-            self.telemetry.watch_pages[(alert.detector, alert.severity)] += 1
+
+
+class _Outgoing:
+    """One alert state on its way to the alerts topic; `delivered` is its delivery callback
+    (called inside the producer's flush/poll, on the watch's thread)."""
+
+    _next = 0
+
+    def __init__(self, alert: Alert) -> None:
+        self.alert = alert
+        self.state = "new"  # new -> in_flight -> done | failed (-> in_flight again)
+        self.error: Any = None
+        _Outgoing._next += 1
+        self.seq = _Outgoing._next
+
+    def delivered(self, err: Any, _msg: Any) -> None:
+        if err is None:
+            self.state, self.error = "done", None
+        else:
+            self.state, self.error = "failed", err
+
+
+def last_alert_status(cfg: Config, alert_id: str, timeout: float = 60.0) -> str | None:
+    """The status of the latest state of `alert_id` on the alerts topic (None: none).
+
+    Only alerts written since an hour before the input's newest record are read (the quiet
+    spell, and so the alert, began after that record; the hour covers producer clocks that
+    run ahead); without that record's time, the whole topic is read."""
+    from confluent_kafka import (
+        OFFSET_BEGINNING,
+        Consumer,
+        KafkaError,
+        KafkaException,
+        TopicPartition,
+    )
+
+    consumer = Consumer(
+        {
+            **cfg.kafka.client_config(),
+            "group.id": f"{cfg.kafka.consumer_group}-watch",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "isolation.level": "read_committed",
+        }
+    )
+    deadline = time.monotonic() + timeout
+
+    def watermarks(tp: Any) -> tuple[int, int]:
+        # A topic created a moment ago may not have its partition leaders yet.
+        while True:
+            try:
+                low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
+                return int(low), int(high)
+            except KafkaException as e:
+                err = e.args[0]
+                transient = err.retriable() or err.code() in (
+                    KafkaError.NOT_LEADER_FOR_PARTITION,
+                    KafkaError.LEADER_NOT_AVAILABLE,
+                    KafkaError.UNKNOWN_TOPIC_OR_PART,
+                    KafkaError._TIMED_OUT,
+                    KafkaError._TRANSPORT,
+                )
+                if not transient or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def read(parts: list[Any]) -> Iterator[Any]:
+        """Messages of `parts` (TopicPartitions with start offsets) up to their ends."""
+        pending = set()
+        for tp in parts:
+            low, high = watermarks(tp)
+            # tp.offset is OFFSET_BEGINNING (negative) or an offset; empty ranges are skipped.
+            if high > max(low, tp.offset):
+                pending.add(tp.partition)
+        if not pending:
+            return
+        consumer.assign([tp for tp in parts if tp.partition in pending])
+        while pending:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {parts[0].topic} took over {timeout:.0f} s")
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error() is not None:
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    pending.discard(msg.partition())
+                    continue
+                raise RuntimeError(f"reading {msg.topic()}: {msg.error()}")
+            yield msg
+        consumer.unassign()
+
+    def partitions(topic: str) -> list[int]:
+        meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+        if meta is None or meta.error is not None:
+            raise RuntimeError(f"topic {topic} not available: {meta.error if meta else 'missing'}")
+        return sorted(meta.partitions)
+
+    try:
+        events = cfg.topics.events
+        newest: int | None = None
+        tails = []
+        for p in partitions(events):
+            low, high = watermarks(TopicPartition(events, p))
+            if high > low:
+                tails.append(TopicPartition(events, p, high - 1))
+        seen = {tp.partition: 0 for tp in tails}
+        for msg in read(tails):
+            seen[msg.partition()] = max(seen[msg.partition()], msg.timestamp()[1])
+        # A partition whose last offset is a transaction marker (or expired) gives no time.
+        if seen and all(seen.values()):
+            newest = max(seen.values())
+        alerts = cfg.topics.alerts
+        starts = [TopicPartition(alerts, p, OFFSET_BEGINNING) for p in partitions(alerts)]
+        if newest is not None:
+            since = newest - 3_600_000
+            starts = consumer.offsets_for_times(
+                [TopicPartition(alerts, tp.partition, since) for tp in starts], timeout=timeout
+            )
+            # -1: no record that recent in the partition, nothing to read there.
+            starts = [tp for tp in starts if tp.offset >= 0]
+        status = None
+        key = alert_id.encode()
+        for msg in read(starts):
+            if msg.key() == key and msg.value() is not None:
+                status = orjson.loads(msg.value()).get("status")
+        return status
+    finally:
+        consumer.close()
 
 
 def _duration(seconds: float) -> str:

@@ -47,6 +47,19 @@ def _end_offsets(
     return ends
 
 
+def topic_metadata(consumer: Any, topic: str, deadline: float) -> Any:
+    """The topic's metadata, waiting until `deadline` (time.monotonic()) for a topic created a
+    moment ago to reach every broker; RuntimeError naming the fix if it never shows up."""
+    while True:
+        meta = consumer.list_topics(topic, timeout=max(0.1, deadline - time.monotonic())).topics
+        found = meta.get(topic)
+        if found is not None and found.error is None and found.partitions:
+            return found
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"topic {topic!r} does not exist (run `auditwatch topics create`)")
+        time.sleep(0.2)
+
+
 def read_topic(
     cfg: Config,
     topic: str,
@@ -61,16 +74,7 @@ def read_topic(
     consumer = _consumer(cfg, isolation)
     try:
         deadline = time.monotonic() + timeout
-        while True:
-            # Metadata of a topic created a moment ago may not have reached every broker yet.
-            meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
-            if meta is not None and meta.error is None and meta.partitions:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"topic {topic!r} does not exist (run `auditwatch topics create`)"
-                )
-            time.sleep(0.2)
+        meta = topic_metadata(consumer, topic, deadline)
         parts = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions]
         ends = {} if follow else _end_offsets(consumer, parts, deadline)
         consumer.assign(parts)

@@ -217,7 +217,8 @@ def machine_plot(series: dict[str, Any], m: dict[str, Any], runs: Sequence[str])
         '<div class="legend"><span><i class="sw" style="background:#222;height:2px"></i>'
         "observed (busiest interval)</span>"
         '<span><i class="sw" style="background:#9ecae1"></i>learned band (new): expected '
-        "± z·sd up to the page threshold</span>"
+        "± z·sd, up to the page threshold (also at least rate_peak_ratio &times; the machine's "
+        "recent peak)</span>"
         '<span><i class="sw" style="border-top:2px dashed #3182bd;height:0"></i>expected'
         "</span>"
         + (

@@ -10,13 +10,17 @@ reaches the same machines: baselines learn in event-time order.
 from __future__ import annotations
 
 import sys
+import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import IO, Any
 
 from schemas.codec import SEED_SOURCE, encode_detect
 from schemas.event import AuditEvent, event_from_mapping
 from streams.config import Config
 from streams.processor import MemoryStore, Origin, Processor
+from streams.reading import topic_metadata
 
 SEED_HEADER = "auditwatch-seed"
 
@@ -26,6 +30,8 @@ class SeedStats:
     read: int = 0
     sent: int = 0
     rejected: int = 0
+    in_range: int = 0  # archive records read with event time in the range, duplicates too
+    not_read: int = 0  # archive records outside the time range's window, never fetched
 
 
 def events_from_files(
@@ -47,26 +53,182 @@ def events_from_files(
     return events
 
 
-def events_from_archive(
-    cfg: Config, since_ms: int | None, until_ms: int | None, stats: SeedStats
-) -> list[AuditEvent]:
-    from schemas.codec import decode_wire
-    from streams.reading import read_topic
+# Archive records carry processing time as their Kafka timestamp (streams.app sets it), which
+# comes after the event's own time, except that an event may claim a time up to
+# input.max_future_s ahead of the clock (later ones are dead-lettered). So every event at or
+# after `since` was archived at or after since - max_future_s, and seeking there loses none;
+# this extra allowance covers clock skew between workers, and, at the other end, events
+# archived a while after their event time (consumer lag).
+ARCHIVE_SKEW_MS = 3_600_000
+PROGRESS_EVERY = 2_000  # records between progress updates
 
-    seen: set[str] = set()
-    events: list[AuditEvent] = []
-    for msg in read_topic(cfg, cfg.topics.archive):
-        stats.read += 1
-        record = decode_wire(msg.value(), "archive_record")["event"]
-        # Readers dedupe the archive by event_id: the active segment is never compacted.
-        if record["event_id"] in seen:
-            continue
-        seen.add(record["event_id"])
-        ts = record["timestamp"]
-        if (since_ms is not None and ts < since_ms) or (until_ms is not None and ts >= until_ms):
-            continue
-        events.append(event_from_mapping(record, cfg.input.limits(), now_ms=2**62))
-    return events
+
+def archive_slack_ms(cfg: Config) -> int:
+    """Default allowance between event time and archive (Kafka) time: max_future_s + 1 h."""
+    return cfg.input.max_future_s * 1000 + ARCHIVE_SKEW_MS
+
+
+def events_from_archive(
+    cfg: Config,
+    since_ms: int | None,
+    until_ms: int | None,
+    stats: SeedStats,
+    *,
+    slack_ms: int | None = None,
+    progress: IO[str] | None = sys.stderr,
+    timeout: float = 30.0,
+) -> list[AuditEvent]:
+    """The archive's events with event time in [since, until), deduplicated by event_id.
+
+    Each partition is read from the first record archived at since - slack (Kafka's time
+    index, not a scan from offset 0) and stops at the first record archived after
+    until + slack; an event archived later than that after its event time (a long backlog, a
+    backfill of old logs) is left out unless `slack_ms` is raised. `stats.not_read` counts
+    the records skipped at both ends. Progress goes to `progress` when it is a terminal
+    (rich's bar); None silences it."""
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+    from schemas.codec import decode_wire
+
+    slack = archive_slack_ms(cfg) if slack_ms is None else slack_ms
+    if slack < 0:
+        raise ValueError(f"the archive slack must be 0 or more, not {slack} ms")
+    topic = cfg.topics.archive
+    consumer = Consumer(
+        {
+            **cfg.kafka.client_config(),
+            # A throwaway group: this reader never commits and never joins the processor's.
+            "group.id": f"auditwatch-archive-reader-{uuid.uuid4().hex[:12]}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+        }
+    )
+    bar = _ArchiveProgress(progress)
+    done = 0  # records read or passed over since the seek: the progress bar's count
+    try:
+        deadline = time.monotonic() + timeout
+        meta = topic_metadata(consumer, topic, deadline)
+        parts = sorted(meta.partitions)
+        found: dict[int, int] = {}
+        if since_ms is not None:
+            for tp in consumer.offsets_for_times(
+                [TopicPartition(topic, p, since_ms - slack) for p in parts], timeout=timeout
+            ):
+                # Offset -1: nothing archived that late, so nothing of the range there.
+                found[tp.partition] = tp.offset
+        starts: dict[int, int] = {}
+        ends: dict[int, int] = {}  # partition -> end offset, while it still has records to read
+        for p in parts:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+            start = found.get(p, low)
+            start = high if start < 0 else max(start, low)
+            stats.not_read += start - low
+            if start < high:
+                starts[p], ends[p] = start, high
+        bar.begin(sum(ends[p] - starts[p] for p in ends))
+        if not ends:
+            return []
+        consumer.assign([TopicPartition(topic, p, starts[p]) for p in ends])
+        stop_ms = None if until_ms is None else until_ms + slack
+        seen: set[str] = set()
+        found_events: list[tuple[int, str, int, int, AuditEvent]] = []
+        deadline = time.monotonic() + timeout
+        while ends:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"reading {topic} did not reach its end offsets {ends}")
+                continue
+            p = msg.partition()
+            if msg.error() is not None:
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    # read_committed: the last offsets may be transaction markers, never
+                    # delivered; the end of the partition means it is done.
+                    if p in ends and msg.offset() >= ends[p]:
+                        del ends[p]
+                    continue
+                raise RuntimeError(f"reading {topic}: {msg.error()}")
+            deadline = time.monotonic() + timeout
+            if p not in ends or msg.offset() >= ends[p]:
+                continue
+            _, archived_ms = msg.timestamp()
+            if stop_ms is not None and archived_ms > stop_ms:
+                # Archived after until + slack: this partition has nothing more of the range.
+                left = ends.pop(p) - msg.offset()
+                stats.not_read += left
+                done += left
+                consumer.pause([TopicPartition(topic, p)])
+                bar.advance(done)
+                continue
+            stats.read += 1
+            done += 1
+            if msg.offset() + 1 >= ends[p]:
+                del ends[p]
+            if done % PROGRESS_EVERY == 0:
+                bar.advance(done)
+            archived = decode_wire(msg.value(), "archive_record")
+            record = archived["event"]
+            ts = record["timestamp"]
+            if (since_ms is not None and ts < since_ms) or (
+                until_ms is not None and ts >= until_ms
+            ):
+                continue
+            stats.in_range += 1
+            # Readers dedupe the archive by event_id: the active segment is never compacted.
+            # Only ids within the range are kept, so memory follows the range, not the archive.
+            if record["event_id"] in seen:
+                continue
+            seen.add(record["event_id"])
+            event = event_from_mapping(record, cfg.input.limits(), now_ms=2**62)
+            origin = (
+                archived["original_topic"] or "",
+                _or(archived["original_partition"]),
+                _or(archived["original_offset"]),
+            )
+            found_events.append((event.ts_us, *origin, event))
+        # Event-time order; events of the same time in the order they arrived (one machine's
+        # events share an input partition), as a replay of the source would order them: the
+        # archive spreads them over partitions by event_id, which loses that order.
+        found_events.sort(key=lambda f: f[:4])
+        return [f[4] for f in found_events]
+    finally:
+        bar.end(done)
+        consumer.close()
+
+
+def _or(value: int | None) -> int:
+    return -1 if value is None else value
+
+
+class _ArchiveProgress:
+    """rich's progress bar over the records to read, on a terminal only."""
+
+    def __init__(self, stream: IO[str] | None) -> None:
+        self.stream = stream if stream is not None and stream.isatty() else None
+        self.bar: Any = None
+        self.offset = 0
+
+    def begin(self, total: int) -> None:
+        if self.stream is None:
+            return
+        from rich.console import Console
+        from rich.progress import Progress
+
+        self.bar = Progress(console=Console(file=self.stream), transient=False)
+        self.bar.start()
+        self.task = self.bar.add_task("reading the archive", total=total)
+
+    def advance(self, done: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done)
+
+    def end(self, done: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done)
+            self.bar.stop()
+            self.bar = None
 
 
 def send_seed(cfg: Config, events: list[AuditEvent], stats: SeedStats) -> None:

@@ -2,11 +2,17 @@
 
 Each selected alert state goes out as its JSON form plus a Slack-compatible `text` field, with
 the header `Idempotency-Key: <alert_id>:<status>:<repeat_count>` so a receiver can drop the
-copies that at-least-once delivery may repeat. Connection errors, timeouts, 408, 429 and 5xx
-are retried with exponential backoff up to `max_attempts`; then, or at once for any other
-answer, the alert state is dead-lettered (reason `webhook_failed`, stage `webhook`) and the
-sink moves on. Offsets are stored only after a delivery or a dead letter acknowledged by the
-broker, so a crash re-sends rather than loses.
+copies that at-least-once delivery may repeat. Connection errors, timeouts, 408, 425, 429 and
+5xx are retried with exponential backoff (or the server's Retry-After, in seconds or as an HTTP
+date, up to `max_backoff_s`) up to `max_attempts`; then, or at once for any other answer or an
+unusable URL, the alert state is dead-lettered (reason `webhook_failed`, stage `webhook`) and
+the sink moves on (`auditwatch deadletter redrive --stage webhook` sends such states to the
+alerts topic again once the endpoint is fixed). Offsets are stored only after a delivery or a
+dead letter acknowledged by the broker, so a crash re-sends rather than loses.
+
+Retries happen between two polls of the consumer, so the sink's consumer gets a
+`max.poll.interval.ms` longer than the worst case of one alert state's retries
+(`worst_case_delivery_s`); otherwise a slow endpoint would get the sink evicted from its group.
 
 The sink is its own consumer group: it never slows the processor, and several sinks (chat,
 ticketing) can each read every alert.
@@ -15,6 +21,7 @@ ticketing) can each read every alert.
 from __future__ import annotations
 
 import argparse
+import email.utils
 import http.client
 import logging
 import signal
@@ -26,6 +33,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,11 +42,12 @@ from confluent_kafka import Consumer, KafkaError, Producer
 
 from schemas.alert import SEVERITIES, SEVERITY_RANK
 from schemas.codec import encode_dead_letter
-from streams.config import Config, WebhookSettings
+from streams.config import Config, WebhookSettings, worst_case_delivery_s
 
 log = logging.getLogger("auditwatch.webhook")
 
 _RETRY_STATUS = {408, 425, 429}
+_DEFAULT_POLL_INTERVAL_MS = 300_000  # librdkafka's max.poll.interval.ms
 _EMOJI = {
     "critical": ":red_circle:",
     "high": ":large_orange_circle:",
@@ -46,6 +55,24 @@ _EMOJI = {
     "low": ":white_circle:",
     "info": ":white_circle:",
 }
+
+
+def retry_after_s(raw: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: delay-seconds or an HTTP date (RFC 9110);
+    None when absent or unreadable, 0 for a date in the past."""
+    if raw is None:
+        return None
+    text = raw.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000": UTC by RFC 5322
+        when = when.replace(tzinfo=UTC)
+    now_dt = datetime.now(UTC) if now is None else datetime.fromtimestamp(now, UTC)
+    return max(0.0, (when - now_dt).total_seconds())
 
 
 def idempotency_key(alert: dict[str, Any]) -> str:
@@ -113,35 +140,38 @@ class WebhookSender:
         self.max_backoff_s = max_backoff_s
         self.headers = headers or {}
         self.wait = wait or _sleep
-        parts = urlsplit(url)
         # Chat webhook URLs carry their token in the path: logs name only the host.
-        self.where = f"{parts.scheme}://{parts.netloc}"
+        try:
+            parts = urlsplit(url)
+            self.where = f"{parts.scheme}://{parts.netloc}"
+        except ValueError:
+            self.where = "(unparsable URL)"
 
     def _once(self, body: bytes, key: str) -> tuple[bool, bool, str, float | None]:
         """(delivered, worth retrying, detail, server's Retry-After)."""
-        request = urllib.request.Request(
-            self.url,
-            data=body,
-            method="POST",
-            headers={
-                **self.headers,
-                "Content-Type": "application/json",
-                "Idempotency-Key": key,
-                "User-Agent": "auditwatch-webhook",
-            },
-        )
         try:
+            request = urllib.request.Request(
+                self.url,
+                data=body,
+                method="POST",
+                headers={
+                    **self.headers,
+                    "Content-Type": "application/json",
+                    "Idempotency-Key": key,
+                    "User-Agent": "auditwatch-webhook",
+                },
+            )
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 response.read()
                 return True, False, f"HTTP {response.status}", None
         except urllib.error.HTTPError as e:
-            retry_after = None
-            raw = e.headers.get("Retry-After") if e.headers else None
-            if raw is not None and raw.strip().isdigit():
-                retry_after = float(raw.strip())
+            retry_after = retry_after_s(e.headers.get("Retry-After") if e.headers else None)
             e.close()
             retryable = e.code >= 500 or e.code in _RETRY_STATUS
             return False, retryable, f"HTTP {e.code} {e.reason}", retry_after
+        except (http.client.InvalidURL, ValueError) as e:
+            # A bad port, control characters, an unknown scheme: no retry can help.
+            return False, False, f"unusable URL: {type(e).__name__}: {e}", None
         except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
             reason = e.reason if isinstance(e, urllib.error.URLError) else e
             if isinstance(reason, TimeoutError):
@@ -180,13 +210,35 @@ def wanted(alert: dict[str, Any], settings: WebhookSettings) -> bool:
     )
 
 
+def consumer_config(cfg: Config, settings: WebhookSettings) -> dict[str, Any]:
+    """The sink's consumer settings. max.poll.interval.ms covers the worst case of one alert
+    state's retries (they run between two polls) plus a minute, and is never lowered below
+    the configured (or librdkafka's default 300 s) value."""
+    base = cfg.kafka.client_config()
+    configured = int(base.get("max.poll.interval.ms", _DEFAULT_POLL_INTERVAL_MS))
+    needed = int((worst_case_delivery_s(settings) + 60) * 1000)
+    return {
+        **base,
+        "group.id": settings.consumer_group,
+        "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed",
+        # At-least-once: an offset is stored only once its alert state is delivered or
+        # dead-lettered; the auto-commit then commits stored offsets only.
+        "enable.auto.commit": True,
+        "enable.auto.offset.store": False,
+        "max.poll.interval.ms": max(configured, needed),
+    }
+
+
 def run_webhook(
     cfg: Config,
     settings: WebhookSettings | None = None,
     stop: threading.Event | None = None,
+    stats: Counter[str] | None = None,
 ) -> Counter[str]:
-    """Consume the alerts topic and deliver until `stop` is set. Returns counts: delivered,
-    dead_lettered, skipped, attempts."""
+    """Consume the alerts topic and deliver until `stop` is set. Returns counts (kept up to
+    date in `stats` when given, so a caller can watch progress): delivered, dead_lettered,
+    skipped, attempts."""
     settings = settings or cfg.webhook
     if settings.url is None:
         raise ValueError("no webhook URL: give --url or webhook.url in the config")
@@ -200,20 +252,9 @@ def run_webhook(
         headers={k: v.get_secret_value() for k, v in settings.headers.items()},
         wait=stop.wait,
     )
-    consumer = Consumer(
-        {
-            **cfg.kafka.client_config(),
-            "group.id": settings.consumer_group,
-            "auto.offset.reset": "earliest",
-            "isolation.level": "read_committed",
-            # At-least-once: an offset is stored only once its alert state is delivered or
-            # dead-lettered; the auto-commit then commits stored offsets only.
-            "enable.auto.commit": True,
-            "enable.auto.offset.store": False,
-        }
-    )
+    consumer = Consumer(consumer_config(cfg, settings))
     producer = Producer({**cfg.kafka.client_config(), "enable.idempotence": True})
-    stats: Counter[str] = Counter()
+    stats = Counter() if stats is None else stats
     consumer.subscribe([cfg.topics.alerts])
     log.info(
         "webhook sink: %s -> %s (group %s, %s and above, states %s)",
@@ -370,8 +411,10 @@ def add_parser(subparsers: Any) -> None:
         description="Read the alerts topic in its own consumer group and POST each selected "
         "alert state as JSON (the alert plus a Slack-compatible `text` field), with "
         "`Idempotency-Key: ALERT_ID:STATUS:REPEAT`. Retries connection errors, timeouts, "
-        "408/429 and 5xx with exponential backoff; after the last attempt (or at once on "
-        "other answers) the state goes to the dead-letter topic as `webhook_failed`. "
+        "408, 425, 429 and 5xx with exponential backoff (honouring Retry-After, seconds or "
+        "HTTP date, up to webhook.max_backoff_s); after the last attempt (or at once on "
+        "other answers or an unusable URL) the state goes to the dead-letter topic as "
+        "`webhook_failed` (`auditwatch deadletter redrive --stage webhook` re-sends those). "
         "Offsets are committed only after delivery or dead-lettering. Runs until "
         "SIGTERM/Ctrl-C. Defaults come from the config's `webhook` section.",
     )

@@ -103,6 +103,36 @@ def test_every_alert_state_stands_on_its_own() -> None:
     assert last.last_event_time == format_rfc3339_ms(t + 11 * 10 * S)
 
 
+def test_a_resolved_state_stands_on_its_own() -> None:
+    # On-call may read only the resolution (a webhook sends it alone): it must still say what
+    # the episode was, observed against expected, and what the expectation was learned over.
+    s = Stream(DetectionCore(CONFIG))
+    other = "billing-worker-01"
+    t = s.warm_up(MACHINE, other)
+    fan_out(s, t, range(12))
+    end = t + 11 * 10 * S
+    for k in range(1, 80):  # the other machine moves event time past the cooldown
+        s.send(other, end + k * 10 * S)
+    states = s.of(MACHINE)
+    *raised, resolved = states
+    assert resolved.status == "resolved" and "resolved" not in {a.status for a in raised}
+    last = raised[-1]
+    assert resolved.summary.endswith(".") and "\n" not in resolved.summary
+    assert (resolved.machine_id, resolved.group) == (MACHINE, "orders-api")
+    assert resolved.severity == last.severity and resolved.hint == HINTS["new_resource"]
+    assert resolved.repeat_count == 12 and resolved.observed["repeats"] == 12
+    assert resolved.event_ids == last.event_ids
+    assert resolved.first_event_time == format_rfc3339_ms(t)
+    assert resolved.last_event_time == format_rfc3339_ms(end)
+    # The episode's last observed and expected numbers, as its last state carried them.
+    assert resolved.observed["resource"] == last.observed["resource"]
+    assert resolved.observed["new_resources_in_window"] == last.observed["new_resources_in_window"]
+    assert resolved.expected["known_resources"] == last.expected["known_resources"]
+    assert resolved.expected["baseline"] == BASELINES["new_resource"].format(horizon_days=30)
+    assert resolved.expected["baseline_since"] == format_rfc3339_ms(T0)
+    assert validate(resolved.to_json(), fastavro.parse_schema(schema_json("alert")))
+
+
 def test_updates_carry_the_repeat_count_and_last_event_time() -> None:
     s = Stream(DetectionCore(CONFIG))
     t = s.warm_up(MACHINE)
@@ -119,17 +149,18 @@ def test_updates_carry_the_repeat_count_and_last_event_time() -> None:
 
 
 def test_every_detector_has_a_hint_and_a_baseline() -> None:
-    for detector in (
-        "access_rate",
-        "new_resource",
-        "failure_ratio",
-        "operation",
-        "off_hours",
-        "silence",
-        "new_identity",
-    ):
-        assert HINTS[detector]
-        assert BASELINES[detector]
+    from detectors.standalone import DETECTORS
+
+    # HINTS is the list of detectors that can alert; the standalone ones must be among them.
+    assert set(DETECTORS) <= set(HINTS)
+    assert {"combined", "storm", "silence", "new_identity"} <= set(HINTS)
+    for detector, hint in HINTS.items():
+        assert hint.endswith(".") and len(hint) > 20, detector
+    # A baseline for each detector that learns one (a storm compares machines, not a history).
+    assert set(BASELINES) == set(HINTS) - {"storm"}
+    for detector, text in BASELINES.items():
+        baseline = text.format(interval_s=60, horizon_days=30, window_minutes=30)
+        assert baseline and "{" not in baseline, detector
 
 
 def test_a_machine_that_falls_quiet_has_its_alert_resolved_in_event_time() -> None:

@@ -358,18 +358,23 @@ def test_backtest_over_the_archive_topic_and_a_time_range(
     producer = make_producer(s.cfg)
     parsed = [event_from_mapping(e, Limits(), now_ms=2**62) for e in events]
     # The active segment is never compacted: readers see re-sent records and must dedupe.
-    for ev in [*parsed, *parsed[:50]]:
+    # Kafka timestamps are processing time, a moment after event time (the copies: 5 min).
+    # The source offset keeps the input order of events of the same time (a burst).
+    archived = [(ev.timestamp_ms + 1000, i, ev) for i, ev in enumerate(parsed)]
+    archived += [(ev.timestamp_ms + 300_000, i, ev) for i, ev in enumerate(parsed[:50])]
+    for stamp, offset, ev in sorted(archived, key=lambda a: a[0]):
         producer.produce(
             s.cfg.topics.archive,
             key=ev.event_id.encode(),
+            timestamp=stamp,
             value=encode_archive(
                 ev,
                 original_format="JSON",
                 original_sha256=sha256(b""),
                 topic="x",
                 partition=0,
-                offset=0,
-                archived_at_ms=0,
+                offset=offset,
+                archived_at_ms=stamp,
             ),
         )
     assert producer.flush(30) == 0
@@ -381,12 +386,20 @@ def test_backtest_over_the_archive_topic_and_a_time_range(
     out_a, out_f = tmp_path / "archive.json", tmp_path / "files.json"
     cfg = ["--config", str(s.config_path), "-q"]
     archive_args = ["--archive", "--from", format_rfc3339_ms(lo), "--to", format_rfc3339_ms(hi)]
+    archive_args += ["--slack", "600"]
     assert main(["backtest", *archive_args, *cfg, "--json", str(out_a)]) == 0
     assert main(["backtest", str(path), *cfg, "--json", str(out_f)]) == 0
     text = capsys.readouterr().out
     a, f = orjson.loads(out_a.read_bytes()), orjson.loads(out_f.read_bytes())
     assert a["source"]["events"] == len(in_range)
     assert a["source"]["description"].startswith(f"archive topic {s.cfg.topics.archive}")
+    # Only the window around the range is fetched: the rest is counted, not read.
+    archived_in_window = sum(1 for t, _, _ in archived if lo - 600_000 <= t <= hi + 600_000)
+    assert a["source"]["records"] == archived_in_window < len(archived)
+    assert (
+        f"{len(archived) - archived_in_window:,} records outside it not read"
+        in (a["source"]["description"])
+    )
     assert a["runs"]["new"]["page_list"] == f["runs"]["new"]["page_list"]
     assert a["runs"]["new"]["pages"] > 0
     assert "backtest over" in text

@@ -3,8 +3,12 @@ them whichever detection partition holds the alert. Also the `alerts` filters.""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +20,16 @@ from confluent_kafka.admin import AdminClient
 from detectors.identity import default_group
 from schemas.alert import AlertControl
 from streams.cli import main
-from streams.control import decide, decode, parse_duration
+from streams.control import (
+    ControlMerge,
+    ControlReader,
+    apply_action,
+    decide,
+    decode,
+    parse_duration,
+    publish,
+    read_state,
+)
 from tests.conftest import Stack, wait_until
 from tests.test_pipeline_kafka import avro
 from tests.traffic import BASE_MS, steady
@@ -142,6 +155,7 @@ def new_resources(machine: str, at_ms: int, ks: range) -> list[dict[str, Any]]:
 
 
 @pytest.mark.kafka
+@pytest.mark.timeout(900)  # two workers and several awaited rounds on a shared 2-core box
 def test_ack_and_snooze_are_honoured_by_every_worker(
     stack: Any, tmp_path: Path, capsys: Any
 ) -> None:
@@ -315,3 +329,147 @@ def test_alerts_filters(stack: Any, capsys: Any) -> None:
     assert "give a duration" in capsys.readouterr().err
     assert main(["alerts", "ack", "not-an-id", *cfg]) == 2
     assert "is not an alert id" in capsys.readouterr().err
+
+
+# --- decisions keyed per aspect ----------------------------------------------------------
+
+
+def test_an_ack_and_a_snooze_decided_from_the_same_state_both_survive() -> None:
+    a = "a-" + "1" * 24
+    # Two on-call engineers act at once: each read "no decision yet".
+    ack = replace(decide(None, a, "ack", "alice", NOW + 10), aspect="ack")
+    snooze = replace(decide(None, a, "snooze", "bob", NOW + 20, NOW + 3_600_000), aspect="snooze")
+    assert (ack.key, snooze.key) == (f"{a}:ack", f"{a}:snooze")
+    for order in ((ack, snooze), (snooze, ack)):
+        m = ControlMerge()
+        for r in order:
+            state = m.add(decode(orjson.dumps(r.to_json())) or r)
+        assert state.control_at(NOW + 30) == AlertControl("alice", "2026-01-01T01:00:00.000Z")
+        assert (state.action, state.by) == ("snooze", "bob")  # the latest decision
+    # Withdrawing one aspect leaves the other alone, whatever the writer believed of it.
+    m = ControlMerge()
+    m.add(ack)
+    m.add(snooze)
+    unack = replace(decide(None, a, "unack", "alice", NOW + 40), aspect="ack")
+    assert m.add(unack).control_at(NOW + 50) == AlertControl(None, "2026-01-01T01:00:00.000Z")
+
+
+def test_records_written_before_aspects_are_still_read() -> None:
+    a = "a-" + "2" * 24
+    old = decide(
+        decide(None, a, "ack", "alice", NOW), a, "snooze", "bob", NOW + 10, NOW + 3_600_000
+    )
+    assert old.aspect is None and old.key == a
+    m = ControlMerge()
+    m.add(old)
+    assert m.merged[a].control_at(NOW + 20) == AlertControl("alice", "2026-01-01T01:00:00.000Z")
+    # A later aspect decision overrides only its own part of the old whole state.
+    m.add(replace(decide(old, a, "unsnooze", "carol", NOW + 30), aspect="snooze"))
+    assert m.merged[a].control_at(NOW + 40) == AlertControl("alice", None)
+    # An aspect decision older than the old whole state does not undo it.
+    m2 = ControlMerge()
+    m2.add(replace(decide(None, a, "unack", "dave", NOW - 1000), aspect="ack"))
+    m2.add(old)
+    assert m2.merged[a].control_at(NOW + 20) == AlertControl("alice", "2026-01-01T01:00:00.000Z")
+
+
+@pytest.mark.kafka
+def test_concurrent_ack_and_snooze_on_the_topic_are_both_kept(stack: Any) -> None:
+    s: Stack = stack()
+    s.create_topics()
+    a = "a-" + "3" * 24
+    # What two simultaneous `alerts ack` / `alerts snooze` runs write: each from the state it
+    # read before the other's record existed.
+    publish(s.cfg, replace(decide(None, a, "ack", "alice", NOW), aspect="ack"))
+    publish(
+        s.cfg, replace(decide(None, a, "snooze", "bob", NOW + 5, NOW + 3_600_000), aspect="snooze")
+    )
+    state = read_state(s.cfg)[a]
+    assert state.control_at(NOW + 10) == AlertControl("alice", "2026-01-01T01:00:00.000Z")
+    assert {m.key() for m in s.read("control")} == {f"{a}:ack".encode(), f"{a}:snooze".encode()}
+    # apply_action keys its record per aspect and reports the merged state.
+    after = apply_action(s.cfg, a, "unsnooze", "carol", now_ms=NOW + 20)
+    assert after.control_at(NOW + 30) == AlertControl("alice", None)
+    assert read_state(s.cfg)[a].control_at(NOW + 30) == AlertControl("alice", None)
+
+
+# --- a reader that outlives broker errors ------------------------------------------------
+
+
+class Forwarder:
+    """A TCP port that is closed until `open()`, then forwards to the broker: a broker that
+    is unreachable at start and comes back later. The broker's metadata names its own
+    address, so only the bootstrap connection goes through here."""
+
+    def __init__(self, target: str) -> None:
+        host, port = target.rsplit(":", 1)
+        self.target = (host, int(port))
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self.server: socket.socket | None = None
+
+    def open(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        assert self.server is not None
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+@pytest.mark.kafka
+def test_control_reader_survives_an_unreachable_broker_and_reports_it(
+    stack: Any, bootstrap: str
+) -> None:
+    s: Stack = stack()
+    s.create_topics()
+    a = "a-" + "4" * 24
+    publish(s.cfg, replace(decide(None, a, "ack", "alice", NOW), aspect="ack"))
+    proxy = Forwarder(bootstrap)
+    cfg = s.cfg.model_copy(
+        update={
+            "kafka": s.cfg.kafka.model_copy(update={"bootstrap_servers": f"127.0.0.1:{proxy.port}"})
+        }
+    )
+    reader = ControlReader(cfg, retry_s=0.2, max_retry_s=1.0, metadata_timeout_s=1.0).start()
+    try:
+        # Startup fails (nothing listens): reported, and the thread keeps trying.
+        wait_until(lambda: reader.failures >= 2, timeout=30, what="repeated connect failures")
+        assert not reader.healthy and reader.last_error
+        assert reader.wait_ready(0)  # a worker is not held up by the broker being away
+        assert reader.get(a) is None
+        proxy.open()
+        wait_until(lambda: reader.get(a) is not None, timeout=60, what="the reader to recover")
+        assert reader.healthy
+        assert reader.lookup(a) == AlertControl("alice", None)
+        # And it keeps following the topic.
+        publish(s.cfg, replace(decide(None, a, "unack", "bob", NOW + 10), aspect="ack"))
+        wait_until(lambda: reader.lookup(a) is None, timeout=30, what="the unack to be read")
+    finally:
+        reader.stop()
+        proxy.close()

@@ -22,8 +22,18 @@ from streams.cli import main
 from streams.deadletter import REDRIVE_HEADER, ledger_topic
 from streams.producer import make_producer
 from streams.reading import pipeline_lag, read_topic
+from streams.webhook import idempotency_key
 from tests.conftest import Stack, wait_until
 from tests.registry_stub import RegistryStub, serve_registry
+from tests.test_webhook_kafka import (  # noqa: F401 - server is a fixture
+    ALL,
+    WANTED,
+    Receiver,
+    handled,
+    produce_alerts,
+    server,
+    sink,
+)
 from tests.traffic import BASE_MS
 
 pytestmark = pytest.mark.kafka
@@ -56,6 +66,7 @@ def _archived_ids(s: Stack) -> set[str]:
     return {m.key().decode() for m in s.read("archive")}
 
 
+@pytest.mark.timeout(900)  # chained waits on workers; 300 s is too tight on 2 cores
 def test_list_then_redrive_fixed_dead_letters_once(
     stack: Any, registry_url: str, tmp_path: Path, capsys: Any
 ) -> None:
@@ -152,6 +163,7 @@ def test_list_then_redrive_fixed_dead_letters_once(
     assert entry["sent_to"].startswith(f"{s.cfg.topics.events}[")
 
 
+@pytest.mark.timeout(900)  # chained waits on workers; 300 s is too tight on 2 cores
 def test_redrive_with_force_re_sends_and_dedupe_keeps_one_archive_record(
     stack: Any, registry_url: str, capsys: Any
 ) -> None:
@@ -183,3 +195,49 @@ def test_bad_fix_file_exits_2(stack: Any, tmp_path: Path, capsys: Any) -> None:
     fix.write_text('{"value_text": "{}"}\n')
     assert main(["deadletter", "redrive", "--fix-file", str(fix), *cfg]) == 2
     assert 'needs an "id"' in capsys.readouterr().err
+
+
+@pytest.mark.timeout(900)  # chained waits on workers; 300 s is too tight on 2 cores
+def test_failed_webhook_deliveries_are_redriven_to_the_alerts_topic_only_on_request(
+    stack: Any,
+    server: tuple[str, Receiver],  # noqa: F811 - the fixture imported above
+    capsys: Any,
+) -> None:
+    base, receiver = server
+    s: Stack = stack()
+    s.create_topics()
+    produce_alerts(s)
+    cfg = ["--config", str(s.config_path)]
+    # The endpoint is down (nothing listens): one attempt each, then a dead letter.
+    stop, thread, stats = sink(s, "http://127.0.0.1:1/hook", "hook-g", attempts=1)
+    wait_until(lambda: handled(stats) >= ALL, what="every alert state handled")
+    stop.set()
+    thread.join(30)
+    assert stats["dead_lettered"] == len(WANTED)
+    alerts_before = len(s.read("alerts"))
+
+    # An input redrive leaves them alone, even unchecked: they are not audit events.
+    capsys.readouterr()
+    assert main(["deadletter", "redrive", "--no-check", *cfg]) == 0
+    out = capsys.readouterr().out
+    assert f"re-sent 0 to {s.cfg.topics.events}" in out
+    assert f"skipped {len(WANTED)}: webhook deliveries that failed" in out
+    assert s.read("events") == []
+
+    assert main(["deadletter", "redrive", "--stage", "webhook", *cfg]) == 0
+    out = capsys.readouterr().out
+    assert f"re-sent {len(WANTED)} to {s.cfg.topics.alerts} (webhook_failed {len(WANTED)})" in out
+    alerts = s.read("alerts")
+    redriven = [m for m in alerts if REDRIVE_HEADER in dict(m.headers() or [])]
+    assert len(alerts) == alerts_before + len(WANTED)
+    assert sorted(m.key() for m in redriven) == sorted(a["alert_id"].encode() for a in WANTED)
+    # Once: a second redrive sends nothing.
+    assert main(["deadletter", "redrive", "--stage", "webhook", *cfg]) == 0
+    assert f"skipped {len(WANTED)}: already redriven" in capsys.readouterr().out
+
+    # The endpoint is back: the same sink group delivers the redriven states, only those.
+    stop, thread, stats = sink(s, base + "/flaky", "hook-g", attempts=5)
+    wait_until(lambda: handled(stats) >= len(WANTED), what="the redriven states handled")
+    stop.set()
+    thread.join(30)
+    assert sorted(receiver.accepted_keys()) == sorted(idempotency_key(a) for a in WANTED)

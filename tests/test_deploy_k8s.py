@@ -274,6 +274,75 @@ def test_rule_tests_name_real_alerts() -> None:
     assert tested <= names
 
 
+def test_rule_test_annotations_match_the_rules() -> None:
+    # Without promtool (CI) nothing else notices a rule's text changing under its test.
+    descriptions = {r["alert"]: r["annotations"]["description"] for r in rules()}
+    data = yaml.safe_load(RULES_TEST.read_text())
+    for case in data["tests"]:
+        for t in case["alert_rule_test"]:
+            for exp in t["exp_alerts"]:
+                if "description" in exp.get("exp_annotations", {}):
+                    assert exp["exp_annotations"]["description"] == descriptions[t["alertname"]]
+
+
+def _instant(expr: Any, series: dict[str, list[float]]) -> float | list[float]:
+    """Evaluates the instant-vector part of a rule (selectors, aggregations without `by`,
+    comparisons with a number, clamp_min/clamp_max) over one sample per series, named by
+    metric: enough to check a condition without promtool. Labels are not modelled."""
+    if isinstance(expr, promql_parser.ParenExpr):
+        return _instant(expr.expr, series)
+    if isinstance(expr, promql_parser.NumberLiteral):
+        return float(expr.val)
+    if isinstance(expr, promql_parser.VectorSelector):
+        return list(series.get(expr.name, []))
+    if isinstance(expr, promql_parser.AggregateExpr):
+        values = _instant(expr.expr, series)
+        assert isinstance(values, list)
+        op = str(expr.op)
+        if not values:
+            return []
+        return [{"sum": sum, "max": max, "min": min, "count": len}[op](values)]  # type: ignore[operator]
+    if isinstance(expr, promql_parser.Call):
+        name = str(expr.func.name)
+        vec, bound = (_instant(a, series) for a in expr.args)
+        assert isinstance(vec, list) and isinstance(bound, float)
+        pick = max if name == "clamp_min" else min
+        assert name in {"clamp_min", "clamp_max"}, name
+        return [pick(v, bound) for v in vec]
+    if isinstance(expr, promql_parser.BinaryExpr):
+        lhs, rhs = _instant(expr.lhs, series), _instant(expr.rhs, series)
+        op = str(expr.op)
+        cmp = {">": float.__gt__, ">=": float.__ge__, "<": float.__lt__, "==": float.__eq__}
+        arith = {"-": float.__sub__, "+": float.__add__}
+        assert isinstance(lhs, list) and isinstance(rhs, float), f"unsupported: {expr}"
+        if op in cmp:
+            return [v for v in lhs if cmp[op](v, rhs)]
+        return [arith[op](v, rhs) for v in lhs]
+    raise AssertionError(f"not modelled here: {type(expr).__name__} {expr}")
+
+
+@pytest.mark.parametrize(
+    ("lags", "fires"),
+    [
+        # Exactly-once, idle: every partition of a transactional topic keeps a committed lag
+        # of 1, the commit marker of its last transaction.
+        ([1.0] * 16, False),
+        ([0.0] * 8 + [1.0] * 8, False),
+        ([], False),
+        ([0.0] * 15 + [2.0], True),
+        ([1.0] * 15 + [40.0], True),
+    ],
+)
+def test_stalled_rule_ignores_commit_markers(lags: list[float], fires: bool) -> None:
+    (expr,) = [r["expr"] for r in rules() if r["alert"] == "AuditwatchStalled"]
+    ast = promql_parser.parse(expr)
+    assert isinstance(ast, promql_parser.BinaryExpr) and str(ast.op) == "and"
+    # The left side is "nothing read in 10 minutes"; the right side says whether work waits.
+    assert metric_names(str(ast.lhs)) == {"auditwatch_events_in_total"}
+    waiting = _instant(ast.rhs, {"auditwatch_consumer_lag": lags})
+    assert bool(waiting) is fires
+
+
 def test_rules_and_scrape_config_name_the_same_job() -> None:
     config = yaml.safe_load(PROMETHEUS.read_text())
     jobs = {j["job_name"] for j in config["scrape_configs"]}

@@ -186,6 +186,8 @@ def test_several_small_shifts_together_page_as_combined() -> None:
     assert {a.detector for a in pages(c.alerts)} == {"combined"}
     assert found[0].hint and found[0].observed["combined_score"] >= P.page_at
     assert "unusual as a whole" in found[0].summary
+    # Anchored on the unusual window itself, not on the next window's first event.
+    assert found[0].event_time < format_rfc3339_ms(T0 + (start + 10) * MIN)
 
 
 def test_combined_can_be_switched_off() -> None:

@@ -1,5 +1,5 @@
-"""`detectors.explain` over state built by the detection core, and `auditwatch explain --events`
-(no Kafka)."""
+"""`detectors.explain` over state built by the detection core, and `auditwatch explain` from
+event files and from a worker's HTTP endpoint (no Kafka)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import pytest
 
 from detectors.core import DetectionCore, DetectorConfig
 from detectors.explain import explain_machine
+from schemas.codec import BundledSchemas
 from schemas.event import AuditEvent
 from streams import cli
-from streams.processor import MemoryStore
+from streams.processor import MemoryStore, Processor
 from tests.traffic import BASE_MS
 
 HOUR = 3_600_000
@@ -176,3 +177,96 @@ def test_cli_reports_workers_it_cannot_reach(capsys: pytest.CaptureFixture[str])
     rc = cli.main(["explain", A, "--url", "http://127.0.0.1:9", "--timeout", "2"])
     assert rc == 1
     assert "cannot connect" in capsys.readouterr().err
+
+
+def test_cli_asks_workers_for_top_and_needs_a_url_at_port_zero(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import threading
+
+    from streams.config import Config
+    from streams.metrics import HttpServer, Telemetry
+
+    cfg_path = tmp_path / "aw.yaml"
+    cfg_path.write_text("http:\n  port: 0\n")
+    assert cli.main(["explain", A, "--config", str(cfg_path)]) == 2
+    assert "give --url" in capsys.readouterr().err
+
+    # A worker whose processing thread explains from a store fed with A's events.
+    core = DetectionCore(DetectorConfig())
+    store = MemoryStore()
+    feed(core, store, business_hours(A))
+    t = Telemetry(Config(), Processor(Config(), BundledSchemas()))
+    server = HttpServer(t, "127.0.0.1", 0)
+    host, port = server.start()
+    stop = threading.Event()
+
+    def answer(machine: str, group: str | None, top: int) -> Any:
+        return {
+            "found": True,
+            **(explain_machine(store, core, machine, group=group, top=top) or {}),
+        }
+
+    def loop() -> None:  # stands in for the worker's main loop
+        while not stop.is_set():
+            t.tick(answer)
+            stop.wait(0.01)
+
+    threading.Thread(target=loop, daemon=True).start()
+    try:
+        url = f"http://{host}:{port}"
+        args = ["explain", A, "--url", url, "--json", "--config", str(cfg_path)]
+        assert cli.main([*args, "--top", "2"]) == 0
+        assert len(orjson.loads(capsys.readouterr().out)["resources"]["recent"]) == 2
+        assert cli.main(args) == 0
+        assert len(orjson.loads(capsys.readouterr().out)["resources"]["recent"]) > 2
+    finally:
+        stop.set()
+        server.stop()
+
+
+def test_plotted_page_threshold_is_where_the_rate_detector_pages() -> None:
+    """`machine_rate_band(...).high` includes the recent-peak condition: a burst just below
+    it does not page, one just above it does, for a machine with routine bursts."""
+    import math
+
+    from detectors.band import machine_rate_band, rate_band, recent_peak
+    from detectors.core import MACHINE, MachineState
+
+    cfg = DetectorConfig(warmup_s=1800, warmup_events=100)
+    core = DetectionCore(cfg)
+    store = MemoryStore()
+    start = BASE_MS
+    events = [event(i, A, start + i * 10_000, "postgres://db/public.t0") for i in range(6 * 360)]
+    # A routine burst every half hour: 40 accesses in one minute.
+    for h in range(12):
+        t0 = start + h * 1_800_000 + 5_000
+        events += [
+            event(10_000 + h * 100 + j, A, t0 + j * 1000, "postgres://db/public.t0")
+            for j in range(40)
+        ]
+    feed(core, store, events)
+    ts = start + 6 * HOUR + 60_000 * 3  # a fresh interval after the last event
+    assert ts % 60_000 == 0  # its start: a burst from here falls in that one interval
+    raw = store.get(MACHINE, A)
+    assert raw is not None
+    state = orjson.loads(raw)
+    mcfg = core.config_for(A, core.group_of(events[0]))
+    band = machine_rate_band(mcfg, state, ts)
+    plain = rate_band(mcfg.rate, MachineState.from_dict(dict(state)).rate, ts)
+    assert band is not None and plain is not None and band.warm
+    peak = recent_peak(mcfg, state["pk"], ts)
+    assert peak >= 40 and band.peak_floor == pytest.approx(mcfg.rate_peak_ratio * peak)
+    # The peak condition is what sets the line here: the learned level clips the bursts out.
+    assert band.high == band.peak_floor > plain.high
+
+    def pages(count: int) -> bool:
+        c, s = copy.deepcopy(core), copy.deepcopy(store)
+        burst = [
+            event(90_000 + j, A, ts + 200 * j, "postgres://db/public.t0") for j in range(count)
+        ]
+        found = [a for e in burst for a in c.observe(e, s, 0, 0)]
+        return any(a.detector == "access_rate" for a in found)
+
+    assert not pages(math.floor(band.high) - 1)
+    assert pages(math.ceil(band.high) + 1)

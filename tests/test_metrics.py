@@ -1,5 +1,6 @@
 """The telemetry pieces without Kafka: histogram, librdkafka statistics, the input-quiet
-episode logic, the HTTP endpoint's behaviour when the worker cannot answer, and log formats."""
+episode logic, the HTTP endpoint's behaviour when the worker cannot answer, log formats, and
+SIGHUP during startup."""
 
 from __future__ import annotations
 
@@ -78,7 +79,7 @@ def test_readiness_needs_the_loop_a_broker_and_the_group() -> None:
         "group_joined": False,
     }
     t.on_stats(orjson.dumps(STATS).decode())
-    t.tick(lambda _m, _g: None)
+    t.tick(lambda _m, _g, _top: None)
     assert t.readiness()[0]
     rebalancing = {**STATS, "cgrp": {"state": "up", "join_state": "wait-assign-call"}}
     t.on_stats(orjson.dumps(rebalancing).decode())
@@ -170,10 +171,10 @@ def test_explain_requests_reach_the_processing_thread_decoded() -> None:
     t = Telemetry(Config(), processor())
     server = HttpServer(t, "127.0.0.1", 0)
     host, port = server.start()
-    seen: list[tuple[str, str | None]] = []
+    seen: list[tuple[str, str | None, int]] = []
 
-    def answer(machine: str, group: str | None) -> dict[str, Any]:
-        seen.append((machine, group))
+    def answer(machine: str, group: str | None, top: int) -> dict[str, Any]:
+        seen.append((machine, group, top))
         return {"found": True, "machine_id": machine}
 
     import threading
@@ -193,7 +194,13 @@ def test_explain_requests_reach_the_processing_thread_decoded() -> None:
             params={"group": "ci"},
         )
         assert resp.status_code == 200 and resp.json()["machine_id"] == machine
-        assert seen == [(machine, "ci")]
+        assert seen == [(machine, "ci", 20)]
+        resp = httpx.get(f"http://{host}:{port}/machines/m-1", params={"top": "3"})
+        assert resp.status_code == 200 and seen[-1] == ("m-1", None, 3)
+        for bad in ("0", "many", "-2"):
+            resp = httpx.get(f"http://{host}:{port}/machines/m-1", params={"top": bad})
+            assert resp.status_code == 400 and f"top={bad!r}" in resp.json()["error"]
+        assert len(seen) == 2  # bad requests never reach the processing thread
     finally:
         stop.set()
         server.stop()
@@ -261,3 +268,74 @@ def test_cli_log_format_json(capsys: pytest.CaptureFixture[str]) -> None:
         assert len(root.handlers) == 1
     finally:
         root.handlers = saved
+
+
+def test_librdkafka_logs_go_through_our_logger(
+    caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A client built from client_config logs through Python logging (and so in the worker's
+    `--log-format`), not as librdkafka's own `%3|...` lines on stderr."""
+    import socket
+
+    from confluent_kafka import Consumer
+
+    from tests.conftest import wait_until
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = Config.model_validate({"kafka": {"bootstrap_servers": f"127.0.0.1:{port}"}})
+    caplog.set_level(logging.WARNING, logger="auditwatch.librdkafka")
+    consumer = Consumer({**cfg.kafka.client_config(), "group.id": "log-test"})
+    try:
+        records = wait_until(
+            lambda: (
+                consumer.poll(0.2) is None
+                and [r for r in caplog.records if r.name == "auditwatch.librdkafka"]
+            ),
+            timeout=30,
+            what="a librdkafka connection error logged through Python logging",
+        )
+    finally:
+        consumer.close()
+    assert any(f"127.0.0.1:{port}" in r.getMessage() for r in records)
+    line = orjson.loads(JsonFormatter().format(records[0]))
+    assert line["logger"] == "auditwatch.librdkafka" and line["level"] in {"ERROR", "WARNING"}
+    assert "|rdkafka#" not in capfd.readouterr().err
+
+
+def test_sighup_during_startup_is_queued_not_fatal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """run() takes SIGHUP before its first broker call; a reload asked for before the
+    reloader exists reaches it once it does, and the previous handler comes back."""
+    import os
+    import signal
+
+    from streams import app
+    from tests.conftest import wait_until
+
+    class Reloader:
+        requests = 0
+
+        def request(self) -> None:
+            self.requests += 1
+
+    seen: list[Any] = []
+
+    def ensure_topics(_cfg: Config) -> Any:
+        handler = signal.getsignal(signal.SIGHUP)
+        assert isinstance(handler, app._HupRoute)
+        seen.append(handler)
+        os.kill(os.getpid(), signal.SIGHUP)  # the default action would end pytest here
+        wait_until(lambda: handler.pending, timeout=10, what="the SIGHUP to be queued")
+        raise RuntimeError("stop after the first startup step")
+
+    monkeypatch.setattr(app, "ensure_topics", ensure_topics)
+    before = signal.getsignal(signal.SIGHUP)
+    with pytest.raises(RuntimeError, match="first startup step"):
+        app.run(Config(), config_path="unused.yaml")
+    assert signal.getsignal(signal.SIGHUP) is before
+    reloader = Reloader()
+    seen[0].attach(reloader)
+    assert reloader.requests == 1 and not seen[0].pending
+    seen[0](signal.SIGHUP, None)
+    assert reloader.requests == 2

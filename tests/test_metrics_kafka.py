@@ -1,9 +1,12 @@
 """The worker's HTTP endpoint on the real broker: /metrics scraped over HTTP, /healthz, /readyz,
-/machines/ID, and the input-quiet self-alert on the alerts topic."""
+/machines/ID, and the input-quiet self-alert on the alerts topic (delivery checked, and not
+opened twice across a restart)."""
 
 from __future__ import annotations
 
+import logging
 import re
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +18,10 @@ import pytest
 from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 
-from schemas.codec import encode_event_avro
+from schemas.codec import BundledSchemas, encode_event_avro
 from streams import cli
+from streams.metrics import INPUT_QUIET, InputWatch, Telemetry, last_alert_status
+from streams.processor import Processor
 from streams.producer import to_avro_record
 from tests.conftest import Stack, wait_until
 from tests.traffic import fan_out, steady
@@ -71,6 +76,7 @@ def json_logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
+@pytest.mark.timeout(900)  # workers start and drain on a shared 2-core box
 def test_metrics_health_and_explain_over_http(
     stack: Any, json_logs: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -141,6 +147,7 @@ def test_metrics_health_and_explain_over_http(
     assert value(samples, "auditwatch_machines_tracked") == 2
     assert (value(samples, "auditwatch_state_bytes") or 0) > 0
     assert value(samples, "auditwatch_ready") == 1
+    assert value(samples, "auditwatch_control_reader_healthy") == 1
     # Lag from librdkafka's statistics: zero once everything is committed.
     events = s.cfg.topics.events
 
@@ -188,6 +195,7 @@ def test_metrics_health_and_explain_over_http(
     assert all(f"{events}[{x['partition']}]@{x['offset']}" == x["origin"] for x in dead)
 
 
+@pytest.mark.timeout(900)  # workers start and drain on a shared 2-core box
 def test_input_quiet_raises_and_resolves_its_own_alert(stack: Any) -> None:
     s: Stack = stack(
         http__port=0,
@@ -225,3 +233,94 @@ def test_input_quiet_raises_and_resolves_its_own_alert(stack: Any) -> None:
     )
     # Each state written once (one worker: it owns input partition 0).
     assert [a["status"] for a in states] == ["opened", "resolved"]
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _watch(s: Stack, clock: _Clock, **kwargs: Any) -> InputWatch:
+    t = Telemetry(s.cfg, Processor(s.cfg, BundledSchemas()))
+    watch = InputWatch(s.cfg, t, lambda: "v1", clock=clock, **kwargs)
+    watch._producer = Producer({**s.cfg.kafka.client_config(), "enable.idempotence": True})
+    return watch
+
+
+def _quiet_states(s: Stack, alert_id: str) -> list[str]:
+    return [
+        orjson.loads(m.value())["status"] for m in s.read("alerts") if m.key() == alert_id.encode()
+    ]
+
+
+def test_input_quiet_state_is_kept_until_the_broker_takes_it(
+    stack: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    s: Stack = stack(monitoring__input_quiet_s=1)
+    s.create_topics()
+    clock = _Clock()
+    watch = _watch(s, clock)
+    good = watch._producer
+    with socket.socket() as sock:  # a port nothing listens on: every delivery fails
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    watch._producer = Producer(
+        {"bootstrap.servers": f"127.0.0.1:{port}", "message.timeout.ms": 500}
+    )
+    watch.observe(7, owner=True)
+    clock.now += 2
+    opened = watch.observe(7, owner=True)
+    assert opened is not None
+    caplog.set_level(logging.ERROR, logger="auditwatch.metrics")
+    watch._write(opened)  # flush returns once librdkafka gives up on the message
+    assert [i.state for i in watch.outbox] == ["failed"]
+    assert any("not written" in r.getMessage() for r in caplog.records)
+    assert not watch.telemetry.watch_pages  # not counted as paged: nobody was paged
+    # The next check produces it again, to a broker that takes it.
+    watch._producer = good
+    watch.send()
+    assert not watch.outbox
+    assert watch.telemetry.watch_pages[(INPUT_QUIET, "high")] == 1
+    assert _quiet_states(s, opened.alert_id) == ["opened"]
+
+
+def test_input_quiet_alert_survives_a_restart_without_a_second_page(stack: Any) -> None:
+    s: Stack = stack(monitoring__input_quiet_s=1)
+    s.create_topics()
+    now = int(time.time() * 1000)
+    events = steady("m-1", ["s3://b/k"], now - 60_000, 4)
+    send(s, [(b"m-1", avro(e)) for e in events])
+    ends = len(events)  # a fresh topic: its end offsets sum to the records sent
+
+    def recall(alert_id: str) -> str | None:
+        return last_alert_status(s.cfg, alert_id)
+
+    clock = _Clock()
+    first = _watch(s, clock, recall=recall)
+    first.observe(ends, owner=True)
+    clock.now += 2
+    opened = first.observe(ends, owner=True)
+    assert opened is not None
+    first._write(opened)
+    assert not first.outbox
+
+    # The worker restarts while the input is still quiet: the new watch finds its alert open.
+    clock.now += 60
+    second = _watch(s, clock, recall=recall)
+    second.observe(ends, owner=True)
+    clock.now += 2
+    assert second.observe(ends, owner=True) is None
+    assert second.open_alert is not None and second.open_alert.alert_id == opened.alert_id
+    assert second.telemetry.input_quiet
+    # And resolves it when records arrive again.
+    resolved = second.observe(ends + 1, owner=True)
+    assert resolved is not None and resolved.alert_id == opened.alert_id
+    second._write(resolved)
+    assert _quiet_states(s, opened.alert_id) == ["opened", "resolved"]
+    # A new quiet spell at the new end offsets is a new alert, opened (nothing to adopt).
+    clock.now += 2
+    again = second.observe(ends + 1, owner=True)
+    assert again is not None and again.status == "opened" and again.alert_id != opened.alert_id

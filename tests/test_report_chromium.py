@@ -46,10 +46,39 @@ CHROMIUM_FLAGS = (
 )
 
 
+def _in_ci() -> bool:
+    """$CI as CI services set it ("true", "1"); unset, empty, "false", "0" or "no" is not CI."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+@pytest.mark.parametrize(
+    ("value", "ci"),
+    [
+        (None, False),
+        ("", False),
+        ("false", False),
+        ("0", False),
+        ("FALSE", False),
+        ("no", False),
+        ("true", True),
+        ("1", True),
+        ("yes", True),
+    ],
+)
+def test_ci_flag_is_read_as_a_boolean(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, ci: bool
+) -> None:
+    if value is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", value)
+    assert _in_ci() is ci
+
+
 def _chromium() -> str:
     path = os.environ.get("AUDITWATCH_CHROMIUM") or shutil.which("chromium") or ""
     if not path or not os.access(path, os.X_OK):
-        if os.environ.get("CI"):
+        if _in_ci():
             pytest.fail("chromium is not installed (.ci/run installs Debian's chromium)")
         pytest.skip("chromium is not installed (apt-get install chromium)")
     return path
@@ -119,17 +148,19 @@ class DevTools:
 def browser(tmp_path: Path) -> Iterator[DevTools]:
     exe = _chromium()
     profile = tmp_path / "chromium-profile"
-    proc = subprocess.Popen(
-        [
-            exe,
-            *CHROMIUM_FLAGS,
-            f"--user-data-dir={profile}",
-            "--remote-debugging-port=0",
-            "about:blank",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "chromium.log").open("wb"),
-    )
+    # The child keeps its own copy of the descriptor: ours is closed once it has started.
+    with (tmp_path / "chromium.log").open("wb") as log_file:
+        proc = subprocess.Popen(
+            [
+                exe,
+                *CHROMIUM_FLAGS,
+                f"--user-data-dir={profile}",
+                "--remote-debugging-port=0",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+        )
     try:
         port_file = profile / "DevToolsActivePort"
         deadline = time.monotonic() + 60

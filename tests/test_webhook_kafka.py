@@ -4,20 +4,30 @@ retries, idempotency keys, dead letters, offsets committed only after delivery."
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import orjson
 import pytest
 from confluent_kafka import Producer
+from pydantic import ValidationError
 
 from schemas.codec import decode_wire
 from streams.cli import main
-from streams.config import WebhookSettings
+from streams.config import WebhookSettings, load_config, worst_case_delivery_s
 from streams.reading import group_lag
-from streams.webhook import idempotency_key, run_webhook, slack_text
+from streams.webhook import (
+    WebhookSender,
+    consumer_config,
+    idempotency_key,
+    retry_after_s,
+    run_webhook,
+    slack_text,
+)
 from tests.conftest import Stack, wait_until
 
 
@@ -44,7 +54,12 @@ def handler_for(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             with receiver.lock:
                 receiver.requests[self.path] += 1
                 n = receiver.requests[self.path]
-            if self.path == "/flaky" and n % 3 == 0:
+            if self.path == "/later":
+                self.send_response(503)
+                later = formatdate(time.time() + 120, usegmt=True)
+                self.send_header("Retry-After", later)
+                self.end_headers()
+            elif self.path == "/flaky" and n % 3 == 0:
                 self.send_response(503)
                 self.send_header("Retry-After", "0")
                 self.end_headers()
@@ -132,9 +147,17 @@ def sink(s: Stack, url: str, group: str, attempts: int) -> tuple[threading.Event
     )
     stop = threading.Event()
     stats: Counter[str] = Counter()
-    thread = threading.Thread(target=lambda: stats.update(run_webhook(s.cfg, settings, stop)))
+    # run_webhook keeps `stats` current, so a test can wait until every record is handled.
+    thread = threading.Thread(target=run_webhook, args=(s.cfg, settings, stop, stats))
     thread.start()
     return stop, thread, stats
+
+
+def handled(stats: Counter[str]) -> int:
+    return stats["delivered"] + stats["dead_lettered"] + stats["skipped"]
+
+
+ALL = len(WANTED) + len(UNWANTED)
 
 
 def dead_letters(s: Stack) -> list[dict[str, Any]]:
@@ -151,9 +174,8 @@ def test_webhook_delivers_through_a_flaky_server_and_dead_letters_what_never_get
     produce_alerts(s)
 
     stop, thread, stats = sink(s, base + "/flaky", "hook-flaky", attempts=5)
-    wait_until(
-        lambda: len(receiver.accepted_keys()) >= len(WANTED), what="every wanted alert delivered"
-    )
+    # Unwanted states may come after the last wanted one: wait for all of them to be handled.
+    wait_until(lambda: handled(stats) >= ALL, what="every alert state handled")
     stop.set()
     thread.join(30)
     # Each wanted state delivered once, under its idempotency key; nothing else sent.
@@ -172,7 +194,7 @@ def test_webhook_delivers_through_a_flaky_server_and_dead_letters_what_never_get
 
     # An endpoint that always fails: bounded retries, then a dead letter each, and on.
     stop, thread, stats = sink(s, base + "/down", "hook-down", attempts=3)
-    wait_until(lambda: len(dead_letters(s)) >= len(WANTED), what="a dead letter per alert")
+    wait_until(lambda: handled(stats) >= ALL, what="a dead letter per wanted alert")
     stop.set()
     thread.join(30)
     assert receiver.requests["/down"] == 3 * len(WANTED)
@@ -193,11 +215,12 @@ def test_webhook_delivers_through_a_flaky_server_and_dead_letters_what_never_get
 
     # A refusal (4xx) is not retried.
     stop, thread, stats = sink(s, base + "/bad", "hook-bad", attempts=5)
-    wait_until(lambda: len(dead_letters(s)) >= 2 * len(WANTED), what="dead letters after a 400")
+    wait_until(lambda: handled(stats) >= ALL, what="dead letters after a 400")
     stop.set()
     thread.join(30)
     assert receiver.requests["/bad"] == len(WANTED)
-    assert stats["dead_lettered"] == len(WANTED)
+    assert stats["dead_lettered"] == len(WANTED) and stats["skipped"] == len(UNWANTED)
+    assert len(dead_letters(s)) == 2 * len(WANTED)
 
 
 def test_webhook_command_needs_a_valid_url(capsys: Any) -> None:
@@ -207,3 +230,83 @@ def test_webhook_command_needs_a_valid_url(capsys: Any) -> None:
     assert "must start with http:// or https://" in capsys.readouterr().err
     assert main(["webhook", "--url", "http://x", "--statuses", "opened,closed"]) == 2
     assert "statuses" in capsys.readouterr().err
+
+
+# --- retries, Retry-After, unusable URLs, poll interval (no broker) ----------------------
+
+
+def test_retry_after_reads_seconds_and_http_dates() -> None:
+    now = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+    assert retry_after_s("120", now) == 120.0
+    assert retry_after_s(" 7 ", now) == 7.0
+    assert retry_after_s("Thu, 01 Jan 2026 00:00:30 GMT", now) == 30.0
+    assert retry_after_s("Wed, 31 Dec 2025 23:00:00 GMT", now) == 0.0  # already past
+    assert retry_after_s("soon", now) is None
+    assert retry_after_s(None, now) is None
+
+
+def test_an_http_date_retry_after_sets_the_pause(server: tuple[str, Receiver]) -> None:
+    base, receiver = server
+    pauses: list[float] = []
+    sender = WebhookSender(
+        base + "/later",
+        max_attempts=2,
+        backoff_s=0.01,
+        max_backoff_s=600,
+        wait=lambda p: bool(pauses.append(p)),
+    )
+    delivery = sender.post(b"{}", "k")
+    assert delivery is not None and not delivery.ok
+    assert delivery.attempts == 2 and receiver.requests["/later"] == 2
+    # The server asked for about 120 s (HTTP dates have whole seconds).
+    assert len(pauses) == 1 and 110 < pauses[0] <= 121
+
+
+@pytest.mark.parametrize(
+    ("url", "error"),
+    [
+        ("http://127.0.0.1:notaport/hook", "InvalidURL"),
+        ("http://exa mple.com/hook", "InvalidURL"),
+        ("http://[::1/hook", "ValueError"),
+    ],
+)
+def test_an_unusable_url_is_a_permanent_failure_not_a_crash(url: str, error: str) -> None:
+    pauses: list[float] = []
+    sender = WebhookSender(url, max_attempts=5, wait=lambda p: bool(pauses.append(p)))
+    delivery = sender.post(b"{}", "k")
+    assert delivery is not None and (delivery.ok, delivery.attempts) == (False, 1)
+    assert delivery.detail.startswith(f"unusable URL: {error}") and pauses == []
+
+
+@pytest.mark.parametrize("url", ["http://[::1/hook", "http://h:99999/x", "https:///x"])
+def test_the_config_refuses_urls_that_cannot_be_parsed(url: str) -> None:
+    with pytest.raises(ValidationError, match="url"):
+        WebhookSettings.model_validate({"url": url})
+
+
+def test_the_sink_polls_often_enough_for_its_worst_case_retries() -> None:
+    cfg = load_config(None)
+    default = WebhookSettings.model_validate({"url": "http://x"})
+    # 5 x 10 s + 4 x 30 s fits librdkafka's default 300 s, which is kept.
+    assert consumer_config(cfg, default)["max.poll.interval.ms"] == 300_000
+    slow = WebhookSettings.model_validate(
+        {"url": "http://x", "max_attempts": 100, "timeout_s": 300, "max_backoff_s": 30}
+    )
+    assert worst_case_delivery_s(slow) == 100 * 300 + 99 * 30
+    assert consumer_config(cfg, slow)["max.poll.interval.ms"] == (100 * 300 + 99 * 30 + 60) * 1000
+    # A larger configured value is never lowered.
+    assert (
+        consumer_config(
+            load_config(None, {"kafka.librdkafka": {"max.poll.interval.ms": 3_600_000}}), default
+        )["max.poll.interval.ms"]
+        == 3_600_000
+    )
+
+
+def test_retries_longer_than_any_poll_interval_are_refused() -> None:
+    with pytest.raises(ValidationError, match="max_attempts 100 x timeout_s 300"):
+        WebhookSettings.model_validate(
+            {"max_attempts": 100, "timeout_s": 300, "max_backoff_s": 3600}
+        )
+    # 100 x 300 s with the default backoffs fits (the sink raises its poll interval).
+    WebhookSettings.model_validate({"max_attempts": 100, "timeout_s": 300})
