@@ -1,0 +1,6 @@
+"""The performance harness (`python -m bench.perf`, `make bench`): throughput, alert latency,
+state size and restore time of `auditwatch run`, against a plain-consumer ceiling, a faust peer
+and `auditwatch replay`, on one preloaded dataset. See bench/README.md and `--help`.
+
+May import streams/, schemas/, detectors/ and the benchmark's own tools (confluent-kafka,
+fastavro, quixstreams; faust only in the faust peer's process)."""
