@@ -37,11 +37,12 @@ GROUPS = (
     ("dedupe (digest, event-id state)", ("dedupe digest", DEDUPE_STATE)),
     ("detection state get/set", (STATE,)),
     ("machine state load/dump (orjson)", ("machine state load", "machine state dump")),
-    ("rate model dump/load", ("rate model dump", "rate model load")),
+    ("model dump/load (rate, combined)", ("rate model dump", "rate model load", "combined model")),
     (
         "detection core (detectors, peers, alerts)",
         (
             "detector:",
+            "detector module:",
             "core:",
             "peer group",
             "alert episodes",
@@ -58,6 +59,7 @@ GROUPS = (
     ("consume (poll)", ("consume",)),
     ("Quix overhead (loop, serialisers, commit, changelog)", ("Quix",)),
     ("auditwatch glue (app.py, processor)", ("auditwatch app glue", "processor glue")),
+    ("other auditwatch modules and threads", ("streams:",)),
 )
 _STARTUP_FUNCS = ("ensure_topics", "build_application", "Application._on_assign")
 
@@ -173,6 +175,16 @@ def _ours(func: str, file: str, line: int, root: Path) -> str | None:
         return "processor glue (ingest/detect)"
     if file == "streams/seed.py":
         return "processor glue (ingest/detect)"
+    if file == "detectors/combined.py":
+        if short in ("dump", "load") or "dump" in func or "load" in func:
+            return "combined model dump/load"
+        return "detector: combined score"
+    module = file.rsplit("/", 1)[-1].removesuffix(".py")
+    if file.startswith("detectors/"):
+        return f"detector module: {module}"
+    if file.startswith("streams/") and file != "streams/cli.py":
+        # Other threads of the worker (control reader, metrics) or newer modules.
+        return f"streams: {module}"
     return None
 
 
