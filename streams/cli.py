@@ -301,6 +301,14 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         logging.getLogger("auditwatch.control").setLevel(logging.WARNING)
         control = ControlReader(cfg).start()
         control.wait_ready(10.0)
+    live: Any = None
+    board: LiveAlerts | None = None
+    if console is not None and args.follow and console.is_terminal:
+        from rich.live import Live
+
+        board = LiveAlerts()
+        live = Live(board.table(), console=console, refresh_per_second=4)
+        live.start()
     try:
         for msg in read_topic(cfg, cfg.topics.alerts, follow=args.follow):
             a = orjson.loads(msg.value())
@@ -313,6 +321,9 @@ def cmd_alerts(args: argparse.Namespace) -> int:
             if args.json:
                 sys.stdout.write(orjson.dumps(a).decode() + "\n")
                 sys.stdout.flush()
+            elif board is not None:
+                board.update(a, _oncall(a, control))
+                live.update(board.table())
             elif args.follow:
                 console.print(_alert_line(a, _oncall(a, control)))
             else:
@@ -320,6 +331,8 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
+        if live is not None:
+            live.stop()
         if control is not None:
             control.stop()
     if console is not None and not args.follow:
@@ -349,11 +362,39 @@ def _alert_line(a: dict[str, Any], oncall: str = "") -> str:
     )
 
 
+class LiveAlerts:
+    """`alerts --follow` on a terminal: one row per alert, its latest state, updated in place;
+    the most recently changed alerts on top, at most `limit` of them."""
+
+    def __init__(self, limit: int = 40) -> None:
+        self.limit = limit
+        self.rows: dict[str, list[str]] = {}  # alert_id -> row, oldest change first
+        self.states = 0
+
+    def update(self, a: dict[str, Any], oncall: str = "") -> None:
+        self.states += 1
+        self.rows.pop(a["alert_id"], None)
+        self.rows[a["alert_id"]] = format_alert_row(a, oncall)
+        while len(self.rows) > self.limit:
+            del self.rows[next(iter(self.rows))]
+
+    def table(self) -> Any:
+        latest = list(reversed(self.rows.values()))
+        return _table(
+            latest,
+            f"{len(latest)} alerts, {self.states} states (latest change first; Ctrl-C to stop)",
+        )
+
+
 def _print_table(console: Any, rows: list[list[str]]) -> None:
+    console.print(_table(rows, f"{len(rows)} alert states"))
+
+
+def _table(rows: list[list[str]], title: str) -> Any:
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=f"{len(rows)} alert states")
+    table = Table(title=title)
     for col in (
         "event time (UTC)",
         "severity",
@@ -369,7 +410,7 @@ def _print_table(console: Any, rows: list[list[str]]) -> None:
     for r in rows:
         # Text, not str: a cell string would be parsed as markup, and alert fields are data.
         table.add_row(*(Text(c) for c in r))
-    console.print(table)
+    return table
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -517,7 +558,13 @@ def build_parser() -> argparse.ArgumentParser:
         "`alerts snooze ID --for 2h` (recorded on the control topic, honoured by every "
         "worker).",
     )
-    p.add_argument("--follow", "-f", action="store_true", help="keep reading new alerts")
+    p.add_argument(
+        "--follow",
+        "-f",
+        action="store_true",
+        help="keep reading new alerts: on a terminal a live table, one row per alert updated "
+        "in place; piped, one line per state",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument(
         "--min-severity", default="info", choices=["info", "low", "medium", "high", "critical"]
