@@ -15,11 +15,11 @@ Imports: the standard library and `detectors` only.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from detectors.core import DetectorConfig, MachineState
+from detectors.core import DetectorConfig, MachineState, recent_peak
 from detectors.rate import RateBaseline, RateParams
 
 
@@ -47,20 +47,6 @@ def rate_band(params: RateParams, rate_state: list[Any], ts_ms: int) -> RateBand
     sd = baseline.model.std(expected)
     high = max(expected + params.z * sd, params.min_ratio * expected, float(params.min_count))
     return RateBand(expected, max(0.0, expected - params.z * sd), high, baseline.warm)
-
-
-def recent_peak(cfg: DetectorConfig, peak_state: Sequence[Any], ts_ms: int) -> float:
-    """The recent peak the detector compares an interval at `ts_ms` with, from the stored
-    `[interval, count in it, decayed peak]` (`MachineState.peak`), without updating it: the
-    decayed peak of the intervals before, the last one seen included."""
-    if not peak_state:
-        return 0.0
-    current, count, peak = peak_state
-    interval = ts_ms // (cfg.rate.interval_s * 1000)
-    if interval > current:
-        gap_s = (interval - current) * cfg.rate.interval_s
-        return max(float(peak) * 0.5 ** (gap_s / cfg.rate_peak_half_life_s), float(count))
-    return float(peak)
 
 
 def machine_rate_band(cfg: DetectorConfig, state: Mapping[str, Any], ts_ms: int) -> RateBand | None:

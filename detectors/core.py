@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from fnmatch import fnmatchcase
 from typing import Any
@@ -39,6 +39,20 @@ _READ = re.compile(
     r"^(?:[\w.-]+:)*(SELECT|GET|LIST|READ|DESCRIBE|HEAD|SCAN|CONSUME|QUERY|FETCH|SUBSCRIBE|"
     r"LOOKUP|SEARCH|WATCH|MGET|HGET|EXISTS|CHECK|VIEW|LOOKUP)"
 )
+
+
+def recent_peak(cfg: DetectorConfig, peak_state: Sequence[Any], ts_ms: int) -> float:
+    """The recent peak an interval at `ts_ms` is compared with, from the stored
+    `[interval, count in it, decayed peak]` (`MachineState.peak`), without updating it: the
+    decayed peak of the intervals before, the last one seen included."""
+    if not peak_state:
+        return 0.0
+    current, count, peak = peak_state
+    interval = ts_ms // (cfg.rate.interval_s * 1000)
+    if interval > current:
+        gap_s = (interval - current) * cfg.rate.interval_s
+        return max(float(peak) * 0.5 ** (gap_s / cfg.rate_peak_half_life_s), float(count))
+    return float(peak)
 
 
 _BURST_GAP_MS = 10_000  # off-hours accesses closer than this count as one
@@ -836,21 +850,16 @@ class DetectionCore:
     @staticmethod
     def _peak(cfg: DetectorConfig, state: MachineState, ts: int) -> float:
         """The machine's recent busiest interval (decaying with a half-life of
-        `rate_peak_half_life_s`), excluding the current interval."""
-        interval_ms = cfg.rate.interval_s * 1000
-        interval = ts // interval_ms
-        if not state.peak:
-            state.peak = [interval, 0, 0.0]
-        current, count, peak = state.peak
+        `rate_peak_half_life_s`), excluding the current interval; counts the event in."""
+        peak = recent_peak(cfg, state.peak, ts)
+        interval = ts // (cfg.rate.interval_s * 1000)
+        current, count = (state.peak[0], state.peak[1]) if state.peak else (interval, 0)
         if interval > current:
-            gap = interval - current
-            decay = 0.5 ** (gap * cfg.rate.interval_s / cfg.rate_peak_half_life_s)
-            peak = max(peak * decay, float(count))
             current, count = interval, 0
         if interval >= current:
             count += 1
         state.peak = [current, count, round(peak, 3)]
-        return float(peak)
+        return peak
 
     def _off_hours(
         self,
