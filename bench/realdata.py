@@ -98,6 +98,7 @@ import orjson
 from schemas.codec import BundledSchemas, decode_wire
 from schemas.event import AuditEvent, format_rfc3339_ms, parse_timestamp_us
 from streams.config import Config, ConfigError, load_config
+from streams.partitioning import PartitionedDetection
 from streams.processor import MemoryStore, Origin, Processor
 from streams.readers import cloudtrail_identity, read_records
 from streams.replay import ReplayResult, replay
@@ -360,13 +361,14 @@ class SplitReplay:
         self.split_us = split_ms * 1000
         self.processor = Processor(cfg, BundledSchemas())
         self.store = MemoryStore()
+        self.detection = PartitionedDetection(self.processor, cfg.topics.partitions)
         self.result = ReplayResult()
         self.pages: list[bytes] = []
         events = self._ingest(self.processor, self.store, self.result, paths)
         events.sort(key=lambda e: e.ts_us)
         head = [e for e in events if e.ts_us < self.split_us]
         self.tail = [e for e in events if e.ts_us >= self.split_us]
-        self._detect(self.processor, self.store, self.result, self.pages, head, 1)
+        self._detect(self.detection, self.result, self.pages, head, 1)
         self.detected = len(head)
 
     def _ingest(
@@ -393,8 +395,7 @@ class SplitReplay:
 
     @staticmethod
     def _detect(
-        processor: Processor,
-        store: MemoryStore,
+        detection: PartitionedDetection,
         result: ReplayResult,
         pages: list[bytes],
         events: Sequence[AuditEvent],
@@ -402,7 +403,7 @@ class SplitReplay:
     ) -> None:
         # As replay does: detection in event-time order, pages kept as written.
         for i, event in enumerate(events, first):
-            for out in processor.detect(event, store, Origin("replay", None, i)):
+            for out in detection.detect(event, i):
                 assert out.alert is not None
                 result.alerts[out.alert.status] += 1
                 if out.alert.is_page:
@@ -413,15 +414,15 @@ class SplitReplay:
     def continue_with(self, paths: Sequence[Path | str]) -> Run:
         """The replay of the first files followed by `paths`, from a copy of the state at the
         split (this object is not changed, so it can be continued any number of times)."""
-        processor, store, result, pages = copy.deepcopy(
-            (self.processor, self.store, self.result, self.pages)
+        processor, store, detection, result, pages = copy.deepcopy(
+            (self.processor, self.store, self.detection, self.result, self.pages)
         )
         extra = self._ingest(processor, store, result, paths)
         if any(e.ts_us < self.split_us for e in extra):
             raise ValueError("continued events must not precede the split")
         # Stable: at equal times the first files' events come first, as in one replay.
         rest = sorted([*self.tail, *extra], key=lambda e: e.ts_us)
-        self._detect(processor, store, result, pages, rest, self.detected + 1)
+        self._detect(detection, result, pages, rest, self.detected + 1)
         return Run(result, [orjson.loads(p) for p in pages])
 
 

@@ -38,10 +38,14 @@ class MachineIndex:
     def idle(self, before_ms: int) -> list[str]:
         """Machines last seen before `before_ms` (scanning only from the oldest end)."""
         out: list[str] = []
-        for machine, ts in list(self.last_seen.items()):
+        seen = self.last_seen
+        # Peek at the oldest entry only: copying the index to iterate it cost O(machines) on
+        # every sweep, which is every event.
+        while seen:
+            machine, ts = next(iter(seen.items()))
             if ts >= before_ms:
                 break
-            del self.last_seen[machine]
+            del seen[machine]
             out.append(machine)
         return out
 

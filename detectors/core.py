@@ -316,6 +316,8 @@ class DetectionCore:
         self.suppressed_findings = 0
         self._watches = SilenceWatches()
         self._indexes: dict[Any, MachineIndex] = {}
+        # The earliest event time seen in any store: where a store that is new starts watching.
+        self.watching_since_ms: int | None = None
         self._storms: dict[Any, StormWindow] = {}
         self.evictions = 0
         self._last: tuple[str, DetectorConfig, RateBaseline] = (
@@ -393,6 +395,9 @@ class DetectionCore:
         the upstream stream the event came through (an input partition), for the clock."""
         raw = kv.get(MACHINE, event.machine_id)
         state = MachineState.from_dict(orjson.loads(raw)) if raw is not None else None
+        since = self.watching_since_ms
+        if since is None or event.timestamp_ms < since:
+            self.watching_since_ms = event.timestamp_ms
         state, alerts = self.process(event, state, kv)
         kv.set(MACHINE, event.machine_id, orjson.dumps(state.to_dict()))
         self._track(event, kv, partition)
@@ -637,7 +642,8 @@ class DetectionCore:
         if state is None:
             state = MachineState.new(ts)
             if kv is not None and peers is not None:
-                if not peers.known and ts - store_first_seen(kv, ts) > warmup_ms:
+                first = store_first_seen(kv, ts, self.watching_since_ms)
+                if not peers.known and ts - first > warmup_ms:
                     findings.append(self._new_identity(event, group_name))
                 peers.join(ts)
         alerts: list[Alert] = []

@@ -109,11 +109,15 @@ class PeerGroup:
             self.kv.set(kind, key, str(ts_ms).encode())
 
 
-def store_first_seen(kv: KeyValue, ts_ms: int) -> int:
-    """When this store (a partition, or a whole replay) saw its first event: before the store
-    itself has watched long enough, every identity is 'new' and none is news."""
+def store_first_seen(kv: KeyValue, ts_ms: int, watching_since_ms: int | None = None) -> int:
+    """When this store (a partition, or a whole replay) started watching: before it has
+    watched long enough, every identity is 'new' and none is news. A store's first event can
+    come long after the pipeline started (a small fleet leaves some partitions empty for
+    hours), so a new store starts from `watching_since_ms`, the earliest event time the
+    detection core has seen in any store, when that is earlier."""
     raw = kv.get(_STORE, "first")
     if raw is None:
-        kv.set(_STORE, "first", str(ts_ms).encode())
-        return ts_ms
+        first = ts_ms if watching_since_ms is None else min(ts_ms, watching_since_ms)
+        kv.set(_STORE, "first", str(first).encode())
+        return first
     return int(raw)

@@ -263,6 +263,88 @@ class _Model:
         self.gvar = (1 - ag) * (self.gvar + ag * gd * gd)
         self.n += 1
 
+    def learn_zeros(self, first: int, step_s: float, k: int) -> None:
+        """`learn(0.0, (first + i) * step_s)` for i in 0..k-1, with the same arithmetic in the same
+        order (the results are bit-for-bit equal), on local variables: a sparse machine closes
+        dozens of empty intervals per event, and this loop was most of the pipeline's time."""
+        if k <= 0:
+            return
+        if self.n == 0 or self.first_day < 0 or not self.counts:
+            for i in range(k):
+                self.learn(0.0, (first + i) * step_s)
+            return
+        p = self.params
+        slots = p.slots
+        alpha, clip_z, adapt_after = p.alpha, p.clip_z, p.adapt_after
+        floor2 = p.scale_floor**2
+        weekly_after = p.weekly_after_days
+        per_day = max(1.0, _DAY_S / self.interval_s / slots) if slots else 1.0
+        prior = per_day * p.profile_prior_days
+        r_floor = 1.0 / (per_day * p.profile_days)
+        n_cap = int(per_day * (p.profile_days - p.profile_prior_days))
+        rd = 1.0 / (per_day * slots * 3) if slots else 0.0
+        ag = alpha * p.scale_rate
+        level, var, n, run, run_sum = self.level, self.var, self.n, self.run, self.run_sum
+        gmean, gvar, ref, first_day = self.gmean, self.gvar, self.ref, self.first_day
+        prof, prof_n, dow_l = self.prof, self.prof_n, self.dow
+        sqrt = math.sqrt
+        for i in range(k):
+            t_s = (first + i) * step_s
+            slot = int(t_s % _DAY_S * slots // _DAY_S) if slots else -1
+            day = t_s / _DAY_S
+            dw = (int(day) + 3) % _WEEK_DAYS
+            w = min(1.0, max(0.0, (day - first_day - weekly_after) / _WEEK_DAYS))
+            if slot >= 0 and prof_n[slot] == 0:
+                prof[slot] = ref
+            b = prof[slot] if slot >= 0 else 0.0
+            if w > 0.0:
+                b += w * dow_l[dw]
+            e = max(b + level, 0.0)
+            v = max(var, floor2 * gvar)
+            sd = sqrt(max(v, e, 0.25))
+            d = 0.0 - e
+            lim = clip_z * sd
+            side = 1 if d > lim else -1 if d < -lim else 0
+            xc = e + max(-lim, min(lim, d))
+            if side and (run == 0 or (side > 0) == (run > 0)):
+                run += side
+                run_sum += 0.0
+            else:
+                run, run_sum = side, 0.0
+            if abs(run) >= adapt_after:
+                xc = run_sum / abs(run)
+                level += xc - e
+                var = max(var, (xc - e) ** 2 / adapt_after)
+                run, run_sum = 0, 0.0
+            else:
+                dc = xc - e
+                level += alpha * dc
+                var = (1 - alpha) * (var + alpha * dc * dc)
+            if slot >= 0:
+                kn = prof_n[slot]
+                r = max(1.0 / (kn + 1 + prior), r_floor)
+                old = prof[slot]
+                glim = clip_z * sqrt(gvar)
+                dp = 0.0 - (w * dow_l[dw] if w > 0 else 0.0) - old
+                new = old + r * max(-glim, min(glim, dp))
+                prof[slot] = new
+                prof_n[slot] = min(kn + 1, n_cap)
+                ref = new
+                level -= new - old
+                dd = 0.0 - new - dow_l[dw]
+                dow_l[dw] += rd * max(-glim, min(glim, dd))
+                mean_dow = sum(dow_l) / _WEEK_DAYS
+                for j in range(_WEEK_DAYS):
+                    dow_l[j] -= mean_dow
+            gsd = sqrt(gvar)
+            glim = clip_z * gsd + abs(gmean)
+            gd = max(-glim, min(glim, 0.0 - gmean))
+            gmean += ag * gd
+            gvar = (1 - ag) * (gvar + ag * gd * gd)
+            n += 1
+        self.level, self.var, self.n, self.run, self.run_sum = level, var, n, run, run_sum
+        self.gmean, self.gvar, self.ref = gmean, gvar, ref
+
     def decay_zeros(self, k: int) -> None:
         """After more empty intervals than are learned one by one: fade towards zero."""
         decay = (1 - self.params.alpha) ** k
@@ -310,8 +392,8 @@ class RateBaseline:
             m = self.model
             m.learn(float(self.count), self._t(self.current))
             gap = min(interval - self.current - 1, 10_000_000)
-            for i in range(1, min(gap, _MAX_ZERO_STEPS) + 1):
-                m.learn(0.0, self._t(self.current + i))
+            step_s = float(self.params.interval_s)
+            m.learn_zeros(self.current + 1, step_s, min(gap, _MAX_ZERO_STEPS))
             if gap > _MAX_ZERO_STEPS:
                 m.decay_zeros(gap - _MAX_ZERO_STEPS)
         self.current, self.count = interval, 0

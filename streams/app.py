@@ -20,6 +20,7 @@ from quixstreams.models.serializers import Serializer
 
 from detectors.explain import explain_machine
 from schemas.codec import BundledSchemas, SchemaResolver, decode_detect, encode_detect
+from streams.align import InputAligner
 from streams.config import Config
 from streams.control import ControlReader
 from streams.metrics import InputWatch, Telemetry, start_http
@@ -137,6 +138,12 @@ def build_application(
     )
     t = cfg.topics
     source = app.topic(t.events, key_deserializer="bytes", value_deserializer="bytes")
+    # Quix has no public handle on its consumer; pausing input partitions needs it.
+    aligner = (
+        InputAligner(app._consumer, t.events, int(k.max_input_skew_s * 1000))
+        if k.max_input_skew_s > 0
+        else None
+    )
     sinks = {
         role: app.topic(name, key_serializer="bytes", value_serializer=_OutputValue())
         for role, name in (
@@ -158,6 +165,8 @@ def build_application(
         ctx = message_context()
         origin = Origin(ctx.topic, ctx.partition, ctx.offset)
         outputs, event = processor.ingest(value, key, origin, _TransactionStore(state._transaction))
+        if aligner is not None:
+            aligner.seen(ctx.partition, ctx.offset, event.timestamp_ms if event else None)
         if event is not None:
             # Re-keyed by peer group: the detection stage sees a whole group in one partition.
             group = processor.core.group_of(event)
@@ -201,6 +210,8 @@ def build_application(
     # Quix has no public hook between messages; its periodic tasks run once per round of the
     # main loop, on the processing thread, which alone may read the state stores.
     app._dataframe_registry.register_periodic_task(lambda: telemetry.tick(explain))
+    if aligner is not None:
+        app._dataframe_registry.register_periodic_task(aligner.tick)
     return app, processor
 
 

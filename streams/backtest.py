@@ -396,10 +396,11 @@ def run_config(
     """Run the detection core of `cfg` over `events` (in event-time order) as replay does."""
     from schemas.codec import BundledSchemas
     from schemas.event import parse_timestamp_us
-    from streams.processor import MemoryStore, Origin, Processor
+    from streams.partitioning import PartitionedDetection
+    from streams.processor import Processor
 
     processor = Processor(cfg, BundledSchemas())
-    store = MemoryStore()
+    detection = PartitionedDetection(processor, cfg.topics.partitions, "backtest")
     pages: list[dict[str, Any]] = []
     statuses: Counter[str] = Counter()
     ends: dict[str, int] = {}
@@ -407,7 +408,7 @@ def run_config(
     if progress is not None:
         progress.begin(f"{name:>3}", len(events))
     for i, event in enumerate(events, 1):
-        for out in processor.detect(event, store, Origin("backtest", None, i)):
+        for out in detection.detect(event, i):
             alert = out.alert
             assert alert is not None
             statuses[alert.status] += 1
@@ -419,7 +420,7 @@ def run_config(
                 pages.append(alert.to_json())
         if observed is not None:
             observed.add(event)
-        sampler.after(event, processor.core, store)
+        sampler.after(event, processor.core, detection.store_for(event))
         if progress is not None and i % 5000 == 0:
             progress.update(i)
     if progress is not None:

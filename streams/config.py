@@ -47,6 +47,13 @@ class KafkaSettings(_Model):
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     processing_guarantee: Literal["at-least-once", "exactly-once"] = "at-least-once"
     commit_interval_s: float = Field(5.0, gt=0)
+    max_input_skew_s: float = Field(
+        60.0,
+        ge=0,
+        description="How far ahead in event time one input partition may be read of the "
+        "slowest one that has records left (a backlog is otherwise read in chunks of hours, "
+        "and a peer group's members reach detection out of order); 0 turns it off.",
+    )
     state_dir: str = "state"
     librdkafka: dict[str, str | int | float | bool] = Field(
         default_factory=dict,

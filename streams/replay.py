@@ -17,6 +17,7 @@ import orjson
 from schemas.codec import BundledSchemas, decode_wire
 from schemas.event import AuditEvent
 from streams.config import Config
+from streams.partitioning import PartitionedDetection
 from streams.processor import MemoryStore, Origin, Processor
 from streams.readers import read_records
 
@@ -74,8 +75,10 @@ def replay(
     # Stable sort: events with equal timestamps keep file order, as a topic would keep them.
     events.sort(key=lambda e: e.ts_us)
     result.events = len(events)
+    # One store per detect partition, as the pipeline keeps them (see streams.partitioning).
+    detection = PartitionedDetection(processor, cfg.topics.partitions)
     for i, event in enumerate(events, 1):
-        for out in processor.detect(event, store, Origin("replay", None, i)):
+        for out in detection.detect(event, i):
             assert out.alert is not None
             result.alerts[out.alert.status] += 1
             if out.alert.is_page:

@@ -91,11 +91,38 @@ class Stack:
     def create_topics(self, overrides: dict[str, dict[str, str]] | None = None) -> None:
         ensure_topics(self.cfg, overrides)
 
-    def start_worker(self, state_subdir: str = "state") -> subprocess.Popen[bytes]:
+    def send(self, events: list[dict[str, Any]]) -> None:
+        """Produce `events` as `auditwatch produce` does: Avro, keyed by machine id, placed
+        by murmur2 (so a test can know a machine's input partition in advance)."""
+        from confluent_kafka import Producer
+
+        from schemas.codec import encode_event_avro
+        from streams.producer import to_avro_record
+
+        producer = Producer(
+            {**self.cfg.kafka.client_config(), "linger.ms": 20, "partitioner": "murmur2"}
+        )
+        now = int(time.time() * 1000)
+        for e in events:
+            producer.produce(
+                self.cfg.topics.events,
+                key=e["machine_id"].encode(),
+                value=encode_event_avro(to_avro_record(e, now)),
+            )
+            producer.poll(0)
+        assert producer.flush(60) == 0
+
+    def start_worker(
+        self, state_subdir: str = "state", client_id: str | None = None
+    ) -> subprocess.Popen[bytes]:
+        """A worker process; `state_subdir` other than "state" is another host's disk, and
+        `client_id` makes its consumer-group member recognisable."""
         cfg_path = self.config_path
-        if state_subdir != "state":
+        if state_subdir != "state" or client_id:
             data = yaml.safe_load(self.config_path.read_text())
             data["kafka"]["state_dir"] = str(self.root / state_subdir)
+            if client_id:
+                data["kafka"].setdefault("librdkafka", {})["client.id"] = client_id
             cfg_path = self.root / f"config-{state_subdir}.yaml"
             cfg_path.write_text(yaml.safe_dump(data))
         log = (self.root / f"worker-{len(self.workers)}.log").open("wb")

@@ -30,6 +30,7 @@ from streams.control import (
     publish,
     read_state,
 )
+from streams.partitioning import murmur2_partition
 from tests.conftest import Stack, wait_until
 from tests.test_pipeline_kafka import avro
 from tests.traffic import BASE_MS, steady
@@ -78,28 +79,6 @@ def test_unreadable_control_records_are_ignored(value: bytes) -> None:
 
 
 # --- two workers on the real broker ------------------------------------------------------
-
-
-def murmur2_partition(key: bytes, partitions: int) -> int:
-    """Kafka's default (Java) partitioner, which the Quix producer uses for the detect topic."""
-    m, h = 0x5BD1E995, (0x9747B28C ^ len(key)) & 0xFFFFFFFF
-    whole = len(key) - len(key) % 4
-    for i in range(0, whole, 4):
-        k = int.from_bytes(key[i : i + 4], "little")
-        k = (k * m) & 0xFFFFFFFF
-        k ^= k >> 24
-        h = ((h * m) & 0xFFFFFFFF) ^ ((k * m) & 0xFFFFFFFF)
-    tail = key[whole:]
-    if len(tail) >= 3:
-        h ^= tail[2] << 16
-    if len(tail) >= 2:
-        h ^= tail[1] << 8
-    if tail:
-        h = ((h ^ tail[0]) * m) & 0xFFFFFFFF
-    h ^= h >> 13
-    h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 15
-    return (h & 0x7FFFFFFF) % partitions
 
 
 def machines_on_both_partitions() -> tuple[str, str]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import random
+import zlib
 
+import numpy as np
 import pytest
 
 from detectors.combined import COMBINED, CombinedModels, CombinedParams, MemoryKV, features
@@ -113,6 +115,36 @@ def test_model_state_round_trips_through_the_store() -> None:
     assert all(s is not None for s in scores[20:])
     blob = kv2.get(COMBINED, "g")
     assert blob is not None and len(blob) < 4096
+
+
+def _first_layout(blob: bytes, nodes: int) -> bytes:
+    """The same masses in the layout stores written before compression: (r, l) u2 pairs."""
+    raw = zlib.decompress(blob[12:])
+    width = len(raw) // (2 * nodes)
+    masses = np.frombuffer(raw, dtype="u1" if width == 1 else "<u2").astype("<u2")
+    pairs = np.empty(2 * nodes, dtype="<u2")
+    pairs[0::2], pairs[1::2] = masses[:nodes], masses[nodes:]
+    return blob[:12] + pairs.tobytes()
+
+
+@pytest.mark.parametrize("window_size", [20, 300])
+def test_masses_are_compressed_and_older_stores_still_load(window_size: int) -> None:
+    p = CombinedParams(window_size=window_size, min_events=5)
+    rng = random.Random(3)
+    xs = [features(rng.randrange(5, 40), 10.0, rng.randrange(3), 0.0, 1, 0, 0) for _ in range(700)]
+    models, kv = CombinedModels(p), MemoryKV()
+    for x in xs[:600]:
+        models.score_and_learn(kv, "g", x)
+    blob = kv.get(COMBINED, "g")
+    assert blob is not None
+    nodes = p.n_trees * (2 ** (p.height + 1) - 1)
+    assert len(blob) < 2 * nodes  # under one byte per mass, where the first layout took four
+    old_kv = MemoryKV()
+    old_kv.set(COMBINED, "g", _first_layout(blob, nodes))
+    old, new = CombinedModels(p), CombinedModels(p)
+    assert [old.score_and_learn(old_kv, "g", x) for x in xs[600:]] == [
+        new.score_and_learn(kv, "g", x) for x in xs[600:]
+    ]
 
 
 def test_a_stale_cached_model_is_reloaded_from_the_store() -> None:

@@ -3,15 +3,11 @@ re-learned."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import Producer
 
-from schemas.codec import encode_event_avro
-from streams.producer import to_avro_record
 from streams.reading import pipeline_lag
 from tests.conftest import Stack, wait_until
 from tests.traffic import BASE_MS, steady
@@ -20,19 +16,6 @@ pytestmark = pytest.mark.kafka
 
 MACHINE = "reports-job-5c8d7f9b6-m4n8p"
 LEARNED = [f"postgres://warehouse/public.table_{i}" for i in range(8)]
-
-
-def send(stack: Stack, events: list[dict[str, Any]]) -> None:
-    producer = Producer({**stack.cfg.kafka.client_config(), "linger.ms": 20})
-    now = int(time.time() * 1000)
-    for e in events:
-        producer.produce(
-            stack.cfg.topics.events,
-            key=e["machine_id"].encode(),
-            value=encode_event_avro(to_avro_record(e, now)),
-        )
-        producer.poll(0)
-    assert producer.flush(60) == 0
 
 
 def lag(stack: Stack) -> int:
@@ -53,13 +36,13 @@ def test_sigkill_mid_stream_loses_nothing_and_keeps_baselines(
     first = s.start_worker()
     # Phase A: two hours of history teach the machine its eight tables.
     history = steady(MACHINE, LEARNED, BASE_MS, 2 * 3600, prefix="a-")
-    send(s, history)
+    s.send(history)
     wait_until(lambda: lag(s) == 0, timeout=120, what="phase A committed")
     assert new_resource_pages(s) == []
 
     # Phase B: much more of the same traffic; kill the worker while it is working through it.
     more = steady(MACHINE, LEARNED, BASE_MS + 2 * 3600 * 1000, 10 * 3600, every_ms=500, prefix="b-")
-    send(s, more)
+    s.send(more)
     wait_until(
         lambda: 0 < lag(s) < len(more) * 0.8,
         timeout=60,
@@ -87,6 +70,6 @@ def test_sigkill_mid_stream_loses_nothing_and_keeps_baselines(
         "operation": "SELECT",
         "outcome": "SUCCESS",
     }
-    send(s, [probe])
+    s.send([probe])
     pages = wait_until(lambda: new_resource_pages(s), timeout=60, what="probe page")
     assert [p["event_ids"] for p in pages] == [["probe"]]

@@ -8,17 +8,13 @@ event-time order in one process.
 from __future__ import annotations
 
 import io
-import time
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import Producer
 
 from bench.evaluate import alert_time_ms, in_window, is_page
-from schemas.codec import encode_event_avro
-from streams.producer import to_avro_record
 from streams.reading import pipeline_lag
 from streams.replay import replay
 from streams.synthetic import SyntheticConfig, SyntheticTraffic
@@ -68,16 +64,7 @@ def test_kafka_and_replay_page_the_same_episodes(stack: Any, tmp_path: Path) -> 
 
     s.create_topics()
     s.start_worker()
-    producer = Producer({**s.cfg.kafka.client_config(), "linger.ms": 20, "partitioner": "murmur2"})
-    now = int(time.time() * 1000)
-    for e in events:
-        producer.produce(
-            s.cfg.topics.events,
-            key=e["machine_id"].encode(),
-            value=encode_event_avro(to_avro_record(e, now)),
-        )
-        producer.poll(0)
-    assert producer.flush(60) == 0
+    s.send(events)
     wait_until(
         lambda: pipeline_lag(s.cfg) == 0,
         timeout=240,

@@ -108,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restore-machines", type=int, default=100_000)
     p.add_argument("--restore-timeout", type=float, default=130.0)
     p.add_argument("--commit-interval", type=float, default=5.0, help="kafka.commit_interval_s")
+    p.add_argument(
+        "--librdkafka",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a librdkafka setting for every Kafka phase (kafka.librdkafka), repeatable",
+    )
     p.add_argument("--profile", action="store_true", help="also profile auditwatch with py-spy")
     p.add_argument("--profile-out", type=Path, default=DEFAULT_PROFILE)
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
@@ -230,6 +237,7 @@ def run_phases(
         dataset=dataset,
         input_topic=f"{prefix}.input",
         commit_interval_s=args.commit_interval,
+        librdkafka=_settings(args.librdkafka),
     )
     run.dir.mkdir(parents=True, exist_ok=True)
     out: dict[str, Any] = {"phases": {}, "skipped": {}}
@@ -478,6 +486,16 @@ def table(report: dict[str, Any]) -> str:
         )
     )
     return "\n".join(lines)
+
+
+def _settings(pairs: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--librdkafka wants KEY=VALUE, got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,6 +44,7 @@ class Run:
     dataset: Dataset
     input_topic: str
     commit_interval_s: float = 5.0
+    librdkafka: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def config(
@@ -65,6 +66,7 @@ class Run:
                 "state_dir": str(d / "state"),
                 "commit_interval_s": self.commit_interval_s,
                 "processing_guarantee": guarantee,
+                "librdkafka": dict(self.librdkafka),
             },
             "topics": {
                 "events": input_topic or self.input_topic,

@@ -96,8 +96,10 @@ def _rename(key: str, group: str) -> str:
 def feed_messages(template: Template, groups: int) -> Any:
     for g in range(groups):
         group = f"rs{g:05d}-api"
+        # Latin-1 carries any bytes through JSON unchanged (values are binary: compressed
+        # model masses).
         body = [
-            [kind.decode(), _rename(key, group), value.decode()]
+            [kind.decode(), _rename(key, group), value.decode("latin-1")]
             for kind, key, value in template.records
         ]
         yield group.encode(), orjson.dumps(body)
@@ -124,7 +126,7 @@ def write_changelog(cfg: Config, messages: int, timeout: float) -> dict[str, Any
         nonlocal written
         tx = state._transaction
         for kind, key, val in orjson.loads(value):
-            tx.set_bytes(key.encode(), val.encode(), kind.encode())
+            tx.set_bytes(key.encode(), val.encode("latin-1"), kind.encode())
         written += 1
         return 1
 

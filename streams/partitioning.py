@@ -1,0 +1,77 @@
+"""Detection over event files partitioned as the Kafka pipeline partitions it.
+
+`auditwatch run` keeps its detection state per partition of the detect topic: events are
+re-keyed by peer group, and the Quix producer places a key with Kafka's default (murmur2)
+partitioner. What a store holds beyond one machine (its peer groups, its first-seen time, the
+silence watch and its event-time clock, the storm-control caps per minute) is that partition's.
+`replay` and `backtest` run the same detection core over files; to page what the pipeline
+pages they keep one store per detect partition too, and tell each event's source (its input
+partition, keyed by machine id as `auditwatch produce` keys it) to the silence clock.
+
+Events still go through detection in event-time order, across partitions; Kafka delivers each
+partition in its own order, which for a backlog interleaves input partitions in fetched
+chunks (the ingest consumer's `max.partition.fetch.bytes` bounds how far apart in event time).
+"""
+
+from __future__ import annotations
+
+from schemas.event import AuditEvent
+from streams.processor import MemoryStore, Origin, Output, Processor
+
+_M = 0x5BD1E995
+_MASK = 0xFFFFFFFF
+
+
+def murmur2_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default Java partitioner (librdkafka's `murmur2`) gives `key`."""
+    h = (0x9747B28C ^ len(key)) & _MASK
+    whole = len(key) - len(key) % 4
+    for i in range(0, whole, 4):
+        k = (int.from_bytes(key[i : i + 4], "little") * _M) & _MASK
+        k ^= k >> 24
+        h = ((h * _M) & _MASK) ^ ((k * _M) & _MASK)
+    tail = key[whole:]
+    if len(tail) >= 3:
+        h ^= tail[2] << 16
+    if len(tail) >= 2:
+        h ^= tail[1] << 8
+    if tail:
+        h = ((h ^ tail[0]) * _M) & _MASK
+    h ^= h >> 13
+    h = (h * _M) & _MASK
+    h ^= h >> 15
+    return (h & 0x7FFFFFFF) % partitions
+
+
+class PartitionedDetection:
+    """`Processor.detect` with one `MemoryStore` per detect-topic partition."""
+
+    def __init__(self, processor: Processor, partitions: int, name: str = "replay") -> None:
+        if partitions < 1:
+            raise ValueError(f"partitions must be >= 1, got {partitions}")
+        self.processor = processor
+        self.partitions = partitions
+        self.name = name
+        self.stores: dict[int, MemoryStore] = {}
+
+    def partition_of(self, event: AuditEvent) -> int:
+        return murmur2_partition(self.processor.core.group_of(event).encode(), self.partitions)
+
+    def source_of(self, event: AuditEvent) -> int:
+        return murmur2_partition(event.machine_id.encode(), self.partitions)
+
+    def store_for(self, event: AuditEvent) -> MemoryStore:
+        p = self.partition_of(event)
+        store = self.stores.get(p)
+        if store is None:
+            store = self.stores[p] = MemoryStore()
+        return store
+
+    def detect(self, event: AuditEvent, offset: int, learn_only: bool = False) -> list[Output]:
+        p = self.partition_of(event)
+        store = self.stores.get(p)
+        if store is None:
+            store = self.stores[p] = MemoryStore()
+        return self.processor.detect(
+            event, store, Origin(self.name, p, offset), learn_only, source=self.source_of(event)
+        )
