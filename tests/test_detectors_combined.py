@@ -147,6 +147,23 @@ def test_masses_are_compressed_and_older_stores_still_load(window_size: int) -> 
     ]
 
 
+def test_stored_masses_are_the_models_at_every_step_across_window_closes() -> None:
+    # The reference masses are read once per window; what is stored must still be exactly
+    # the model's masses after every learn, window closes included.
+    p = CombinedParams(window_size=20, min_events=5)
+    rng = random.Random(5)
+    models, kv = CombinedModels(p), MemoryKV()
+    for _ in range(75):
+        models.score_and_learn(kv, "g", features(rng.randrange(1, 40), 10.0, 0, 0.0, 1, 0, 0))
+        blob = kv.get(COMBINED, "g")
+        assert blob is not None
+        model = models._cache["g"][1]
+        raw = np.frombuffer(zlib.decompress(blob[12:]), dtype="u1").tolist()
+        n = len(model.nodes)
+        assert raw[:n] == [node.r_mass for node in model.nodes]
+        assert raw[n:] == [node.l_mass for node in model.nodes]
+
+
 def test_a_stale_cached_model_is_reloaded_from_the_store() -> None:
     xs = [features(10, 10.0, 0, 0.0, 1, 0, 0) for _ in range(30)]
     models, kv = CombinedModels(P), MemoryKV()
