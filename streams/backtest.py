@@ -420,7 +420,8 @@ def run_config(
                 pages.append(alert.to_json())
         if observed is not None:
             observed.add(event)
-        sampler.after(event, processor.core, detection.store_for(event))
+        assert detection.last_store is not None
+        sampler.after(event, processor.core, detection.last_store)
         if progress is not None and i % 5000 == 0:
             progress.update(i)
     if progress is not None:

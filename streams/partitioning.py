@@ -53,6 +53,7 @@ class PartitionedDetection:
         self.partitions = partitions
         self.name = name
         self.stores: dict[int, MemoryStore] = {}
+        self.last_store: MemoryStore | None = None
 
     def partition_of(self, event: AuditEvent) -> int:
         return murmur2_partition(self.processor.core.group_of(event).encode(), self.partitions)
@@ -60,18 +61,13 @@ class PartitionedDetection:
     def source_of(self, event: AuditEvent) -> int:
         return murmur2_partition(event.machine_id.encode(), self.partitions)
 
-    def store_for(self, event: AuditEvent) -> MemoryStore:
-        p = self.partition_of(event)
-        store = self.stores.get(p)
-        if store is None:
-            store = self.stores[p] = MemoryStore()
-        return store
-
     def detect(self, event: AuditEvent, offset: int, learn_only: bool = False) -> list[Output]:
         p = self.partition_of(event)
         store = self.stores.get(p)
         if store is None:
             store = self.stores[p] = MemoryStore()
+        # The store it went to, for a caller that reads state right after (backtest's bands).
+        self.last_store = store
         return self.processor.detect(
             event, store, Origin(self.name, p, offset), learn_only, source=self.source_of(event)
         )

@@ -376,33 +376,20 @@ def markdown(analysis: dict[str, Any], context: dict[str, Any]) -> str:
         "Method: see `bench/perf/profile.py`; each sample is charged to the innermost "
         "auditwatch frame (state access through `_TransactionStore` counts as state, whatever "
         "Quix and RocksDB do underneath), else to the innermost Quix/confluent-kafka frame.",
-        "",
-        "## Per-stage budget",
-        "",
-        "| stage | µs/event | share |",
-        "|---|---:|---:|",
     ]
-    for s in analysis["budget"]:
-        lines.append(f"| {s['stage']} | {s['us_per_event']} | {s['share']:.1%} |")
-    lines += [
-        "",
-        "## Finer stages",
-        "",
-        "| stage | µs/event | share |",
-        "|---|---:|---:|",
-    ]
-    for s in analysis["stages"]:
-        lines.append(f"| {s['stage']} | {s['us_per_event']} | {s['share']:.1%} |")
-    lines += [
-        "",
-        "## Top 15 functions by self time",
-        "",
-        "| function | µs/event | share |",
-        "|---|---:|---:|",
-    ]
-    for f in analysis["top_self"]:
-        lines.append(f"| `{f['function']}` | {f['us_per_event']} | {f['share']:.1%} |")
+    lines += _table("Per-stage budget", "stage", [(s["stage"], s) for s in analysis["budget"]])
+    lines += _table("Finer stages", "stage", [(s["stage"], s) for s in analysis["stages"]])
+    lines += _table(
+        "Top 15 functions by self time",
+        "function",
+        [(f"`{f['function']}`", f) for f in analysis["top_self"]],
+    )
     notes = context.get("notes")
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
+
+
+def _table(title: str, what: str, rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    out = ["", f"## {title}", "", f"| {what} | µs/event | share |", "|---|---:|---:|"]
+    return out + [f"| {name} | {r['us_per_event']} | {r['share']:.1%} |" for name, r in rows]
