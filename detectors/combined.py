@@ -44,9 +44,9 @@ class CombinedParams:
     n_trees: int = 10
     height: int = 5
     window_size: int = 100  # windows per reference mass (HalfSpaceTrees' window_size)
-    min_events: int = 5  # windows with fewer events are learned, never scored
-    # HalfSpaceTrees score (0-1) that pages (50 on the product scale). On the synthetic
-    # suite, no ordinary window of 27,600 scored above 0.76 (99.99th percentile 0.71).
+    min_events: int = 5  # windows with fewer events are neither scored nor learned
+    # HalfSpaceTrees score (0-1) that pages (50 on the product scale). On the synthetic suite
+    # (make eval), 2 ordinary windows in 5,199 machine-hours scored above it.
     page_at: float = 0.8
     seed: int = 1
 

@@ -57,6 +57,11 @@ def recent_peak(cfg: DetectorConfig, peak_state: Sequence[Any], ts_ms: int) -> f
 
 _BURST_GAP_MS = 10_000  # off-hours accesses closer than this count as one
 _RUN_GAP_MS = 300_000  # and a run of them ends after this much quiet
+_SCAN_EVENTS = 8  # latest spaced off-hours accesses kept as candidate starts of a burst
+# state.off: [window, count in it, fired, run start ms, spaced accesses, last spaced ms,
+# learned rate x 1e6 and busiest nearby window at the run's start, busiest nearby window
+# around the current window (without the run's own), then the latest spaced access times]
+_OFF_RECENT = 9
 
 
 def is_destructive(operation: str) -> bool:
@@ -809,6 +814,11 @@ class DetectionCore:
         warm: bool,
     ) -> Finding | None:
         window, count, failures, writes, new_resources, new_ops = state.win[:6]
+        if count < p.min_events:
+            # Too few events to be judged, so not learned either: the model's reference is
+            # the windows it judges. A sparse machine (most of them close a window on nearly
+            # every event) then costs no model load and dump per event.
+            return None
         start_ms = window * p.window_s * 1000
         expected = rate.expected_at(start_ms) * p.window_s / cfg.rate.interval_s
         learned_failures = float(state.fail[3]) if len(state.fail) > 3 else 0.0
@@ -867,6 +877,16 @@ class DetectionCore:
         state.peak = [current, count, round(peak, 3)]
         return peak
 
+    @staticmethod
+    def _busiest_near(state: MachineState, peers: PeerGroup | None, near: list[int]) -> int:
+        """The most events the machine, or a peer, made in these windows of the day.
+        Neighbouring windows count: sessions and schedules drift by an hour or so from day
+        to day, and that is not "off hours"."""
+        before = max(state.hmax[i] for i in near)
+        if peers is not None and peers.members > 1:
+            before = max(before, *(peers.busiest_window(i) for i in near))
+        return before
+
     def _off_hours(
         self,
         cfg: DetectorConfig,
@@ -884,47 +904,71 @@ class DetectionCore:
         slots = 86_400_000 // window_ms
         if len(state.hmax) != slots:
             state.hmax = [0] * slots
+        near = [
+            (window + d) % slots for d in range(-cfg.off_hours_spread, cfg.off_hours_spread + 1)
+        ]
+        if state.off and len(state.off) < _OFF_RECENT:
+            # Stored before the run kept what it is tested against: start a run here.
+            before_now = self._busiest_near(state, peers, near)
+            state.off = [
+                *state.off[:3],
+                ts,
+                0,
+                ts - _BURST_GAP_MS,
+                round(rate.expected_at(ts) * 1e6),
+                before_now,
+                before_now,
+            ]
         if not state.off or window > state.off[0]:
+            # What this time of day has seen on other days and from peers, before the window
+            # that closes (this run's own accesses, perhaps) is added to it.
+            before_now = self._busiest_near(state, peers, near)
             if state.off:
                 prev = state.off[0] % slots
                 state.hmax[prev] = max(state.hmax[prev], state.off[1])
                 if peers is not None and state.off[1] > 1:
                     peers.note_window(prev, slots, state.off[1])
             # A run of accesses going on across the window boundary stays one run for the
-            # burst test; the learned rate is taken as the run starts, before the run's own
-            # events teach the time-of-day profile (micro-events per interval: an int list).
+            # burst test; what it is tested against is taken before the run's own events
+            # teach it: the learned rate as the run starts, the busiest windows around each
+            # window the run reaches.
             run = (
-                state.off[3:7]
-                if len(state.off) > 6
+                state.off[3:]
+                if len(state.off) >= _OFF_RECENT
                 and ts - state.off[5] <= _RUN_GAP_MS
                 and ts - state.off[3] <= window_ms  # a busy day is not one long run
                 else []
             )
-            state.off = [window, 0, 0, *(run or [ts, 0, ts - _BURST_GAP_MS, 0])]
-            if not run:
-                state.off[6] = round(rate.expected_at(ts) * 1e6)
+            if run:
+                state.off = [window, 0, 0, *run]
+                state.off[8] = before_now
+            else:
+                # A new run: the window that closed is not its own, so it counts.
+                before_now = self._busiest_near(state, peers, near)
+                rate_e6 = round(rate.expected_at(ts) * 1e6)
+                state.off = [
+                    *(window, 0, 0, ts, 0, ts - _BURST_GAP_MS),
+                    *(rate_e6, before_now, before_now),
+                ]
         elif window < state.off[0]:
             return None  # a late event: its window is closed
         state.off[1] += 1
-        if len(state.off) > 5 and ts - state.off[5] >= _BURST_GAP_MS:
+        if ts - state.off[5] >= _BURST_GAP_MS:
             state.off[4] += 1
             state.off[5] = ts
-        count, fired = state.off[1], state.off[2]
+            # The latest spaced accesses, for the scan below.
+            state.off.append(ts)
+            if len(state.off) > _OFF_RECENT + _SCAN_EVENTS:
+                del state.off[_OFF_RECENT]
+        count, fired, spaced = state.off[1], state.off[2], state.off[4]
         # Idle hours are only known once the profile has seen at least a full day.
         if (
             fired
-            or count < min(cfg.off_hours_min_events, cfg.off_hours_burst_events)
+            or (count < cfg.off_hours_min_events and spaced < cfg.off_hours_burst_events)
             or rate.n < 86_400 // cfg.rate.interval_s
         ):
             return None
-        # Neighbouring windows count too: sessions and schedules drift by an hour or so from
-        # day to day, and that is not "off hours".
-        near = [
-            (window + d) % slots for d in range(-cfg.off_hours_spread, cfg.off_hours_spread + 1)
-        ]
-        before = max(state.hmax[i] for i in near)
-        if peers is not None and peers.members > 1:
-            before = max(before, *(peers.busiest_window(i) for i in near))
+        before = self._busiest_near(state, peers, near)
         day = ts - ts % 86_400_000
         peak = max(rate.expected_at(day + h * 3_600_000) for h in range(24))
         expected_now = rate.expected_at(ts)
@@ -941,22 +985,31 @@ class DetectionCore:
         # minute or two are already as unlikely. Accesses closer than _BURST_GAP_MS count
         # once: one action often makes several calls (retries, a page load), and a Poisson
         # test on them would see a burst in a single click.
-        first_ms = state.off[3] if len(state.off) > 3 else ts
-        spaced = state.off[4] if len(state.off) > 4 else 0
+        first_ms = state.off[3]
         # The rate to beat: the machine's own, learned for this time of day, and at least
         # the busiest window it or a peer ever had here, spread by the window rule's ratio (a
-        # busiest window is a maximum over days and members, not a mean). Only where that
-        # busiest window is small: a group that is busy at this hour in bursts (CI runners
-        # taking turns) is not Poisson, and the window rule judges it.
-        start_rate = state.off[6] / 1e6 if len(state.off) > 6 else expected_now
+        # busiest window is a maximum over days and members, not a mean), both as the run
+        # started. Only where the busiest windows are small, there and where the run is now:
+        # a group that is busy at this hour in bursts (CI runners taking turns) is not
+        # Poisson, and the window rule judges it.
+        start_rate, before0, before_here = state.off[6] / 1e6, state.off[7], state.off[8]
         lam = max(
             start_rate / cfg.rate.interval_s,
-            before / (cfg.off_hours_ratio * cfg.off_hours_window_s),
+            before0 / (cfg.off_hours_ratio * cfg.off_hours_window_s),
             1.0 / 3600.0,
         )
+        # A scan: the whole run, and each of its latest spaced accesses as the start of the
+        # burst, so a stray access a quarter of an hour before does not dilute it. The
+        # threshold applies to the least likely start, without a correction for trying up
+        # to _SCAN_EVENTS + 1 of them: with one (Bonferroni), a session at an office tool's
+        # pace paged a minute later, and the synthetic suite's false pages stayed far under
+        # budget without it (bench/README.md).
         p = poisson_tail(spaced - 1, lam * (ts - first_ms) / 1000.0)
+        recent = state.off[_OFF_RECENT:]
+        for i, t0 in enumerate(recent[: 1 - cfg.off_hours_burst_events]):
+            p = min(p, poisson_tail(len(recent) - 1 - i, lam * (ts - t0) / 1000.0))
         burst = (
-            before < cfg.off_hours_ratio * cfg.off_hours_burst_events
+            max(before0, before_here) < cfg.off_hours_ratio * cfg.off_hours_burst_events
             and spaced >= cfg.off_hours_burst_events
             and p <= cfg.off_hours_burst_p
         )

@@ -12,7 +12,7 @@ import pytest
 from detectors.combined import COMBINED, CombinedModels, CombinedParams, MemoryKV, features
 from detectors.core import DetectionCore, DetectorConfig
 from detectors.rate import RateParams, poisson_tail
-from schemas.event import format_rfc3339_ms
+from schemas.event import format_rfc3339_ms, parse_timestamp_us
 from streams.processor import MemoryStore
 from tests.test_detectors_peers import MIN, T0, Client, pages
 
@@ -72,6 +72,74 @@ def test_stray_night_accesses_do_not_page() -> None:
     c.alerts.clear()
     office_day(c, 3, night=(20 * 60 + 3, 20 * 60 + 30, 23 * 60 + 10))
     assert [a for a in c.alerts if a.detector == "off_hours"] == []
+
+
+def _night_session(trickle: int, night: tuple[int, ...]) -> int:
+    """Ms from the start of a night session (one access per 35 s) to its off-hours page, after
+    `trickle` accesses 4 minutes apart (one run with the session: no 5-minute gap)."""
+    c = Client(DetectionCore(OFFICE), "reports-admin")
+    for d in range(3):
+        office_day(c, d, night=night)
+    c.alerts.clear()
+    start = T0 + 3 * DAY + 20 * HOUR + 35 * MIN
+    for j in range(trickle):
+        c.send(start + j * 4 * MIN)
+    session = start + trickle * 4 * MIN
+    for j in range(20):
+        c.send(session + j * 35_000)
+    found = [a for a in pages(c.alerts) if a.detector == "off_hours"]
+    assert found
+    return parse_timestamp_us(found[0].event_time) // 1000 - session
+
+
+def test_a_trickle_before_a_night_session_does_not_delay_its_page() -> None:
+    # Ten accesses in the evening on earlier days: a rate the trickle alone stays within.
+    evening = tuple(20 * 60 + 3 * i for i in range(10))
+    alone = _night_session(0, evening)
+    # Judged from the run's first access only, the trickle's 8 minutes dilute the session
+    # (one access later); each recent access is also tried as the burst's start.
+    assert _night_session(3, evening) == alone
+
+
+def test_a_session_across_a_window_boundary_is_judged_against_the_night_before_it() -> None:
+    c = office_machine()
+    c.alerts.clear()
+    # Two accesses before a window boundary, the rest after it: the session is one run, and
+    # the closed window (the session's own accesses) is not "the most seen at this time".
+    start = T0 + 3 * DAY + 21 * HOUR + 29 * MIN + 10_000
+    for j in range(10):
+        c.send(start + j * 45_000)
+    found = [a for a in pages(c.alerts) if a.detector == "off_hours"]
+    assert found
+    assert found[0].event_time <= format_rfc3339_ms(start + 2 * MIN)
+
+
+def test_a_run_that_reaches_a_busy_time_of_day_is_judged_there() -> None:
+    c = Client(DetectionCore(OFFICE), "reports-admin")
+    for d in range(3):
+        # A nightly batch of 16 accesses from 22:35: this hour is busy in bursts.
+        office_day(c, d, night=tuple(22 * 60 + 35 + i for i in range(16)))
+    c.alerts.clear()
+    # Starts at 21:27, where the night is quiet, and goes on into the window that neighbours
+    # the batch's; at its pace the burst test would page only after the boundary.
+    start = T0 + 3 * DAY + 21 * HOUR + 27 * MIN
+    for j in range(8):
+        c.send(start + j * 100_000)
+    assert [a for a in pages(c.alerts) if a.detector == "off_hours"] == []
+
+
+def test_a_run_stored_in_the_older_layout_is_continued() -> None:
+    c = office_machine()
+    c.alerts.clear()
+    start = T0 + 3 * DAY + 21 * HOUR + 5_000
+    c.send(start)
+    assert c.state is not None
+    # Before the run kept its busiest-window snapshot and latest accesses: 7 fields.
+    c.state.off = c.state.off[:7]
+    for j in range(1, 30):
+        c.send(start + j * MIN)
+    found = [a for a in pages(c.alerts) if a.detector == "off_hours"]
+    assert found and found[0].event_time <= format_rfc3339_ms(start + 3 * MIN)
 
 
 def test_slow_night_activity_still_pages_by_the_window_rule() -> None:
@@ -245,3 +313,17 @@ def test_combined_can_be_switched_off() -> None:
     c.send(T0)
     c.send(T0 + 10 * MIN)
     assert c.state is not None and c.state.win == []
+
+
+def test_windows_too_quiet_to_judge_are_not_learned() -> None:
+    kv = MemoryStore()
+    c = Client(DetectionCore(COMBINED_CONFIG), "cron-job", kv)
+    # One access every 7 minutes: every window closes with a single event.
+    for i in range(300):
+        c.send(T0 + i * 7 * MIN)
+    assert kv.get(COMBINED, "cron-job") is None
+    # A window busy enough to be judged is learned.
+    for j in range(P.min_events):
+        c.send(T0 + 300 * 7 * MIN + j * 10_000)
+    c.send(T0 + 301 * 7 * MIN)
+    assert kv.get(COMBINED, "cron-job") is not None

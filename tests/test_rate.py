@@ -8,11 +8,12 @@ import math
 import random
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 import pytest
 
-from detectors.rate import RateBaseline, RateParams, SeriesBaseline
+from detectors.rate import RateBaseline, RateParams, SeriesBaseline, _Model
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z, a Thursday
 MIN = 60_000
@@ -156,25 +157,74 @@ def _advance_one_by_one(b: RateBaseline, interval: int) -> None:
     b.current, b.count = interval, 0
 
 
-@pytest.mark.parametrize("seed", range(12))
-def test_empty_interval_runs_learn_exactly_as_one_by_one(seed: int) -> None:
+def _run_both(seed: int) -> tuple[RateBaseline, RateBaseline]:
+    """A random mix of busy, sparse and silent stretches, through `observe` (runs of empty
+    intervals learned by learn_zeros) and through learn() one interval at a time."""
     rng = random.Random(seed)
     params = RateParams(
         slots=rng.choice([24, 12, 0]),
-        weekly_after_days=rng.choice([14.0, 0.01]),
+        weekly_after_days=rng.choice([14.0, 0.01, 2.0]),
         adapt_after=rng.choice([12, 3]),
     )
     fast, slow = RateBaseline(params), RateBaseline(params)
     t = rng.randrange(10**6) * 60_000
-    for _ in range(rng.randrange(50, 300)):
-        t += rng.choice([1_000, 30_000, 600_000, 3_600_000, 86_400_000, rng.randrange(1, 120_000)])
-        weight = rng.choice([1, 1, 30, 200])
+    sparse = rng.choice([5, 40, 150])
+    for _ in range(rng.randrange(300, 1200)):
+        t += rng.choice(
+            [
+                1_000,
+                30_000,
+                rng.randrange(1, sparse) * 60_000,
+                rng.randrange(1, sparse) * 60_000,
+                3_600_000,
+                86_400_000,
+                rng.randrange(1, 120_000),
+            ]
+        )
+        weight = rng.choice([1, 1, 1, 2, 30, 200])
         fast.observe(t, weight)
         _advance_one_by_one(slow, t // 60_000)
         slow.count += weight
+    return fast, slow
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_one_by_one_loop_is_bit_for_bit_learn(seed: int, monkeypatch: Any) -> None:
+    monkeypatch.setattr(_Model, "learn_zeros", _Model._zeros_exact)
+    fast, slow = _run_both(seed)
     # Bit for bit: the same floats in the same order, not merely close.
     assert fast.state() == slow.state()
     assert fast.model.run_sum == slow.model.run_sum and fast.model.gvar == slow.model.gvar
+
+
+def test_empty_interval_runs_in_closed_form_learn_as_one_by_one(monkeypatch: Any) -> None:
+    used = {False: 0, True: 0}
+    closed = _Model._zeros_closed
+
+    def counted(self: _Model, first: int, step_s: float, m: int, slot: int) -> bool:
+        weekly = self.first_day >= 0 and first * step_s / 86_400 - self.first_day > 3.0
+        ok = closed(self, first, step_s, m, slot)
+        used[weekly] += ok
+        return ok
+
+    monkeypatch.setattr(_Model, "_zeros_closed", counted)
+    for seed in range(10):
+        fast, slow = _run_both(seed)
+        a, b = fast.model, slow.model
+        assert (a.n, a.run, a.prof_n, fast.current, fast.count) == (
+            b.n,
+            b.run,
+            b.prof_n,
+            slow.current,
+            slow.count,
+        )
+        xs = [a.level, a.var, a.gmean, a.gvar, a.ref, a.run_sum, *a.prof, *a.dow]
+        ys = [b.level, b.var, b.gmean, b.gvar, b.ref, b.run_sum, *b.prof, *b.dow]
+        scale = max(1.0, *map(abs, ys))
+        # Equal up to rounding: the same model, summed in another order.
+        assert max(abs(x - y) for x, y in zip(xs, ys, strict=True)) <= 1e-9 * scale
+    # Both forms (day-of-week weight 0 and 1) were taken, not only the fallback.
+    assert used[False] > 100 and used[True] > 20
 
 
 def test_score_one_before_learn_one() -> None:
