@@ -266,8 +266,8 @@ class _Model:
     def learn_zeros(self, first: int, step_s: float, k: int) -> None:
         """`learn(0.0, (first + i) * step_s)` for i in 0..k-1. A sparse machine closes dozens of
         empty intervals per event, and learning them one by one was most of the pipeline's
-        time. Within one time-of-day slot, once the slot has its full history and the
-        day-of-week weight is constant (0 before `weekly_after_days`, 1 a week later), every
+        time. Within one time-of-day slot, while the day-of-week weight is constant (0 before
+        `weekly_after_days`; 1 from a week later, once the slot has its full history), every
         update is linear in the state (nothing clipped, no one-sided run: checked before,
         else one by one), so a run of them has a closed form (`_zeros_closed`): equal to the
         one-by-one result up to rounding (relative 1e-12, tests/test_rate.py)."""

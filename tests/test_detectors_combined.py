@@ -128,7 +128,20 @@ def test_a_run_that_reaches_a_busy_time_of_day_is_judged_there() -> None:
     assert [a for a in pages(c.alerts) if a.detector == "off_hours"] == []
 
 
-def test_a_run_stored_in_the_older_layout_is_continued() -> None:
+def test_a_late_access_does_not_shorten_a_burst() -> None:
+    c = office_machine()
+    c.alerts.clear()
+    start = T0 + 3 * DAY + 20 * HOUR + 56 * MIN
+    for m in (0, 5, 9, 13):  # not yet unlikely enough to page
+        c.send(start + m * MIN)
+    assert [a for a in pages(c.alerts) if a.detector == "off_hours"] == []
+    # Delivered after the others (another partition, a retry): it happened at 21:00:30,
+    # before the access at 21:01 that the scan tries as a start.
+    c.send(start + 4 * MIN + 30_000)
+    assert [a for a in pages(c.alerts) if a.detector == "off_hours"] == []
+
+
+def test_a_run_stored_in_an_older_layout_is_migrated() -> None:
     c = office_machine()
     c.alerts.clear()
     start = T0 + 3 * DAY + 21 * HOUR + 5_000
