@@ -289,11 +289,12 @@ class _Model:
             while m > 1 and int((i + m - 1) * step_s % _DAY_S * slots // _DAY_S) != slot:
                 m -= 1
             m = min(m, end - i)
-            # The first step runs exactly: it resets any one-sided run and (re)centres the
-            # day-of-week offsets, which the closed form relies on.
-            self._zeros_exact(i, step_s, 1)
-            if m > 1 and not self._zeros_closed(i + 1, step_s, m - 1, slot):
-                self._zeros_exact(i + 1, step_s, m - 1)
+            if m < 2 or not self._zeros_closed(i, step_s, m, slot):
+                # Often only the first step is not linear (a slot's first value): take it
+                # exactly and try the rest again.
+                self._zeros_exact(i, step_s, 1)
+                if m > 1 and not self._zeros_closed(i + 1, step_s, m - 1, slot):
+                    self._zeros_exact(i + 1, step_s, m - 1)
             i += m
 
     def _zeros_closed(self, first: int, step_s: float, m: int, slot: int) -> bool:
@@ -308,6 +309,7 @@ class _Model:
           level stays put); the day's offset D' = D - beta (P' + D), summed in a short loop;
         - weight 1 (the slot at its floor rate r, b = 1 - r): S = P + D decays by
           g = b (1 - beta), e' = a e - beta b S, D' = D - beta b S;
+        - a one-sided run in progress ends at the first step (nothing is clipped);
         - the variance V' = a (V + alpha e^2) and the scale (G' = c G, H' = c (H + (1-c) G^2))
           are geometric sums of those."""
         p = self.params

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from streams.readers import EVENT_FIELDS
 from streams.synthetic import (
     ANOMALY_KINDS,
     BENIGN_KINDS,
@@ -78,8 +79,14 @@ def split(events: list[Event], ep: Episode) -> tuple[list[Event], list[Event], l
 
 
 def test_same_seed_same_events_other_seed_differs() -> None:
-    cfg = SyntheticConfig(seed=3, duration_s=2 * 3600, machines=30, warmup_s=3600,
-                          anomalies={"fan_out": 1, "rate_burst": 1}, benign={"pod_rotation": 1})
+    cfg = SyntheticConfig(
+        seed=3,
+        duration_s=2 * 3600,
+        machines=30,
+        warmup_s=3600,
+        anomalies={"fan_out": 1, "rate_burst": 1},
+        benign={"pod_rotation": 1},
+    )
     a, b = SyntheticTraffic(cfg), SyntheticTraffic(cfg)
     first = list(a)
     assert first and first == list(b) == list(a)  # also: iterating twice gives the same
@@ -96,8 +103,8 @@ def test_event_form(full: tuple[SyntheticTraffic, list[Event]]) -> None:
     assert len(events) > 50_000
     known = set(traffic.machines)
     for e in itertools.islice(events, 0, None, 97):
-        assert set(e) == {"event_id", "timestamp", "machine_id", "resource", "operation",
-                          "outcome", "source_ip", "identity_type", "source", "attributes"}
+        # Exactly what `produce` and `replay` read from a JSON-lines file.
+        assert set(e) == {*EVENT_FIELDS, "attributes"}
         assert isinstance(e["timestamp"], int)
         assert e["outcome"] in ("SUCCESS", "FAILURE", "DENIED")
         assert e["source"] == "synthetic" and e["machine_id"] in known
@@ -118,8 +125,9 @@ def test_time_order_ids_and_window(full: tuple[SyntheticTraffic, list[Event]]) -
     assert len({e["event_id"] for e in events}) == len(events)
 
 
-def test_population_shape(full: tuple[SyntheticTraffic, list[Event]],
-                          by_machine: dict[str, list[Event]]) -> None:
+def test_population_shape(
+    full: tuple[SyntheticTraffic, list[Event]], by_machine: dict[str, list[Event]]
+) -> None:
     traffic, events = full
     names = traffic.machines
     pods = [m for m in names if _POD.match(m)]
@@ -158,8 +166,9 @@ def test_episodes_are_placed_after_warmup(full: tuple[SyntheticTraffic, list[Eve
     assert len([e for e in traffic.episodes if e.malicious]) == len(ANOMALY_KINDS)
 
 
-def test_rate_burst(full: tuple[SyntheticTraffic, list[Event]],
-                    by_machine: dict[str, list[Event]]) -> None:
+def test_rate_burst(
+    full: tuple[SyntheticTraffic, list[Event]], by_machine: dict[str, list[Event]]
+) -> None:
     (ep,) = episodes_of(full[0], "rate_burst")
     events = by_machine[ep.machine_id]
     before, inside, _ = split(events, ep)
@@ -171,8 +180,9 @@ def test_rate_burst(full: tuple[SyntheticTraffic, list[Event]],
     assert {norm(e["resource"]) for e in inside} <= {norm(e["resource"]) for e in before}
 
 
-def test_fan_out(full: tuple[SyntheticTraffic, list[Event]],
-                 by_machine: dict[str, list[Event]]) -> None:
+def test_fan_out(
+    full: tuple[SyntheticTraffic, list[Event]], by_machine: dict[str, list[Event]]
+) -> None:
     (ep,) = episodes_of(full[0], "fan_out")
     before, inside, _ = split(by_machine[ep.machine_id], ep)
     history = {norm(e["resource"]) for e in before}
@@ -182,8 +192,9 @@ def test_fan_out(full: tuple[SyntheticTraffic, list[Event]],
     assert all(r.startswith(("secrets://", "postgres://")) for r in new)
 
 
-def test_failure_spike(full: tuple[SyntheticTraffic, list[Event]],
-                       by_machine: dict[str, list[Event]]) -> None:
+def test_failure_spike(
+    full: tuple[SyntheticTraffic, list[Event]], by_machine: dict[str, list[Event]]
+) -> None:
     (ep,) = episodes_of(full[0], "failure_spike")
     before, inside, _ = split(by_machine[ep.machine_id], ep)
 
@@ -195,8 +206,9 @@ def test_failure_spike(full: tuple[SyntheticTraffic, list[Event]],
     assert {"FAILURE", "DENIED"} <= {e["outcome"] for e in inside}
 
 
-def test_new_identity(full: tuple[SyntheticTraffic, list[Event]],
-                      by_machine: dict[str, list[Event]]) -> None:
+def test_new_identity(
+    full: tuple[SyntheticTraffic, list[Event]], by_machine: dict[str, list[Event]]
+) -> None:
     traffic, _ = full
     (ep,) = episodes_of(traffic, "new_identity")
     before, inside, after = split(by_machine[ep.machine_id], ep)
@@ -213,8 +225,9 @@ def test_new_identity(full: tuple[SyntheticTraffic, list[Event]],
     assert any(e["resource"].startswith("secrets://") for e in inside)
 
 
-def test_off_hours(full: tuple[SyntheticTraffic, list[Event]],
-                   by_machine: dict[str, list[Event]]) -> None:
+def test_off_hours(
+    full: tuple[SyntheticTraffic, list[Event]], by_machine: dict[str, list[Event]]
+) -> None:
     (ep,) = episodes_of(full[0], "off_hours")
     hour = (ep.start_ms % DAY_MS) // HOUR_MS
     assert hour < 6 or hour >= 20  # at night
@@ -233,8 +246,9 @@ def test_off_hours(full: tuple[SyntheticTraffic, list[Event]],
     assert inside_rate >= 0.2 * len(day) / (3 * HOUR_MS)
 
 
-def test_operation_shift(full: tuple[SyntheticTraffic, list[Event]],
-                         by_machine: dict[str, list[Event]]) -> None:
+def test_operation_shift(
+    full: tuple[SyntheticTraffic, list[Event]], by_machine: dict[str, list[Event]]
+) -> None:
     (ep,) = episodes_of(full[0], "operation_shift")
     before, inside, after = split(by_machine[ep.machine_id], ep)
     destructive = {"DELETE", "DROP", "TRUNCATE"}
@@ -247,8 +261,9 @@ def test_operation_shift(full: tuple[SyntheticTraffic, list[Event]],
     assert {e["resource"] for e in inside if e["operation"] in destructive} <= history
 
 
-def test_silence(full: tuple[SyntheticTraffic, list[Event]],
-                 by_machine: dict[str, list[Event]]) -> None:
+def test_silence(
+    full: tuple[SyntheticTraffic, list[Event]], by_machine: dict[str, list[Event]]
+) -> None:
     (ep,) = episodes_of(full[0], "silence")
     assert ep.end_ms - ep.start_ms >= 30 * MINUTE_MS
     before, inside, after = split(by_machine[ep.machine_id], ep)
@@ -259,8 +274,9 @@ def test_silence(full: tuple[SyntheticTraffic, list[Event]],
     assert len([e for e in after if e["timestamp"] < ep.end_ms + gap]) >= 20
 
 
-def test_pod_rotation_keeps_resources(full: tuple[SyntheticTraffic, list[Event]],
-                                      by_machine: dict[str, list[Event]]) -> None:
+def test_pod_rotation_keeps_resources(
+    full: tuple[SyntheticTraffic, list[Event]], by_machine: dict[str, list[Event]]
+) -> None:
     eps = episodes_of(full[0], "pod_rotation")
     old = [e.machine_id for e in eps if "old pod" in e.description]
     new = [e.machine_id for e in eps if "new pod" in e.description]
@@ -276,13 +292,19 @@ def test_pod_rotation_keeps_resources(full: tuple[SyntheticTraffic, list[Event]]
     assert all(e["timestamp"] >= t for m in new for e in by_machine[m])
 
 
-def test_autoscale_and_group_deploy(full: tuple[SyntheticTraffic, list[Event]],
-                                    by_machine: dict[str, list[Event]]) -> None:
+def test_autoscale_and_group_deploy(
+    full: tuple[SyntheticTraffic, list[Event]], by_machine: dict[str, list[Event]]
+) -> None:
     traffic, _ = full
     scaled = episodes_of(traffic, "autoscale")
     group = _NUMBERED.match(scaled[0].machine_id).group(1)  # type: ignore[union-attr]
-    peers = [m for m in traffic.machines if _NUMBERED.match(m) and m.rsplit("-", 1)[0] == group
-             and m not in {e.machine_id for e in scaled}]
+    peers = [
+        m
+        for m in traffic.machines
+        if _NUMBERED.match(m)
+        and m.rsplit("-", 1)[0] == group
+        and m not in {e.machine_id for e in scaled}
+    ]
     assert peers
     peer_res = {norm(e["resource"]) for m in peers for e in by_machine[m]}
     for ep in scaled:
@@ -299,8 +321,9 @@ def test_autoscale_and_group_deploy(full: tuple[SyntheticTraffic, list[Event]],
         assert table in {e["resource"] for e in inside + after}
 
 
-def test_batch_jobs_only_in_their_window(full: tuple[SyntheticTraffic, list[Event]],
-                                         by_machine: dict[str, list[Event]]) -> None:
+def test_batch_jobs_only_in_their_window(
+    full: tuple[SyntheticTraffic, list[Event]], by_machine: dict[str, list[Event]]
+) -> None:
     windows: dict[str, list[Episode]] = defaultdict(list)
     for ep in episodes_of(full[0], "nightly_batch"):
         windows[ep.machine_id].append(ep)
@@ -311,24 +334,27 @@ def test_batch_jobs_only_in_their_window(full: tuple[SyntheticTraffic, list[Even
             assert any(ep.start_ms <= e["timestamp"] < ep.end_ms for ep in eps), (machine, e)
 
 
-def test_traffic_growth_is_labelled(full: tuple[SyntheticTraffic, list[Event]],
-                                    by_machine: dict[str, list[Event]]) -> None:
+def test_traffic_growth_is_labelled(
+    full: tuple[SyntheticTraffic, list[Event]], by_machine: dict[str, list[Event]]
+) -> None:
     eps = episodes_of(full[0], "traffic_growth")
     assert all(ep.end_ms == FULL.end_ms and not ep.malicious for ep in eps)
     assert all(by_machine[ep.machine_id] for ep in eps)
 
 
 def test_mark_injected_labels_only_anomalies() -> None:
-    cfg = dataclasses.replace(FULL, machines=30, rate_scale=0.1, mark_injected=True,
-                              benign={"pod_rotation": 1})
+    cfg = dataclasses.replace(
+        FULL, machines=30, rate_scale=0.1, mark_injected=True, benign={"pod_rotation": 1}
+    )
     traffic = SyntheticTraffic(cfg)
     labels: Counter[tuple[str, str]] = Counter()
     for e in traffic:
         kind = e["attributes"].get("injected")
         if kind is not None:
             labels[(kind, e["machine_id"])] += 1
-    expected = {(ep.kind, ep.machine_id) for ep in traffic.episodes
-                if ep.malicious and ep.kind != "silence"}
+    expected = {
+        (ep.kind, ep.machine_id) for ep in traffic.episodes if ep.malicious and ep.kind != "silence"
+    }
     assert set(labels) == expected
 
 
@@ -356,8 +382,12 @@ def test_demo_config(hour: int) -> None:
 
 
 def test_off_hours_needs_a_night() -> None:
-    daytime = SyntheticConfig(start_ms=DEFAULT_START_MS + 9 * HOUR_MS, duration_s=6 * 3600,
-                              warmup_s=3600, anomalies={"off_hours": 1})
+    daytime = SyntheticConfig(
+        start_ms=DEFAULT_START_MS + 9 * HOUR_MS,
+        duration_s=6 * 3600,
+        warmup_s=3600,
+        anomalies={"off_hours": 1},
+    )
     with pytest.raises(ValueError, match="night"):
         SyntheticTraffic(daytime)
 
