@@ -887,6 +887,19 @@ class DetectionCore:
             before = max(before, *(peers.busiest_window(i) for i in near))
         return before
 
+    def _run_start(
+        self,
+        ts: int,
+        rate: RateBaseline,
+        state: MachineState,
+        peers: PeerGroup | None,
+        near: list[int],
+    ) -> list[int]:
+        """state.off[3:] for an off-hours run starting at ts (see _OFF_RECENT)."""
+        before = self._busiest_near(state, peers, near)
+        rate_e6 = round(rate.expected_at(ts) * 1e6)
+        return [ts, 0, ts - _BURST_GAP_MS, rate_e6, before, before]
+
     def _off_hours(
         self,
         cfg: DetectorConfig,
@@ -911,47 +924,29 @@ class DetectionCore:
             state.off = []  # the first layout started with timestamps, not window numbers
         if state.off and len(state.off) < _OFF_RECENT:
             # Stored before the run kept what it is tested against: start a run here.
-            before_now = self._busiest_near(state, peers, near)
-            state.off = [
-                *state.off[:3],
-                ts,
-                0,
-                ts - _BURST_GAP_MS,
-                round(rate.expected_at(ts) * 1e6),
-                before_now,
-                before_now,
-            ]
+            state.off = [*state.off[:3], *self._run_start(ts, rate, state, peers, near)]
         if not state.off or window > state.off[0]:
-            # What this time of day has seen on other days and from peers, before the window
-            # that closes (this run's own accesses, perhaps) is added to it.
-            before_now = self._busiest_near(state, peers, near)
-            if state.off:
-                prev = state.off[0] % slots
-                state.hmax[prev] = max(state.hmax[prev], state.off[1])
-                if peers is not None and state.off[1] > 1:
-                    peers.note_window(prev, slots, state.off[1])
             # A run of accesses going on across the window boundary stays one run for the
             # burst test; what it is tested against is taken before the run's own events
             # teach it: the learned rate as the run starts, the busiest windows around each
-            # window the run reaches.
+            # window the run reaches (before the window that closes, perhaps the run's own
+            # accesses, is added to them).
             run = (
                 state.off[3:]
-                if len(state.off) >= _OFF_RECENT
+                if state.off
                 and ts - state.off[5] <= _RUN_GAP_MS
                 and ts - state.off[3] <= window_ms  # a busy day is not one long run
                 else []
             )
             if run:
-                state.off = [window, 0, 0, *run]
-                state.off[8] = before_now
-            else:
-                # A new run: the window that closed is not its own, so it counts.
-                before_now = self._busiest_near(state, peers, near)
-                rate_e6 = round(rate.expected_at(ts) * 1e6)
-                state.off = [
-                    *(window, 0, 0, ts, 0, ts - _BURST_GAP_MS),
-                    *(rate_e6, before_now, before_now),
-                ]
+                run[5] = self._busiest_near(state, peers, near)
+            if state.off:
+                prev = state.off[0] % slots
+                state.hmax[prev] = max(state.hmax[prev], state.off[1])
+                if peers is not None and state.off[1] > 1:
+                    peers.note_window(prev, slots, state.off[1])
+            # A new run: the window that closed is not its own, so it counts.
+            state.off = [window, 0, 0, *(run or self._run_start(ts, rate, state, peers, near))]
         elif window < state.off[0]:
             return None  # a late event: its window is closed
         state.off[1] += 1

@@ -8,12 +8,12 @@ import pytest
 
 from detectors.core import MACHINE
 from schemas.codec import BundledSchemas
-from schemas.event import AuditEvent
 from streams.config import Config
 from streams.partitioning import PartitionedDetection, murmur2_partition
 from streams.processor import Processor
 from streams.producer import make_producer
 from tests.conftest import Stack
+from tests.test_capacity import ev
 
 # Kafka's own test vectors for its Java murmur2 (clients UtilsTest), as signed 32-bit hashes.
 JAVA_MURMUR2 = {
@@ -51,17 +51,6 @@ def test_murmur2_places_keys_where_the_broker_does(stack: Any) -> None:
     assert placed == {k: murmur2_partition(k, s.cfg.topics.partitions) for k in keys}
 
 
-def event(i: int, machine: str, ts_ms: int) -> AuditEvent:
-    return AuditEvent(
-        event_id=f"e{i}",
-        ts_us=ts_ms * 1000,
-        machine_id=machine,
-        resource="postgres://db/public.t",
-        operation="SELECT",
-        outcome="SUCCESS",
-    )
-
-
 def test_each_group_lives_in_the_store_of_its_detect_partition() -> None:
     cfg = Config()
     detection = PartitionedDetection(Processor(cfg, BundledSchemas()), cfg.topics.partitions)
@@ -69,7 +58,7 @@ def test_each_group_lives_in_the_store_of_its_detect_partition() -> None:
     replicas = [f"orders-api-7d9f8b6c4-x2k9{c}" for c in "pqrs"]
     singles = [f"svc{i}-worker" for i in range(12)]
     for i, m in enumerate(replicas + singles):
-        detection.detect(event(i, m, 1_767_225_600_000 + i), i)
+        detection.detect(ev(m, 1_767_225_600_000 + i, i=i), i)
     where = {
         m: [p for p, st in detection.stores.items() if m in st.data.get(MACHINE, {})]
         for m in replicas + singles
@@ -88,12 +77,12 @@ def test_a_store_that_starts_late_is_not_blind_to_new_identities() -> None:
     t0 = 1_767_225_600_000
     steady = "billing-worker"
     for i in range(0, 7200, 30):
-        detection.detect(event(i, steady, t0 + i * 1000), i)
+        detection.detect(ev(steady, t0 + i * 1000, i=i), i)
     stranger = next(
         f"intruder{i}"
         for i in range(100)
-        if detection.partition_of(event(0, f"intruder{i}", t0))
+        if detection.partition_of(ev(f"intruder{i}", t0, i=0))
         not in detection.stores  # a partition nothing has been seen in yet
     )
-    alerts = detection.detect(event(99_999, stranger, t0 + 7_300_000), 99_999)
+    alerts = detection.detect(ev(stranger, t0 + 7_300_000, i=99_999), 99_999)
     assert [a.alert.detector for a in alerts if a.alert is not None] == ["new_identity"]
