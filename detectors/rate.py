@@ -26,6 +26,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
+from statistics import NormalDist
 from typing import Any
 
 _DAY_S = 86_400
@@ -662,6 +664,11 @@ def _product_score(s: float) -> float:
 _TAIL_CLIP = 3.0
 
 
+@cache
+def _normal_quantile(level: float) -> float:
+    return NormalDist().inv_cdf(level)
+
+
 class _Tail:
     """Streaming calibration of one surprise statistic u >= 0, peaks over threshold (as in
     SPOT, Siffer et al. 2017): a running upper quantile q of u (at `level`) and the mean excess
@@ -688,8 +695,11 @@ class _Tail:
         sd = math.sqrt(self.v)
         self.n += 1
         if self.n < 5 / (1.0 - level):
-            # Too few values for the quantile yet: a Gaussian guess of it.
-            self.q = self.m + 2.0 * sd
+            # Too few values for the quantile yet: a Gaussian guess of it at the same level.
+            # (It was a fixed 2 sd, the 98th percentile the design started from: at level
+            # 0.995 that put 2.3% of a Gaussian series' values in the tail, 4.6 times too
+            # many, for the first 1,000 values.)
+            self.q = self.m + _normal_quantile(level) * sd
             if u > self.q:
                 self.b += max(0.2, 1.0 / self.n) * (u - self.q - self.b)
             return
@@ -719,7 +729,7 @@ class SeriesBaseline:
       three hours and most of a day at 5-minute spacing) see a deviation that persists on one
       side, a drift or level shift, even when no single interval is extreme;
     - calibration: each statistic is compared with the values this series itself produces
-      (`_Tail`: its 99th percentile and an exponential tail fitted beyond it), so a series
+      (`_Tail`: its `tail_level` quantile and an exponential tail fitted beyond it), so a series
       whose values routinely jump (bursty tweets, periodic spikes) needs a bigger jump than a
       smooth one. The smallest tail probability p, times the number of statistics
       (Bonferroni), gives the score 1 - 2^(log10(p) / page_log10): 0.5 at p = 10^-page_log10

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from detectors.rate import RateBaseline, RateParams, SeriesBaseline, _Model
+from detectors.rate import RateBaseline, RateParams, SeriesBaseline, _Model, _Tail
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z, a Thursday
 MIN = 60_000
@@ -282,6 +282,23 @@ def scores_of(values: list[float], **kw: object) -> list[float]:
 def noise(n: int, seed: int = 3) -> list[float]:
     rnd = random.Random(seed)
     return [10 + rnd.gauss(0, 1) for _ in range(n)]
+
+
+@pytest.mark.parametrize("level", [0.995, 0.999])
+def test_tail_before_its_quantile_is_learned_guesses_at_the_level(level: float) -> None:
+    # The first 5 / (1 - level) values have too few exceedances for the stochastic quantile;
+    # the Gaussian guess standing in must leave about 1 - level of the values above it.
+    rnd = random.Random(7)
+    tail = _Tail()
+    warm = int(5 / (1 - level))
+    over = 0
+    for i in range(warm - 1):
+        u = 5.0 + rnd.gauss(0, 1)
+        if i >= 50:
+            over += u > tail.q
+        tail.learn(u, 0.002, level, 0.1)
+    share = over / (warm - 51)
+    assert 0.25 * (1 - level) <= share <= 2.5 * (1 - level), share
 
 
 def test_series_noise_does_not_page() -> None:
