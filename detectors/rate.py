@@ -695,10 +695,8 @@ class _Tail:
         sd = math.sqrt(self.v)
         self.n += 1
         if self.n < 5 / (1.0 - level):
-            # Too few values for the quantile yet: a Gaussian guess of it at the same level.
-            # (It was a fixed 2 sd, the 98th percentile the design started from: at level
-            # 0.995 that put 2.3% of a Gaussian series' values in the tail, 4.6 times too
-            # many, for the first 1,000 values.)
+            # Too few values for the quantile yet: a Gaussian guess of it, at the same level,
+            # so that p()'s 1 - level holds at q from the start (bench/README.md, step 10).
             self.q = self.m + _normal_quantile(level) * sd
             if u > self.q:
                 self.b += max(0.2, 1.0 / self.n) * (u - self.q - self.b)
@@ -753,6 +751,8 @@ class SeriesBaseline:
         quantile_step: float = 0.1,
         page_log10: float = 3.0,
     ) -> None:
+        if not 0.0 < tail_level < 1.0:
+            raise ValueError(f"tail_level must be between 0 and 1 (exclusive), not {tail_level}")
         self.params = params or RateParams()
         self.counts = counts
         self.calibration_rate = calibration_rate
