@@ -11,8 +11,8 @@ spacing) form one series; an episode that changes a machine's rate (rate bursts,
 off-hours activity) is detected when the series scores >= 0.5 between 5 minutes before its
 start and 15 minutes after its end; every other score >= 0.5 after the warm-up is a false
 alarm (benign changes included: they must not page). The pair chosen is the one with the
-highest recall among those within the product's false-page budget (2 per
-1000 machine-hours), fewer false alarms breaking ties.
+highest recall among those within the product's false-page budget (2 per 1000
+machine-hours), fewer false alarms breaking ties.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ LEVELS = (0.98, 0.99, 0.995)
 # between them is made here, on M2M series, and NAB is only run after.
 STEPS = (0.1, 0.03)
 SEEDS = (11, 12, 13, 14)
-# Long enough that every scored value comes after the tail has learned its quantile: the tail
+# Long enough that every scored value comes after the tail's guess phase: the tail
 # starts after the model's 60-interval warm-up and guesses its quantile for 5 / (1 - level)
 # values (1,000 at 0.995, rows 60-1,059); 4 days of 5-minute steps are 1,152. With the suite's
 # 3 days (864 steps) the choice only ever measured the guess, while most of a NAB file is

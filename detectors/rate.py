@@ -664,7 +664,7 @@ def _product_score(s: float) -> float:
 _TAIL_CLIP = 3.0
 
 
-@cache
+@cache  # learn() asks for it on every value of the guess phase
 def _normal_quantile(level: float) -> float:
     return NormalDist().inv_cdf(level)
 
