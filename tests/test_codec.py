@@ -14,15 +14,19 @@ import orjson
 import pytest
 
 from schemas.codec import (
+    SEED_SOURCE,
     BundledSchemas,
     Decoded,
     RejectedInput,
     TransientSchemaError,
+    decode_detect,
     decode_event,
     decode_wire,
     decoder_for,
     encode_archive,
+    encode_canonical,
     encode_dead_letter,
+    encode_detect,
     encode_event_avro,
 )
 from schemas.event import AuditEvent, Limits
@@ -246,6 +250,34 @@ def test_oversize_is_checked_before_the_format(wire: bytes) -> None:
 
 
 # --- our output records -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("source", [0, 7, SEED_SOURCE])
+def test_detect_record_round_trip(source: int) -> None:
+    full = AuditEvent(
+        event_id="e-1",
+        ts_us=T_MS * 1000 + 123,  # JSON input may carry microseconds; replay keeps them
+        machine_id="etl-07",
+        resource="s3://bucket/{id}",
+        operation="GET",
+        outcome="SUCCESS",
+        source_ip="10.0.0.7",
+        identity_type="iam-role",
+        source="cloudtrail",
+        attributes={"zone": "eu-west-1a", "é": "ü"},
+    )
+    bare = AuditEvent("e-2", T_MS * 1000, "m", "r", "op", "DENIED")
+    for event in (full, bare):
+        src, back = decode_detect(encode_detect(event, source))
+        assert back == event
+        assert src == (None if source == SEED_SOURCE else source)
+
+
+def test_detect_record_of_an_older_worker_still_decodes() -> None:
+    # Before, the event followed the partition as Avro wire format (milliseconds only).
+    event = AuditEvent("e-3", T_MS * 1000, "m", "r", "op", "FAILURE", attributes={"a": "b"})
+    src, back = decode_detect(struct.pack(">H", 3) + encode_canonical(event))
+    assert (src, back) == (3, event)
 
 
 def test_archive_record_round_trip() -> None:
