@@ -234,7 +234,8 @@ def decoder_for(name: str) -> Callable[[bytes], dict[str, Any]]:
 
 
 def encode_canonical(event: AuditEvent) -> bytes:
-    """The accepted event (event_id set) in wire-format Avro, for the detection stage."""
+    """The accepted event (event_id set) in wire-format Avro: the detection topic's record
+    layout before 2026-11-28, still read by `decode_detect`."""
     return encode_event_avro(event.to_avro())
 
 
@@ -293,4 +294,6 @@ def decode_detect(value: bytes) -> tuple[int | None, AuditEvent]:
     if value[2] == MAGIC:
         return src, decode_canonical(value[2:])
     a = orjson.loads(value[2:])
+    # Positional, in the order encode_detect writes them, which is AuditEvent's field order
+    # (tests/test_codec.py gives every field its own value, so a swap fails there).
     return src, AuditEvent(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9])

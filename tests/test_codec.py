@@ -267,6 +267,8 @@ def test_detect_record_round_trip(source: int) -> None:
         attributes={"zone": "eu-west-1a", "é": "ü"},
     )
     bare = AuditEvent("e-2", T_MS * 1000, "m", "r", "op", "DENIED")
+    # The byte after the partition tells the layouts apart: Avro's magic 0, or JSON's "[".
+    assert encode_detect(full, source)[2:3] == b"["
     for event in (full, bare):
         src, back = decode_detect(encode_detect(event, source))
         assert back == event
