@@ -64,6 +64,12 @@ _SCAN_EVENTS = 8  # latest spaced off-hours accesses kept as candidate starts of
 _OFF_RECENT = 9
 
 
+def _near(window: int, slots: int, spread: int) -> list[int]:
+    """The windows of the day within `spread` of this one (off-hours' neighbourhood), built
+    only where it is read: not on every event."""
+    return [(window + d) % slots for d in range(-spread, spread + 1)]
+
+
 def is_destructive(operation: str) -> bool:
     return _DESTRUCTIVE.match(operation.upper()) is not None
 
@@ -917,15 +923,15 @@ class DetectionCore:
         slots = 86_400_000 // window_ms
         if len(state.hmax) != slots:
             state.hmax = [0] * slots
-        near = [
-            (window + d) % slots for d in range(-cfg.off_hours_spread, cfg.off_hours_spread + 1)
-        ]
+        spread = cfg.off_hours_spread
         if state.off and (len(state.off) == 4 or state.off[0] > ts // 1000):
             state.off = []  # the first layout started with timestamps, not window numbers
         if state.off and len(state.off) < _OFF_RECENT:
             # Stored before the run kept what it is tested against: start a run here.
+            near = _near(window, slots, spread)
             state.off = [*state.off[:3], *self._run_start(ts, rate, state, peers, near)]
         if not state.off or window > state.off[0]:
+            near = _near(window, slots, spread)
             # A run of accesses going on across the window boundary stays one run for the
             # burst test; what it is tested against is taken before the run's own events
             # teach it: the learned rate as the run starts, the busiest windows around each
@@ -965,7 +971,7 @@ class DetectionCore:
             or rate.n < 86_400 // cfg.rate.interval_s
         ):
             return None
-        before = self._busiest_near(state, peers, near)
+        before = self._busiest_near(state, peers, _near(window, slots, spread))
         day = ts - ts % 86_400_000
         peak = max(rate.expected_at(day + h * 3_600_000) for h in range(24))
         expected_now = rate.expected_at(ts)

@@ -267,19 +267,18 @@ def encode_detect(event: AuditEvent, source: int) -> bytes:
     JSON array. Only auditwatch reads this topic, so it needs no schema: orjson writes and
     reads it in about a fifth of fastavro's time (encode 0.6 vs 12.6 us, decode 4.7 vs
     16.0 us), and it keeps the event's microseconds, as replay does."""
-    e = event
-    attrs = e.attributes if type(e.attributes) is dict else dict(e.attributes)
+    attrs = event.attributes if type(event.attributes) is dict else dict(event.attributes)
     return _SOURCE.pack(source) + orjson.dumps(
         (
-            e.event_id,
-            e.ts_us,
-            e.machine_id,
-            e.resource,
-            e.operation,
-            e.outcome,
-            e.source_ip,
-            e.identity_type,
-            e.source,
+            event.event_id,
+            event.ts_us,
+            event.machine_id,
+            event.resource,
+            event.operation,
+            event.outcome,
+            event.source_ip,
+            event.identity_type,
+            event.source,
             attrs,
         )
     )
