@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from fnmatch import fnmatchcase
@@ -257,6 +258,9 @@ class MachineState:
     # the combined score's open window: [window, events, failures, writes, new resources,
     # new operations, first event id, last event ms]
     win: list[Any] = field(default_factory=list)
+    # The rate model as a live object while a worker keeps this state between events; `rate`
+    # is its serialised form, brought up to date by to_dict.
+    live_rate: RateBaseline | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def new(cls, ts_ms: int) -> MachineState:
@@ -268,7 +272,7 @@ class MachineState:
             "l": self.last_ms,
             "n": self.n,
             "r": self.resources,
-            "q": self.rate,
+            "q": self.rate_state(),
             "w": self.recent_new,
             "e": {k: v.to_list() for k, v in self.episodes.items()},
             "o": self.ops,
@@ -278,6 +282,17 @@ class MachineState:
             "pk": self.peak,
             "cw": self.win,
         }
+
+    def rate_state(self) -> list[Any]:
+        return self.live_rate.state() if self.live_rate is not None else self.rate
+
+    def rate_baseline(self, params: RateParams) -> RateBaseline:
+        """The machine's rate model under `params`, kept live on the state (its dump is exact,
+        so keeping it is the same as loading it from `rate` again)."""
+        live = self.live_rate
+        if live is None or (live.params is not params and live.params != params):
+            live = self.live_rate = RateBaseline(params, self.rate_state())
+        return live
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MachineState:
@@ -296,6 +311,100 @@ class MachineState:
             d.get("pk", []),
             d.get("cw", []),
         )
+
+
+def _encode_state(state: MachineState) -> bytes:
+    return orjson.dumps(state.to_dict())
+
+
+def _decode_state(raw: bytes) -> MachineState:
+    return MachineState.from_dict(orjson.loads(raw))
+
+
+class WorkingCopy:
+    """Machine states kept decoded between checkpoints, written to their stores only when the
+    runtime flushes (before it commits a checkpoint, so the changelog holds what the committed
+    offsets imply, exactly as when every event wrote its state through).
+
+    Reading and writing a machine's state through the store cost a decode and an encode per
+    event; with this they cost one of each per machine per checkpoint. Bounded: after a flush
+    at most `max_machines` states are kept, the least recently used dropped (they are clean
+    then, so dropping them loses nothing). Between flushes it also holds every machine changed
+    since the last one; the runtime drops a partition's states when it loses the partition."""
+
+    __slots__ = ("dirty", "max_machines", "states")
+
+    def __init__(self, max_machines: int) -> None:
+        if max_machines < 0:
+            raise ValueError(f"max_machines must be >= 0, got {max_machines}")
+        self.max_machines = max_machines
+        self.states: OrderedDict[tuple[Any, str], MachineState] = OrderedDict()
+        self.dirty: dict[Any, set[str]] = {}
+
+    def get(self, kv: KeyValue, partition: Any, machine: str) -> MachineState | None:
+        key = (partition, machine)
+        state = self.states.get(key)
+        if state is not None:
+            self.states.move_to_end(key)
+            return state
+        raw = kv.get(MACHINE, machine)
+        if raw is None:
+            return None
+        state = self.states[key] = _decode_state(raw)
+        return state
+
+    def put(self, partition: Any, machine: str, state: MachineState) -> None:
+        key = (partition, machine)
+        self.states[key] = state
+        self.states.move_to_end(key)
+        dirty = self.dirty.get(partition)
+        if dirty is None:
+            dirty = self.dirty[partition] = set()
+        dirty.add(machine)
+
+    def delete(self, kv: KeyValue, partition: Any, machine: str) -> None:
+        kv.delete(MACHINE, machine)
+        self.states.pop((partition, machine), None)
+        dirty = self.dirty.get(partition)
+        if dirty is not None:
+            dirty.discard(machine)
+
+    def dirty_partitions(self) -> list[Any]:
+        return [p for p, machines in self.dirty.items() if machines]
+
+    def flush(self, kv: KeyValue, partition: Any) -> int:
+        """Write the partition's changed states to `kv`; returns how many."""
+        machines = self.dirty.pop(partition, None)
+        if not machines:
+            return 0
+        states = self.states
+        for machine in machines:
+            kv.set(MACHINE, machine, _encode_state(states[(partition, machine)]))
+        return len(machines)
+
+    def trim(self) -> None:
+        """Drop the least recently used clean states beyond the bound."""
+        states, dirty = self.states, self.dirty
+        excess = len(states) - self.max_machines
+        if excess <= 0:
+            return
+        kept: list[tuple[tuple[Any, str], MachineState]] = []
+        for key in states:
+            if excess <= 0:
+                break
+            if key[1] in dirty.get(key[0], ()):
+                continue
+            kept.append((key, states[key]))
+            excess -= 1
+        for key, _ in kept:
+            del states[key]
+
+    def drop(self, partition: Any) -> None:
+        """Forget the partition's states, changed or not: its store is gone or another worker
+        may have changed it since (a rebalance), or its checkpoint was abandoned."""
+        self.dirty.pop(partition, None)
+        for key in [k for k in self.states if k[0] == partition]:
+            del self.states[key]
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,6 +448,45 @@ class DetectionCore:
         self.last_findings: list[Finding] = []
         self._combined_models: CombinedModels | None = None
         self._combined_store = MemoryKV()
+        # None: every event writes its machine's state through to the store.
+        self.working: WorkingCopy | None = None
+
+    def keep_working_copy(self, max_machines: int) -> WorkingCopy:
+        """Keep machine states decoded between events; the caller must `flush` each changed
+        partition before it commits that partition's store, and `drop` a partition it loses."""
+        self.working = WorkingCopy(max_machines)
+        return self.working
+
+    def flush(
+        self, kv_of: Callable[[Any], KeyValue], partitions: Sequence[Any] | None = None
+    ) -> int:
+        """Write the working copy's changed states through `kv_of(partition)` (all changed
+        partitions by default), then trim it to its bound. Returns the states written."""
+        working = self.working
+        if working is None:
+            return 0
+        targets = working.dirty_partitions() if partitions is None else partitions
+        written = sum(working.flush(kv_of(p), p) for p in targets)
+        working.trim()
+        return written
+
+    def _load(self, kv: KeyValue, partition: Any, machine: str) -> MachineState | None:
+        if self.working is not None:
+            return self.working.get(kv, partition, machine)
+        raw = kv.get(MACHINE, machine)
+        return _decode_state(raw) if raw is not None else None
+
+    def _save(self, kv: KeyValue, partition: Any, machine: str, state: MachineState) -> None:
+        if self.working is not None:
+            self.working.put(partition, machine, state)
+        else:
+            kv.set(MACHINE, machine, _encode_state(state))
+
+    def _forget(self, kv: KeyValue, partition: Any, machine: str) -> None:
+        if self.working is not None:
+            self.working.delete(kv, partition, machine)
+        else:
+            kv.delete(MACHINE, machine)
 
     def reconfigure(self, config: DetectorConfig) -> None:
         """Swap the detection settings, keeping everything learned: baselines live in the
@@ -404,13 +552,12 @@ class DetectionCore:
         tells the stores apart in memory): the machine's baselines, its peer group, and the
         silence watch list, which may yield alerts for other, silent machines. `source` names
         the upstream stream the event came through (an input partition), for the clock."""
-        raw = kv.get(MACHINE, event.machine_id)
-        state = MachineState.from_dict(orjson.loads(raw)) if raw is not None else None
+        state = self._load(kv, partition, event.machine_id)
         since = self.watching_since_ms
         if since is None or event.timestamp_ms < since:
             self.watching_since_ms = event.timestamp_ms
         state, alerts = self.process(event, state, kv)
-        kv.set(MACHINE, event.machine_id, orjson.dumps(state.to_dict()))
+        self._save(kv, partition, event.machine_id, state)
         self._track(event, kv, partition)
         alerts.extend(self._watch_silence(event, state, kv, partition, source))
         return self._storm_control(event, alerts, partition) if alerts else alerts
@@ -425,7 +572,7 @@ class DetectionCore:
             return
         watch = self._watches.get(kv, partition)
         for machine in evicted:
-            kv.delete(MACHINE, machine)
+            self._forget(kv, partition, machine)
             watch.entries.pop(machine, None)
             watch.open.pop(machine, None)
             self.evictions += 1
@@ -437,7 +584,7 @@ class DetectionCore:
             return []
         idle = index.idle(now_ms - self.config.machine_idle_horizon_s * 1000)
         for machine in idle:
-            kv.delete(MACHINE, machine)
+            self._forget(kv, partition, machine)
         self.evictions += len(idle)
         return idle
 
@@ -538,8 +685,8 @@ class DetectionCore:
         for machine in self.expire_idle(kv, partition, watch.clock_ms):
             watch.entries.pop(machine, None)
             watch.open.pop(machine, None)
-        alerts = self._sweep(watch, kv)
-        alerts.extend(self._resolve_idle(kv, watch))
+        alerts = self._sweep(watch, kv, partition)
+        alerts.extend(self._resolve_idle(kv, watch, partition))
         self._watches.save(kv, watch)
         return alerts
 
@@ -552,7 +699,7 @@ class DetectionCore:
         elif watch.open:
             watch.open.pop(machine, None)
 
-    def _resolve_idle(self, kv: KeyValue, watch: SilenceWatch) -> list[Alert]:
+    def _resolve_idle(self, kv: KeyValue, watch: SilenceWatch, partition: Any) -> list[Alert]:
         """Resolve the episodes of machines that have sent nothing for a cooldown: their own
         next event, which would resolve them, may never come. Runs at each sweep."""
         open_ = watch.open
@@ -565,26 +712,25 @@ class DetectionCore:
             if now_ms - last_ms <= cfg.cooldown_s * 1000:
                 continue
             del open_[machine]
-            raw = kv.get(MACHINE, machine)
-            if raw is None:
+            state = self._load(kv, partition, machine)
+            if state is None:
                 continue
-            state = MachineState.from_dict(orjson.loads(raw))
             resolved = self._resolve_quiet(cfg, machine, group, state, now_ms, keep="silence")
             if resolved:
-                kv.set(MACHINE, machine, orjson.dumps(state.to_dict()))
+                self._save(kv, partition, machine, state)
                 out.extend(resolved)
             self._note_open(watch, machine, group, state)
         return out
 
-    def _sweep(self, watch: SilenceWatch, kv: KeyValue) -> list[Alert]:
+    def _sweep(self, watch: SilenceWatch, kv: KeyValue, partition: Any) -> list[Alert]:
         now = watch.clock_ms
         alerts: list[Alert] = []
         for machine, entry in list(watch.entries.items()):
             cfg = self.config_for(machine, entry.group)
             if entry.alerted or now - entry.last_ms < cfg.silence_min_gap_s * 1000:
                 continue
-            raw = kv.get(MACHINE, machine)
-            if raw is None:
+            state = self._load(kv, partition, machine)
+            if state is None:
                 del watch.entries[machine]
                 continue
             if PeerGroup(kv, entry.group).last_join_ms >= entry.last_ms - ROTATION_WINDOW_MS:
@@ -592,8 +738,7 @@ class DetectionCore:
                 # instance, which never comes back. Not silence; stop watching it.
                 del watch.entries[machine]
                 continue
-            state = MachineState.from_dict(orjson.loads(raw))
-            rate = RateBaseline(cfg.rate, state.rate)
+            rate = RateBaseline(cfg.rate, state.rate_state())
             day = now - now % 86_400_000
             by_hour = [rate.expected_at(day + h * 3_600_000) for h in range(24)]
             busiest = max(by_hour)
@@ -633,7 +778,7 @@ class DetectionCore:
                 self.suppressed_findings += 1
                 continue
             alert = self._episode(cfg, anchor, entry.group, state, finding)
-            kv.set(MACHINE, machine, orjson.dumps(state.to_dict()))
+            self._save(kv, partition, machine, state)
             if alert is not None:
                 alerts.append(alert)
         return alerts
@@ -667,7 +812,7 @@ class DetectionCore:
         peer_warm = peers is not None and peers.members > 1 and peers.warm(ts, warmup_ms)
         warm = own_warm or peer_warm
 
-        rate = RateBaseline(cfg.rate, state.rate)
+        rate = state.rate_baseline(cfg.rate)
         self._last = (group_name, cfg, rate)
         rate_score = rate.observe(ts)
         peak = self._peak(cfg, state, ts)
@@ -692,7 +837,6 @@ class DetectionCore:
         off_hours = self._off_hours(cfg, event, state, rate, peers) if warm else None
         if off_hours is not None:
             findings.append(off_hours)
-        state.rate = rate.state()
 
         failure = self._failure(cfg, event, state, warm)
         if failure is not None:

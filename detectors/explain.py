@@ -70,7 +70,7 @@ def explain_machine(
     warmup_ms = cfg.warmup_s * 1000
     own_warm = state.n >= cfg.warmup_events and now - state.first_ms >= warmup_ms
     peer_warm = peers.members > 1 and peers.warm(now, warmup_ms)
-    rate = RateBaseline(cfg.rate, state.rate)
+    rate = RateBaseline(cfg.rate, state.rate_state())
     per_hour = 3600 / cfg.rate.interval_s
     day = now - now % _DAY_MS
     profile = [rate.expected_at(day + h * _HOUR_MS) for h in range(24)]

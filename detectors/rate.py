@@ -110,21 +110,23 @@ class _Model:
 
     # --- state -------------------------------------------------------------------------
     def dump(self) -> list[Any]:
+        # Lossless: a detection worker keeps the live model between checkpoints and replay
+        # never serialises it, so load(dump()) must be exact for both to page alike.
         out: list[Any] = [
-            round(self.level, 6),
-            round(self.var, 6),
+            self.level,
+            self.var,
             self.n,
             self.run,
-            round(self.run_sum, 6),
-            round(self.first_day, 6),
+            self.run_sum,
+            self.first_day,
             self.interval_s,
-            round(self.ref, 6),
-            round(self.gmean, 6),
-            round(self.gvar, 6),
+            self.ref,
+            self.gmean,
+            self.gvar,
         ]
         for v, k in zip(self.prof, self.prof_n, strict=True):
-            out += (round(v, 6), k)
-        out += [round(d, 6) for d in self.dow]
+            out += (v, k)
+        out += self.dow
         return out
 
     def load(self, s: list[Any]) -> None:

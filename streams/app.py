@@ -205,6 +205,8 @@ def build_application(
     stage2 = stage2.apply(detect, stateful=True, metadata=True, expand=True)
     stage2 = stage2.set_timestamp(lambda _v, _k, _t, _h: now_ms())
     stage2.to_topic(sinks["alert"], key=lambda v: v.key)
+    if k.working_copy_machines > 0:
+        _write_back_at_checkpoints(app, stage2.stream_id, t.detect, processor, k)
 
     explain = _Explainer(app, stage2.stream_id, t.detect, processor)
     # Quix has no public hook between messages; its periodic tasks run once per round of the
@@ -213,6 +215,48 @@ def build_application(
     if aligner is not None:
         app._dataframe_registry.register_periodic_task(aligner.tick)
     return app, processor
+
+
+def _write_back_at_checkpoints(
+    app: Application, stream_id: str, topic: str, processor: Processor, k: Any
+) -> None:
+    """Machine states stay decoded in the detection core between checkpoints and are written
+    into the partitions' store transactions just before Quix commits a checkpoint: the
+    changelog and the committed offsets then agree as when every event wrote its state, under
+    either processing guarantee. Quix has no public hook there, so this wraps the processing
+    context's commit; a partition the worker loses (revoked, lost, or assigned afresh: another
+    worker may have moved it on) has its decoded states dropped, never written."""
+    working = processor.core.keep_working_copy(k.working_copy_machines)
+    ctx = app._processing_context
+    commit = ctx.commit_checkpoint
+
+    def commit_checkpoint(force: bool = False, revoking: bool = False) -> None:
+        checkpoint = ctx.checkpoint
+        if working.dirty and (force or checkpoint.expired()):
+            processor.core.flush(
+                lambda p: _TransactionStore(checkpoint.get_store_transaction(stream_id, p))
+            )
+        commit(force=force, revoking=revoking)
+
+    ctx.commit_checkpoint = commit_checkpoint  # type: ignore[method-assign]
+    revoke = app._revoke_state_partitions
+    assign = app._on_assign
+
+    def drop(topic_partitions: list[Any]) -> None:
+        for tp in topic_partitions:
+            if tp.topic == topic:
+                working.drop(tp.partition)
+
+    def revoke_state_partitions(topic_partitions: list[Any]) -> None:
+        drop(topic_partitions)
+        revoke(topic_partitions)
+
+    def on_assign(consumer: Any, topic_partitions: list[Any]) -> None:
+        drop(topic_partitions)
+        assign(consumer, topic_partitions)
+
+    app._revoke_state_partitions = revoke_state_partitions  # type: ignore[method-assign]
+    app._on_assign = on_assign  # type: ignore[method-assign,assignment]
 
 
 class _Explainer:
@@ -234,6 +278,8 @@ class _Explainer:
         partitions = sorted(store.partitions)
         for p in partitions:
             kv = _TransactionStore(checkpoint.get_store_transaction(self.stream_id, p))
+            # Into this checkpoint's transaction, which commits them anyway.
+            self.processor.core.flush({p: kv}.__getitem__, [p])
             found = explain_machine(kv, self.processor.core, machine_id, group=group, top=top)
             if found is not None:
                 return {"found": True, "topic": self.topic, "partition": p, **found}

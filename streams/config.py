@@ -55,6 +55,13 @@ class KafkaSettings(_Model):
         "and a peer group's members reach detection out of order); 0 turns it off.",
     )
     state_dir: str = "state"
+    working_copy_machines: int = Field(
+        20_000,
+        ge=0,
+        description="Machine states the detection stage keeps decoded between checkpoints "
+        "(roughly 10 KB of memory each), written to the state store and its changelog at each "
+        "commit; 0 writes every event's state through instead.",
+    )
     librdkafka: dict[str, str | int | float | bool] = Field(
         default_factory=dict,
         description="Extra librdkafka settings for every client (security.protocol, sasl.*...).",

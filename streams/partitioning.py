@@ -44,9 +44,21 @@ def murmur2_partition(key: bytes, partitions: int) -> int:
 
 
 class PartitionedDetection:
-    """`Processor.detect` with one `MemoryStore` per detect-topic partition."""
+    """`Processor.detect` with one `MemoryStore` per detect-topic partition.
 
-    def __init__(self, processor: Processor, partitions: int, name: str = "replay") -> None:
+    `working_copy`: keep up to that many machine states decoded between events, as a worker
+    does (`kafka.working_copy_machines`), written to the stores every `flush_every` events and
+    by `flush()`; 0 writes each event's state through, for callers that read the stores after
+    every event."""
+
+    def __init__(
+        self,
+        processor: Processor,
+        partitions: int,
+        name: str = "replay",
+        working_copy: int = 0,
+        flush_every: int = 10_000,
+    ) -> None:
         if partitions < 1:
             raise ValueError(f"partitions must be >= 1, got {partitions}")
         self.processor = processor
@@ -54,14 +66,38 @@ class PartitionedDetection:
         self.name = name
         self.stores: dict[int, MemoryStore] = {}
         self.last_store: MemoryStore | None = None
+        # murmur2 in Python costs microseconds a key; a file holds few distinct keys.
+        self._partition_of: dict[str, int] = {}
+        self._source_of: dict[str, int] = {}
+        self.flush_every = flush_every
+        self._until_flush = flush_every
+        if working_copy > 0:
+            processor.core.keep_working_copy(working_copy)
 
     def partition_of(self, event: AuditEvent) -> int:
-        return murmur2_partition(self.processor.core.group_of(event).encode(), self.partitions)
+        group = self.processor.core.group_of(event)
+        p = self._partition_of.get(group)
+        if p is None:
+            p = self._partition_of[group] = murmur2_partition(group.encode(), self.partitions)
+        return p
 
     def source_of(self, event: AuditEvent) -> int:
-        return murmur2_partition(event.machine_id.encode(), self.partitions)
+        machine = event.machine_id
+        p = self._source_of.get(machine)
+        if p is None:
+            p = self._source_of[machine] = murmur2_partition(machine.encode(), self.partitions)
+        return p
+
+    def flush(self) -> None:
+        """Write the working copy's changed machine states to the stores."""
+        self._until_flush = self.flush_every
+        self.processor.core.flush(self.stores.__getitem__)
 
     def detect(self, event: AuditEvent, offset: int, learn_only: bool = False) -> list[Output]:
+        if self.processor.core.working is not None:
+            self._until_flush -= 1
+            if self._until_flush <= 0:
+                self.flush()
         p = self.partition_of(event)
         store = self.stores.get(p)
         if store is None:

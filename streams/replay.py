@@ -76,7 +76,9 @@ def replay(
     events.sort(key=lambda e: e.ts_us)
     result.events = len(events)
     # One store per detect partition, as the pipeline keeps them (see streams.partitioning).
-    detection = PartitionedDetection(processor, cfg.topics.partitions)
+    detection = PartitionedDetection(
+        processor, cfg.topics.partitions, working_copy=cfg.kafka.working_copy_machines
+    )
     for i, event in enumerate(events, 1):
         for out in detection.detect(event, i):
             assert out.alert is not None
@@ -86,4 +88,5 @@ def replay(
                 alerts_out.write(out.value + b"\n")
         if progress and i % 100_000 == 0:
             print(f"  detected over {i:,}/{len(events):,} events", file=sys.stderr)
+    detection.flush()
     return result

@@ -121,8 +121,27 @@ def test_state_is_small_and_bounded() -> None:
     for day in range(30):
         run(b, day * DAY, (day + 1) * DAY)
         sizes.append(len(json.dumps(b.state())))
-    # ~530 bytes of JSON whatever the history: a fixed layout of rounded numbers.
-    assert max(sizes) <= 600
+    # ~900 bytes of JSON whatever the history: a fixed layout of numbers written exactly.
+    assert max(sizes) <= 1000
+
+
+def test_state_round_trip_is_exact() -> None:
+    # A worker keeps the model live between checkpoints and a restarted one reloads it: both
+    # must go on to score alike, so load(dump) may not lose a bit.
+    b = RateBaseline(RateParams())
+    rnd = random.Random(5)
+    t = 0
+    for _ in range(20_000):
+        t += int(rnd.expovariate(1 / 40_000))
+        b.observe(t)
+    again = RateBaseline(RateParams(), orjson.loads(orjson.dumps(b.state())))
+    for name in _Model.__slots__:
+        assert getattr(again.model, name) == getattr(b.model, name), name
+    for _ in range(2_000):
+        t += int(rnd.expovariate(1 / 40_000))
+        assert again.observe(t) == b.observe(t)
+    for name in _Model.__slots__:
+        assert getattr(again.model, name) == getattr(b.model, name), name
 
 
 def test_legacy_state_still_loads() -> None:
@@ -264,7 +283,8 @@ def test_series_state_is_small() -> None:
     m = SeriesBaseline()
     for x in series(5000):
         m.learn_one(x)
-    assert len(json.dumps(m.state())) <= 800
+    # The model's numbers are written exactly (see test_state_round_trip_is_exact).
+    assert len(json.dumps(m.state())) <= 1200
 
 
 def scores_of(values: list[float], **kw: object) -> list[float]:
