@@ -383,7 +383,12 @@ class SplitReplay:
         for rec in read_records([str(p) for p in paths], self.fmt):
             result.records += 1
             outputs, event = processor.ingest(
-                rec.value, None, Origin(rec.path, None, rec.line), store, rec.original_format
+                rec.value,
+                None,
+                Origin(rec.path, None, rec.line),
+                store,
+                rec.original_format,
+                archive=False,
             )
             for out in outputs:
                 if out.kind == "deadletter":

@@ -161,7 +161,12 @@ def events_from_files(
     for rec in read_records(list(paths), fmt, csv_map):
         src.records += 1
         outputs, event = processor.ingest(
-            rec.value, None, Origin(rec.path, None, rec.line), store, rec.original_format
+            rec.value,
+            None,
+            Origin(rec.path, None, rec.line),
+            store,
+            rec.original_format,
+            archive=False,
         )
         for out in outputs:
             if out.kind == "deadletter":

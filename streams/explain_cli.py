@@ -126,7 +126,9 @@ def explain_from_files(
     events = []
     for rec in read_records(files, fmt, parse_csv_map(csv_map)):
         origin = Origin(rec.path, None, rec.line)
-        _, event = processor.ingest(rec.value, None, origin, store, rec.original_format)
+        _, event = processor.ingest(
+            rec.value, None, origin, store, rec.original_format, archive=False
+        )
         if event is not None:
             events.append(event)
     events.sort(key=lambda e: e.ts_us)

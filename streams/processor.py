@@ -161,9 +161,12 @@ class Processor:
         origin: Origin,
         store: Store,
         original_format: str | None = None,
+        archive: bool = True,
     ) -> tuple[list[Output], AuditEvent | None]:
         """Decode, validate and dedupe one message. Returns the records to write and the event
-        to run detection on (None for an invalid message or an exact re-send)."""
+        to run detection on (None for an invalid message or an exact re-send). `archive`:
+        False for callers that write no archive (replay and the other file tools), which then
+        get no archive record to discard."""
         self.metrics["events_in"] += 1
         try:
             event, fmt, now = self._decode(value)
@@ -189,6 +192,8 @@ class Processor:
             return [self.dead_letter(err, key, value, origin)], None
         store.set(SEEN, event.event_id, digest)
         self.metrics["archived"] += 1
+        if not archive:
+            return [], event
         record = encode_archive(
             event,
             original_format=original_format or fmt,

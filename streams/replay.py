@@ -49,7 +49,9 @@ def replay(
     for rec in read_records(paths, fmt, csv_map):
         result.records += 1
         origin = Origin(rec.path, None, rec.line)
-        outputs, event = processor.ingest(rec.value, None, origin, store, rec.original_format)
+        outputs, event = processor.ingest(
+            rec.value, None, origin, store, rec.original_format, archive=False
+        )
         for out in outputs:
             if out.kind == "deadletter":
                 dl = decode_wire(out.value, "dead_letter")

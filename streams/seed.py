@@ -45,7 +45,9 @@ def events_from_files(
     events: list[AuditEvent] = []
     for rec in read_records(paths, fmt, csv_map):
         stats.read += 1
-        _, event = processor.ingest(rec.value, None, Origin(rec.path, None, rec.line), store)
+        _, event = processor.ingest(
+            rec.value, None, Origin(rec.path, None, rec.line), store, archive=False
+        )
         if event is None:
             stats.rejected += 1
         else:

@@ -118,6 +118,18 @@ def test_exact_resend_is_dropped(processor: Processor, store: MemoryStore) -> No
     assert processor.metrics["archived"] == 1
 
 
+def test_file_tools_skip_the_archive_record_but_not_dedupe(
+    processor: Processor, store: MemoryStore
+) -> None:
+    value = as_json(event())
+    outputs, ev = processor.ingest(value, None, ORIGIN, store, archive=False)
+    assert outputs == [] and ev is not None and ev.machine_id == MACHINE
+    assert processor.ingest(value, None, ORIGIN, store, archive=False) == ([], None)
+    assert processor.metrics["duplicates"] == 1
+    bad, none = processor.ingest(b"{", None, ORIGIN, store, archive=False)
+    assert none is None and [o.kind for o in bad] == ["deadletter"]
+
+
 @pytest.mark.parametrize("event_id", [None, "e-7"], ids=["derived-id", "given-id"])
 def test_same_event_in_avro_then_json_is_deduplicated(
     processor: Processor, store: MemoryStore, event_id: str | None
