@@ -431,3 +431,62 @@ def test_archive_record_avsc_parses_with_avro_when_expanded() -> None:
 @pytest.mark.parametrize("name", list(FIXED_IDS))
 def test_expanded_schema_parses_with_fastavro(name: str) -> None:
     fastavro.parse_schema(orjson.loads(expand_for_registry(name)), named_schemas={})
+
+
+# --- the archive record reuses the input's bytes where they are canonical ----------------
+
+
+def _archive(d: Decoded, canonical: bytes | None) -> bytes:
+    return encode_archive(
+        d.event,
+        original_format=d.original_format,
+        original_sha256=b"\x07" * 32,
+        topic="audit.events",
+        partition=5,
+        offset=2**40,
+        archived_at_ms=NOW_MS,
+        canonical_avro=canonical,
+    )
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"source_ip": None, "identity_type": None, "source": None, "attributes": {}},
+        {"resource": "s3://bucket/ключ/ü", "attributes": {"a": "1", "b": "ß" * 300}},
+        {"operation": "secretsmanager:GetSecretValue", "outcome": "DENIED"},
+        {"timestamp": 946_684_800_001},
+    ],
+    ids=["full", "nulls", "unicode", "denied", "year-2000"],
+)
+def test_archive_from_canonical_input_bytes_is_the_archive_encoded_afresh(
+    changes: dict[str, Any],
+) -> None:
+    d = decode(encode_event_avro(avro_record(**changes)))
+    assert d.canonical_avro is not None
+    assert _archive(d, d.canonical_avro) == _archive(d, None)
+    assert decode_wire(_archive(d, d.canonical_avro), "archive_record")["event"] == (
+        d.event.to_avro()
+    )
+
+
+def test_input_bytes_are_reused_only_when_they_are_the_canonical_event() -> None:
+    # A derived event_id, JSON, and a producer's own (compatible) schema are encoded afresh.
+    assert decode(encode_event_avro(avro_record(event_id=None))).canonical_avro is None
+    assert decode(orjson.dumps(avro_record())).canonical_avro is None
+    own = strip_logical_types(schema_json("audit_event"))
+    own["fields"] = [f for f in own["fields"] if f["name"] != "source"]
+    parsed_own = fastavro.parse_schema(own)
+    buf = io.BytesIO()
+    buf.write(struct.pack(">bI", 0, 4242))
+    record = avro_record()
+    del record["source"]
+    fastavro.schemaless_writer(buf, parsed_own, record)
+
+    class Registry:
+        def writer_schema(self, schema_id: int) -> Any:
+            return parsed_own if schema_id == 4242 else None
+
+    d = decode(buf.getvalue(), resolver=Registry())
+    assert d.canonical_avro is None and d.event.source is None
