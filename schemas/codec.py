@@ -11,14 +11,13 @@ import io
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
 from typing import Any, Protocol
 
 import fastavro
 import orjson
 
 from schemas.event import AuditEvent, InvalidEvent, Limits, event_from_mapping
-from schemas.registry import FIXED_IDS, NAME_BY_ID, parsed, schema_json, strip_logical_types
+from schemas.registry import FIXED_IDS, NAME_BY_ID, parsed
 
 MAGIC = 0
 _HEADER = struct.Struct(">bI")
@@ -61,13 +60,9 @@ class BundledSchemas:
 class Decoded:
     event: AuditEvent
     original_format: str  # AVRO or JSON
-    # The Avro body of the event exactly as the archive's `event` field encodes it, when the
-    # input's bytes are that already (our schema, nothing derived or normalised).
-    canonical_avro: bytes | None = None
 
 
-def _decode_avro(value: bytes, resolver: SchemaResolver) -> tuple[Any, bool]:
-    """(the record, whether it was written with our own AuditEvent schema)."""
+def _decode_avro(value: bytes, resolver: SchemaResolver) -> Any:
     if len(value) < 5:
         raise RejectedInput(
             "avro_decode_error",
@@ -100,7 +95,7 @@ def _decode_avro(value: bytes, resolver: SchemaResolver) -> tuple[Any, bool]:
             f"schema id {schema_id}: {len(value) - buf.tell()} trailing bytes after the record",
             "decode",
         )
-    return record, writer is reader
+    return record
 
 
 def decode_event(
@@ -120,9 +115,8 @@ def decode_event(
             "oversize", f"value is {len(value)} bytes (max {limits.max_value_bytes})", "decode"
         )
     first = value[0]
-    ours = False
     if fmt == "avro" or (fmt == "auto" and first == MAGIC):
-        record, ours = _decode_avro(value, resolver)
+        record = _decode_avro(value, resolver)
         original = "AVRO"
     elif fmt == "json" or (fmt == "auto" and first in b"{ \t\r\n"):
         try:
@@ -141,9 +135,6 @@ def decode_event(
         event = event_from_mapping(record, limits, now_ms)
     except InvalidEvent as e:
         raise RejectedInput(e.reason, e.message, "validate") from None
-    if ours and event.to_avro() == record:
-        # Equal records under one schema have one encoding: the archive can reuse these bytes.
-        return Decoded(event, original, value[5:])
     return Decoded(event, original)
 
 
@@ -163,19 +154,6 @@ def encode_event_avro(record: dict[str, Any], schema_id: int = FIXED_IDS["audit_
     return _wire(schema_id, parsed("audit_event"), record)
 
 
-@cache
-def _archive_tail() -> Any:
-    """The archive record's fields after `event`, as a record of their own: an Avro record is
-    its fields' encodings back to back, so event body + this = the whole record's body."""
-    raw = strip_logical_types(schema_json("archive_record"))
-    first = raw["fields"][0]
-    if first["name"] != "event" or first["type"] != "dev.auditwatch.AuditEvent":
-        raise RuntimeError("the archive record no longer starts with the input's AuditEvent")
-    raw["name"] = "ArchiveRecordTail"
-    raw["fields"] = raw["fields"][1:]
-    return fastavro.parse_schema(raw, named_schemas={})
-
-
 def encode_archive(
     event: AuditEvent,
     *,
@@ -186,26 +164,21 @@ def encode_archive(
     offset: int | None,
     archived_at_ms: int,
     schema_id: int = FIXED_IDS["archive_record"],
-    canonical_avro: bytes | None = None,
 ) -> bytes:
-    """`canonical_avro`: the event's body as `Decoded.canonical_avro` gives it, reused instead
-    of encoding the event again (the same bytes, a fifth of the cost)."""
-    tail = {
-        "event_id_derived": event.event_id_derived,
-        "original_format": original_format,
-        "original_sha256": original_sha256,
-        "original_topic": topic,
-        "original_partition": partition,
-        "original_offset": offset,
-        "archived_at": archived_at_ms,
-    }
-    if canonical_avro is None:
-        return _wire(schema_id, parsed("archive_record"), {"event": event.to_avro(), **tail})
-    buf = io.BytesIO()
-    buf.write(_HEADER.pack(MAGIC, schema_id))
-    buf.write(canonical_avro)
-    fastavro.schemaless_writer(buf, _archive_tail(), tail)
-    return buf.getvalue()
+    return _wire(
+        schema_id,
+        parsed("archive_record"),
+        {
+            "event": event.to_avro(),
+            "event_id_derived": event.event_id_derived,
+            "original_format": original_format,
+            "original_sha256": original_sha256,
+            "original_topic": topic,
+            "original_partition": partition,
+            "original_offset": offset,
+            "archived_at": archived_at_ms,
+        },
+    )
 
 
 def encode_dead_letter(

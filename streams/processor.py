@@ -19,7 +19,6 @@ import orjson
 from detectors.core import MACHINE, DetectionCore
 from schemas.alert import Alert
 from schemas.codec import (
-    Decoded,
     RejectedInput,
     SchemaResolver,
     TransientSchemaError,
@@ -137,8 +136,8 @@ class Processor:
             ),
         )
 
-    def _decode(self, value: bytes | None) -> tuple[Decoded, int]:
-        """(the decoded event, processing time of the successful decode)."""
+    def _decode(self, value: bytes | None) -> tuple[AuditEvent, str, int]:
+        """(event, original format, processing time of the successful decode)."""
         delay = 0.5
         while True:
             now = self.clock()
@@ -146,7 +145,7 @@ class Processor:
                 d = decode_event(
                     value, fmt=self.fmt, resolver=self.resolver, limits=self.limits, now_ms=now
                 )
-                return d, now
+                return d.event, d.original_format, now
             except TransientSchemaError as e:
                 # Not the message's fault: hold the partition and retry rather than
                 # dead-letter good events while the registry is down.
@@ -170,11 +169,10 @@ class Processor:
         get no archive record to discard."""
         self.metrics["events_in"] += 1
         try:
-            decoded, now = self._decode(value)
+            event, fmt, now = self._decode(value)
         except RejectedInput as e:
             log.info("dead letter %s at %s: %s", e.reason, origin, e.message)
             return [self.dead_letter(e, key, value, origin)], None
-        event = decoded.event
         if key is not None and key != event.machine_id.encode():
             self.metrics["key_mismatch"] += 1
         digest = event.content_digest()
@@ -198,13 +196,12 @@ class Processor:
             return [], event
         record = encode_archive(
             event,
-            original_format=original_format or decoded.original_format,
+            original_format=original_format or fmt,
             original_sha256=sha256(value or b""),
             topic=origin.topic,
             partition=origin.partition,
             offset=origin.offset,
             archived_at_ms=now,
-            canonical_avro=decoded.canonical_avro,
         )
         return [Output("archive", event.event_id.encode(), record)], event
 
