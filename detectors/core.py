@@ -369,6 +369,13 @@ class WorkingCopy:
         if dirty is not None:
             dirty.discard(machine)
 
+    def discard(self, partition: Any, machine: str) -> None:
+        """Forget the machine's decoded state, changed or not; the store's copy stays."""
+        self.states.pop((partition, machine), None)
+        dirty = self.dirty.get(partition)
+        if dirty is not None:
+            dirty.discard(machine)
+
     def dirty_partitions(self) -> list[Any]:
         return [p for p, machines in self.dirty.items() if machines]
 
@@ -556,7 +563,15 @@ class DetectionCore:
         since = self.watching_since_ms
         if since is None or event.timestamp_ms < since:
             self.watching_since_ms = event.timestamp_ms
-        state, alerts = self.process(event, state, kv)
+        try:
+            state, alerts = self.process(event, state, kv)
+        except Exception:
+            # Writing through, a failed event leaves the stored state as it was; the working
+            # copy's object may be half changed. Fall back to the store (the last flush): the
+            # machine loses what it learned since, but never keeps half an event.
+            if self.working is not None:
+                self.working.discard(partition, event.machine_id)
+            raise
         self._save(kv, partition, event.machine_id, state)
         self._track(event, kv, partition)
         alerts.extend(self._watch_silence(event, state, kv, partition, source))

@@ -179,7 +179,7 @@ def build_application(
         return outputs
 
     write_back = (
-        _WriteBack(processor, t.detect, k.working_copy_machines)
+        _WriteBack(processor, detect_source.name, k.working_copy_machines)
         if k.working_copy_machines > 0
         else None
     )
@@ -356,9 +356,12 @@ class _WriteBack:
 
         def commit_checkpoint(force: bool = False, revoking: bool = False) -> None:
             checkpoint = ctx.checkpoint
-            if force or checkpoint.expired():
-                self.flush(lambda p: checkpoint.get_store_transaction(stream_id, p))
-            commit(force=force, revoking=revoking)
+            # Decided once: asking Quix to decide again could find the checkpoint expired a
+            # moment later and commit it without the flush.
+            if not (force or checkpoint.expired()):
+                return
+            self.flush(lambda p: checkpoint.get_store_transaction(stream_id, p))
+            commit(force=True, revoking=revoking)
 
         ctx.commit_checkpoint = commit_checkpoint  # type: ignore[method-assign]
 

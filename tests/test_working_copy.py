@@ -87,13 +87,19 @@ def event(i: int, machine: str) -> AuditEvent:
     )
 
 
-def test_a_dropped_partition_keeps_only_what_was_flushed() -> None:
+def ten_events_seen(n: int) -> tuple[DetectionCore, MemoryStore, list[AuditEvent]]:
+    """A core with a working copy that has seen the first 10 of n events of one machine."""
     core = DetectionCore()
     core.keep_working_copy(100)
     store = MemoryStore()
-    evs = machine_events(20)
+    evs = machine_events(n)
     for e in evs[:10]:
         core.observe(e, store, 0)
+    return core, store, evs
+
+
+def test_a_dropped_partition_keeps_only_what_was_flushed() -> None:
+    core, store, evs = ten_events_seen(20)
     # Nothing reaches the store before a flush: a checkpoint writes it.
     assert store.get(MACHINE, "orders-api-1") is None
     assert core.flush({0: store}.__getitem__) == 1
@@ -187,3 +193,25 @@ def test_the_stage_records_are_read_once_and_written_at_the_checkpoint() -> None
     kv = write_back.store(3, next_tx)
     kv.set(MACHINE, "m-1", b"{}")
     assert next_tx.data[(MACHINE, b"m-1")] == b"{}"
+
+
+def test_a_failed_event_leaves_no_half_applied_state() -> None:
+    core, store, evs = ten_events_seen(30)
+    core.flush({0: store}.__getitem__)
+    committed = store.get(MACHINE, "orders-api-1")
+    for e in evs[10:20]:
+        core.observe(e, store, 0)
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("detector bug")
+
+    # After the rate model has learned the event: the state object is half changed.
+    core._operation = broken  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="detector bug"):
+        core.observe(evs[20], store, 0)
+    del core._operation
+    assert core.flush({0: store}.__getitem__) == 0
+    assert store.get(MACHINE, "orders-api-1") == committed
+    core.observe(evs[21], store, 0)
+    assert core.working is not None
+    assert core.working.states[(0, "orders-api-1")].n == 11
