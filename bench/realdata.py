@@ -99,7 +99,7 @@ from schemas.codec import BundledSchemas, decode_wire
 from schemas.event import AuditEvent, format_rfc3339_ms, parse_timestamp_us
 from streams.config import Config, ConfigError, load_config
 from streams.partitioning import PartitionedDetection
-from streams.processor import MemoryStore, Origin, Processor
+from streams.processor import MemoryStore, Processor
 from streams.readers import cloudtrail_identity, read_records
 from streams.replay import ReplayResult, replay
 
@@ -382,14 +382,7 @@ class SplitReplay:
         events: list[AuditEvent] = []
         for rec in read_records([str(p) for p in paths], self.fmt):
             result.records += 1
-            outputs, event = processor.ingest(
-                rec.value,
-                None,
-                Origin(rec.path, None, rec.line),
-                store,
-                rec.original_format,
-                archive=False,
-            )
+            outputs, event = processor.ingest_record(rec, store)
             for out in outputs:
                 if out.kind == "deadletter":
                     result.dead_letters[decode_wire(out.value, "dead_letter")["reason"]] += 1

@@ -364,10 +364,7 @@ class WorkingCopy:
 
     def delete(self, kv: KeyValue, partition: Any, machine: str) -> None:
         kv.delete(MACHINE, machine)
-        self.states.pop((partition, machine), None)
-        dirty = self.dirty.get(partition)
-        if dirty is not None:
-            dirty.discard(machine)
+        self.discard(partition, machine)
 
     def discard(self, partition: Any, machine: str) -> None:
         """Forget the machine's decoded state, changed or not; the store's copy stays."""
@@ -395,15 +392,15 @@ class WorkingCopy:
         excess = len(states) - self.max_machines
         if excess <= 0:
             return
-        kept: list[tuple[tuple[Any, str], MachineState]] = []
+        dropped: list[tuple[Any, str]] = []
         for key in states:
             if excess <= 0:
                 break
             if key[1] in dirty.get(key[0], ()):
                 continue
-            kept.append((key, states[key]))
+            dropped.append(key)
             excess -= 1
-        for key, _ in kept:
+        for key in dropped:
             del states[key]
 
     def drop(self, partition: Any) -> None:

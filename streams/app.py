@@ -243,6 +243,15 @@ class _RecordCache:
         self.values: OrderedDict[tuple[bytes, str], bytes | None] = OrderedDict()
         self.dirty: set[tuple[bytes, str]] = set()
 
+    def write_to(self, tx: Any) -> None:
+        for kind, key in self.dirty:
+            value = self.values[(kind, key)]
+            if value is None:
+                tx.delete(key.encode(), kind)
+            else:
+                tx.set_bytes(key.encode(), value, kind)
+        self.dirty.clear()
+
 
 class _CachedStore:
     """The Processor's Store over a partition's record cache and its current transaction.
@@ -285,16 +294,6 @@ class _CachedStore:
         self.cache.values.move_to_end(k)
         self.cache.dirty.add(k)
 
-    def write_back(self) -> None:
-        cache, tx = self.cache, self.tx
-        for kind, key in cache.dirty:
-            value = cache.values[(kind, key)]
-            if value is None:
-                tx.delete(key.encode(), kind)
-            else:
-                tx.set_bytes(key.encode(), value, kind)
-        cache.dirty.clear()
-
 
 class _WriteBack:
     """The detection stage's state kept in memory between checkpoints: machine states decoded
@@ -312,7 +311,6 @@ class _WriteBack:
         # As many of the other records: a group's few records serve many machines.
         self.max_records = max_machines
         self.caches: dict[int, _RecordCache] = {}
-        self.stream_id = ""
 
     def store(self, partition: int, tx: Any) -> _CachedStore:
         cache = self.caches.get(partition)
@@ -328,11 +326,10 @@ class _WriteBack:
                 | set(self.working.dirty_partitions())
             )
         for p in partitions:
-            tx = tx_of(p)
             cache = self.caches.get(p)
             if cache is not None and cache.dirty:
-                _CachedStore(cache, tx).write_back()
-            self.core.flush({p: _TransactionStore(tx)}.__getitem__, [p])
+                cache.write_to(tx_of(p))
+        self.core.flush(lambda p: _TransactionStore(tx_of(p)), partitions)
         self._trim()
 
     def _trim(self) -> None:
@@ -350,7 +347,6 @@ class _WriteBack:
         self.caches.pop(partition, None)
 
     def install(self, app: Application, stream_id: str) -> None:
-        self.stream_id = stream_id
         ctx = app._processing_context
         commit = ctx.commit_checkpoint
 

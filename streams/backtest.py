@@ -150,7 +150,7 @@ def events_from_files(
     """Read, validate and dedupe event files as `replay` does (`cfg`'s input limits), keeping
     the rejected records' reasons."""
     from schemas.codec import BundledSchemas, decode_wire
-    from streams.processor import MemoryStore, Origin, Processor
+    from streams.processor import MemoryStore, Processor
     from streams.readers import read_records
 
     processor = Processor(cfg, BundledSchemas())
@@ -160,14 +160,7 @@ def events_from_files(
         progress.begin("reading", None)
     for rec in read_records(list(paths), fmt, csv_map):
         src.records += 1
-        outputs, event = processor.ingest(
-            rec.value,
-            None,
-            Origin(rec.path, None, rec.line),
-            store,
-            rec.original_format,
-            archive=False,
-        )
+        outputs, event = processor.ingest_record(rec, store)
         for out in outputs:
             if out.kind == "deadletter":
                 src.dead_letters[decode_wire(out.value, "dead_letter")["reason"]] += 1

@@ -125,10 +125,7 @@ def explain_from_files(
     store = MemoryStore()
     events = []
     for rec in read_records(files, fmt, parse_csv_map(csv_map)):
-        origin = Origin(rec.path, None, rec.line)
-        _, event = processor.ingest(
-            rec.value, None, origin, store, rec.original_format, archive=False
-        )
+        _, event = processor.ingest_record(rec, store)
         if event is not None:
             events.append(event)
     events.sort(key=lambda e: e.ts_us)

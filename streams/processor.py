@@ -29,6 +29,7 @@ from schemas.codec import (
 )
 from schemas.event import AuditEvent
 from streams.config import Config
+from streams.readers import RawRecord
 
 log = logging.getLogger("auditwatch.processor")
 
@@ -204,6 +205,12 @@ class Processor:
             archived_at_ms=now,
         )
         return [Output("archive", event.event_id.encode(), record)], event
+
+    def ingest_record(self, rec: RawRecord, store: Store) -> tuple[list[Output], AuditEvent | None]:
+        """`ingest` of a record read from a file, for the file tools: they write no archive."""
+        return self.ingest(
+            rec.value, None, Origin(rec.path, None, rec.line), store, rec.original_format, False
+        )
 
     def detect(
         self,

@@ -18,7 +18,7 @@ from schemas.codec import BundledSchemas, decode_wire
 from schemas.event import AuditEvent
 from streams.config import Config
 from streams.partitioning import PartitionedDetection
-from streams.processor import MemoryStore, Origin, Processor
+from streams.processor import MemoryStore, Processor
 from streams.readers import read_records
 
 
@@ -48,10 +48,7 @@ def replay(
     events: list[AuditEvent] = []
     for rec in read_records(paths, fmt, csv_map):
         result.records += 1
-        origin = Origin(rec.path, None, rec.line)
-        outputs, event = processor.ingest(
-            rec.value, None, origin, store, rec.original_format, archive=False
-        )
+        outputs, event = processor.ingest_record(rec, store)
         for out in outputs:
             if out.kind == "deadletter":
                 dl = decode_wire(out.value, "dead_letter")

@@ -19,7 +19,7 @@ from typing import IO, Any
 from schemas.codec import SEED_SOURCE, encode_detect
 from schemas.event import AuditEvent, event_from_mapping
 from streams.config import Config
-from streams.processor import MemoryStore, Origin, Processor
+from streams.processor import MemoryStore, Processor
 from streams.reading import topic_metadata
 
 SEED_HEADER = "auditwatch-seed"
@@ -45,9 +45,7 @@ def events_from_files(
     events: list[AuditEvent] = []
     for rec in read_records(paths, fmt, csv_map):
         stats.read += 1
-        _, event = processor.ingest(
-            rec.value, None, Origin(rec.path, None, rec.line), store, archive=False
-        )
+        _, event = processor.ingest_record(rec, store)
         if event is None:
             stats.rejected += 1
         else:
