@@ -50,13 +50,6 @@ class InputAligner:
         self._records = 0
         self._balanced_at = 0  # self._records at the last balance
         self._last_balance = 0.0
-        # The consumer's assignment costs tens of microseconds to ask for (a list of every
-        # topic partition it holds): kept until the runtime says it changed.
-        self._assigned: set[int] | None = None
-
-    def reassigned(self) -> None:
-        """Partitions were assigned, revoked or lost: ask the consumer again."""
-        self._assigned = None
 
     def seen(self, partition: int, offset: int, event_ms: int | None) -> None:
         """A record of `partition` at `offset` was ingested (`event_ms`: its event time, None
@@ -105,11 +98,7 @@ class InputAligner:
         now = time.monotonic()
         self._last_balance = now
         self._balanced_at = self._records
-        assigned = self._assigned
-        if assigned is None:
-            assigned = self._assigned = {
-                tp.partition for tp in self.consumer.assignment() if tp.topic == self.topic
-            }
+        assigned = {tp.partition for tp in self.consumer.assignment() if tp.topic == self.topic}
         for table in (self.heads, self.next_offset):
             for p in [p for p in table if p not in assigned]:
                 del table[p]

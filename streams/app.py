@@ -224,7 +224,6 @@ def build_application(
     app._dataframe_registry.register_periodic_task(lambda: telemetry.tick(explain))
     if aligner is not None:
         app._dataframe_registry.register_periodic_task(aligner.tick)
-        on_rebalance(app, lambda _tps: aligner.reassigned())
     return app, processor
 
 
