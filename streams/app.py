@@ -72,8 +72,11 @@ class _ProgressLog:
     """A periodic INFO line with the processor's counters, so an operator tailing the log sees
     progress and dead-letter rates without a metrics stack."""
 
-    def __init__(self, processor: Processor, every_s: float = 30.0) -> None:
+    def __init__(
+        self, processor: Processor, aligner: InputAligner | None, every_s: float = 30.0
+    ) -> None:
         self.processor = processor
+        self.aligner = aligner
         self.every_s = every_s
         self.n = 0
         self.last = time.monotonic()
@@ -100,6 +103,15 @@ class _ProgressLog:
             m["alerts.opened"],
             m["key_mismatch"],
         )
+        if self.aligner is not None:
+            a = self.aligner
+            log.info(
+                "input alignment: partitions held back %d times, %d records buffered, "
+                "%d paused with a full buffer",
+                a.holds,
+                sum(len(b) for b in a.buffers.values()),
+                a.fetch_pauses,
+            )
 
 
 def make_resolver(cfg: Config) -> SchemaResolver:
@@ -141,12 +153,17 @@ def build_application(
     )
     t = cfg.topics
     source = app.topic(t.events, key_deserializer="bytes", value_deserializer="bytes")
-    # Quix has no public handle on its consumer; pausing input partitions needs it.
+    # Quix has no public handle on its consumer; holding input partitions back needs it.
     aligner = (
-        InputAligner(app._consumer, t.events, int(k.max_input_skew_s * 1000))
+        InputAligner(
+            app._consumer, t.events, int(k.max_input_skew_s * 1000), k.input_buffer_records
+        )
         if k.max_input_skew_s > 0
         else None
     )
+    if aligner is not None:
+        aligner.install()
+        on_rebalance(app, aligner.drop)
     sinks = {
         role: app.topic(name, key_serializer="bytes", value_serializer=_OutputValue())
         for role, name in (
@@ -158,7 +175,7 @@ def build_application(
     }
     detect_source = app.topic(t.detect, key_deserializer="bytes", value_deserializer="bytes")
 
-    progress = _ProgressLog(processor)
+    progress = _ProgressLog(processor, aligner)
     ingest_latency = telemetry.latency["ingest"].observe_since
     detect_latency = telemetry.latency["detect"].observe_since
 

@@ -55,6 +55,13 @@ class KafkaSettings(_Model):
         "and a peer group's members reach detection out of order); 0 turns it off.",
     )
     state_dir: str = "state"
+    input_buffer_records: int = Field(
+        8_192,
+        ge=16,
+        description="Records of one input partition that the event-time alignment keeps in "
+        "memory while it holds the partition back (a few hundred bytes each); past that the "
+        "partition is paused in librdkafka, which drops what it had prefetched for it.",
+    )
     working_copy_machines: int = Field(
         20_000,
         ge=0,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.perf.profile import analyse, waiting
+from bench.perf.profile import analyse, classify, waiting
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN = "_run_module_as_main (<frozen runpy>:198);run (streams/app.py:264)"
@@ -37,3 +37,16 @@ def test_waits_are_left_out_of_the_budget(tmp_path: Path) -> None:
     assert a["busy_seconds"] == 0.5
     # 50 samples at 100 Hz over 100 events, charged as neither stage's: per message pair.
     assert a["us_per_event"] == 5000.0
+
+
+def _line_of(path: str, text: str) -> int:
+    lines = (ROOT / path).read_text().splitlines()
+    return next(i for i, line in enumerate(lines, 1) if text in line)
+
+
+def test_polls_through_the_input_aligner_are_consuming() -> None:
+    poll = f"InputAligner.poll (streams/align.py:{_line_of('streams/align.py', 'self._poll(0)')})"
+    keep = f"InputAligner._keep (streams/align.py:{_line_of('streams/align.py', 'buf.append')})"
+    consumer = "BaseConsumer.poll (quixstreams/kafka/consumer.py:307)"
+    assert classify(f"{MAIN};{poll};{consumer}".split(";"), ROOT) == "consume (poll, librdkafka)"
+    assert classify(f"{MAIN};{poll};{keep}".split(";"), ROOT) == "streams: align"

@@ -37,6 +37,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from bench.perf.dataset import DEFAULT_CACHE, ROOT, Dataset, DatasetParams, generate
 
 PHASES = ("ceiling", "auditwatch", "faust", "replay", "state", "restore", "latency", "eos")
@@ -114,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="a librdkafka setting for every Kafka phase (kafka.librdkafka), repeatable",
+    )
+    p.add_argument(
+        "--kafka",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a kafka.* setting of auditwatch for every pipeline phase (e.g. "
+        "max_input_skew_s=300, working_copy_machines=0), as YAML, repeatable",
     )
     p.add_argument("--profile", action="store_true", help="also profile auditwatch with py-spy")
     p.add_argument("--profile-out", type=Path, default=DEFAULT_PROFILE)
@@ -238,6 +248,7 @@ def run_phases(
         input_topic=f"{prefix}.input",
         commit_interval_s=args.commit_interval,
         librdkafka=_settings(args.librdkafka),
+        kafka={k: yaml.safe_load(v) for k, v in _settings(args.kafka, "--kafka").items()},
     )
     run.dir.mkdir(parents=True, exist_ok=True)
     out: dict[str, Any] = {"phases": {}, "skipped": {}}
@@ -488,12 +499,12 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _settings(pairs: list[str]) -> dict[str, str]:
+def _settings(pairs: list[str], flag: str = "--librdkafka") -> dict[str, str]:
     out: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise SystemExit(f"--librdkafka wants KEY=VALUE, got {pair!r}")
+            raise SystemExit(f"{flag} wants KEY=VALUE, got {pair!r}")
         out[key.strip()] = value.strip()
     return out
 

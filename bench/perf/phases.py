@@ -45,6 +45,7 @@ class Run:
     input_topic: str
     commit_interval_s: float = 5.0
     librdkafka: dict[str, str] = field(default_factory=dict)
+    kafka: dict[str, Any] = field(default_factory=dict)  # other kafka.* settings
     notes: list[str] = field(default_factory=list)
 
     def config(
@@ -67,6 +68,7 @@ class Run:
                 "commit_interval_s": self.commit_interval_s,
                 "processing_guarantee": guarantee,
                 "librdkafka": dict(self.librdkafka),
+                **self.kafka,
             },
             "topics": {
                 "events": input_topic or self.input_topic,
