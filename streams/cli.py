@@ -29,6 +29,16 @@ def _config(args: argparse.Namespace) -> Config:
     return load_config(getattr(args, "config", None))
 
 
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config", "-c", metavar="FILE", help="YAML config (default: built-in defaults)"
@@ -211,6 +221,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 csv_map=parse_csv_map(args.csv_map),
                 deadletter_out=dl,
                 progress=not args.quiet,
+                workers=args.workers,
             )
     finally:
         if dl is not None:
@@ -547,6 +558,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=FORMATS, default="jsonl")
     p.add_argument("--csv-map", metavar="FIELD=COLUMN,...")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=os.cpu_count() or 1,
+        metavar="N",
+        help="detect in N processes, each over whole detect partitions; the pages are the "
+        "same for any N (default: one per CPU, here %(default)s)",
+    )
     _add_config(p)
     p.set_defaults(func=cmd_replay)
 

@@ -3,10 +3,19 @@
 Events are validated and deduplicated in file order (as a topic would deliver them), then run
 through detection in event-time order. Pages (opened and escalated alerts of severity medium
 or above) go to `--alerts-out` as JSON lines, in the alerts topic's JSON form.
+
+Detection state is per detect partition (streams.partitioning), so the partitions can be
+detected in separate processes (`workers`): each takes whole partitions and runs its events
+in the same event-time order, and the pages are merged back by event, so the output is byte
+for byte what one process writes.
 """
 
 from __future__ import annotations
 
+import gc
+import heapq
+import multiprocessing
+import signal
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -41,7 +50,10 @@ def replay(
     csv_map: dict[str, str] | None = None,
     deadletter_out: IO[bytes] | None = None,
     progress: bool = False,
+    workers: int = 1,
 ) -> ReplayResult:
+    """`workers`: detect in that many processes (at most one per detect partition; below
+    20,000 events, one)."""
     processor = Processor(cfg, BundledSchemas())
     store = MemoryStore()
     result = ReplayResult()
@@ -74,18 +86,92 @@ def replay(
     # Stable sort: events with equal timestamps keep file order, as a topic would keep them.
     events.sort(key=lambda e: e.ts_us)
     result.events = len(events)
+    if events:
+        # The detection core's clock starts at the first event it sees; each process sees
+        # only its partitions', so every one starts at the first event of all.
+        processor.core.watching_since_ms = events[0].timestamp_ms
+    shares = _shares(processor, cfg, events, workers)
+    _FORKED.append((processor, cfg, events, shares, progress))
+    try:
+        if len(shares) == 1:
+            parts = [_detect_share(0)]
+        else:
+            gc.freeze()  # the events stay shared with the workers, not copied by the collector
+            # SIGTERM would end this process and leave the workers running: stop them too.
+            on_term = signal.signal(signal.SIGTERM, _terminated)
+            try:
+                with multiprocessing.get_context("fork").Pool(len(shares)) as pool:
+                    parts = pool.map(_detect_share, range(len(shares)))
+            finally:
+                signal.signal(signal.SIGTERM, on_term)
+    finally:
+        _FORKED.clear()
+        gc.unfreeze()
+    for pages, statuses in parts:
+        result.alerts.update(statuses)
+        result.pages += len(pages)
+    for _i, value in heapq.merge(*(pages for pages, _ in parts), key=lambda page: page[0]):
+        alerts_out.write(value + b"\n")
+    return result
+
+
+# What the detection workers inherit from replay() across fork: (processor, config, events,
+# each worker's event indexes, progress).
+_FORKED: list[tuple[Processor, Config, list[AuditEvent], list[list[int]], bool]] = []
+# Fewer events than this are not worth a process each.
+_PARALLEL_FROM = 20_000
+
+
+def _terminated(signum: int, _frame: object) -> None:
+    # Leaving the pool's `with` terminates its workers.
+    raise SystemExit(128 + signum)
+
+
+def _shares(
+    processor: Processor, cfg: Config, events: list[AuditEvent], workers: int
+) -> list[list[int]]:
+    """Event indexes per worker: whole detect partitions each, the busiest partitions first to
+    the least loaded worker."""
+    workers = min(workers, cfg.topics.partitions)
+    if workers <= 1 or len(events) < _PARALLEL_FROM:
+        return [list(range(len(events)))]
+    split = PartitionedDetection(processor, cfg.topics.partitions)
+    by_partition: dict[int, list[int]] = {}
+    for i, event in enumerate(events):
+        by_partition.setdefault(split.partition_of(event), []).append(i)
+    loads = [0] * workers
+    owner: dict[int, int] = {}
+    for p, idx in sorted(by_partition.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        w = loads.index(min(loads))
+        owner[p] = w
+        loads[w] += len(idx)
+    shares: list[list[int]] = [[] for _ in range(workers)]
+    for p, idx in by_partition.items():
+        shares[owner[p]].extend(idx)
+    for share in shares:
+        share.sort()
+    return [share for share in shares if share]
+
+
+def _detect_share(w: int) -> tuple[list[tuple[int, bytes]], Counter[str]]:
+    """Detection over worker `w`'s events, in event-time order: its pages (with the index of
+    the event that raised them, for the merge) and its alert states by status."""
+    processor, cfg, events, shares, progress = _FORKED[-1]
+    share = shares[w]
     # One store per detect partition, as the pipeline keeps them (see streams.partitioning).
     detection = PartitionedDetection(
         processor, cfg.topics.partitions, working_copy=cfg.kafka.working_copy_machines
     )
-    for i, event in enumerate(events, 1):
-        for out in detection.detect(event, i):
+    pages: list[tuple[int, bytes]] = []
+    statuses: Counter[str] = Counter()
+    who = f"worker {w + 1}/{len(shares)}: " if len(shares) > 1 else ""
+    for n, i in enumerate(share, 1):
+        for out in detection.detect(events[i], i + 1):
             assert out.alert is not None
-            result.alerts[out.alert.status] += 1
+            statuses[out.alert.status] += 1
             if out.alert.is_page:
-                result.pages += 1
-                alerts_out.write(out.value + b"\n")
-        if progress and i % 100_000 == 0:
-            print(f"  detected over {i:,}/{len(events):,} events", file=sys.stderr)
+                pages.append((i, out.value))
+        if progress and n % 100_000 == 0:
+            print(f"  {who}detected over {n:,}/{len(share):,} events", file=sys.stderr)
     detection.flush()
-    return result
+    return pages, statuses

@@ -32,18 +32,42 @@ IDLE_WINDOW_S = 1.0
 POLL_S = 0.2
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process (all its threads), None once it is gone."""
+def _stat(pid: int) -> list[bytes] | None:
+    """Fields of stat(5) from the 3rd on (after the ")" that closes the command name)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
+            return f.read().rsplit(b")", 1)[1].split()
     except (FileNotFoundError, ProcessLookupError):
         return None
-    # Fields 14 and 15 of stat(5), counted after the ")" that closes the command name.
-    return (int(fields[11]) + int(fields[12])) / _TICK
 
 
-def peak_rss_mb(pid: int) -> float | None:
+def children(pid: int) -> list[int]:
+    """The live child processes of `pid` (replay's detection workers)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat(int(entry))
+            if fields is not None and int(fields[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process (all its threads) and of its children, live or
+    waited for; None once it is gone."""
+    fields = _stat(pid)
+    if fields is None:
+        return None
+    # utime, stime, cutime, cstime: fields 14 to 17 of stat(5).
+    total = sum(int(f) for f in fields[11:15])
+    for child in children(pid):
+        cf = _stat(child)
+        if cf is not None:
+            total += int(cf[11]) + int(cf[12])
+    return total / _TICK
+
+
+def _hwm_mb(pid: int) -> float | None:
     try:
         with open(f"/proc/{pid}/status", encoding="ascii") as f:
             for line in f:
@@ -52,6 +76,15 @@ def peak_rss_mb(pid: int) -> float | None:
     except (FileNotFoundError, ProcessLookupError):
         return None
     return None
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """Peak resident memory of a process plus its live children's (an upper bound for forked
+    workers: pages they still share with the parent count twice)."""
+    own = _hwm_mb(pid)
+    if own is None:
+        return None
+    return own + sum(_hwm_mb(c) or 0.0 for c in children(pid))
 
 
 class Worker:

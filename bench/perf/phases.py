@@ -285,7 +285,8 @@ def faust_argv(config_path: Path, datadir: Path) -> list[str]:
 
 
 _READ = re.compile(r"read ([\d,]+) records")
-_DETECTED = re.compile(r"detected over ([\d,]+)/")
+# "worker 2/2: " when replay detects in several processes, each printing its own progress.
+_DETECTED = re.compile(r"(?:worker (\d+)/\d+: )?detected over ([\d,]+)/")
 _DONE = re.compile(r"replayed ([\d,]+) records: ([\d,]+) events")
 
 
@@ -293,14 +294,29 @@ def _number(text: str) -> int:
     return int(text.replace(",", ""))
 
 
+def _detect_rate(
+    detects: list[tuple[float, int]], reads: list[tuple[float, int]], n: int
+) -> float | None:
+    """Events/s of one detection worker from its progress lines (time, events so far)."""
+    if len(detects) >= 2:
+        (t0, n0), (t1, n1) = detects[0], detects[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else None
+    if detects and reads and reads[-1][1] == n and detects[0][0] > reads[-1][0]:
+        # One line: time from the end of the read pass (sorting included: conservative).
+        return detects[0][1] / (detects[0][0] - reads[-1][0])
+    return None
+
+
 def replay_phase(run: Run, cfg_path: Path, timeout: float) -> PhaseResult:
     """`auditwatch replay` of the dataset's JSON lines, timed from process start to exit.
 
     Replay makes two passes: it reads and dedupes every record, then detects over the events
-    in event-time order; each prints a progress line every 100,000. The harness stamps those
+    in event-time order (in one process per CPU, each over whole detect partitions); each pass,
+and each detection process, prints a progress line every 100,000. The harness stamps those
     lines as they appear, so a run stopped by the timeout still yields each pass's rate, and
     its events/s is projected from them (per-event costs add: 1 / (1/read + 1/detect)) and
-    marked as such. Stopped before the detection pass printed at all, it has no figure."""
+    marked as such; the detection processes' rates add. Stopped before the detection pass
+    printed at all, it has no figure. CPU time and peak RSS include the detection processes'."""
     result = PhaseResult("replay")
     d = run.dir / "replay"
     pages_path = d / "pages.jsonl"
@@ -316,7 +332,7 @@ def replay_phase(run: Run, cfg_path: Path, timeout: float) -> PhaseResult:
     )
     worker = Worker(argv, log_path, ROOT)
     reads: list[tuple[float, int]] = []
-    detects: list[tuple[float, int]] = []
+    detects: dict[str, list[tuple[float, int]]] = {}  # by detection worker
     seen = 0
     while True:
         alive = worker.alive()
@@ -330,7 +346,7 @@ def replay_phase(run: Run, cfg_path: Path, timeout: float) -> PhaseResult:
             if m := _READ.search(line):
                 reads.append((t, _number(m.group(1))))
             elif m := _DETECTED.search(line):
-                detects.append((t, _number(m.group(1))))
+                detects.setdefault(m.group(1) or "", []).append((t, _number(m.group(2))))
         if not alive or t >= timeout:
             break
         time.sleep(0.2)
@@ -344,13 +360,9 @@ def replay_phase(run: Run, cfg_path: Path, timeout: float) -> PhaseResult:
     result.extra["exit_code"] = rc
     n = run.dataset.events
     read_eps = reads[-1][1] / reads[-1][0] if reads else None
-    detect_eps = None
-    if len(detects) >= 2:
-        (t0, n0), (t1, n1) = detects[0], detects[-1]
-        detect_eps = (n1 - n0) / (t1 - t0) if t1 > t0 else None
-    elif detects and reads and reads[-1][1] == n and detects[0][0] > reads[-1][0]:
-        # One line: time from the end of the read pass (sorting included: conservative).
-        detect_eps = detects[0][1] / (detects[0][0] - reads[-1][0])
+    # The detection workers run side by side: their rates add.
+    rates = [_detect_rate(lines, reads, n) for lines in detects.values()]
+    detect_eps = sum(r for r in rates if r) if rates and all(rates) else None
     result.extra["read_pass_eps"] = round(read_eps) if read_eps else None
     result.extra["detect_pass_eps"] = round(detect_eps) if detect_eps else None
     done = _DONE.search(log)
@@ -380,7 +392,7 @@ def replay_phase(run: Run, cfg_path: Path, timeout: float) -> PhaseResult:
             "pass": None,
             "why": "replay stopped by the phase timeout",
             "read": progress.processed,
-            "detected": detects[-1][1] if detects else 0,
+            "detected": sum(lines[-1][1] for lines in detects.values()),
         }
         if finished:
             result.error = f"replay failed (rc {rc}): {log[-1500:]}"
