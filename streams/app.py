@@ -164,6 +164,7 @@ def build_application(
     if aligner is not None:
         aligner.install()
         on_rebalance(app, aligner.drop)
+        telemetry.aligner = aligner
     sinks = {
         role: app.topic(name, key_serializer="bytes", value_serializer=_OutputValue())
         for role, name in (

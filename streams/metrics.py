@@ -209,6 +209,8 @@ class Telemetry:
         self.input_idle_s: float | None = None
         # The control-topic reader (acks and snoozes), set by the runtime once it starts.
         self.control: Any = None
+        # The input aligner (streams.align), when kafka.max_input_skew_s is on.
+        self.aligner: Any = None
         self.state_dir = cfg.kafka.state_dir
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_Collector(self))
@@ -421,6 +423,8 @@ class _Collector:
             )
             idle.add_metric([], round(t.input_idle_s, 1))
             yield idle
+        if t.aligner is not None:
+            yield from _alignment(t.aligner)
         if t.control is not None:
             control = GaugeMetricFamily(
                 "auditwatch_control_reader_healthy",
@@ -440,6 +444,44 @@ class _Collector:
         )
         info.add_metric([core.config_version, t.cfg.kafka.consumer_group], 1.0)
         yield info
+
+
+def _alignment(a: Any) -> Iterator[Metric]:
+    # Read while the processing thread writes: len() and list() of a dict are one C-level
+    # step each, so every figure is one consistent read.
+    figures: list[tuple[Any, str, str, float]] = [
+        (
+            GaugeMetricFamily,
+            "auditwatch_input_held_partitions",
+            "Input partitions held back now for being ahead in event time "
+            "(kafka.max_input_skew_s).",
+            len(a.held),
+        ),
+        (
+            CounterMetricFamily,
+            "auditwatch_input_holds",
+            "Times an input partition was held back for being ahead.",
+            a.holds,
+        ),
+        (
+            GaugeMetricFamily,
+            "auditwatch_input_buffered_records",
+            "Input records read but held back, in memory (kafka.input_buffer_records per "
+            "partition).",
+            sum(len(b) for b in list(a.buffers.values())),
+        ),
+        (
+            CounterMetricFamily,
+            "auditwatch_input_fetch_pauses",
+            "Times a held partition's full buffer paused it in librdkafka, which then fetches "
+            "again what it had prefetched: often means kafka.input_buffer_records is small.",
+            a.fetch_pauses,
+        ),
+    ]
+    for family, name, text, value in figures:
+        metric = family(name, text)
+        metric.add_metric([], value)
+        yield metric
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextvars
 import io
 import logging
+from collections import deque
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -17,6 +19,7 @@ from quixstreams.context import set_message_context
 from quixstreams.models.messagecontext import MessageContext
 
 from schemas.codec import BundledSchemas
+from streams.align import InputAligner
 from streams.config import Config, ConfigError, load_config
 from streams.logs import JsonFormatter, OriginFilter, TextFormatter
 from streams.metrics import INPUT_QUIET, HttpServer, InputWatch, KafkaStats, Telemetry
@@ -339,3 +342,23 @@ def test_sighup_during_startup_is_queued_not_fatal(monkeypatch: pytest.MonkeyPat
     assert reloader.requests == 1 and not seen[0].pending
     seen[0](signal.SIGHUP, None)
     assert reloader.requests == 2
+
+
+def test_input_alignment_is_scraped() -> None:
+    consumer = SimpleNamespace(poll=None, pause=None, resume=None, seek=None)
+    aligner = InputAligner(consumer, "audit.events", 60_000, buffer_records=16)
+    aligner.held.update({1, 3})
+    aligner.holds = 7
+    aligner.fetch_pauses = 2
+    aligner.buffers[1] = deque(range(16))
+    aligner.buffers[3] = deque(range(5))
+    t = Telemetry(Config(), processor())
+    t.aligner = aligner
+    families = {f.name: f for f in text_string_to_metric_families(t.scrape().decode())}
+    assert families["auditwatch_input_held_partitions"].samples[0].value == 2
+    assert families["auditwatch_input_buffered_records"].samples[0].value == 21
+    assert families["auditwatch_input_holds"].samples[0].value == 7
+    assert families["auditwatch_input_fetch_pauses"].samples[0].value == 2
+    # Off (max_input_skew_s: 0): nothing about it.
+    plain = Telemetry(Config(), processor()).scrape().decode()
+    assert "auditwatch_input_held" not in plain

@@ -148,6 +148,9 @@ def test_metrics_health_and_explain_over_http(
     assert (value(samples, "auditwatch_state_bytes") or 0) > 0
     assert value(samples, "auditwatch_ready") == 1
     assert value(samples, "auditwatch_control_reader_healthy") == 1
+    # The input aligner is on by default; everything it held back was handed over.
+    assert value(samples, "auditwatch_input_buffered_records") == 0
+    assert value(samples, "auditwatch_input_holds_total") is not None
     # Lag from librdkafka's statistics: zero once everything is committed.
     events = s.cfg.topics.events
 
