@@ -47,9 +47,6 @@ _EVERY_S = 0.2
 # How long a partition nothing was read from yet holds the others back.
 _UNSEEN_GRACE_S = 5.0
 _UNKNOWN = float("-inf")
-# Records buffered per held partition before it is paused in librdkafka (the default of
-# kafka.input_buffer_records): many holds' worth on a sparse backlog, so pauses stay rare.
-BUFFER_RECORDS = 8_192
 # Records taken from librdkafka without blocking in one poll, at most, before handing one
 # over: bounds the time between two handed-over records while held partitions fill up.
 _DRAIN = 1_024
@@ -61,8 +58,10 @@ class InputAligner:
         consumer: Any,
         topic: str,
         max_skew_ms: int,
-        buffer_records: int = BUFFER_RECORDS,
+        buffer_records: int,
     ) -> None:
+        """`buffer_records`: records buffered per held partition before it is paused in
+        librdkafka (kafka.input_buffer_records)."""
         self.consumer = consumer
         self.topic = topic
         self.max_skew_ms = max_skew_ms
@@ -94,6 +93,12 @@ class InputAligner:
         self.consumer.pause = self._paused_outside
         self.consumer.resume = self._resumed_outside
         self.consumer.seek = self._sought_outside
+
+    @property
+    def buffered(self) -> int:
+        """Records read but not handed over. Safe from another thread: list() of the dict's
+        values is one step under the GIL, and so is each len()."""
+        return sum(len(b) for b in list(self.buffers.values()))
 
     # --- what Quix sees of the consumer ---------------------------------------------------
     def poll(self, timeout: float | None = None) -> Any:

@@ -109,7 +109,7 @@ class _ProgressLog:
                 "input alignment: partitions held back %d times, %d records buffered, "
                 "%d paused with a full buffer",
                 a.holds,
-                sum(len(b) for b in a.buffers.values()),
+                a.buffered,
                 a.fetch_pauses,
             )
 

@@ -312,7 +312,7 @@ def replay_phase(run: Run, cfg_path: Path, timeout: float) -> PhaseResult:
 
     Replay makes two passes: it reads and dedupes every record, then detects over the events
     in event-time order (in one process per CPU, each over whole detect partitions); each pass,
-and each detection process, prints a progress line every 100,000. The harness stamps those
+    and each detection process, prints a progress line every 100,000. The harness stamps those
     lines as they appear, so a run stopped by the timeout still yields each pass's rate, and
     its events/s is projected from them (per-event costs add: 1 / (1/read + 1/detect)) and
     marked as such; the detection processes' rates add. Stopped before the detection pass
