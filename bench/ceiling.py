@@ -31,6 +31,40 @@ from streams.config import load_config
 _HEADER = struct.Struct(">bI")
 
 
+class Archiver:
+    """The ceiling's whole work on one message (shared with bench.engine): decode the input
+    value, and encode the archive record, returned with its key (the event id)."""
+
+    def __init__(self) -> None:
+        self.reader_schema = parsed("audit_event")
+        self.archive_schema = parsed("archive_record")
+        self.header = _HEADER.pack(0, FIXED_IDS["archive_record"])
+
+    def __call__(
+        self, value: bytes, topic: str, partition: int, offset: int
+    ) -> tuple[bytes, bytes]:
+        buf = io.BytesIO(value)
+        buf.seek(5)
+        record: Any = fastavro.schemaless_reader(buf, self.reader_schema, None)
+        out = io.BytesIO()
+        out.write(self.header)
+        fastavro.schemaless_writer(
+            out,
+            self.archive_schema,
+            {
+                "event": record,
+                "event_id_derived": False,
+                "original_format": "AVRO",
+                "original_sha256": hashlib.sha256(value).digest(),
+                "original_topic": topic,
+                "original_partition": partition,
+                "original_offset": offset,
+                "archived_at": time.time_ns() // 1_000_000,
+            },
+        )
+        return (record["event_id"] or "").encode(), out.getvalue()
+
+
 def run(config_path: str, batch: int, flush_every_s: float) -> int:
     cfg = load_config(config_path)
     stop = False
@@ -65,9 +99,7 @@ def run(config_path: str, batch: int, flush_every_s: float) -> int:
         if err is not None:
             failed.append(str(err))
 
-    reader_schema = parsed("audit_event")
-    archive_schema = parsed("archive_record")
-    archive_header = _HEADER.pack(0, FIXED_IDS["archive_record"])
+    archive = Archiver()
     topic_in, topic_out = cfg.topics.events, cfg.topics.archive
     consumer.subscribe([topic_in])
     positions: dict[int, int] = {}
@@ -78,31 +110,11 @@ def run(config_path: str, batch: int, flush_every_s: float) -> int:
         for msg in msgs:
             if msg.error() is not None:
                 continue
-            value = msg.value()
-            buf = io.BytesIO(value)
-            buf.seek(5)
-            record: Any = fastavro.schemaless_reader(buf, reader_schema, None)
-            out = io.BytesIO()
-            out.write(archive_header)
             partition, offset = msg.partition(), msg.offset()
-            fastavro.schemaless_writer(
-                out,
-                archive_schema,
-                {
-                    "event": record,
-                    "event_id_derived": False,
-                    "original_format": "AVRO",
-                    "original_sha256": hashlib.sha256(value).digest(),
-                    "original_topic": topic_in,
-                    "original_partition": partition,
-                    "original_offset": offset,
-                    "archived_at": time.time_ns() // 1_000_000,
-                },
-            )
-            key = (record["event_id"] or "").encode()
+            key, value = archive(msg.value(), topic_in, partition, offset)
             while True:
                 try:
-                    producer.produce(topic_out, out.getvalue(), key, on_delivery=on_delivery)
+                    producer.produce(topic_out, value, key, on_delivery=on_delivery)
                     break
                 except BufferError:
                     producer.poll(0.05)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,19 +33,13 @@ REQUIRED = (
 )
 
 
-def test_harness_measures_and_checks_a_tiny_run(
-    bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("AUDITWATCH_BOOTSTRAP", bootstrap)
-    with_faust = faust_unavailable() is None
-    skip = "latency,eos,restore,state" + ("" if with_faust else ",faust")
+def _bench(tmp_path: Path, *args: str) -> dict[str, Any]:
+    """Run the harness with `args` on a tiny dataset of 6 hours; its results file."""
     out = tmp_path / "latest.json"
     rc = main(
         [
-            "--events", "5000",
-            "--machines", "200",
+            *args,
             "--history-hours", "6",
-            "--skip", skip,
             "--out", str(out),
             "--cache-dir", str(tmp_path / "cache"),
             "--phase-timeout", "90",
@@ -52,7 +47,17 @@ def test_harness_measures_and_checks_a_tiny_run(
         ]
     )  # fmt: skip
     assert rc == 0
-    r = json.loads(out.read_text())
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
+
+
+def test_harness_measures_and_checks_a_tiny_run(
+    bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AUDITWATCH_BOOTSTRAP", bootstrap)
+    with_faust = faust_unavailable() is None
+    skip = "latency,eos,restore,state" + ("" if with_faust else ",faust")
+    r = _bench(tmp_path, "--events", "5000", "--machines", "200", "--skip", skip)
 
     assert set(REQUIRED) <= set(r)
     assert r["events"] == 5000
@@ -74,3 +79,34 @@ def test_harness_measures_and_checks_a_tiny_run(
     assert pages["replay_pages"] == r["phases"]["replay"]["pages"] > 0
     assert pages["pass"] in (True, False)
     assert r["peak_rss_mb"] > 0
+
+
+def test_engine_and_floor_phases_archive_everything_on_their_own_clock(
+    bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AUDITWATCH_BOOTSTRAP", bootstrap)
+    r = _bench(
+        tmp_path,
+        "--events", "3000",
+        "--machines", "100",
+        "--skip", "auditwatch,faust,replay,latency,eos,restore,state",
+        "--with", "engine,floor",
+    )  # fmt: skip
+    for phase in ("ceiling", "engine", "floor"):
+        assert r["complete"][phase] is True, (phase, r["phases"][phase])
+        assert r["checks"][phase]["archive"]["pass"] is True, (phase, r["checks"][phase])
+        # Timed by the archive records' own timestamps: they must be when each was produced,
+        # after the worker started, not the input's (written before it).
+        assert r["phases"][phase]["first_output_s"] > 0, (phase, r["phases"][phase])
+    for key in ("engine_eps", "floor_eps"):
+        assert isinstance(r[key], int) and r[key] > 0, key
+    floor = r["phases"]["floor"]
+    # Without its detection core the floor still runs every event through the detection stage.
+    assert r["checks"]["floor"]["detection_stage"]["pass"] is True
+    assert floor["detected"] == 3000 and floor["alert_states"] == 0
+    assert r["pipeline_eps"] is None
+
+
+def test_an_unknown_optional_phase_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--with", "engine,turbo"]) == 2
+    assert "unknown phase(s) in --with: turbo; optional: engine, floor" in capsys.readouterr().err

@@ -13,6 +13,12 @@ Phases, one after the other on the same broker and data (skip any with --skip):
   eos         the same under exactly-once
   profile     only with --profile: `auditwatch run` again under py-spy -> profile.md
 
+Two more, only when asked for with --with, run between ceiling and auditwatch:
+
+  engine      the ceiling's work as a Quix Streams app (bench/engine.py): the engine's own cost
+  floor       `auditwatch run` with the detection core taken out (bench/floor.py): the most a
+              faster detection core could give on this engine and topology
+
 Every Kafka phase is checked as well as timed: its archive must hold exactly the dataset's
 event ids, and the pipelines' pages are compared with replay's. A phase that cannot finish in
 its time (--phase-timeout, shrunk when the run is late for --budget) is stopped and reported
@@ -42,10 +48,13 @@ import yaml
 from bench.perf.dataset import DEFAULT_CACHE, ROOT, Dataset, DatasetParams, generate
 
 PHASES = ("ceiling", "auditwatch", "faust", "replay", "state", "restore", "latency", "eos")
+OPTIONAL = ("engine", "floor")
 # The least each phase needs (seconds, checks included): a late run shrinks earlier phases'
 # timeouts so that these still fit in the budget.
 _RESERVE = {
     "ceiling": 25,
+    "engine": 25,
+    "floor": 30,
     "auditwatch": 35,
     "faust": 35,
     "replay": 25,
@@ -78,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=11)
     p.add_argument("--skip", default="", help=f"comma-separated phases to skip: {','.join(PHASES)}")
+    p.add_argument(
+        "--with",
+        dest="with_",
+        default="",
+        metavar="PHASES",
+        help=f"comma-separated optional phases to add: {','.join(OPTIONAL)}",
+    )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results JSON")
     p.add_argument(
         "--phase-timeout",
@@ -275,6 +291,10 @@ def run_phases(
 
         if "ceiling" not in skip:
             kafka("ceiling", ph.ceiling_argv)
+        if "engine" in args.with_phases:
+            kafka("engine", ph.engine_argv)
+        if "floor" in args.with_phases:
+            kafka("floor", ph.floor_argv)
         if "auditwatch" not in skip:
             kafka("auditwatch", ph.auditwatch_argv)
         if "faust" not in skip:
@@ -443,6 +463,8 @@ def headline(out: dict[str, Any], dataset: Dataset) -> dict[str, Any]:
         "ceiling_eps": eps("ceiling"),
         "pipeline_eps": eps("auditwatch"),
         "faust_eps": eps("faust"),
+        "engine_eps": eps("engine"),
+        "floor_eps": eps("floor"),
         "replay_eps": eps("replay"),
         "p50_alert_latency_ms": extra("latency", "p50_ms"),
         "p99_alert_latency_ms": extra("latency", "p99_ms"),
@@ -459,6 +481,8 @@ _ROWS = (
     ("ceiling_eps", "ceiling", "events/s"),
     ("pipeline_eps", "auditwatch", "events/s"),
     ("faust_eps", "faust", "events/s"),
+    ("engine_eps", "engine", "events/s"),
+    ("floor_eps", "floor", "events/s"),
     ("replay_eps", "replay", "events/s"),
     ("p50_alert_latency_ms", "latency", "ms"),
     ("p99_alert_latency_ms", "latency", "ms"),
@@ -477,6 +501,8 @@ def table(report: dict[str, Any]) -> str:
     ]
     for key, phase, unit in _ROWS:
         value = report.get(key)
+        if phase in OPTIONAL and phase not in report["complete"]:
+            continue
         text = "-" if value is None else f"{value:,}" if isinstance(value, int) else f"{value:,.1f}"
         complete = report["complete"].get(phase)
         checks = report["checks"].get(phase) or {}
@@ -522,6 +548,15 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    args.with_phases = {s.strip() for s in args.with_.split(",") if s.strip()}
+    unknown = args.with_phases - set(OPTIONAL)
+    if unknown:
+        print(
+            f"bench: unknown phase(s) in --with: {', '.join(sorted(unknown))}; "
+            f"optional: {', '.join(OPTIONAL)}",
+            file=sys.stderr,
+        )
+        return 2
     try:
         params = DatasetParams(args.events, args.machines, args.history_hours, args.seed)
     except ValueError as e:
@@ -530,7 +565,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     started_at = datetime.now(UTC)
     load_start = os.getloadavg()[0]
-    planned = [p for p in PHASES if p not in skip] + (["profile"] if args.profile else [])
+    planned = (
+        [p for p in PHASES if p not in skip]
+        + sorted(args.with_phases)
+        + (["profile"] if args.profile else [])
+    )
     budget = Budget(args.budget, planned)
     dataset = generate(params, args.cache_dir, log=_log)
     bootstrap, started_broker = _broker()
@@ -554,6 +593,7 @@ def main(argv: list[str] | None = None) -> int:
         "history_hours": args.history_hours,
         "seed": args.seed,
         "skip": sorted(skip),
+        "with": sorted(args.with_phases),
         "phase_timeout": args.phase_timeout,
         "replay_timeout": args.replay_timeout,
         "budget": args.budget,

@@ -188,6 +188,10 @@ class PhaseResult:
         return out
 
 
+# Workers that only archive: their work ends with their last archive record.
+_ONE_STAGE = ("ceiling", "engine")
+
+
 def kafka_phase(
     run: Run,
     name: str,
@@ -224,8 +228,9 @@ def kafka_phase(
     result.checks["archive"] = check_archive(
         archive, run.dataset, expected_ids, complete=result.progress.complete
     )
-    _refine(result.progress, archive, worker.started_wall, stage2=name != "ceiling")
-    if name != "ceiling":
+    stage2 = name not in _ONE_STAGE
+    _refine(result.progress, archive, worker.started_wall, stage2=stage2)
+    if stage2:
         # Stage 1 can run ahead of detection: an event counts once both stages are done.
         detected = committed_count(cfg, cfg.kafka.consumer_group, cfg.topics.detect)
         result.extra["archived"] = result.progress.processed
@@ -276,6 +281,16 @@ def auditwatch_argv(config_path: Path) -> list[str]:
 
 def ceiling_argv(config_path: Path) -> list[str]:
     return python_module("bench.ceiling", "--config", str(config_path))
+
+
+def engine_argv(config_path: Path) -> list[str]:
+    return python_module("bench.engine", "--config", str(config_path))
+
+
+def floor_argv(config_path: Path) -> list[str]:
+    return python_module(
+        "bench.floor", "--log-level", "warning", "run", "--config", str(config_path)
+    )
 
 
 def faust_argv(config_path: Path, datadir: Path) -> list[str]:
