@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import fastavro
 import orjson
 
+from schemas import avro_write
 from schemas.event import AuditEvent, InvalidEvent, Limits, event_from_mapping
 from schemas.registry import FIXED_IDS, NAME_BY_ID, parsed
 
@@ -165,6 +166,17 @@ def encode_archive(
     archived_at_ms: int,
     schema_id: int = FIXED_IDS["archive_record"],
 ) -> bytes:
+    if avro_write.FAST:
+        return avro_write.archive_record(
+            _HEADER.pack(MAGIC, schema_id),
+            event,
+            original_format,
+            original_sha256,
+            topic,
+            partition,
+            offset,
+            archived_at_ms,
+        )
     return _wire(
         schema_id,
         parsed("archive_record"),

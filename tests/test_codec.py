@@ -431,3 +431,107 @@ def test_archive_record_avsc_parses_with_avro_when_expanded() -> None:
 @pytest.mark.parametrize("name", list(FIXED_IDS))
 def test_expanded_schema_parses_with_fastavro(name: str) -> None:
     fastavro.parse_schema(orjson.loads(expand_for_registry(name)), named_schemas={})
+
+
+def _fastavro_archive(event: AuditEvent, schema_id: int, **origin: Any) -> bytes:
+    """The archive record as fastavro's generic writer encodes it."""
+    buf = io.BytesIO()
+    buf.write(struct.pack(">bI", 0, schema_id))
+    fastavro.schemaless_writer(
+        buf,
+        fastavro.parse_schema(
+            strip_logical_types(schema_json("archive_record")),
+            named_schemas={"dev.auditwatch.AuditEvent": _PARSED_EVENT},
+        ),
+        {
+            "event": event.to_avro(),
+            "event_id_derived": event.event_id_derived,
+            "original_format": origin["original_format"],
+            "original_sha256": origin["original_sha256"],
+            "original_topic": origin["topic"],
+            "original_partition": origin["partition"],
+            "original_offset": origin["offset"],
+            "archived_at": origin["archived_at_ms"],
+        },
+    )
+    return buf.getvalue()
+
+
+_PARSED_EVENT = fastavro.parse_schema(strip_logical_types(schema_json("audit_event")))
+
+_ODD_EVENTS = [
+    AuditEvent("e-1", 1_767_571_200_244_123, "m", "r", "GET", "SUCCESS"),
+    AuditEvent(
+        "é-ü-中",  # multi-byte: lengths count bytes, not characters
+        -86_400_000_001,  # before 1970: a negative timestamp
+        "machine-with-a-long-name-" * 20,
+        "s3://bucket/" + "k" * 20_000,  # past the table of small lengths
+        "PUT",
+        "FAILURE",
+        source_ip="10.0.0.1",
+        identity_type="iam-role",
+        source="cloudtrail",
+        attributes={"zone": "eu-west-1a", "ünï": "cödé", "": ""},
+        event_id_derived=True,
+    ),
+    AuditEvent(
+        "e-3", 0, "m", "r", "DELETE", "DENIED", attributes={f"k{i}": str(i) for i in range(300)}
+    ),
+]
+_ORIGINS = [
+    {"topic": "t.events", "partition": 0, "offset": 0},
+    {"topic": "t", "partition": 7, "offset": (1 << 14) - 1},  # the table's last entry
+    {"topic": "t", "partition": 2**31 - 1, "offset": 2**63 - 1},
+    {"topic": None, "partition": None, "offset": None},
+    {"topic": "events.jsonl", "partition": None, "offset": 1 << 14},
+]
+
+
+@pytest.mark.parametrize("event", _ODD_EVENTS)
+@pytest.mark.parametrize("origin", _ORIGINS)
+@pytest.mark.parametrize("fmt", ["AVRO", "JSON", "K8S_AUDIT"])
+def test_archive_record_bytes_are_what_fastavro_writes(
+    event: AuditEvent, origin: dict[str, Any], fmt: str
+) -> None:
+    kw = {
+        **origin,
+        "original_format": fmt,
+        "original_sha256": hashlib.sha256(event.event_id.encode()).digest(),
+        "archived_at_ms": 1_767_571_300_000,
+    }
+    for schema_id in (FIXED_IDS["archive_record"], 100_042):  # a registry's id
+        assert encode_archive(event, schema_id=schema_id, **kw) == _fastavro_archive(
+            event, schema_id, **kw
+        )
+
+
+def test_the_archive_record_is_written_by_hand_for_the_bundled_layout() -> None:
+    from schemas import avro_write
+
+    assert avro_write.FAST
+
+
+def test_an_edited_schema_falls_back_to_fastavro(monkeypatch: pytest.MonkeyPatch) -> None:
+    from schemas import avro_write
+
+    def edited(name: str) -> dict[str, Any]:
+        schema = copy.deepcopy(schema_json(name))
+        if name == "archive_record":
+            schema["fields"].insert(2, {"name": "note", "type": "string", "default": ""})
+        return schema
+
+    monkeypatch.setattr(avro_write, "schema_json", edited)
+    assert not avro_write.layout_matches()
+
+
+def test_an_archive_digest_of_the_wrong_size_is_refused() -> None:
+    with pytest.raises(ValueError, match="33 bytes, not 32"):
+        encode_archive(
+            _ODD_EVENTS[0],
+            original_format="AVRO",
+            original_sha256=b"x" * 33,
+            topic=None,
+            partition=None,
+            offset=None,
+            archived_at_ms=0,
+        )
