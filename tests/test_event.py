@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -14,6 +14,7 @@ from schemas.event import (
     InvalidEvent,
     Limits,
     event_from_mapping,
+    format_rfc3339_ms,
     parse_timestamp_us,
 )
 
@@ -410,3 +411,24 @@ def test_time_is_utc_aware() -> None:
     ev = parse(raw(timestamp="2026-01-01T05:30:00.250+05:30"))
     assert ev.time == datetime(2026, 1, 1, 0, 0, 0, 250_000, tzinfo=UTC)
     assert ev.timestamp_ms == T_MS + 250
+
+
+@pytest.mark.parametrize(
+    "ms",
+    [
+        0,
+        999,
+        1000,
+        -1,  # 1969-12-31T23:59:59.999Z
+        -1001,
+        1_767_571_200_244,
+        1_767_571_200_999,
+        1_767_571_201_000,
+        253_402_300_799_999,  # the last millisecond of year 9999
+    ],
+)
+def test_rfc3339_form_of_epoch_milliseconds(ms: int) -> None:
+    want = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
+    assert format_rfc3339_ms(ms) == want.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    # Twice: the second comes from the cache of whole seconds.
+    assert format_rfc3339_ms(ms) == format_rfc3339_ms(ms)
