@@ -17,7 +17,6 @@ import argparse
 import hashlib
 import io
 import signal
-import struct
 import sys
 import time
 from typing import Any
@@ -25,44 +24,49 @@ from typing import Any
 import fastavro
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-from schemas.registry import FIXED_IDS, parsed
+from schemas.codec import encode_archive
+from schemas.event import AuditEvent
+from schemas.registry import parsed
 from streams.config import load_config
-
-_HEADER = struct.Struct(">bI")
 
 
 class Archiver:
     """The ceiling's whole work on one message (shared with bench.engine): decode the input
-    value, and encode the archive record, returned with its key (the event id)."""
+    value, and encode the archive record, returned with its key (the event id). The record
+    is encoded as `auditwatch run` encodes it (`schemas.codec.encode_archive`), from the
+    decoded fields as they are: no validation."""
 
     def __init__(self) -> None:
         self.reader_schema = parsed("audit_event")
-        self.archive_schema = parsed("archive_record")
-        self.header = _HEADER.pack(0, FIXED_IDS["archive_record"])
 
     def __call__(
         self, value: bytes, topic: str, partition: int, offset: int
     ) -> tuple[bytes, bytes]:
         buf = io.BytesIO(value)
         buf.seek(5)
-        record: Any = fastavro.schemaless_reader(buf, self.reader_schema, None)
-        out = io.BytesIO()
-        out.write(self.header)
-        fastavro.schemaless_writer(
-            out,
-            self.archive_schema,
-            {
-                "event": record,
-                "event_id_derived": False,
-                "original_format": "AVRO",
-                "original_sha256": hashlib.sha256(value).digest(),
-                "original_topic": topic,
-                "original_partition": partition,
-                "original_offset": offset,
-                "archived_at": time.time_ns() // 1_000_000,
-            },
+        r: Any = fastavro.schemaless_reader(buf, self.reader_schema, None)
+        event = AuditEvent(
+            r["event_id"],
+            r["timestamp"] * 1000,
+            r["machine_id"],
+            r["resource"],
+            r["operation"],
+            r["outcome"],
+            r["source_ip"],
+            r["identity_type"],
+            r["source"],
+            r["attributes"],
         )
-        return (record["event_id"] or "").encode(), out.getvalue()
+        record = encode_archive(
+            event,
+            original_format="AVRO",
+            original_sha256=hashlib.sha256(value).digest(),
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            archived_at_ms=time.time_ns() // 1_000_000,
+        )
+        return (r["event_id"] or "").encode(), record
 
 
 def run(config_path: str, batch: int, flush_every_s: float) -> int:
