@@ -15,18 +15,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import signal
 import sys
 import time
 from typing import Any
 
-import fastavro
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-from schemas.codec import encode_archive
-from schemas.event import AuditEvent
-from schemas.registry import parsed
+from schemas.codec import decode_canonical, encode_archive
 from streams.config import load_config
 
 
@@ -36,27 +32,10 @@ class Archiver:
     is encoded as `auditwatch run` encodes it (`schemas.codec.encode_archive`), from the
     decoded fields as they are: no validation."""
 
-    def __init__(self) -> None:
-        self.reader_schema = parsed("audit_event")
-
     def __call__(
         self, value: bytes, topic: str, partition: int, offset: int
     ) -> tuple[bytes, bytes]:
-        buf = io.BytesIO(value)
-        buf.seek(5)
-        r: Any = fastavro.schemaless_reader(buf, self.reader_schema, None)
-        event = AuditEvent(
-            r["event_id"],
-            r["timestamp"] * 1000,
-            r["machine_id"],
-            r["resource"],
-            r["operation"],
-            r["outcome"],
-            r["source_ip"],
-            r["identity_type"],
-            r["source"],
-            r["attributes"],
-        )
+        event = decode_canonical(value)
         record = encode_archive(
             event,
             original_format="AVRO",
@@ -66,7 +45,7 @@ class Archiver:
             offset=offset,
             archived_at_ms=time.time_ns() // 1_000_000,
         )
-        return (r["event_id"] or "").encode(), record
+        return (event.event_id or "").encode(), record
 
 
 def run(config_path: str, batch: int, flush_every_s: float) -> int:

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from schemas.event import AuditEvent
+from schemas.event import OUTCOMES, AuditEvent
 from schemas.registry import schema_json, strip_logical_types
 
 _NULLABLE_STRING = ("union", "null", "string")
@@ -31,7 +31,7 @@ _AUDIT_EVENT = (
     ("machine_id", "string"),
     ("resource", "string"),
     ("operation", "string"),
-    ("outcome", ("enum", "SUCCESS", "FAILURE", "DENIED")),
+    ("outcome", ("enum", *OUTCOMES)),
     ("source_ip", _NULLABLE_STRING),
     ("identity_type", _NULLABLE_STRING),
     ("source", _NULLABLE_STRING),
@@ -99,7 +99,7 @@ def _long(n: int) -> bytes:
 
 _NULL = b"\x00"
 _SOME = b"\x02"  # the second branch of a ["null", X] union
-_OUTCOME = {s: _long(i) for i, s in enumerate(("SUCCESS", "FAILURE", "DENIED"))}
+_OUTCOME = {s: _long(i) for i, s in enumerate(OUTCOMES)}
 _FORMAT = {s: _long(i) for i, s in enumerate(_ORIGINAL_FORMATS)}
 
 
@@ -118,6 +118,14 @@ def _optional(parts: list[bytes], s: str | None) -> None:
     parts.append(_SOME)
     parts.append(_long(len(b)))
     parts.append(b)
+
+
+def _optional_long(parts: list[bytes], n: int | None) -> None:
+    if n is None:
+        parts.append(_NULL)
+        return
+    parts.append(_SOME)
+    parts.append(_long(n))
 
 
 def _event(parts: list[bytes], e: AuditEvent) -> None:
@@ -155,15 +163,7 @@ def archive_record(
     parts.append(_FORMAT[original_format])
     parts.append(original_sha256)
     _optional(parts, topic)
-    if partition is None:
-        parts.append(_NULL)
-    else:
-        parts.append(_SOME)
-        parts.append(_long(partition))
-    if offset is None:
-        parts.append(_NULL)
-    else:
-        parts.append(_SOME)
-        parts.append(_long(offset))
+    _optional_long(parts, partition)
+    _optional_long(parts, offset)
     parts.append(_long(archived_at_ms))
     return b"".join(parts)
