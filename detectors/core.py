@@ -691,6 +691,27 @@ class DetectionCore:
             watch.entries.pop(event.machine_id, None)
         if source != "seed":
             watch.advance(str(source), ts, cfg.silence_max_skew_s * 1000)
+        return self._sweep_if_due(watch, kv, partition)
+
+    def punctuate(self, kv: KeyValue, partition: Any, clocks: dict[str, int]) -> list[Alert]:
+        """Move a store's silence clock with the event time of other sources (the runtime's
+        other partitions, `clocks`: source -> latest event time), so a machine whose own
+        partition has gone quiet is still judged; sweeps when a minute of that clock is due."""
+        watch = self._watches.get(kv, partition)
+        skew = self.config.silence_max_skew_s * 1000
+        for source, ts in clocks.items():
+            watch.advance(source, ts, skew)
+        return self._sweep_if_due(watch, kv, partition)
+
+    def forget_partition(self, partition: Any) -> None:
+        """Drop what is kept in memory for a partition this worker no longer owns."""
+        self._watches.drop(partition)
+        self._indexes.pop(partition, None)
+        self._storms.pop(partition, None)
+        if self.working is not None:
+            self.working.drop(partition)
+
+    def _sweep_if_due(self, watch: SilenceWatch, kv: KeyValue, partition: Any) -> list[Alert]:
         if watch.clock_ms < watch.next_sweep_ms:
             return []
         watch.next_sweep_ms = watch.clock_ms + SWEEP_EVERY_MS

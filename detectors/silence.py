@@ -96,6 +96,9 @@ class SilenceWatches:
             self._by_partition[partition] = watch
         return watch
 
+    def drop(self, partition: Any) -> None:
+        self._by_partition.pop(partition, None)
+
     @staticmethod
     def save(kv: KeyValue, watch: SilenceWatch) -> None:
         watch.gen += 1

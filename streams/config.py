@@ -47,27 +47,53 @@ class KafkaSettings(_Model):
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     processing_guarantee: Literal["at-least-once", "exactly-once"] = "at-least-once"
     commit_interval_s: float = Field(5.0, gt=0)
-    max_input_skew_s: float = Field(
-        60.0,
-        ge=0,
-        description="How far ahead in event time one input partition may be read of the "
-        "slowest one that has records left (a backlog is otherwise read in chunks of hours, "
-        "and a peer group's members reach detection out of order); 0 turns it off.",
-    )
     state_dir: str = "state"
-    input_buffer_records: int = Field(
-        8_192,
-        ge=16,
-        description="Records of one input partition that the event-time alignment keeps in "
-        "memory while it holds the partition back (a few hundred bytes each); past that the "
-        "partition is paused in librdkafka, which drops what it had prefetched for it.",
+    batch_max_records: int = Field(
+        1_000,
+        ge=1,
+        description="Records one poll of the micro-batch loop takes at most "
+        "(`consume(num_messages=...)`); the loop processes them, then commits when due.",
+    )
+    batch_max_wait_s: float = Field(
+        0.1,
+        gt=0,
+        le=5,
+        description="How long one poll waits for a batch to fill: the added latency when "
+        "input is sparse.",
+    )
+    partitioner: Literal["murmur2", "consistent_random"] = Field(
+        "murmur2",
+        description="The partitioner producers use for keys: murmur2 (Java clients, Kafka's "
+        "tools, `auditwatch produce`) or consistent_random (CRC32: librdkafka clients such as "
+        "kcat and rsyslog's omkafka by default). An event found in another partition than its "
+        "machine's is forwarded once to the repartition topic.",
+    )
+    instance_id: str | None = Field(
+        None,
+        description="Static group membership (`group.instance.id`) and the transactional id's "
+        "suffix: stable across restarts, so a restarted worker gets its partitions back at "
+        "once and fences its previous incarnation. Unset: $AUDITWATCH_INSTANCE_ID, then "
+        "$POD_NAME, then the host name with a digest of the state directory. '' turns static "
+        "membership off.",
+    )
+    session_timeout_s: float = Field(
+        45.0,
+        ge=6,
+        le=300,
+        description="How long the group waits for a silent worker (crashed, or stopped: a "
+        "static member does not leave the group) before its partitions move to another.",
+    )
+    transaction_timeout_s: float = Field(
+        60.0,
+        ge=5,
+        description="exactly-once: the broker aborts a transaction open longer than this.",
     )
     working_copy_machines: int = Field(
         20_000,
         ge=0,
-        description="Machine states the detection stage keeps decoded between checkpoints "
-        "(roughly 10 KB of memory each), written to the state store and its changelog at each "
-        "commit; 0 writes every event's state through instead.",
+        description="Machine states kept decoded between commits (roughly 10 KB of memory "
+        "each), written to the partition's state and its changelog at each commit; 0 writes "
+        "every event's state through instead.",
     )
     librdkafka: dict[str, str | int | float | bool] = Field(
         default_factory=dict,
@@ -106,7 +132,18 @@ class TopicSettings(_Model):
     deadletter: str = "audit.deadletter"
     detect: str = Field(
         "audit.detect",
-        description="Internal: valid events re-keyed by peer group for the detection stage.",
+        description="Internal, the repartition topic: events that arrived in another input "
+        "partition than their machine's, forwarded once, keyed by machine id.",
+    )
+    state: str | None = Field(
+        None,
+        description="Internal, compacted: each input partition's state changelog. Unset: "
+        "`<consumer_group>.state`.",
+    )
+    peers: str | None = Field(
+        None,
+        description="Internal, compacted: peer-group knowledge every worker reads in full. "
+        "Unset: `<consumer_group>.peers`.",
     )
     control: str = Field(
         "audit.control",
@@ -434,6 +471,14 @@ class Config(_Model):
     http: HttpSettings = HttpSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     webhook: WebhookSettings = WebhookSettings()
+
+    @property
+    def state_topic(self) -> str:
+        return self.topics.state or f"{self.kafka.consumer_group}.state"
+
+    @property
+    def peers_topic(self) -> str:
+        return self.topics.peers or f"{self.kafka.consumer_group}.peers"
 
     def masked(self) -> dict[str, Any]:
         """The effective config for logs and `config check`: secrets masked by SecretStr, and

@@ -209,8 +209,8 @@ class Telemetry:
         self.input_idle_s: float | None = None
         # The control-topic reader (acks and snoozes), set by the runtime once it starts.
         self.control: Any = None
-        # The input aligner (streams.align), when kafka.max_input_skew_s is on.
-        self.aligner: Any = None
+        # The runtime's worker (streams.runtime.loop), for its rewinds, restores and tasks.
+        self.worker: Any = None
         self.state_dir = cfg.kafka.state_dir
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_Collector(self))
@@ -423,8 +423,8 @@ class _Collector:
             )
             idle.add_metric([], round(t.input_idle_s, 1))
             yield idle
-        if t.aligner is not None:
-            yield from _alignment(t.aligner)
+        if t.worker is not None:
+            yield from _runtime(t.worker)
         if t.control is not None:
             control = GaugeMetricFamily(
                 "auditwatch_control_reader_healthy",
@@ -446,35 +446,27 @@ class _Collector:
         yield info
 
 
-def _alignment(a: Any) -> Iterator[Metric]:
+def _runtime(w: Any) -> Iterator[Metric]:
     # Read while the processing thread writes: each figure is one step under the GIL.
     figures: list[tuple[Any, str, str, float]] = [
         (
             GaugeMetricFamily,
-            "auditwatch_input_held_partitions",
-            "Input partitions held back now for being ahead in event time "
-            "(kafka.max_input_skew_s).",
-            len(a.held),
+            "auditwatch_runtime_partitions",
+            "Input partitions this worker owns (one task each, with its state).",
+            len(w.tasks),
         ),
         (
             CounterMetricFamily,
-            "auditwatch_input_holds",
-            "Times an input partition was held back for being ahead.",
-            a.holds,
-        ),
-        (
-            GaugeMetricFamily,
-            "auditwatch_input_buffered_records",
-            "Input records read but held back, in memory (kafka.input_buffer_records per "
-            "partition).",
-            a.buffered,
+            "auditwatch_runtime_rewinds",
+            "Times the worker went back to its last commit (a failed delivery or commit, a "
+            "fenced or aborted transaction, lost partitions).",
+            w.rewinds,
         ),
         (
             CounterMetricFamily,
-            "auditwatch_input_fetch_pauses",
-            "Times a held partition's full buffer paused it in librdkafka, which then fetches "
-            "again what it had prefetched: often means kafka.input_buffer_records is small.",
-            a.fetch_pauses,
+            "auditwatch_runtime_restores",
+            "Partition states restored from the changelog (assignments and rewinds).",
+            w.restores,
         ),
     ]
     for family, name, text, value in figures:

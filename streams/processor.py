@@ -1,8 +1,9 @@
 """One message in, output records out: decode, validate, dedupe by event_id, archive, detect.
 
-Shared by `auditwatch run` (inside the Quix graph, state in its stores) and `auditwatch replay`
-(state in memory). It produces records as data (`Output`); the runtime decides how to write
-them, so the dead letters share the runtime's processing guarantee.
+Shared by `auditwatch run` (in the micro-batch runtime, state per input partition, see
+streams.runtime) and `auditwatch replay` (state in memory). It produces records as data
+(`Output`); the runtime decides how to write them, so the dead letters share the runtime's
+processing guarantee.
 """
 
 from __future__ import annotations
@@ -68,6 +69,15 @@ class Store(Protocol):
 
 
 SEEN = b"e"
+# Between the machine and the event id in archive keys and the dedupe index: a control
+# character, so no machine id can run into an event id.
+KEY_SEP = "\x1f"
+
+
+def archive_key(event: AuditEvent) -> str:
+    """The archive record's key: the machine and the event id, so an event id that another
+    machine reuses is a record of its own and never overwrites one on compaction."""
+    return event.machine_id + KEY_SEP + event.event_id
 
 
 class MemoryStore:
@@ -155,6 +165,66 @@ class Processor:
                 self.sleep(delay)
                 delay = min(delay * 2, 30.0)
 
+    def decode(
+        self, value: bytes | None, key: bytes | None, origin: Origin
+    ) -> tuple[AuditEvent, str, int] | Output:
+        """The event, its original format and the processing time of the decode; or the dead
+        letter that rejects the message."""
+        self.metrics["events_in"] += 1
+        try:
+            event, fmt, now = self._decode(value)
+        except RejectedInput as e:
+            log.info("dead letter %s at %s: %s", e.reason, origin, e.message)
+            return self.dead_letter(e, key, value, origin)
+        if key is not None and key != event.machine_id.encode():
+            self.metrics["key_mismatch"] += 1
+        return event, fmt, now
+
+    def admit(
+        self,
+        event: AuditEvent,
+        value: bytes | None,
+        key: bytes | None,
+        origin: Origin,
+        store: Store,
+        fmt: str,
+        now: int,
+        archive: bool = True,
+    ) -> tuple[list[Output], bool]:
+        """Dedupe a decoded event against `store` (the partition of its machine): the records
+        to write, and whether the event is new (to run detection on). An exact re-send is
+        dropped and counted; the same id with other content is a dead letter."""
+        record_key = archive_key(event)
+        digest = event.content_digest()
+        seen = store.get(SEEN, record_key)
+        if seen is not None:
+            if seen == digest:
+                self.metrics["duplicates"] += 1
+                return [], False
+            self.metrics["conflicting_duplicates"] += 1
+            err = RejectedInput(
+                "conflicting_duplicate",
+                f"event_id {event.event_id!r} of {event.machine_id!r} was already archived "
+                "with different content; the archived record is kept",
+                "dedupe",
+                event_id=event.event_id,
+            )
+            return [self.dead_letter(err, key, value, origin)], False
+        store.set(SEEN, record_key, digest)
+        self.metrics["archived"] += 1
+        if not archive:
+            return [], True
+        record = encode_archive(
+            event,
+            original_format=fmt,
+            original_sha256=sha256(value or b""),
+            topic=origin.topic,
+            partition=origin.partition,
+            offset=origin.offset,
+            archived_at_ms=now,
+        )
+        return [Output("archive", record_key.encode(), record)], True
+
     def ingest(
         self,
         value: bytes | None,
@@ -168,43 +238,14 @@ class Processor:
         to run detection on (None for an invalid message or an exact re-send). `archive`:
         False for callers that write no archive (replay and the other file tools), which then
         get no archive record to discard."""
-        self.metrics["events_in"] += 1
-        try:
-            event, fmt, now = self._decode(value)
-        except RejectedInput as e:
-            log.info("dead letter %s at %s: %s", e.reason, origin, e.message)
-            return [self.dead_letter(e, key, value, origin)], None
-        if key is not None and key != event.machine_id.encode():
-            self.metrics["key_mismatch"] += 1
-        digest = event.content_digest()
-        seen = store.get(SEEN, event.event_id)
-        if seen is not None:
-            if seen == digest:
-                self.metrics["duplicates"] += 1
-                return [], None
-            self.metrics["conflicting_duplicates"] += 1
-            err = RejectedInput(
-                "conflicting_duplicate",
-                f"event_id {event.event_id!r} was already archived with different content; "
-                "the archived record is kept",
-                "dedupe",
-                event_id=event.event_id,
-            )
-            return [self.dead_letter(err, key, value, origin)], None
-        store.set(SEEN, event.event_id, digest)
-        self.metrics["archived"] += 1
-        if not archive:
-            return [], event
-        record = encode_archive(
-            event,
-            original_format=original_format or fmt,
-            original_sha256=sha256(value or b""),
-            topic=origin.topic,
-            partition=origin.partition,
-            offset=origin.offset,
-            archived_at_ms=now,
+        decoded = self.decode(value, key, origin)
+        if isinstance(decoded, Output):
+            return [decoded], None
+        event, fmt, now = decoded
+        outputs, new = self.admit(
+            event, value, key, origin, store, original_format or fmt, now, archive
         )
-        return [Output("archive", event.event_id.encode(), record)], event
+        return outputs, event if new else None
 
     def ingest_record(self, rec: RawRecord, store: Store) -> tuple[list[Output], AuditEvent | None]:
         """`ingest` of a record read from a file, for the file tools: they write no archive."""
@@ -235,6 +276,20 @@ class Processor:
         if learn_only:
             self.metrics["seeded"] += 1
             return []
+        return self._alert_outputs(alerts) if alerts else []
+
+    def punctuate(self, store: Store, partition: int, clocks: dict[str, int]) -> list[Output]:
+        """Time-driven detection for one partition (the silence sweep), as event time moves
+        elsewhere; guarded as `detect` is."""
+        try:
+            alerts = self.core.punctuate(store, partition, clocks)
+        except Exception:
+            self.metrics["detector_errors"] += 1
+            log.exception("silence sweep failed for partition %d", partition)
+            return []
+        return self._alert_outputs(alerts)
+
+    def _alert_outputs(self, alerts: list[Alert]) -> list[Output]:
         out = []
         for a in alerts:
             self.metrics[f"alerts.{a.status}"] += 1

@@ -1,9 +1,9 @@
 """`auditwatch seed`: build baselines from history so a new deployment is not blind in warm-up.
 
 History (event files, or the archive topic over an event-time range) is validated, sorted by
-event time and sent to the detection stage's topic marked as seed records: the detection
-stage learns from them exactly as from live events, through the same state stores and
-changelogs, but raises no alerts. Nothing is archived again. Seed before live traffic
+event time and sent to the repartition topic, each event to its machine's partition, marked
+as seed records: the worker learns from them exactly as from live events, through the same
+state and changelogs, but raises no alerts. Nothing is archived again. Seed before live traffic
 reaches the same machines: baselines learn in event-time order.
 """
 
@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-from schemas.codec import SEED_SOURCE, encode_detect
+from schemas.codec import encode_event_avro
 from schemas.event import AuditEvent, event_from_mapping
 from streams.config import Config
 from streams.processor import MemoryStore, Processor
@@ -232,23 +232,24 @@ class _ArchiveProgress:
 
 
 def send_seed(cfg: Config, events: list[AuditEvent], stats: SeedStats) -> None:
-    """Sort by event time and produce to the detection topic, keyed by peer group."""
-    from detectors.core import DetectionCore
+    """Sort by event time and produce to the repartition topic, each event to the partition
+    of its machine, marked as seed records."""
     from streams.producer import make_producer
+    from streams.runtime.routing import Router
 
-    core = DetectionCore(cfg.detectors.build())
     events.sort(key=lambda e: e.ts_us)
     producer = make_producer(cfg)
+    meta = topic_metadata(producer, cfg.topics.detect, time.monotonic() + 30)
+    router = Router(cfg.kafka.partitioner, len(meta.partitions))
     headers = [(SEED_HEADER, b"1")]
     for i, event in enumerate(_progress(events)):
-        key = core.group_of(event).encode()
+        key = event.machine_id.encode()
+        value = encode_event_avro(event.to_avro())
+        partition = router.partition(event.machine_id)
         while True:
             try:
                 producer.produce(
-                    cfg.topics.detect,
-                    key=key,
-                    value=encode_detect(event, SEED_SOURCE),
-                    headers=headers,
+                    cfg.topics.detect, key=key, value=value, partition=partition, headers=headers
                 )
                 break
             except BufferError:
@@ -270,7 +271,7 @@ def _progress(events: list[AuditEvent]) -> Iterator[AuditEvent]:
 
 
 def is_seed(headers: object) -> bool:
-    """Whether a detection-topic record carries the seed marker."""
+    """Whether a repartition-topic record carries the seed marker."""
     if not headers:
         return False
     items = headers.items() if isinstance(headers, dict) else headers

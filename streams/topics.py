@@ -20,10 +20,17 @@ class TopicSpec:
     config: dict[str, str] = field(default_factory=dict)
 
 
-def topic_specs(cfg: Config, overrides: dict[str, dict[str, str]] | None = None) -> list[TopicSpec]:
+def topic_specs(
+    cfg: Config,
+    overrides: dict[str, dict[str, str]] | None = None,
+    input_partitions: int | None = None,
+) -> list[TopicSpec]:
     """The topics and why each is configured as it is. `overrides` (role -> settings) is for
-    tests that need e.g. a short segment.ms to see compaction."""
+    tests that need e.g. a short segment.ms to see compaction. `input_partitions`: the input
+    topic's partition count where it exists already; the repartition and state topics are
+    co-partitioned with it (partition p of each belongs to input partition p)."""
     t = cfg.topics
+    internal = input_partitions or t.partitions
     specs = [
         TopicSpec(
             "events",
@@ -66,14 +73,32 @@ def topic_specs(cfg: Config, overrides: dict[str, dict[str, str]] | None = None)
                 "retention.ms": str(t.archive_retention_ms),
             },
         ),
-        # Internal: accepted events keyed by peer group, so one partition holds a whole group
-        # (its shared baselines) for the detection stage. Only needs to outlive processing lag.
+        # Internal, the repartition topic: events that arrived in another partition than their
+        # machine's, forwarded once. Only needs to outlive processing lag.
         TopicSpec(
             "detect",
             t.detect,
-            t.partitions,
+            internal,
             t.replication_factor,
             {"retention.ms": str(t.events_retention_ms), "compression.type": "lz4"},
+        ),
+        # Internal: each input partition's state changelog (compaction keeps each key's
+        # latest value, which is all a restore needs), never deleted by age.
+        TopicSpec(
+            "state",
+            cfg.state_topic,
+            internal,
+            t.replication_factor,
+            {"cleanup.policy": "compact", "retention.ms": "-1", "compression.type": "lz4"},
+        ),
+        # Internal: peer-group knowledge, one record per writer and key, read in full by
+        # every worker. Small after warm-up.
+        TopicSpec(
+            "peers",
+            cfg.peers_topic,
+            1,
+            t.replication_factor,
+            {"cleanup.policy": "compact", "retention.ms": "-1", "compression.type": "lz4"},
         ),
         # On-call's ack/snooze per alert_id: compaction keeps each alert's latest decision,
         # and every worker reads the whole topic at start.
@@ -128,8 +153,9 @@ def ensure_topics(
     """Create missing topics; report existing ones whose partitions or configs differ. Never
     alters an existing topic: changing a live audit topic is an operator's decision."""
     admin = AdminClient(cfg.kafka.client_config())
-    specs = topic_specs(cfg, overrides)
     existing = admin.list_topics(timeout=timeout).topics
+    source = existing.get(cfg.topics.events)
+    specs = topic_specs(cfg, overrides, len(source.partitions) if source is not None else None)
     reports: dict[str, TopicReport] = {}
     to_create = [s for s in specs if s.name not in existing]
     if to_create:

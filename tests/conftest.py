@@ -74,7 +74,16 @@ class Stack:
             },
             "topics": {
                 role: f"{self.prefix}.{role}"
-                for role in ("events", "alerts", "archive", "deadletter", "detect", "control")
+                for role in (
+                    "events",
+                    "alerts",
+                    "archive",
+                    "deadletter",
+                    "detect",
+                    "control",
+                    "state",
+                    "peers",
+                )
             },
         }
         for dotted, value in settings.items():

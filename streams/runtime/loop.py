@@ -1,0 +1,461 @@
+"""The worker: poll a batch, hand each record to its partition's task, punctuate, commit.
+
+One consumer subscribes to the input topic and the repartition topic with the range assignor,
+so input partition p and repartition partition p always belong to the same worker (the two
+topics have the same partition count; checked at start). Membership is static by default
+(`group.instance.id`, see KafkaSettings.instance_id): a restarted worker gets its partitions
+back without waiting out the session timeout.
+
+The loop, after Kafka Streams' `StreamThread.runOnce`:
+1. `consume(batch_max_records, batch_max_wait_s)`; each record goes to its task;
+2. punctuate: each task's silence clock moves with every partition's event time;
+3. every `commit_interval_s`: the working copy of machine states is written into the
+   partitions' state, the changed state and peer records are produced, and the commit policy
+   commits them with the outputs and the input offsets.
+
+Rebalances: an assignment creates each new partition's task and restores its state from the
+changelog before its first record; a revocation commits, then drops the revoked tasks; a lost
+assignment drops them without committing. A failed commit (`Rewind`) rewinds every owned
+partition to its committed offset and reloads its state; a broker outage is waited out. The
+worker exits only when asked to (SIGTERM/SIGINT, or `stop`), after a last commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
+
+from detectors.explain import explain_machine
+from streams.config import Config
+from streams.metrics import Telemetry
+from streams.processor import Processor
+from streams.reload import ConfigReloader
+from streams.runtime.commit import AtLeastOnce, ExactlyOnce, Rewind
+from streams.runtime.peers import PeerReader, PeerTable
+from streams.runtime.routing import Router
+from streams.runtime.state import restore, restore_consumer
+from streams.runtime.task import Task
+
+log = logging.getLogger("auditwatch.runtime")
+
+# How often the peers topic is polled for other workers' records, and the progress logged.
+_PEERS_EVERY_S = 0.5
+_PROGRESS_EVERY_S = 30.0
+_ERROR_LOG_EVERY_S = 10.0
+
+
+def default_instance_id(cfg: Config) -> str:
+    """Stable across restarts of one deployment's worker: the pod or host name, and the
+    state directory (two workers on one host have two)."""
+    env = os.environ.get("AUDITWATCH_INSTANCE_ID") or os.environ.get("POD_NAME")
+    if env:
+        return env
+    digest = hashlib.sha1(os.path.abspath(cfg.kafka.state_dir).encode()).hexdigest()[:8]
+    return f"{socket.gethostname()}-{digest}"
+
+
+def instance_id(cfg: Config) -> str | None:
+    """`group.instance.id`, or None for dynamic membership."""
+    configured = cfg.kafka.instance_id
+    if configured is not None:
+        return configured or None
+    return default_instance_id(cfg)
+
+
+class TopicLayoutError(RuntimeError):
+    """The internal topics are not partitioned as the input topic."""
+
+
+class Worker:
+    def __init__(
+        self,
+        cfg: Config,
+        processor: Processor,
+        telemetry: Telemetry,
+        reloader: ConfigReloader | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.processor = processor
+        self.core = processor.core
+        self.telemetry = telemetry
+        self.reloader = reloader
+        k = cfg.kafka
+        t = cfg.topics
+        self.events_topic = t.events
+        self.repartition_topic = t.detect
+        self.state_topic = cfg.state_topic
+        self.peers_topic = cfg.peers_topic
+        self.outputs = {
+            "archive": t.archive,
+            "deadletter": t.deadletter,
+            "alert": t.alerts,
+            "forward": t.detect,
+        }
+        self.instance = instance_id(cfg)
+        self.writer = self.instance or default_instance_id(cfg)
+        self.exactly_once = k.processing_guarantee == "exactly-once"
+        self.tasks: dict[int, Task] = {}
+        # (topic, partition) -> the next offset to commit, and the last committed.
+        self.positions: dict[tuple[str, int], int] = {}
+        self.committed: dict[tuple[str, int], int] = {}
+        self.peers = PeerTable(self.writer)
+        self.rewinds = 0
+        self.restores = 0
+        self.last_commit = time.monotonic()
+        self._last_error_log = 0.0
+        self._stopping = False
+        if k.working_copy_machines > 0:
+            self.core.keep_working_copy(k.working_copy_machines)
+        telemetry.worker = self
+
+    # ---- start -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        k = self.cfg.kafka
+        client = k.client_config()
+        self.partitions = self._check_topics(client)
+        self.router = Router(k.partitioner, self.partitions)
+        if self.exactly_once:
+            self.policy: AtLeastOnce | ExactlyOnce = ExactlyOnce(
+                {**client, "linger.ms": 5},
+                f"{k.consumer_group}-{self.writer}",
+                k.transaction_timeout_s,
+            )
+        else:
+            self.policy = AtLeastOnce(
+                {**client, "linger.ms": 5}, delivery_timeout_s=max(120.0, 2 * k.session_timeout_s)
+            )
+        self.restorer = restore_consumer(client, k.consumer_group)
+        self.peer_reader = PeerReader(
+            restore_consumer(client, k.consumer_group), self.peers_topic, self.peers
+        )
+        loaded = self.peer_reader.load()
+        log.info("peer table: %d records read from %s", loaded, self.peers_topic)
+        conf: dict[str, Any] = {
+            **client,
+            "group.id": k.consumer_group,
+            "auto.offset.reset": k.auto_offset_reset,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "partition.assignment.strategy": "range",
+            "session.timeout.ms": int(k.session_timeout_s * 1000),
+            "heartbeat.interval.ms": max(1000, int(k.session_timeout_s * 1000 / 10)),
+            "max.poll.interval.ms": 600_000,
+            "isolation.level": "read_committed",
+            "statistics.interval.ms": int(self.cfg.monitoring.stats_interval_s * 1000),
+            "stats_cb": self.telemetry.on_stats,
+        }
+        if self.instance:
+            conf["group.instance.id"] = self.instance
+        self.consumer = Consumer(conf)
+        self.consumer.subscribe(
+            [self.events_topic, self.repartition_topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        log.info(
+            "worker %s: %s, %d partitions, static membership %s",
+            self.writer,
+            k.processing_guarantee,
+            self.partitions,
+            "on" if self.instance else "off",
+        )
+
+    def _check_topics(self, client: dict[str, Any]) -> int:
+        probe = restore_consumer(client, self.cfg.kafka.consumer_group)
+        try:
+            meta = probe.list_topics(timeout=30.0).topics
+        finally:
+            probe.close()
+        counts = {}
+        for name in (self.events_topic, self.repartition_topic, self.state_topic, self.peers_topic):
+            topic = meta.get(name)
+            if topic is None or topic.error is not None:
+                raise TopicLayoutError(f"topic {name} does not exist (`auditwatch topics create`)")
+            counts[name] = len(topic.partitions)
+        n = counts[self.events_topic]
+        for name in (self.repartition_topic, self.state_topic):
+            if counts[name] != n:
+                raise TopicLayoutError(
+                    f"{name} has {counts[name]} partitions, the input topic {self.events_topic} "
+                    f"{n}: partition p of each belongs to input partition p, so they must be "
+                    "equal (recreate the internal topic with as many partitions)"
+                )
+        return n
+
+    # ---- tasks ---------------------------------------------------------------------------
+
+    def _new_task(self, p: int) -> Task:
+        state = restore(self.restorer, self.state_topic, p)
+        self.restores += 1
+        return Task(
+            p,
+            state,
+            self.peers,
+            self.processor,
+            self.router,
+            self.repartition_topic,
+            self._emit,
+            self.telemetry,
+        )
+
+    def _emit(
+        self, role: str, key: bytes | None, value: bytes, partition: int, headers: Any
+    ) -> None:
+        self.policy.produce(self.outputs[role], key, value, partition, headers)
+
+    def _drop(self, p: int) -> None:
+        self.tasks.pop(p, None)
+        self.core.forget_partition(p)
+        for topic in (self.events_topic, self.repartition_topic):
+            self.positions.pop((topic, p), None)
+            self.committed.pop((topic, p), None)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        try:
+            for p in sorted({tp.partition for tp in partitions}):
+                if p not in self.tasks:
+                    self.tasks[p] = self._new_task(p)
+            log.info("assigned partitions %s", sorted(self.tasks))
+        except Exception:
+            log.exception("restoring assigned partitions failed")
+            raise
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        revoked = sorted({tp.partition for tp in partitions} & set(self.tasks))
+        if not revoked:
+            return
+        try:
+            self.commit()
+        except Exception:
+            log.exception("commit on revocation failed; the next owner re-processes")
+            self.policy.abort()
+        for p in revoked:
+            self._drop(p)
+        log.info("revoked partitions %s", revoked)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        lost = sorted({tp.partition for tp in partitions} & set(self.tasks))
+        log.warning("lost partitions %s (group membership lost); dropping them uncommitted", lost)
+        self.policy.abort()
+        for p in lost:
+            self._drop(p)
+        if self.tasks:
+            # Their uncommitted work went with the aborted transaction.
+            self.rewind("partitions lost")
+
+    # ---- the loop --------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        stop = stop or threading.Event()
+        progress_at = peers_at = time.monotonic()
+        last_in = 0
+        interval = self.cfg.kafka.commit_interval_s
+        try:
+            while not stop.is_set():
+                self.run_once()
+                now = time.monotonic()
+                if now - peers_at >= _PEERS_EVERY_S:
+                    peers_at = now
+                    self.peer_reader.poll()
+                if now - self.last_commit >= interval:
+                    self.commit()
+                if now - progress_at >= _PROGRESS_EVERY_S:
+                    last_in = self._progress(now - progress_at, last_in)
+                    progress_at = now
+        finally:
+            self.close()
+
+    def run_once(self) -> int:
+        k = self.cfg.kafka
+        msgs = self.consumer.consume(k.batch_max_records, k.batch_max_wait_s)
+        tasks = self.tasks
+        positions = self.positions
+        observe = self.telemetry.latency["ingest"].observe_since
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                self._consumer_error(err)
+                continue
+            p = msg.partition()
+            task = tasks.get(p)
+            if task is None:
+                continue
+            try:
+                task.process(msg)
+            except Exception:
+                # The processor turns bad input into dead letters and guards detection; an
+                # exception here is a bug. Counted and logged with the record's place.
+                self.processor.metrics["processing_errors"] += 1
+                log.exception("processing %s[%d]@%d failed", msg.topic(), p, msg.offset())
+            positions[(msg.topic(), p)] = msg.offset() + 1
+            observe(msg.timestamp()[1])
+        self.policy.poll()
+        self._punctuate()
+        if self.reloader is not None:
+            self.reloader.apply(self.processor)
+        self.telemetry.tick(self.explain)
+        return len(msgs)
+
+    def _punctuate(self) -> None:
+        peers = self.peers
+        for p, task in self.tasks.items():
+            if task.clock_ms >= 0:
+                peers.note_clock(p, task.clock_ms)
+        clocks = peers.clocks
+        if not clocks:
+            return
+        for p, task in self.tasks.items():
+            alerts = self.processor.punctuate(task.store, p, clocks)
+            for out in alerts:
+                self._emit(out.kind, out.key, out.value, -1, None)
+            if alerts:
+                self.telemetry.count_pages(alerts)
+
+    def _consumer_error(self, err: KafkaError) -> None:
+        if err.code() == KafkaError._PARTITION_EOF:
+            return
+        if err.fatal():
+            raise KafkaException(err)
+        now = time.monotonic()
+        if now - self._last_error_log >= _ERROR_LOG_EVERY_S:
+            self._last_error_log = now
+            log.warning("kafka: %s (bootstrap %s); retrying", err.str(), self.cfg.kafka.bootstrap())
+
+    # ---- commit and recovery ---------------------------------------------------------------
+
+    def commit(self) -> bool:
+        """Make everything processed so far durable; False if it had to rewind instead."""
+        self.last_commit = time.monotonic()
+        tasks = self.tasks
+        core = self.core
+        if core.working is not None:
+            dirty = [p for p in core.working.dirty_partitions() if p in tasks]
+            core.flush(lambda p: tasks[p].store, dirty)
+        produce = self.policy.produce
+        for p, task in tasks.items():
+            for key, value in task.state.drain():
+                produce(self.state_topic, key, value, p, None)
+        for key, value in self.peers.drain():
+            produce(self.peers_topic, key, value, 0, None)
+        offsets = [
+            TopicPartition(topic, p, offset)
+            for (topic, p), offset in self.positions.items()
+            if self.committed.get((topic, p)) != offset
+        ]
+        try:
+            self.policy.commit(self.consumer, offsets)
+        except Rewind as e:
+            self.rewind(str(e))
+            return False
+        for tp in offsets:
+            self.committed[(tp.topic, tp.partition)] = tp.offset
+        return True
+
+    def rewind(self, why: str) -> None:
+        """Go back to the last commit: every owned partition's offsets and state, and the
+        peer table as published."""
+        self.rewinds += 1
+        log.warning("rewinding %d partitions to their last commit: %s", len(self.tasks), why)
+        self.policy.abort()
+        owned = sorted(self.tasks)
+        for p in owned:
+            self._drop(p)
+        self.peers.reset()
+        self.peer_reader.load()
+        committed = self._committed_offsets(owned)
+        for p in owned:
+            self.tasks[p] = self._new_task(p)
+        reset = OFFSET_BEGINNING if self.cfg.kafka.auto_offset_reset == "earliest" else OFFSET_END
+        for tp in committed:
+            offset = tp.offset if tp.offset >= 0 else reset
+            try:
+                self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+            except KafkaException as e:
+                # No longer assigned (the group moved on meanwhile): the next assignment
+                # starts it from the committed offset anyway.
+                log.info("not seeking %s[%d]: %s", tp.topic, tp.partition, e.args[0])
+            if tp.offset >= 0:
+                self.committed[(tp.topic, tp.partition)] = tp.offset
+
+    def _committed_offsets(self, owned: list[int]) -> list[TopicPartition]:
+        if not owned:
+            return []
+        wanted = [
+            TopicPartition(topic, p)
+            for topic in (self.events_topic, self.repartition_topic)
+            for p in owned
+        ]
+        delay = 1.0
+        while True:
+            try:
+                return list(self.consumer.committed(wanted, timeout=30.0))
+            except KafkaException as e:
+                log.warning("reading committed offsets failed (%s); retrying", e.args[0])
+                time.sleep(delay)
+                delay = min(2 * delay, 10.0)
+
+    def close(self) -> None:
+        try:
+            self.commit()
+        except Exception:
+            log.exception("final commit failed; the next start re-processes from the last one")
+        left = self.policy.close()
+        if left:
+            log.error("%d output records were not delivered before shutdown", left)
+        self.consumer.close()
+        self.peer_reader.close()
+        self.restorer.close()
+
+    # ---- telemetry -------------------------------------------------------------------------
+
+    def _progress(self, elapsed: float, last_in: int) -> int:
+        m = self.processor.metrics
+        log.info(
+            "processed %d events (%.0f/s): archived %d, duplicates %d, dead letters %d, "
+            "forwarded %d, alerts opened %d, partitions %s",
+            m["events_in"],
+            (m["events_in"] - last_in) / elapsed,
+            m["archived"],
+            m["duplicates"],
+            m["deadlettered"],
+            m["forwarded"],
+            m["alerts.opened"],
+            sorted(self.tasks),
+        )
+        return int(m["events_in"])
+
+    def explain(self, machine_id: str, group: str | None, top: int = 20) -> dict[str, Any]:
+        """`/machines/ID`, answered on the processing thread from the owned partitions."""
+        core = self.core
+        for p in sorted(self.tasks):
+            task = self.tasks[p]
+            if core.working is not None:
+                store = task.store
+                core.flush(lambda _p: store, [p])
+            found = explain_machine(task.store, core, machine_id, group=group, top=top)
+            if found is not None:
+                return {"found": True, "topic": self.events_topic, "partition": p, **found}
+        return {
+            "found": False,
+            "machine_id": machine_id,
+            "error": f"{machine_id} is not in the partitions this worker owns "
+            "(another worker may own it, or it has not been seen)",
+            "topic": self.events_topic,
+            "partitions_searched": sorted(self.tasks),
+        }

@@ -1,0 +1,66 @@
+"""Which input partition a machine's events belong to, and forwarding the ones that are not.
+
+Detection state lives with the machine: in the input partition the producers' partitioner
+gives its machine id. Most producers key by machine id (`auditwatch produce` does), so most
+events are already there. An event keyed by something else, by nothing, or placed by another
+partitioner is forwarded once to the repartition topic (the `detect` topic), to the partition
+of its machine; partition p of the repartition topic belongs to the same task as input
+partition p, so a forwarded event is processed where its machine's state is. A forwarded
+record keeps the original value bytes (so the archive's SHA-256 is of what the producer sent)
+and names where it came from in a header.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+
+from streams.partitioning import murmur2_partition
+from streams.processor import Origin
+
+ORIGIN_HEADER = "auditwatch-origin"
+_CACHE_MAX = 200_000
+
+
+def _crc32_partition(key: bytes, partitions: int) -> int:
+    # librdkafka's consistent_random for a non-empty key: CRC32 of the key modulo the count.
+    return zlib.crc32(key) % partitions
+
+
+PARTITIONERS: dict[str, Callable[[bytes, int], int]] = {
+    "murmur2": murmur2_partition,
+    "consistent_random": _crc32_partition,
+}
+
+
+class Router:
+    """The partition of each machine id under the configured partitioner, cached (murmur2 in
+    Python costs microseconds a key; a fleet has few distinct machines)."""
+
+    __slots__ = ("_cache", "_partition_of", "partitions")
+
+    def __init__(self, partitioner: str, partitions: int) -> None:
+        self._partition_of = PARTITIONERS[partitioner]
+        self.partitions = partitions
+        self._cache: dict[str, int] = {}
+
+    def partition(self, machine_id: str) -> int:
+        p = self._cache.get(machine_id)
+        if p is None:
+            if len(self._cache) >= _CACHE_MAX:
+                self._cache.clear()
+            p = self._cache[machine_id] = self._partition_of(machine_id.encode(), self.partitions)
+        return p
+
+
+def origin_header(origin: Origin) -> tuple[str, bytes]:
+    return ORIGIN_HEADER, f"{origin.topic}\x1f{origin.partition}\x1f{origin.offset}".encode()
+
+
+def forwarded_origin(headers: list[tuple[str, bytes]] | None) -> Origin | None:
+    """Where a forwarded record was first read, from its header (None if it has none)."""
+    for name, value in headers or ():
+        if name == ORIGIN_HEADER and value:
+            topic, partition, offset = value.decode().split("\x1f")
+            return Origin(topic, int(partition), int(offset))
+    return None

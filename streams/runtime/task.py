@@ -1,0 +1,136 @@
+"""One input partition: decode, route, dedupe, archive and detect its events in one pass.
+
+A task owns input partition p and repartition partition p, and the state of the machines
+that belong to p (their baselines, their event ids, the partition's silence watch). It reads
+and writes peer-group records through the worker's peer table. Its outputs go to `emit`, the
+commit policy's producer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from streams.metrics import Telemetry
+from streams.processor import Origin, Output, Processor
+from streams.runtime.peers import PEER_KINDS, PeerTable
+from streams.runtime.routing import Router, forwarded_origin, origin_header
+from streams.runtime.state import PartitionState
+from streams.seed import is_seed
+
+# emit(role, key, value, partition, headers): role is an output kind ("archive",
+# "deadletter", "alert") or "forward" (the repartition topic).
+Emit = Callable[[str, bytes | None, bytes, int, Any], None]
+
+
+class TaskStore:
+    """The store the processor and detection core see for one task: peer-group kinds in the
+    worker's peer table, everything else in the partition's state."""
+
+    __slots__ = ("local", "peers")
+
+    def __init__(self, local: PartitionState, peers: PeerTable) -> None:
+        self.local = local
+        self.peers = peers
+
+    def get(self, kind: bytes, key: str) -> bytes | None:
+        if kind in PEER_KINDS:
+            return self.peers.get(kind, key)
+        return self.local.get(kind, key)
+
+    def set(self, kind: bytes, key: str, value: bytes) -> None:
+        if kind in PEER_KINDS:
+            self.peers.set(kind, key, value)
+        else:
+            self.local.set(kind, key, value)
+
+    def delete(self, kind: bytes, key: str) -> None:
+        if kind in PEER_KINDS:
+            self.peers.delete(kind, key)
+        else:
+            self.local.delete(kind, key)
+
+
+class Task:
+    __slots__ = (
+        "clock_ms",
+        "emit",
+        "partition",
+        "processor",
+        "repartition_topic",
+        "router",
+        "state",
+        "store",
+        "telemetry",
+    )
+
+    def __init__(
+        self,
+        partition: int,
+        state: PartitionState,
+        peers: PeerTable,
+        processor: Processor,
+        router: Router,
+        repartition_topic: str,
+        emit: Emit,
+        telemetry: Telemetry | None = None,
+    ) -> None:
+        self.partition = partition
+        self.state = state
+        self.store = TaskStore(state, peers)
+        self.processor = processor
+        self.router = router
+        self.repartition_topic = repartition_topic
+        self.emit = emit
+        self.telemetry = telemetry
+        # The latest event time this task has detected on (the silence clock's source).
+        self.clock_ms = -1
+
+    def process(self, msg: Any) -> None:
+        p = self.partition
+        value: bytes | None = msg.value()
+        key: bytes | None = msg.key()
+        topic: str = msg.topic()
+        offset: int = msg.offset()
+        forwarded = topic == self.repartition_topic
+        headers = msg.headers() if forwarded else None
+        origin = (forwarded_origin(headers) if forwarded else None) or Origin(topic, p, offset)
+        processor = self.processor
+        decoded = processor.decode(value, key, origin)
+        emit = self.emit
+        if isinstance(decoded, Output):
+            emit(decoded.kind, decoded.key, decoded.value, -1, None)
+            return
+        event, fmt, now = decoded
+        machine_id = event.machine_id
+        if not forwarded and self.router.partition(machine_id) != p:
+            # Its machine's state is in another task: one trip through the repartition topic.
+            processor.metrics["events_in"] -= 1
+            processor.metrics["forwarded"] += 1
+            emit(
+                "forward",
+                machine_id.encode(),
+                value or b"",
+                self.router.partition(machine_id),
+                [origin_header(origin)],
+            )
+            return
+        store = self.store
+        if forwarded and headers and is_seed(headers):
+            # History from `auditwatch seed`: learned like live traffic, never alerted on,
+            # already in the archive.
+            processor.detect(event, store, origin, learn_only=True, source=p)
+            return
+        outputs, new = processor.admit(event, value, key, origin, store, fmt, now)
+        for out in outputs:
+            emit(out.kind, out.key, out.value, -1, None)
+        if not new:
+            return
+        ts = event.timestamp_ms
+        self.clock_ms = max(self.clock_ms, ts)
+        alerts = processor.detect(event, store, origin, source=p)
+        if alerts:
+            for out in alerts:
+                emit(out.kind, out.key, out.value, -1, None)
+            if self.telemetry is not None:
+                self.telemetry.count_pages(alerts)
