@@ -3,12 +3,12 @@
 `python -m bench.ceiling --config FILE` consumes the input topic in batches with a plain
 confluent-kafka consumer, decodes each value with fastavro (wire header checked, bundled
 schema), and produces the archive record (the same Avro record `auditwatch run` writes, keyed
-by event_id) to the archive topic. No validation beyond decoding, no dedupe, no state, no
-detection. At-least-once: offsets are stored only after the archive records they cover were
-acknowledged. Runs until SIGTERM/SIGINT.
+as it keys it: machine id, unit separator, event id) to the archive topic. No validation
+beyond decoding, no dedupe, no state, no detection. At-least-once: offsets are stored only
+after the archive records they cover were acknowledged. Runs until SIGTERM/SIGINT.
 
-The dataset carries event ids; an event without one is archived under an empty key (deriving
-the id is validation work the ceiling leaves out on purpose).
+The dataset carries event ids; an event without one is archived under its machine id and an
+empty id (deriving the id is validation work the ceiling leaves out on purpose).
 """
 
 from __future__ import annotations
@@ -24,13 +24,14 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from schemas.codec import decode_canonical, encode_archive
 from streams.config import load_config
+from streams.processor import KEY_SEP
 
 
 class Archiver:
-    """The ceiling's whole work on one message (shared with bench.engine): decode the input
-    value, and encode the archive record, returned with its key (the event id). The record
-    is encoded as `auditwatch run` encodes it (`schemas.codec.encode_archive`), from the
-    decoded fields as they are: no validation."""
+    """The ceiling's whole work on one message: decode the input value, and encode the
+    archive record, returned with its key (`streams.processor.archive_key`'s layout). The
+    record is encoded as `auditwatch run` encodes it (`schemas.codec.encode_archive`), from
+    the decoded fields as they are: no validation."""
 
     def __call__(
         self, value: bytes, topic: str, partition: int, offset: int
@@ -45,7 +46,7 @@ class Archiver:
             offset=offset,
             archived_at_ms=time.time_ns() // 1_000_000,
         )
-        return (event.event_id or "").encode(), record
+        return (event.machine_id + KEY_SEP + (event.event_id or "")).encode(), record
 
 
 def run(config_path: str, batch: int, flush_every_s: float) -> int:

@@ -1,20 +1,34 @@
-"""The faust peer: auditwatch's job written as a faust-streaming application, for comparison.
+"""The faust peer: `auditwatch run`'s one-pass job as a faust-streaming application.
 
-`python -m bench.faust_peer --config FILE` runs one faust worker with two agents that do what
-`auditwatch run` does, with the very same `streams.processor.Processor` (and so the same
-decode, validation, dedupe, archive encoding and `DetectionCore`):
+`python -m bench.faust_peer --config FILE` runs one faust worker with one agent that does per
+event exactly what the runtime's task does, with the runtime's own classes: each record goes
+to `streams.runtime.task.Task.process` of its partition (decode and validation, the routing
+check, `Processor.admit`: the event id's digest in the partition's state, the archive record,
+then `Processor.detect` with the same `DetectionCore` and its working copy of machine
+states). Per partition, the state is a `streams.runtime.state.PartitionState` (live in
+memory, restored from the changelog topic on the partition's first record) and the peer-group
+records are in one `PeerTable` for the worker, as in `auditwatch run`. Only the engine is
+faust's: aiokafka's consumer and producer, faust's agent and stream (`take_events` batches),
+its consumer group and offset commits.
 
-- `ingest` on the input topic: `Processor.ingest`, the archive record (or dead letter) to its
-  topic, and the accepted event re-keyed by peer group to the detection topic;
-- `detect` on the detection topic: `Processor.detect`, alert states to the alerts topic.
+- The agent reads the input topic and the repartition topic (one faust topic over both
+  names); an event found in another partition than its machine's is forwarded there once,
+  as the runtime does.
+- After each batch, the silence clocks are punctuated as the runtime's loop does.
+- Every `kafka.commit_interval_s` the agent writes a checkpoint: the working copy's machine
+  states into their partitions' state, then the changed state and peer records to the
+  state and peers topics. faust commits the input offsets on its own timer; it has no hook
+  to order that after the checkpoint's records are acknowledged, which `auditwatch run`
+  does, so this peer's at-least-once is weaker than the worker's (it does less, not more).
+- Outputs are sent with `await app.producer.send(...)` (faust's aiokafka producer, awaited
+  only into its buffer), the cheapest of faust's ways to produce (below).
 
-Each stage keeps its state in its own faust Table (RocksDB through rocksdict, with a changelog
-topic), addressed through the same `Store` protocol as the Quix stores: one table key per
-(kind, key). Tuning, as faust's documentation advises for throughput: `stream.take_events`
-batches, a larger `stream_buffer_maxsize` and `broker_max_poll_records`, commits on the same
-interval as the auditwatch config. `concurrency=1` per agent: with more, faust-streaming can
-commit an offset past events another actor still holds (faust-streaming#606), which breaks
-at-least-once. Needs the `bench` extra (faust-streaming, aiokafka 0.14).
+Tuning, as faust's documentation advises for throughput: `stream.take_events` batches, a
+larger `stream_buffer_maxsize` and `broker_max_poll_records`. `concurrency=1`: with more,
+faust-streaming can commit an offset past events another actor still holds
+(faust-streaming#606), and the partitions' tasks are not safe to share between actors.
+Single worker: partitions revoked in a rebalance keep their state here (the bench never
+rebalances it). Needs the `bench` extra (faust-streaming, aiokafka 0.14).
 """
 
 from __future__ import annotations
@@ -23,63 +37,145 @@ import argparse
 import atexit
 import json
 import sys
-import weakref
+import time
 from pathlib import Path
 from typing import Any
 
-from schemas.codec import BundledSchemas, decode_detect, encode_detect
+from schemas.codec import BundledSchemas
 from streams.config import Config, load_config
-from streams.processor import Origin, Processor
+from streams.processor import Processor
+from streams.runtime.peers import PeerReader, PeerTable
+from streams.runtime.routing import Router
+from streams.runtime.state import restore, restore_consumer
+from streams.runtime.task import Task
+from streams.topics import ensure_topics
 
-_SEP = b"\x1f"
 
+class _Record:
+    """A faust message as the task reads a confluent-kafka one."""
 
-class TableStore:
-    """The Processor's Store over a faust Table of raw bytes: key = kind, separator, key."""
+    __slots__ = ("m",)
 
-    __slots__ = ("table",)
+    def __init__(self, m: Any) -> None:
+        self.m = m
 
-    def __init__(self, table: Any) -> None:
-        self.table = table
-
-    def get(self, kind: bytes, key: str) -> bytes | None:
-        value: bytes | None = self.table.get(kind + _SEP + key.encode())
+    def value(self) -> bytes | None:
+        value: bytes | None = self.m.value
         return value
 
-    def set(self, kind: bytes, key: str, value: bytes) -> None:
-        self.table[kind + _SEP + key.encode()] = value
+    def key(self) -> bytes | None:
+        key: bytes | None = self.m.key
+        return key
 
-    def delete(self, kind: bytes, key: str) -> None:
-        k = kind + _SEP + key.encode()
-        if k in self.table:
-            del self.table[k]
+    def topic(self) -> str:
+        return str(self.m.topic)
+
+    def offset(self) -> int:
+        return int(self.m.offset)
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        headers = self.m.headers or []
+        return list(headers.items()) if isinstance(headers, dict) else list(headers)
+
+
+class OnePass:
+    """The runtime's tasks, checkpoint and punctuation, driven by a faust agent."""
+
+    def __init__(self, cfg: Config, processor: Processor, writer: str) -> None:
+        self.cfg = cfg
+        self.processor = processor
+        self.core = processor.core
+        self.router = Router(cfg.kafka.partitioner, cfg.topics.partitions)
+        self.peers = PeerTable(writer)
+        self.tasks: dict[int, Task] = {}
+        # (role, key, value, partition, headers) of the event being processed.
+        self.pending: list[tuple[str, bytes | None, bytes | None, int, Any]] = []
+        self.last_checkpoint = time.monotonic()
+        client = cfg.kafka.client_config()
+        self.restorer = restore_consumer(client, cfg.kafka.consumer_group)
+        if cfg.kafka.working_copy_machines > 0:
+            self.core.keep_working_copy(cfg.kafka.working_copy_machines)
+        reader = PeerReader(
+            restore_consumer(client, cfg.kafka.consumer_group), cfg.peers_topic, self.peers
+        )
+        try:
+            reader.load()
+        finally:
+            reader.close()
+
+    def _emit(
+        self, role: str, key: bytes | None, value: bytes | None, partition: int, headers: Any
+    ) -> None:
+        self.pending.append((role, key, value, partition, headers))
+
+    def task(self, p: int) -> Task:
+        task = self.tasks.get(p)
+        if task is None:
+            state = restore(self.restorer, self.cfg.state_topic, p)
+            task = self.tasks[p] = Task(
+                p,
+                state,
+                self.peers,
+                self.processor,
+                self.router,
+                self.cfg.topics.detect,
+                self._emit,
+            )
+        return task
+
+    def punctuate(self) -> None:
+        peers = self.peers
+        for p, task in self.tasks.items():
+            if task.clock_ms >= 0:
+                peers.note_clock(p, task.clock_ms)
+        clocks = peers.clocks
+        if not clocks:
+            return
+        for p, task in self.tasks.items():
+            for out in self.processor.punctuate(task.store, p, clocks):
+                self._emit(out.kind, out.key, out.value, -1, None)
+
+    def checkpoint_due(self) -> bool:
+        return time.monotonic() - self.last_checkpoint >= self.cfg.kafka.commit_interval_s
+
+    def checkpoint(self) -> list[tuple[str, bytes, bytes | None, int]]:
+        """The changelog and peer records of everything changed since the last checkpoint:
+        (topic, key, value, partition)."""
+        self.last_checkpoint = time.monotonic()
+        tasks, core = self.tasks, self.core
+        if core.working is not None:
+            dirty = [p for p in core.working.dirty_partitions() if p in tasks]
+            core.flush(lambda p: tasks[p].store, dirty)
+        out = []
+        for p, task in tasks.items():
+            for key, value in task.state.drain():
+                out.append((self.cfg.state_topic, key, value, p))
+        for key, value in self.peers.drain():
+            out.append((self.cfg.peers_topic, key, value, 0))
+        return out
 
 
 def build_app(
     cfg: Config,
     *,
     datadir: str,
-    store: str = "rocksdb://",
     batch: int = 1000,
     within_s: float = 0.05,
     buffer_maxsize: int = 16_384,
     max_poll_records: int = 2_000,
+    send_with: str = "producer",
 ) -> tuple[Any, Processor]:
-    """The faust app and the Processor its agents share."""
+    """The faust app and the Processor its agent runs. `send_with`: "producer" sends through
+    faust's aiokafka producer (`app.producer.send`), "topic" through faust's topic objects
+    (`Topic.send`: a FutureMessage, faust's send callbacks and sensors per record)."""
     import faust
-    from faust.streams import _current_event
 
-    # Only the context variable the tables read: Stream._set_current_event would also move
-    # the stream's own `current_event`, which take_events' buffering reads concurrently, and
-    # events would then be buffered twice or lost.
-    set_current = _current_event.set
     if cfg.kafka.processing_guarantee != "at-least-once":
         raise SystemExit("the faust peer runs at-least-once only")
     processor = Processor(cfg, BundledSchemas())
     app = faust.App(
         cfg.kafka.consumer_group,
         broker=f"kafka://{cfg.kafka.bootstrap()}",
-        store=store,
         datadir=datadir,
         topic_partitions=cfg.topics.partitions,
         topic_replication_factor=cfg.topics.replication_factor,
@@ -92,59 +188,59 @@ def build_app(
         web_enabled=False,
         table_standby_replicas=0,
     )
-
-    def raw_topic(name: str) -> Any:
-        return app.topic(
-            name,
-            key_type=bytes,
-            value_type=bytes,
-            key_serializer="raw",
-            value_serializer="raw",
-            partitions=cfg.topics.partitions,
-        )
-
     t = cfg.topics
-    source, detect_topic = raw_topic(t.events), raw_topic(t.detect)
-    sinks = {
-        "archive": raw_topic(t.archive),
-        "deadletter": raw_topic(t.deadletter),
-        "alert": raw_topic(t.alerts),
+    source = app.topic(
+        t.events,
+        t.detect,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=t.partitions,
+    )
+    topic_of = {
+        "archive": t.archive,
+        "deadletter": t.deadletter,
+        "alert": t.alerts,
+        "forward": t.detect,
     }
+    one_pass = OnePass(cfg, processor, f"faust-{cfg.kafka.consumer_group}")
 
-    def table(name: str) -> Any:
-        # bytes key and value types make faust store and changelog them as raw bytes.
-        return app.Table(name, key_type=bytes, value_type=bytes, partitions=cfg.topics.partitions)
+    topics: dict[str, Any] = {}
 
-    ingest_store, detect_store = TableStore(table("ingest")), TableStore(table("detect"))
+    async def topic_send(
+        topic: str, key: Any, value: Any, partition: Any, timestamp: Any, headers: Any
+    ) -> Any:
+        t = topics.get(topic)
+        if t is None:
+            t = topics[topic] = app.topic(
+                topic, key_type=bytes, value_type=bytes, key_serializer="raw",
+                value_serializer="raw",
+            )  # fmt: skip
+        return await t.send(key=key, value=value, partition=partition, headers=headers)
 
     @app.agent(source, concurrency=1)
-    async def ingest(stream: Any) -> None:
-        async for events in stream.take_events(batch, within=within_s):
-            for ev in events:
-                # Table reads and writes use the partition of the "current event"; inside a
-                # batch that must be this event, not the last one the stream buffered.
-                set_current(weakref.ref(ev))
-                msg = ev.message
-                origin = Origin(msg.topic, msg.partition, msg.offset)
-                outputs, event = processor.ingest(ev.value, ev.key, origin, ingest_store)
-                for out in outputs:
-                    await sinks[out.kind].send(key=out.key, value=out.value)
-                if event is not None:
-                    group = processor.core.group_of(event)
-                    await detect_topic.send(
-                        key=group.encode(), value=encode_detect(event, msg.partition)
-                    )
+    async def process(stream: Any) -> None:
+        send = app.producer.send if send_with == "producer" else topic_send
+        pending = one_pass.pending
 
-    @app.agent(detect_topic, concurrency=1)
-    async def detect(stream: Any) -> None:
+        async def send_pending() -> None:
+            for role, key, value, partition, headers in pending:
+                await send(
+                    topic_of[role], key, value, None if partition < 0 else partition, None, headers
+                )
+            pending.clear()
+
         async for events in stream.take_events(batch, within=within_s):
             for ev in events:
-                set_current(weakref.ref(ev))
                 msg = ev.message
-                src, event = decode_detect(ev.value)
-                origin = Origin(msg.topic, msg.partition, msg.offset)
-                for out in processor.detect(event, detect_store, origin, source=src):
-                    await sinks["alert"].send(key=out.key, value=out.value)
+                one_pass.task(msg.partition).process(_Record(msg))
+                await send_pending()
+            one_pass.punctuate()
+            await send_pending()
+            if one_pass.checkpoint_due():
+                for topic, key, value, partition in one_pass.checkpoint():
+                    await send(topic, key, value, partition, None, None)
 
     return app, processor
 
@@ -152,15 +248,17 @@ def build_app(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.faust_peer", description=__doc__)
     parser.add_argument("--config", required=True, help="auditwatch YAML config (topics, kafka)")
-    parser.add_argument("--datadir", help="faust's table directory (default: the state_dir)")
-    parser.add_argument(
-        "--store", default="rocksdb://", help="faust table store URL (rocksdb:// or memory://)"
-    )
+    parser.add_argument("--datadir", help="faust's directory (default: under the state_dir)")
     parser.add_argument("--batch", type=int, default=1000, help="stream.take_events batch size")
     parser.add_argument("--within", type=float, default=0.05, help="take_events timeout (s)")
     parser.add_argument("--buffer-maxsize", type=int, default=16_384)
     parser.add_argument("--max-poll-records", type=int, default=2_000)
-    # "producer buffer full" warnings cost faust about a tenth of its time at warning level.
+    parser.add_argument(
+        "--send",
+        choices=("producer", "topic"),
+        default="producer",
+        help="how outputs are sent: faust's producer (default) or its Topic.send",
+    )
     parser.add_argument("--loglevel", default="error")
     args = parser.parse_args(argv)
     try:
@@ -169,15 +267,16 @@ def main(argv: list[str] | None = None) -> int:
         print("faust-streaming is not installed: pip install -e '.[bench]'", file=sys.stderr)
         return 2
     cfg = load_config(args.config)
+    ensure_topics(cfg)
     datadir = args.datadir or str(Path(cfg.kafka.state_dir) / "faust")
     app, processor = build_app(
         cfg,
         datadir=datadir,
-        store=args.store,
         batch=args.batch,
         within_s=args.within,
         buffer_maxsize=args.buffer_maxsize,
         max_poll_records=args.max_poll_records,
+        send_with=args.send,
     )
     # The same counters `auditwatch run` prints on exit, which the harness reads.
     atexit.register(

@@ -217,6 +217,8 @@ class Episode:
     # What the last alert state sent said: a resolution repeats it (it may be read alone).
     observed: dict[str, Scalar] = field(default_factory=dict)
     expected: dict[str, Scalar] = field(default_factory=dict)
+    # Alert states written so far: the next one's sequence number.
+    states: int = 0
 
     def to_list(self) -> list[Any]:
         return [
@@ -230,6 +232,7 @@ class Episode:
             self.event_ids,
             self.observed,
             self.expected,
+            self.states,
         ]
 
     @classmethod
@@ -1461,6 +1464,7 @@ class DetectionCore:
     ) -> Alert:
         if control is None and status != "opened" and self.control is not None:
             control = self.control(ep.alert_id)
+        ep.states += 1
         return Alert(
             alert_id=ep.alert_id,
             status=status,
@@ -1479,6 +1483,7 @@ class DetectionCore:
             last_event_time=format_rfc3339_ms(ep.last_ms),
             repeat_count=ep.count,
             hint=HINTS.get(detector),
+            sequence=ep.states,
             acknowledged_by=control.acknowledged_by if control is not None else None,
             snoozed_until=control.snoozed_until if control is not None else None,
         )

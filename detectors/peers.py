@@ -18,6 +18,9 @@ _RESOURCE = b"gr"
 _OPERATION = b"go"
 _WINDOWS = b"gh"
 _STORE = b"p"
+# Every kind of group knowledge, the combined model's trees (detectors.combined) included:
+# what a runtime shares between the partitions a group's machines are spread over.
+GROUP_KINDS = frozenset({_META, _RESOURCE, _OPERATION, _WINDOWS, b"gc"})
 _SEP = "\x1f"
 # A group's knowledge is refreshed at most this often per resource, to bound writes.
 _REFRESH_MS = 3_600_000

@@ -5,6 +5,8 @@ Standard library only: detectors build alerts, streams serialise them.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +49,8 @@ class Alert:
     last_event_time: str | None = None
     repeat_count: int | None = None
     hint: str | None = None
+    # The n-th state of this alert (opened is 1); None for alerts without an episode.
+    sequence: int | None = None
     acknowledged_by: str | None = None
     snoozed_until: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -75,10 +79,42 @@ class Alert:
             "last_event_time": self.last_event_time,
             "repeat_count": self.repeat_count,
             "hint": self.hint,
+            "sequence": self.sequence,
             "acknowledged_by": self.acknowledged_by,
             "snoozed_until": self.snoozed_until,
         }
         return out
+
+
+def state_identity(value: dict[str, Any], raw: bytes) -> tuple[Any, ...]:
+    """What makes an alert state itself, to drop one read twice: (alert_id, status,
+    sequence); the record's bytes for a state without a sequence."""
+    seq = value.get("sequence")
+    if seq is None:
+        return (raw,)
+    return value.get("alert_id"), value.get("status"), seq
+
+
+class Recent:
+    """The last `size` identities seen, oldest forgotten first: a reader's memory of the
+    alert states it has shown or delivered."""
+
+    def __init__(self, size: int = 1_000_000) -> None:
+        self.size = size
+        self._seen: OrderedDict[Hashable, None] = OrderedDict()
+
+    def __contains__(self, identity: Hashable) -> bool:
+        return identity in self._seen
+
+    def add(self, identity: Hashable) -> bool:
+        """Remember `identity`; False if it was already there (a repeat)."""
+        if identity in self._seen:
+            self._seen.move_to_end(identity)
+            return False
+        self._seen[identity] = None
+        if len(self._seen) > self.size:
+            self._seen.popitem(last=False)
+        return True
 
 
 @dataclass(frozen=True, slots=True)

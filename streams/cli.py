@@ -290,7 +290,7 @@ def _oncall(a: dict[str, Any], control: Any) -> str:
 def cmd_alerts(args: argparse.Namespace) -> int:
     from fnmatch import fnmatchcase
 
-    from schemas.alert import SEVERITY_RANK
+    from schemas.alert import SEVERITY_RANK, Recent, state_identity
     from schemas.event import parse_timestamp_us
     from streams.control import ControlReader
     from streams.reading import read_topic
@@ -321,8 +321,12 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         live = Live(board.table(), console=console, refresh_per_second=4)
         live.start()
     try:
+        # A state written again (a worker re-processing after a crash) is shown once.
+        shown = Recent()
         for msg in read_topic(cfg, cfg.topics.alerts, follow=args.follow):
             a = orjson.loads(msg.value())
+            if not shown.add(state_identity(a, msg.value())):
+                continue
             if SEVERITY_RANK.get(a.get("severity"), 0) < min_rank:
                 continue
             if machines and not any(fnmatchcase(a["machine_id"], g) for g in machines):
@@ -561,10 +565,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workers",
         type=_positive_int,
-        default=os.cpu_count() or 1,
+        default=1,
         metavar="N",
-        help="detect in N processes, each over whole detect partitions; the pages are the "
-        "same for any N (default: one per CPU, here %(default)s)",
+        help="detect in N processes, each over whole input partitions, as N workers would: "
+        "each shares peer-group knowledge only among its own partitions, so pages for groups "
+        "spread over several processes can differ from one process's (default 1: the pages "
+        "of one worker)",
     )
     _add_config(p)
     p.set_defaults(func=cmd_replay)

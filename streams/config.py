@@ -47,7 +47,9 @@ class KafkaSettings(_Model):
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     processing_guarantee: Literal["at-least-once", "exactly-once"] = "at-least-once"
     commit_interval_s: float = Field(5.0, gt=0)
-    state_dir: str = "state"
+    state_dir: str = Field(
+        "state", description="Local snapshots of the partitions' state (see snapshot_interval_s)."
+    )
     batch_max_records: int = Field(
         1_000,
         ge=1,
@@ -82,6 +84,13 @@ class KafkaSettings(_Model):
         le=300,
         description="How long the group waits for a silent worker (crashed, or stopped: a "
         "static member does not leave the group) before its partitions move to another.",
+    )
+    snapshot_interval_s: float = Field(
+        300.0,
+        ge=0,
+        description="How often each partition's state is also written to state_dir after a "
+        "commit (and always on revocation and shutdown), so a restart reads only the "
+        "changelog's tail; 0: only on revocation and shutdown.",
     )
     transaction_timeout_s: float = Field(
         60.0,

@@ -1,16 +1,18 @@
 """Log output for every command: plain text for people, JSON lines for log pipelines.
 
 Records logged while a Kafka message is being processed (dead letters, errors) name it as
-`topic[partition]@offset` (in JSON also as separate fields), taken from Quix's message
-context, so an error in a log search leads straight to the message that caused it.
+`topic[partition]@offset` (in JSON also as separate fields), taken from the runtime's current
+message (`CURRENT`, set by streams.runtime.loop), so an error in a log search leads straight
+to the message that caused it.
 
-Imports: the standard library, orjson and quixstreams' message context.
+Imports: the standard library and orjson.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,15 +22,26 @@ FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+class _Current:
+    """The message the processing thread is on: one attribute store per message, cheaper
+    than a context variable, and read only when a record is logged."""
+
+    __slots__ = ("message", "thread")
+
+    def __init__(self) -> None:
+        self.thread: int | None = None
+        self.message: Any = None
+
+
+CURRENT = _Current()
+
+
 def _message_origin() -> tuple[str, int, int] | None:
     """(topic, partition, offset) of the message being processed on this thread, if any."""
-    try:
-        from quixstreams.context import message_context
-
-        ctx = message_context()
-    except Exception:  # not inside a message (or Quix not importable): no origin
+    msg = CURRENT.message
+    if msg is None or threading.get_ident() != CURRENT.thread:
         return None
-    return ctx.topic, ctx.partition, ctx.offset
+    return msg.topic(), msg.partition(), msg.offset()
 
 
 class OriginFilter(logging.Filter):

@@ -405,7 +405,8 @@ class _Collector:
         evicted.add_metric([], core.evictions)
         yield evicted
         state = GaugeMetricFamily(
-            "auditwatch_state_bytes", "Size on disk of the worker's RocksDB state directory."
+            "auditwatch_state_bytes",
+            "Size on disk of the worker's state directory (local snapshots of its partitions).",
         )
         state.add_metric([], _dir_bytes(t.state_dir))
         yield state

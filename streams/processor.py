@@ -18,6 +18,7 @@ from typing import Protocol
 import orjson
 
 from detectors.core import MACHINE, DetectionCore
+from detectors.peers import GROUP_KINDS
 from schemas.alert import Alert
 from schemas.codec import (
     RejectedInput,
@@ -74,6 +75,11 @@ SEEN = b"e"
 KEY_SEP = "\x1f"
 
 
+def event_id_of(archive_key: bytes) -> str:
+    """The event id in an archive record's key (see archive_key)."""
+    return archive_key.decode().split(KEY_SEP, 1)[-1]
+
+
 def archive_key(event: AuditEvent) -> str:
     """The archive record's key: the machine and the event id, so an event id that another
     machine reuses is a record of its own and never overwrites one on compaction."""
@@ -103,6 +109,34 @@ class MemoryStore:
     @property
     def machines(self) -> dict[str, bytes]:
         return self.data.setdefault(MACHINE, {})
+
+
+class SplitStore:
+    """One partition's store, whose peer-group kinds (`GROUP_KINDS`) live in `shared`, one
+    store for every partition of a worker: a group's machines are spread over partitions."""
+
+    __slots__ = ("local", "shared")
+
+    def __init__(self, local: Store, shared: Store) -> None:
+        self.local = local
+        self.shared = shared
+
+    def get(self, kind: bytes, key: str) -> bytes | None:
+        if kind in GROUP_KINDS:
+            return self.shared.get(kind, key)
+        return self.local.get(kind, key)
+
+    def set(self, kind: bytes, key: str, value: bytes) -> None:
+        if kind in GROUP_KINDS:
+            self.shared.set(kind, key, value)
+        else:
+            self.local.set(kind, key, value)
+
+    def delete(self, kind: bytes, key: str) -> None:
+        if kind in GROUP_KINDS:
+            self.shared.delete(kind, key)
+        else:
+            self.local.delete(kind, key)
 
 
 class Processor:

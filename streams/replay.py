@@ -4,10 +4,11 @@ Events are validated and deduplicated in file order (as a topic would deliver th
 through detection in event-time order. Pages (opened and escalated alerts of severity medium
 or above) go to `--alerts-out` as JSON lines, in the alerts topic's JSON form.
 
-Detection state is per detect partition (streams.partitioning), so the partitions can be
-detected in separate processes (`workers`): each takes whole partitions and runs its events
-in the same event-time order, and the pages are merged back by event, so the output is byte
-for byte what one process writes.
+Detection state is per input partition (streams.partitioning), with peer-group knowledge
+shared by all of them, as in one worker. The partitions can be detected in separate
+processes (`workers`): each takes whole partitions and runs its events in the same event-time
+order, like a worker of its own (its peer-group knowledge is its partitions'), and the pages
+are merged back by event.
 """
 
 from __future__ import annotations
@@ -165,7 +166,19 @@ def _detect_share(w: int) -> tuple[list[tuple[int, bytes]], Counter[str]]:
     pages: list[tuple[int, bytes]] = []
     statuses: Counter[str] = Counter()
     who = f"worker {w + 1}/{len(shares)}: " if len(shares) > 1 else ""
+    split = len(shares) > 1
+    done = -1
     for n, i in enumerate(share, 1):
+        if split:
+            # The other processes' events move the silence clocks as the other workers'
+            # published clocks would.
+            for j in range(done + 1, i):
+                for out in detection.advance(events[j]):
+                    assert out.alert is not None
+                    statuses[out.alert.status] += 1
+                    if out.alert.is_page:
+                        pages.append((j, out.value))
+            done = i
         for out in detection.detect(events[i], i + 1):
             assert out.alert is not None
             statuses[out.alert.status] += 1

@@ -1,14 +1,16 @@
 """`auditwatch webhook`: alert states from the alerts topic, POSTed to an HTTP endpoint.
 
 Each selected alert state goes out as its JSON form plus a Slack-compatible `text` field, with
-the header `Idempotency-Key: <alert_id>:<status>:<repeat_count>` so a receiver can drop the
-copies that at-least-once delivery may repeat. Connection errors, timeouts, 408, 425, 429 and
-5xx are retried with exponential backoff (or the server's Retry-After, in seconds or as an HTTP
-date, up to `max_backoff_s`) up to `max_attempts`; then, or at once for any other answer or an
-unusable URL, the alert state is dead-lettered (reason `webhook_failed`, stage `webhook`) and
-the sink moves on (`auditwatch deadletter redrive --stage webhook` sends such states to the
-alerts topic again once the endpoint is fixed). Offsets are stored only after a delivery or a
-dead letter acknowledged by the broker, so a crash re-sends rather than loses.
+the header `Idempotency-Key: <alert_id>:<status>:<sequence>` so a receiver can drop the
+copies that at-least-once delivery may repeat; the sink itself drops a state it has
+delivered already (a worker that re-processed after a crash writes it again). Connection
+errors, timeouts, 408, 425, 429 and 5xx are retried with exponential backoff (or the
+server's Retry-After, in seconds or as an HTTP date, up to `max_backoff_s`) up to
+`max_attempts`; then, or at once for any other answer or an unusable URL, the alert state is
+dead-lettered (reason `webhook_failed`, stage `webhook`) and the sink moves on (`auditwatch
+deadletter redrive --stage webhook` sends such states to the alerts topic again once the
+endpoint is fixed). Offsets are stored only after a delivery or a dead letter acknowledged by
+the broker, so a crash re-sends rather than loses.
 
 Retries happen between two polls of the consumer, so the sink's consumer gets a
 `max.poll.interval.ms` longer than the worst case of one alert state's retries
@@ -40,7 +42,7 @@ from urllib.parse import urlsplit
 import orjson
 from confluent_kafka import Consumer, KafkaError, Producer
 
-from schemas.alert import SEVERITIES, SEVERITY_RANK
+from schemas.alert import SEVERITIES, SEVERITY_RANK, Recent, state_identity
 from schemas.codec import encode_dead_letter
 from streams.config import Config, WebhookSettings, worst_case_delivery_s
 
@@ -76,7 +78,10 @@ def retry_after_s(raw: str | None, now: float | None = None) -> float | None:
 
 
 def idempotency_key(alert: dict[str, Any]) -> str:
-    return f"{alert['alert_id']}:{alert['status']}:{alert.get('repeat_count') or 0}"
+    seq = alert.get("sequence")
+    if seq is None:  # states without an episode (storm roll-ups, input quiet)
+        seq = alert.get("repeat_count") or 0
+    return f"{alert['alert_id']}:{alert['status']}:{seq}"
 
 
 def slack_text(a: dict[str, Any]) -> str:
@@ -255,6 +260,7 @@ def run_webhook(
     consumer = Consumer(consumer_config(cfg, settings))
     producer = Producer({**cfg.kafka.client_config(), "enable.idempotence": True})
     stats = Counter() if stats is None else stats
+    delivered = Recent()
     consumer.subscribe([cfg.topics.alerts])
     log.info(
         "webhook sink: %s -> %s (group %s, %s and above, states %s)",
@@ -273,7 +279,7 @@ def run_webhook(
                 if msg.error().code() != KafkaError._PARTITION_EOF:
                     log.warning("reading %s: %s", cfg.topics.alerts, msg.error())
                 continue
-            if not _handle(cfg, msg, settings, sender, producer, stats):
+            if not _handle(cfg, msg, settings, sender, producer, stats, delivered):
                 break  # stopping mid-retry: the offset stays, the state is sent next time
             consumer.store_offsets(message=msg)
     finally:
@@ -290,6 +296,7 @@ def _handle(
     sender: WebhookSender,
     producer: Producer,
     stats: Counter[str],
+    delivered: Recent,
 ) -> bool:
     """Deliver or dead-letter one alert state; False if stopped before either."""
     try:
@@ -303,11 +310,16 @@ def _handle(
     if not wanted(alert, settings):
         stats["skipped"] += 1
         return True
+    identity = state_identity(alert, msg.value())
+    if identity in delivered:
+        stats["repeats"] += 1
+        return True
     result = sender.post(body, key)
     if result is None:
         return False
     stats["attempts"] += result.attempts
     if result.ok:
+        delivered.add(identity)
         stats["delivered"] += 1
         log.info("delivered %s (%s)", key, result.detail)
         return True

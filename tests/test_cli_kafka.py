@@ -12,6 +12,7 @@ import pytest
 
 from schemas.codec import decode_wire
 from streams.cli import main
+from streams.processor import event_id_of
 from streams.reading import pipeline_lag
 from tests.conftest import Stack, wait_until
 from tests.traffic import BASE_MS, fan_out, steady
@@ -65,7 +66,7 @@ def test_produce_files_then_read_alerts(stack: Any, tmp_path: Path, capsys: Any)
         what="processor to commit every event",
     )
     archive = {
-        m.key().decode(): decode_wire(m.value(), "archive_record") for m in s.read("archive")
+        event_id_of(m.key()): decode_wire(m.value(), "archive_record") for m in s.read("archive")
     }
     assert len(archive) == len(history) + len(attack)
     csv_record = archive[attack[0]["event_id"]]

@@ -20,6 +20,7 @@ import pytest
 from schemas.codec import decode_wire, encode_event_avro
 from streams.cli import main
 from streams.deadletter import REDRIVE_HEADER, ledger_topic
+from streams.processor import event_id_of
 from streams.producer import make_producer
 from streams.reading import pipeline_lag, read_topic
 from streams.webhook import idempotency_key
@@ -63,7 +64,7 @@ def _event(i: int) -> dict[str, Any]:
 
 
 def _archived_ids(s: Stack) -> set[str]:
-    return {m.key().decode() for m in s.read("archive")}
+    return {event_id_of(m.key()) for m in s.read("archive")}
 
 
 @pytest.mark.timeout(900)  # chained waits on workers; 300 s is too tight on 2 cores
@@ -181,7 +182,7 @@ def test_redrive_with_force_re_sends_and_dedupe_keeps_one_archive_record(
         assert "re-sent 1 to" in capsys.readouterr().out
     wait_until(lambda: pipeline_lag(s.cfg) == 0 and _archived_ids(s), timeout=120, what="archive")
     archive = s.read("archive")
-    assert [m.key() for m in archive] == [b"dl-9"]  # sent twice, archived once
+    assert [event_id_of(m.key()) for m in archive] == ["dl-9"]  # sent twice, archived once
 
 
 def test_bad_fix_file_exits_2(stack: Any, tmp_path: Path, capsys: Any) -> None:

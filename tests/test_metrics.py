@@ -4,10 +4,9 @@ SIGHUP during startup."""
 
 from __future__ import annotations
 
-import contextvars
 import io
 import logging
-from collections import deque
+import threading
 from types import SimpleNamespace
 from typing import Any
 
@@ -15,11 +14,9 @@ import httpx
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from quixstreams.context import set_message_context
-from quixstreams.models.messagecontext import MessageContext
 
 from schemas.codec import BundledSchemas
-from streams.align import InputAligner
+from streams import logs
 from streams.config import Config, ConfigError, load_config
 from streams.logs import JsonFormatter, OriginFilter, TextFormatter
 from streams.metrics import INPUT_QUIET, HttpServer, InputWatch, KafkaStats, Telemetry
@@ -237,13 +234,23 @@ def test_logs_carry_the_kafka_origin_of_the_message_being_processed() -> None:
     assert outside.kafka_origin is None  # type: ignore[attr-defined]
     assert "origin" not in orjson.loads(JsonFormatter().format(outside))
 
-    def inside() -> logging.LogRecord:
-        set_message_context(MessageContext("audit.events", 3, 42, 10))
+    msg = SimpleNamespace(topic=lambda: "audit.events", partition=lambda: 3, offset=lambda: 42)
+    logs.CURRENT.thread, logs.CURRENT.message = threading.get_ident(), msg
+    try:
         r = record(logging.ERROR, "detection failed", exc=True)
         filt.filter(r)
-        return r
-
-    r = contextvars.copy_context().run(inside)
+        # Another thread (the HTTP server's) is not processing that message.
+        elsewhere: list[logging.LogRecord] = []
+        t = threading.Thread(
+            target=lambda: (
+                elsewhere.append(record(logging.ERROR, "scrape")) or filt.filter(elsewhere[0])
+            )
+        )
+        t.start()
+        t.join()
+        assert elsewhere[0].kafka_origin is None  # type: ignore[attr-defined]
+    finally:
+        logs.CURRENT.thread, logs.CURRENT.message = None, None
     line = orjson.loads(JsonFormatter().format(r))
     assert line["origin"] == "audit.events[3]@42"
     assert (line["topic"], line["partition"], line["offset"]) == ("audit.events", 3, 42)
@@ -344,21 +351,14 @@ def test_sighup_during_startup_is_queued_not_fatal(monkeypatch: pytest.MonkeyPat
     assert reloader.requests == 2
 
 
-def test_input_alignment_is_scraped() -> None:
-    consumer = SimpleNamespace(poll=None, pause=None, resume=None, seek=None)
-    aligner = InputAligner(consumer, "audit.events", 60_000, buffer_records=16)
-    aligner.held.update({1, 3})
-    aligner.holds = 7
-    aligner.fetch_pauses = 2
-    aligner.buffers[1] = deque(range(16))
-    aligner.buffers[3] = deque(range(5))
+def test_runtime_figures_are_scraped() -> None:
+    worker = SimpleNamespace(tasks={0: None, 5: None}, rewinds=3, restores=9)
     t = Telemetry(Config(), processor())
-    t.aligner = aligner
+    t.worker = worker
     families = {f.name: f for f in text_string_to_metric_families(t.scrape().decode())}
-    assert families["auditwatch_input_held_partitions"].samples[0].value == 2
-    assert families["auditwatch_input_buffered_records"].samples[0].value == 21
-    assert families["auditwatch_input_holds"].samples[0].value == 7
-    assert families["auditwatch_input_fetch_pauses"].samples[0].value == 2
-    # Off (max_input_skew_s: 0): nothing about it.
+    assert families["auditwatch_runtime_partitions"].samples[0].value == 2
+    assert families["auditwatch_runtime_rewinds"].samples[0].value == 3
+    assert families["auditwatch_runtime_restores"].samples[0].value == 9
+    # Without a worker (tools, tests): nothing about it.
     plain = Telemetry(Config(), processor()).scrape().decode()
-    assert "auditwatch_input_held" not in plain
+    assert "auditwatch_runtime_" not in plain

@@ -1,4 +1,4 @@
-"""Replay and backtest keep detection state per detect partition, placed as Kafka places it."""
+"""Replay and backtest keep state per input partition, placed as Kafka places it."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def test_murmur2_places_keys_where_the_broker_does(stack: Any) -> None:
     assert placed == {k: murmur2_partition(k, s.cfg.topics.partitions) for k in keys}
 
 
-def test_each_group_lives_in_the_store_of_its_detect_partition() -> None:
+def test_each_machine_lives_in_its_input_partition_and_groups_are_shared() -> None:
     cfg = Config()
     detection = PartitionedDetection(Processor(cfg, BundledSchemas()), cfg.topics.partitions)
     # Replicas of one group (pod suffixes) and one machine per group for a dozen groups.
@@ -60,13 +60,16 @@ def test_each_group_lives_in_the_store_of_its_detect_partition() -> None:
     for i, m in enumerate(replicas + singles):
         detection.detect(ev(m, 1_767_225_600_000 + i, i=i), i)
     where = {
-        m: [p for p, st in detection.stores.items() if m in st.data.get(MACHINE, {})]
+        m: [p for p, st in detection.local.items() if m in st.data.get(MACHINE, {})]
         for m in replicas + singles
     }
     assert all(len(ps) == 1 for ps in where.values())  # each machine in exactly one store
-    assert len({where[m][0] for m in replicas}) == 1  # a group shares one store
-    assert where[replicas[0]] == [murmur2_partition(b"orders-api", cfg.topics.partitions)]
-    assert len(detection.stores) > 1
+    for m, ps in where.items():
+        assert ps == [murmur2_partition(m.encode(), cfg.topics.partitions)]
+    # The replicas spread over partitions, and their group's knowledge is one, shared.
+    assert len({where[m][0] for m in replicas}) > 1
+    assert detection.shared.data.get(b"gm", {}).keys() >= {"orders-api"}
+    assert not any(b"gm" in st.data for st in detection.local.values())
 
 
 def test_a_store_that_starts_late_is_not_blind_to_new_identities() -> None:

@@ -13,6 +13,7 @@ import pytest
 from confluent_kafka import Producer
 
 from schemas.codec import decode_wire, encode_event_avro, sha256
+from streams.processor import event_id_of
 from streams.producer import to_avro_record
 from streams.reading import pipeline_lag
 from streams.replay import replay
@@ -34,7 +35,7 @@ def avro(event: dict[str, Any]) -> bytes:
 
 
 def archived_ids(stack: Stack) -> Counter[str]:
-    return Counter(m.key().decode() for m in stack.read("archive"))
+    return Counter(event_id_of(m.key()) for m in stack.read("archive"))
 
 
 @pytest.mark.parametrize("guarantee", ["at-least-once", "exactly-once"])
@@ -102,7 +103,7 @@ def test_valid_events_archived_once_and_bad_input_dead_lettered(stack: Any, guar
 
     archive = {}
     for m in s.read("archive"):
-        archive[m.key().decode()] = decode_wire(m.value(), "archive_record")
+        archive[event_id_of(m.key())] = decode_wire(m.value(), "archive_record")
         # Kafka timestamps are processing time; event time (an hour earlier) is in the payload.
         assert now - 5_000 <= m.timestamp()[1] <= time.time() * 1000
     assert len(archive) == 41

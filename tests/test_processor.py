@@ -73,7 +73,7 @@ def only(outputs: list[Output], kind: str) -> Output:
 def test_valid_event_is_archived(processor: Processor, store: MemoryStore) -> None:
     value = as_json(event(event_id="e-1"))
     out = only(processor.handle(value, MACHINE.encode(), ORIGIN, store), "archive")
-    assert out.key == b"e-1"
+    assert out.key == MACHINE.encode() + b"\x1fe-1"
     record = decode_wire(out.value, "archive_record")
     assert record["event"]["event_id"] == "e-1"
     assert record["event"]["timestamp"] == T_MS + 123
@@ -97,7 +97,7 @@ def test_avro_event_is_archived_with_derived_id(processor: Processor, store: Mem
     record = decode_wire(out.value, "archive_record")
     assert record["original_format"] == "AVRO"
     assert record["event_id_derived"] is True
-    assert out.key == record["event"]["event_id"].encode()
+    assert out.key == (MACHINE + "\x1f" + record["event"]["event_id"]).encode()
     assert record["event"]["event_id"].startswith("h-")
     assert record["original_sha256"] == hashlib.sha256(value).digest()
 

@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
+from streams.processor import event_id_of
 from streams.reading import pipeline_lag
 from tests.conftest import Stack, wait_until
 from tests.traffic import BASE_MS, steady
@@ -56,7 +57,7 @@ def test_sigkill_mid_stream_loses_nothing_and_keeps_baselines(
     s.start_worker("state" if restart_state == "same_dir" else "state-restored")
     wait_until(lambda: lag(s) == 0, timeout=180, what="restarted worker to catch up")
 
-    archived = {m.key().decode() for m in s.read("archive")}
+    archived = {event_id_of(m.key()) for m in s.read("archive")}
     assert archived == {e["event_id"] for e in history + more}
     # Nothing it had learned before its last commit is 'new' after the restart.
     assert new_resource_pages(s) == []

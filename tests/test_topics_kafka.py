@@ -25,7 +25,7 @@ def topic_config(stack: Stack, topic: str) -> dict[str, str]:
 def test_topics_create_is_idempotent_and_reports_drift(stack: Any, capsys: Any) -> None:
     s: Stack = stack()
     assert main(["topics", "create", "--config", str(s.config_path)]) == 0
-    assert capsys.readouterr().out.count("created") == 6
+    assert capsys.readouterr().out.count("created") == 8
 
     archive = topic_config(s, s.cfg.topics.archive)
     assert archive["cleanup.policy"] == "compact"

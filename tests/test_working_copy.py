@@ -11,7 +11,6 @@ import pytest
 from detectors.core import MACHINE, DetectionCore, DetectorConfig, WorkingCopy
 from schemas.codec import BundledSchemas
 from schemas.event import AuditEvent, Limits, event_from_mapping
-from streams.app import _WriteBack
 from streams.config import Config
 from streams.partitioning import PartitionedDetection
 from streams.processor import MemoryStore, Processor
@@ -61,9 +60,9 @@ def test_working_copy_pages_and_stores_exactly_as_writing_through(flush_every: i
     detectors = Counter(a.split(b'"detector":"')[1].split(b'"')[0] for a in through)
     # The sweep's and the resolver's reads of other machines' states went through it too.
     assert detectors[b"silence"] >= 1 and len(detectors) >= 4
-    assert live.stores.keys() == plain.stores.keys()
-    for p, store in plain.stores.items():
-        assert live.stores[p].data == store.data, p
+    assert live.local.keys() == plain.local.keys()
+    for p, store in plain.local.items():
+        assert live.local[p].data == store.data, p
     working = live.processor.core.working
     assert working is not None and not working.dirty_partitions()
     assert len(working.states) <= 5
@@ -144,55 +143,6 @@ def test_the_bound_applies_after_each_flush() -> None:
     assert [m for _, m in working.states] == ["m-7", "m-8", "m-9"]
     with pytest.raises(ValueError, match="max_machines"):
         WorkingCopy(-1)
-
-
-class _Transaction:
-    """What the runtime's store cache needs of a Quix partition transaction: bytes by
-    (column family, key), counting reads."""
-
-    def __init__(self, data: dict[tuple[bytes, bytes], bytes]) -> None:
-        self.data = data
-        self.reads = 0
-
-    def get_bytes(self, key: bytes, cf: bytes) -> bytes | None:
-        self.reads += 1
-        return self.data.get((cf, key))
-
-    def set_bytes(self, key: bytes, value: bytes, cf: bytes) -> None:
-        self.data[(cf, key)] = value
-
-    def delete(self, key: bytes, cf: bytes) -> None:
-        self.data.pop((cf, key), None)
-
-
-def test_the_stage_records_are_read_once_and_written_at_the_checkpoint() -> None:
-    processor = Processor(Config(), BundledSchemas())
-    write_back = _WriteBack(processor, "audit.detect", max_machines=2)
-    committed: dict[tuple[bytes, bytes], bytes] = {(b"g", b"orders"): b"old", (b"g", b"x"): b"1"}
-    tx = _Transaction(dict(committed))
-    kv = write_back.store(3, tx)
-    assert kv.get(b"g", "orders") == b"old"
-    assert kv.get(b"g", "orders") == b"old" and kv.get(b"g", "absent") is None
-    assert kv.get(b"g", "absent") is None and tx.reads == 2
-    kv.set(b"g", "orders", b"new")
-    kv.delete(b"g", "x")
-    # Not in the transaction until the checkpoint: a lost partition never writes them.
-    assert tx.data == committed
-    write_back.flush({3: tx}.__getitem__)
-    assert tx.data == {(b"g", b"orders"): b"new"}
-    # Bounded after the flush; what was dropped is read from the store again.
-    assert sum(len(c.values) for c in write_back.caches.values()) <= 2
-    next_tx = _Transaction(dict(tx.data))
-    kv = write_back.store(3, next_tx)
-    kv.set(b"g", "orders", b"newer")
-    write_back.drop(3)
-    write_back.flush({3: next_tx}.__getitem__)
-    assert next_tx.data == {(b"g", b"orders"): b"new"}
-    assert write_back.store(3, next_tx).get(b"g", "orders") == b"new"
-    # Machine states pass through: the detection core keeps those decoded itself.
-    kv = write_back.store(3, next_tx)
-    kv.set(MACHINE, "m-1", b"{}")
-    assert next_tx.data[(MACHINE, b"m-1")] == b"{}"
 
 
 def test_a_failed_event_leaves_no_half_applied_state() -> None:

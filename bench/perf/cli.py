@@ -5,7 +5,8 @@ Phases, one after the other on the same broker and data (skip any with --skip):
 
   ceiling     plain confluent-kafka consumer: fastavro decode + archive record (bench/ceiling.py)
   auditwatch  `auditwatch run`, default detectors, archive and alerts, at-least-once
-  faust       the same work as a faust-streaming app (bench/faust_peer.py; needs the bench extra)
+  faust       the same one-pass work as a faust-streaming app (bench/faust_peer.py; needs the
+              bench extra)
   replay      `auditwatch replay` of the same events from a JSON-lines file
   state       serialised state of a machine with 50 distinct resources (bench.state_size)
   restore     a fresh worker restoring --restore-machines machines' state from the changelog
@@ -13,11 +14,13 @@ Phases, one after the other on the same broker and data (skip any with --skip):
   eos         the same under exactly-once
   profile     only with --profile: `auditwatch run` again under py-spy -> profile.md
 
-Two more, only when asked for with --with, run between ceiling and auditwatch:
+One more, only when asked for with --with, runs between ceiling and auditwatch:
 
-  engine      the ceiling's work as a Quix Streams app (bench/engine.py): the engine's own cost
   floor       `auditwatch run` with the detection core taken out (bench/floor.py): the most a
-              faster detection core could give on this engine and topology
+              faster detection core could give on this runtime and topology
+
+(The `engine` phase, the ceiling's work as a Quix Streams app, went with Quix Streams:
+`auditwatch run` no longer runs on it; see bench/README.md.)
 
 Every Kafka phase is checked as well as timed: its archive must hold exactly the dataset's
 event ids, and the pipelines' pages are compared with replay's. A phase that cannot finish in
@@ -48,12 +51,15 @@ import yaml
 from bench.perf.dataset import DEFAULT_CACHE, ROOT, Dataset, DatasetParams, generate
 
 PHASES = ("ceiling", "auditwatch", "faust", "replay", "state", "restore", "latency", "eos")
-OPTIONAL = ("engine", "floor")
+OPTIONAL = ("floor",)
+# Optional phases that no longer exist, and why.
+REMOVED = {
+    "engine": "the Quix Streams engine phase was removed: auditwatch run no longer uses Quix",
+}
 # The least each phase needs (seconds, checks included): a late run shrinks earlier phases'
 # timeouts so that these still fit in the budget.
 _RESERVE = {
     "ceiling": 25,
-    "engine": 25,
     "floor": 30,
     "auditwatch": 35,
     "faust": 35,
@@ -220,6 +226,7 @@ def targets(
     """The issue's targets (for context): pass is None when the figure is missing, or would
     pass only on the strength of a run that did not complete."""
     pipe, ceil, faust = r.get("pipeline_eps"), r.get("ceiling_eps"), r.get("faust_eps")
+    pipe_cpu, faust_cpu = r.get("pipeline_events_per_cpu_s"), r.get("faust_events_per_cpu_s")
     done = {k: bool(complete.get(k)) for k in PHASES}
     eos_limit = commit_interval_s * 1000 + 1000
     return {
@@ -231,6 +238,12 @@ def targets(
         ),
         "pipeline_vs_faust": _target(
             round(pipe / faust, 2) if pipe and faust else None,
+            ">=",
+            4,
+            done["auditwatch"] and done["faust"],
+        ),
+        "pipeline_vs_faust_per_cpu_s": _target(
+            round(pipe_cpu / faust_cpu, 2) if pipe_cpu and faust_cpu else None,
             ">=",
             4,
             done["auditwatch"] and done["faust"],
@@ -291,8 +304,6 @@ def run_phases(
 
         if "ceiling" not in skip:
             kafka("ceiling", ph.ceiling_argv)
-        if "engine" in args.with_phases:
-            kafka("engine", ph.engine_argv)
         if "floor" in args.with_phases:
             kafka("floor", ph.floor_argv)
         if "auditwatch" not in skip:
@@ -407,7 +418,8 @@ def _profile(
     )
     if not raw.exists() or r.progress is None:
         return {"error": r.error or "py-spy wrote no profile"}
-    analysis = analyse(raw, int(r.extra.get("archived", 0)), int(r.extra.get("detected", 0)), ROOT)
+    # One pass: an event is archived and detected in the same call (phases.kafka_phase).
+    analysis = analyse(raw, r.progress.processed, ROOT)
     eps = r.eps()
     md = markdown(
         analysis,
@@ -456,6 +468,14 @@ def headline(out: dict[str, Any], dataset: Dataset) -> dict[str, Any]:
         r = res.get(name)
         return None if r is None else r.extra.get(key)
 
+    def per_cpu(name: str) -> int | None:
+        # Steady state: from the first output to the end of the work, start-up left out.
+        r = res.get(name)
+        if r is None or r.error is not None or r.progress is None:
+            return None
+        e = r.progress.steady_per_cpu_s()
+        return None if e is None else round(e)
+
     aw = res.get("auditwatch")
     return {
         "events": dataset.events,
@@ -463,8 +483,11 @@ def headline(out: dict[str, Any], dataset: Dataset) -> dict[str, Any]:
         "ceiling_eps": eps("ceiling"),
         "pipeline_eps": eps("auditwatch"),
         "faust_eps": eps("faust"),
-        "engine_eps": eps("engine"),
         "floor_eps": eps("floor"),
+        "ceiling_events_per_cpu_s": per_cpu("ceiling"),
+        "pipeline_events_per_cpu_s": per_cpu("auditwatch"),
+        "faust_events_per_cpu_s": per_cpu("faust"),
+        "floor_events_per_cpu_s": per_cpu("floor"),
         "replay_eps": eps("replay"),
         "p50_alert_latency_ms": extra("latency", "p50_ms"),
         "p99_alert_latency_ms": extra("latency", "p99_ms"),
@@ -481,8 +504,11 @@ _ROWS = (
     ("ceiling_eps", "ceiling", "events/s"),
     ("pipeline_eps", "auditwatch", "events/s"),
     ("faust_eps", "faust", "events/s"),
-    ("engine_eps", "engine", "events/s"),
     ("floor_eps", "floor", "events/s"),
+    ("ceiling_events_per_cpu_s", "ceiling", "per CPU-s"),
+    ("pipeline_events_per_cpu_s", "auditwatch", "per CPU-s"),
+    ("faust_events_per_cpu_s", "faust", "per CPU-s"),
+    ("floor_events_per_cpu_s", "floor", "per CPU-s"),
     ("replay_eps", "replay", "events/s"),
     ("p50_alert_latency_ms", "latency", "ms"),
     ("p99_alert_latency_ms", "latency", "ms"),
@@ -556,6 +582,8 @@ def main(argv: list[str] | None = None) -> int:
             f"optional: {', '.join(OPTIONAL)}",
             file=sys.stderr,
         )
+        for name in sorted(unknown & set(REMOVED)):
+            print(f"bench: {name}: {REMOVED[name]}", file=sys.stderr)
         return 2
     try:
         params = DatasetParams(args.events, args.machines, args.history_hours, args.seed)

@@ -236,8 +236,25 @@ class Progress:
         span = self.done_s - self.first_output_s
         return self.processed / span if span > 0 else None
 
+    def steady_per_cpu_s(self) -> float | None:
+        """Output records per CPU-second of the worker from its first output to the end of
+        its work, from the samples: the steady state, without the CPU of start-up (imports,
+        group join, restore) that `events_per_cpu_s` includes."""
+        if self.first_output_s is None or self.done_s is None:
+            return None
+        window = [
+            s
+            for s in self.samples
+            if s[1] > 0 and self.first_output_s - POLL_S <= s[0] <= self.done_s + POLL_S
+        ]
+        if len(window) < 2:
+            return None
+        (_t0, n0, c0), (_t1, n1, c1) = window[0], window[-1]
+        return (n1 - n0) / (c1 - c0) if c1 > c0 and n1 > n0 else None
+
     def to_json(self) -> dict[str, Any]:
         eps = self.eps()
+        steady = self.steady_per_cpu_s()
         return {
             "complete": self.complete,
             "processed": self.processed,
@@ -247,6 +264,7 @@ class Progress:
             "wall_s": _r(self.wall_s),
             "worker_cpu_s": _r(self.cpu_s),
             "events_per_cpu_s": round(self.processed / self.cpu_s) if self.cpu_s else None,
+            "steady_events_per_cpu_s": round(steady) if steady else None,
             "peak_rss_mb": round(self.peak_rss_mb, 1),
             "exited_early": self.exited_early,
         }

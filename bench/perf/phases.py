@@ -1,9 +1,10 @@
-"""The timed phases over the preloaded dataset: ceiling, auditwatch, faust peer, replay.
+"""The timed phases over the preloaded dataset: ceiling, auditwatch (and floor), faust peer,
+replay.
 
 Each Kafka phase has its own consumer group, output topics and state directory, and reads the
 one shared input topic; each is checked after it is timed: the archive must hold exactly the
-dataset's event ids, and (for the two pipelines) the pages on the alerts topic are compared
-with replay's.
+dataset's event ids, and (for the pipelines) the pages on the alerts topic are compared with
+replay's.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from bench.perf.measure import (
 )
 from schemas.alert import PAGE_RANK, SEVERITY_RANK
 from streams.config import Config, load_config
+from streams.processor import KEY_SEP
 from streams.topics import ensure_topics
 
 
@@ -55,8 +57,10 @@ class Run:
         guarantee: str = "at-least-once",
         input_topic: str | None = None,
         partitions: int = 8,
+        kafka: dict[str, Any] | None = None,
     ) -> tuple[Config, Path]:
-        """A phase's config file: its own group, output topics and state dir."""
+        """A phase's config file: its own group, output topics and state dir (`kafka`: more
+        kafka.* settings for this phase only)."""
         d = self.dir / phase
         d.mkdir(parents=True, exist_ok=True)
         name = f"{self.prefix}.{phase}"
@@ -69,6 +73,7 @@ class Run:
                 "processing_guarantee": guarantee,
                 "librdkafka": dict(self.librdkafka),
                 **self.kafka,
+                **(kafka or {}),
             },
             "topics": {
                 "events": input_topic or self.input_topic,
@@ -82,6 +87,9 @@ class Run:
         path = d / "config.yaml"
         path.write_text(yaml.safe_dump(data))
         return load_config(path), path
+
+
+_KEY_SEP = KEY_SEP.encode()
 
 
 def is_page(alert: dict[str, Any]) -> bool:
@@ -136,10 +144,13 @@ def check_archive(
 ) -> dict[str, Any]:
     """The archive must hold every input event id and nothing else (duplicates are allowed
     under at-least-once, and counted). A run stopped by its timeout cannot have archived
-    everything: then the check passes no verdict (pass None) and records what was there."""
+    everything: then the check passes no verdict (pass None) and records what was there.
+    Archive keys are `machine_id US event_id` (`streams.processor.archive_key`): the event id
+    is what follows the last separator."""
     records, keys = archive.records, archive.keys
-    missing = len(expected_ids - keys)
-    extra = len(keys - expected_ids)
+    ids = {k.rpartition(_KEY_SEP)[2] for k in keys}
+    missing = len(expected_ids - ids)
+    extra = len(ids - expected_ids)
     return {
         "pass": (missing == 0 and extra == 0) if complete else None,
         "why": None if complete else "stopped by the phase timeout; counts are what it archived",
@@ -189,7 +200,7 @@ class PhaseResult:
 
 
 # Workers that only archive: their work ends with their last archive record.
-_ONE_STAGE = ("ceiling", "engine")
+_ARCHIVE_ONLY = ("ceiling",)
 
 
 def kafka_phase(
@@ -228,13 +239,27 @@ def kafka_phase(
     result.checks["archive"] = check_archive(
         archive, run.dataset, expected_ids, complete=result.progress.complete
     )
-    stage2 = name not in _ONE_STAGE
-    _refine(result.progress, archive, worker.started_wall, stage2=stage2)
-    if stage2:
-        # Stage 1 can run ahead of detection: an event counts once both stages are done.
-        detected = committed_count(cfg, cfg.kafka.consumer_group, cfg.topics.detect)
+    detects = name not in _ARCHIVE_ONLY
+    _refine(result.progress, archive, worker.started_wall, detects=detects)
+    if detects:
+        # One pass: an event's archive record is produced just before it is detected, in the
+        # same call, so what is archived is detected too. The input offsets the worker
+        # committed (it commits on stop) say so; events it forwarded to the repartition topic
+        # (none in this dataset: it is keyed by machine) count once that record is committed.
+        detected = committed_count(cfg, cfg.kafka.consumer_group, cfg.topics.events)
+        forwarded = TopicCounter(cfg, cfg.topics.detect)
+        try:
+            pending = max(
+                forwarded.count()
+                - committed_count(cfg, cfg.kafka.consumer_group, cfg.topics.detect),
+                0,
+            )
+        finally:
+            forwarded.close()
+        detected -= pending
         result.extra["archived"] = result.progress.processed
         result.extra["detected"] = detected
+        result.extra["forwarded_pending"] = pending
         result.checks["detection_stage"] = {
             "pass": detected >= run.dataset.events if result.progress.complete else None,
             "detected": detected,
@@ -247,16 +272,17 @@ def kafka_phase(
     return result
 
 
-def _refine(p: Progress, archive: TopicKeys, started_wall: float, stage2: bool) -> None:
+def _refine(p: Progress, archive: TopicKeys, started_wall: float, detects: bool) -> None:
     """Sharpen the sampled times with the archive records' own timestamps (set when each was
-    produced): the first one is when output began; without a detection stage the last one is
-    when the work ended. With one, the end stays the end of the worker's busy time."""
+    produced): the first one is when output began; without detection the last one is when the
+    work ended. With it, the end stays the end of the worker's busy time (the last event's
+    detection, its alerts and the commit come after its archive record)."""
     if archive.first_ms is None or archive.last_ms is None:
         return
     p.first_output_s = archive.first_ms / 1000 - started_wall
     last = archive.last_ms / 1000 - started_wall
     if p.complete:
-        p.done_s = last if not stage2 else max(p.done_s or last, last)
+        p.done_s = last if not detects else max(p.done_s or last, last)
 
 
 def _worker_metrics(log: str) -> dict[str, Any] | None:
@@ -281,10 +307,6 @@ def auditwatch_argv(config_path: Path) -> list[str]:
 
 def ceiling_argv(config_path: Path) -> list[str]:
     return python_module("bench.ceiling", "--config", str(config_path))
-
-
-def engine_argv(config_path: Path) -> list[str]:
-    return python_module("bench.engine", "--config", str(config_path))
 
 
 def floor_argv(config_path: Path) -> list[str]:

@@ -2,15 +2,19 @@
 
 py-spy attaches to the worker's pid (`py-spy record --format raw`, 100 samples a second,
 blocking so each stack is consistent) and writes collapsed stacks. Each sample is charged to
-one stage by the innermost auditwatch frame on its stack (so time spent inside Quix or RocksDB
-on behalf of `_TransactionStore.get` counts as state access, and inside fastavro on behalf of
-`_decode_avro` as decoding); samples with no auditwatch frame are charged by their innermost
-Quix or confluent-kafka frame (producing, consuming, state flush and changelog, framework).
-Some frames are charged by their source line (`orjson.loads(raw)` in `DetectionCore.observe`
-is loading machine state), which is how time in C extensions, invisible to py-spy without
-native frames, is still placed. A stage's budget is its samples / rate / events processed,
-in microseconds per event (see `analyse` for runs whose detection stage lags); startup
-samples (imports, topic checks, partition assignment) are left out.
+one stage by the innermost auditwatch frame on its stack, in the runtime's one pass per event
+(`streams/runtime/`): the loop's consume, each record's task (`Task.process`: the processor's
+decode, admit and detect, and the detection core below them), the produce of its outputs, and
+the periodic commit (working copy flushed into the partition state, changelog and peer
+records produced, acknowledgements awaited, offsets committed). State access through
+`TaskStore` is charged by who asked: `Processor.admit` (the dedupe index), the commit (the
+working copy's flush), else detection. Samples with no auditwatch frame are charged by their
+innermost confluent-kafka frame. Some frames are charged by their source line
+(`self.consumer.consume(` in the loop is consuming, `orjson.loads(raw)` in `DetectionCore` is
+loading machine state), which is how time in C extensions, invisible to py-spy without native
+frames, is still placed. A stage's budget is its samples / rate / events processed, in
+microseconds per event; startup and recovery samples (imports, topic checks, the peer table's
+load, partition restores, everything before the loop runs) are left out.
 """
 
 from __future__ import annotations
@@ -28,13 +32,26 @@ RATE = 100
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?):(?P<line>\d+)\)$")
 _OURS = ("streams/", "detectors/", "schemas/")
 
-STARTUP = "startup (imports, topic checks, partition assignment, store open)"
-STATE = "detection: state get/set (Quix transaction, RocksDB)"
+STARTUP = "startup and recovery (imports, topic checks, peer table load, partition restore)"
+STATE = "detection: state get/set (partition state, peer table)"
 DEDUPE_STATE = "dedupe: state get/set of event ids"
-# The per-stage budget the issue asks for, as sums of the fine stages above.
+CONSUME = "consume (poll, librdkafka)"
+PRODUCE = "produce (outputs, librdkafka)"
+DELIVERY = "produce: delivery reports (poll)"
+COMMIT_STATE = "commit: working copy flushed into the partition state"
+COMMIT_RECORDS = "commit: changelog and peer records"
+COMMIT_WAIT = "commit: acknowledgements, offsets, transaction"
+TASK = "runtime: task (route, emit)"
+LOOP = "runtime: loop (batch, positions, punctuate)"
+ROUTE = "runtime: routing (machine's partition)"
+PEERS_READ = "runtime: peers topic read (other workers' records)"
+TELEMETRY = "telemetry (latency histograms, stats, metrics)"
+# The per-stage budget, as sums of the fine stages above (matched by prefix).
 GROUPS = (
+    ("consume (poll)", (CONSUME,)),
     ("decode + validate", ("decode (fastavro)", "validate (event_from_mapping)")),
     ("dedupe (digest, event-id state)", ("dedupe digest", DEDUPE_STATE)),
+    ("archive record encode", ("archive record encode",)),
     ("detection state get/set", (STATE,)),
     ("machine state load/dump (orjson)", ("machine state load", "machine state dump")),
     ("model dump/load (rate, combined)", ("rate model dump", "rate model load", "combined model")),
@@ -51,17 +68,24 @@ GROUPS = (
             "alert encode",
         ),
     ),
-    (
-        "output records (archive, detect topic)",
-        ("archive record encode", "detect record", "codec (other)"),
-    ),
-    ("produce (librdkafka via Quix)", ("produce",)),
-    ("consume (poll)", ("consume",)),
-    ("Quix overhead (loop, serialisers, commit, changelog)", ("Quix",)),
-    ("auditwatch glue (app.py, processor)", ("auditwatch app glue", "processor glue")),
+    ("produce (outputs, delivery reports)", (PRODUCE, DELIVERY)),
+    ("commit (flush into state, changelog, acknowledgements, offsets)", ("commit:",)),
+    ("runtime glue (loop, task, routing, peers topic)", ("runtime:",)),
+    ("processor glue (decode/admit/detect)", ("processor glue", "codec (other)")),
+    ("telemetry", (TELEMETRY,)),
     ("other auditwatch modules and threads", ("streams:",)),
 )
-_STARTUP_FUNCS = ("ensure_topics", "build_application", "Application._on_assign")
+_STARTUP_FUNCS = (
+    "ensure_topics",
+    "Worker.start",
+    "Worker._new_task",
+    "Worker._on_assign",
+    "Worker._check_topics",
+    "PeerReader.load",
+)
+
+# The stores a task hands the processor (state and peer kinds routed apart).
+_STORES = ("TaskStore.", "SplitStore.", "MemoryStore.")
 
 _CORE_FUNCS = {
     "_off_hours": "detector: off_hours",
@@ -75,6 +99,8 @@ _CORE_FUNCS = {
     "_new_identity": "detector: new_identity",
     "_watch_silence": "detector: silence (watch, sweep)",
     "_sweep": "detector: silence (watch, sweep)",
+    "_sweep_if_due": "detector: silence (watch, sweep)",
+    "punctuate": "detector: silence (watch, sweep)",
     "expire_idle": "detector: silence (watch, sweep)",
     "_storm_control": "storm control",
     "_rollup": "storm control",
@@ -102,15 +128,57 @@ def _source(root: Path, file: str, line: int) -> str:
     return linecache.getline(str(root / file), line)
 
 
+def _runtime(func: str, file: str, line: int, root: Path) -> str | None:
+    """The stage of a frame in streams/runtime/."""
+    short = func.rsplit(".", 1)[-1]
+    module = file.rsplit("/", 1)[-1]
+    src = _source(root, file, line)
+    if module == "loop.py":
+        if ".consume(" in src:
+            return CONSUME
+        if func in ("Worker._progress", "Worker.explain") or "observe(" in src:
+            return TELEMETRY
+        if func in ("Worker.commit", "Worker.close"):
+            return COMMIT_RECORDS
+        return LOOP  # run, run_once, _punctuate, _emit, rewind
+    if module == "task.py":
+        if func.startswith(_STORES):
+            return STATE
+        return TASK
+    if module == "state.py":
+        if func.startswith("PartitionState.") and short in ("get", "set", "delete"):
+            return STATE
+        if short == "drain":
+            return COMMIT_RECORDS
+        return STARTUP  # apply, restore, read_to_end
+    if module == "peers.py":
+        if func.startswith("PeerTable.") and short in ("get", "set", "delete"):
+            return STATE
+        if short == "drain":
+            return COMMIT_RECORDS
+        if short == "note_clock":
+            return LOOP
+        return PEERS_READ  # PeerReader.poll, PeerTable.apply and the merge
+    if module == "commit.py":
+        if short == "produce":
+            return PRODUCE
+        if short == "poll":
+            return DELIVERY
+        return COMMIT_WAIT  # commit (flush, offsets, transaction), abort
+    if module == "routing.py":
+        return ROUTE
+    return LOOP
+
+
 def _ours(func: str, file: str, line: int, root: Path) -> str | None:
     """The stage of an auditwatch frame, or None to let the caller's frame decide."""
     short = func.rsplit(".", 1)[-1]
+    if file.startswith("streams/runtime/"):
+        return _runtime(func, file, line, root)
     if file == "streams/app.py":
-        if func.startswith("_TransactionStore."):
-            return STATE
-        if func.startswith(("build_application.<locals>", "_OutputValue", "_ProgressLog")):
-            return "auditwatch app glue (app.py callbacks)"
-        return None  # run(): everything Quix does happens below it
+        return None  # _run(): everything the worker does happens below it
+    if file == "streams/metrics.py":
+        return TELEMETRY
     if file.startswith("detectors/rate.py"):
         if short in ("dump", "state"):
             return "rate model dump"
@@ -121,10 +189,16 @@ def _ours(func: str, file: str, line: int, root: Path) -> str | None:
         src = _source(root, file, line)
         if "orjson.loads" in src or "from_dict" in src or func.endswith("from_dict"):
             return "machine state load (orjson + from_dict)"
-        if "orjson.dumps" in src or "to_dict" in src or func.endswith(("to_dict", "to_list")):
+        if (
+            "orjson.dumps" in src
+            or "to_dict" in src
+            or func.endswith(("to_dict", "to_list", "_encode_state"))
+        ):
             return "machine state dump (to_dict + orjson)"
         if func.startswith(("Episode.", "MachineState.")):
             return "machine state load (orjson + from_dict)"
+        if func.startswith("WorkingCopy."):
+            return "core: working copy"
         return _CORE_FUNCS.get(short, "core: process glue")
     if file == "detectors/peers.py":
         return "peer groups (logic)"
@@ -151,10 +225,6 @@ def _ours(func: str, file: str, line: int, root: Path) -> str | None:
             return "decode (fastavro)"
         if short in ("encode_archive", "sha256"):
             return "archive record encode"
-        if short in ("encode_detect", "encode_canonical"):
-            return "detect record encode"
-        if short in ("decode_detect", "decode_canonical"):
-            return "detect record decode"
         return "codec (other)"
     if file == "schemas/event.py":
         if short in ("content_digest", "_canonical_bytes"):
@@ -165,19 +235,20 @@ def _ours(func: str, file: str, line: int, root: Path) -> str | None:
     if file == "schemas/alert.py":
         return "alert encode"
     if file == "streams/processor.py":
+        if func.startswith(_STORES) and short in ("get", "set", "delete"):
+            return STATE
         src = _source(root, file, line)
-        if "to_json" in src:
+        if "to_json" in src or "orjson.dumps" in src:
             return "alert encode"
         if "content_digest" in src:
             return "dedupe digest"
+        if "sha256(" in src or "encode_archive(" in src:
+            return "archive record encode"
         if short == "_decode":
             return "decode (fastavro)"
-        return "processor glue (ingest/detect)"
+        return "processor glue (decode/admit/detect)"
     if file == "streams/seed.py":
-        return "processor glue (ingest/detect)"
-    if file == "streams/align.py" and "self._poll(" in _source(root, file, line):
-        # The aligner stands in for the consumer's poll: what librdkafka does is consuming.
-        return None
+        return "processor glue (decode/admit/detect)"
     if file == "detectors/combined.py":
         if short in ("dump", "load") or "dump" in func or "load" in func:
             return "combined model dump/load"
@@ -186,30 +257,14 @@ def _ours(func: str, file: str, line: int, root: Path) -> str | None:
     if file.startswith("detectors/"):
         return f"detector module: {module}"
     if file.startswith("streams/") and file != "streams/cli.py":
-        # Other threads of the worker (control reader, metrics) or newer modules.
+        # Other threads of the worker (control reader, config reloader) or newer modules.
         return f"streams: {module}"
     return None
 
 
 def _framework(func: str, file: str) -> str | None:
-    if "quixstreams/" in file:
-        if "/state/" in file:
-            return "Quix state flush, changelog, recovery"
-        if "checkpoint" in file:
-            return "Quix commit/checkpoint"
-        if "rowproducer" in file or "kafka/producer" in file:
-            return "produce (Quix producer, librdkafka)"
-        if "rowconsumer" in file or "kafka/consumer" in file:
-            return "consume (poll, librdkafka)"
-        if "/models/" in file:
-            return "Quix (de)serialisers, topics"
-        return "Quix framework (dataframe, app loop)"
     if "confluent_kafka" in file:
-        return (
-            "produce (Quix producer, librdkafka)"
-            if "produce" in func
-            else ("consume (poll, librdkafka)")
-        )
+        return PRODUCE if "produce" in func else CONSUME
     return None
 
 
@@ -228,21 +283,41 @@ def waiting(stack: list[str], root: Path) -> bool:
     return file.startswith(_OURS) and ".poll(" in _source(root, file, line)
 
 
+def _state_caller(frames: list[tuple[str, str, int]], i: int) -> str:
+    """Who asked for a state access at frame i: the dedupe index, the commit (the working
+    copy's flush), or detection."""
+    callers = [f[0] for f in frames[:i] if f[1].startswith(_OURS)]
+    if "Worker.commit" in callers or "Worker.close" in callers:
+        return COMMIT_STATE
+    if "Processor.admit" in callers:
+        return DEDUPE_STATE
+    return STATE
+
+
 def classify(stack: list[str], root: Path) -> str:
     frames = [_parse(f) for f in stack]
+    background = bool(stack) and stack[0].startswith("Thread._bootstrap")
     if any(
         "importlib" in file or func in _STARTUP_FUNCS or func.endswith("._on_assign")
         for func, file, _ in frames
     ):
+        return STARTUP
+    if not background and not any(func == "Worker.run" for func, _, _ in frames):
+        # The main thread before the loop runs: config, topics, the processor, the control
+        # topic's first read.
         return STARTUP
     for i in range(len(frames) - 1, -1, -1):
         func, file, line = frames[i]
         if file.startswith(_OURS):
             stage = _ours(func, file, line, root)
             if stage == STATE:
-                # Who asked: the dedupe index (stage 1) or the detection core (stage 2).
-                callers = [f[0] for f in frames[:i] if f[1].startswith(_OURS)]
-                return DEDUPE_STATE if callers and callers[-1] == "Processor.ingest" else STATE
+                return _state_caller(frames, i)
+            if stage == "core: working copy" and any(
+                f[0] in ("Worker.commit", "Worker.close") for f in frames[:i]
+            ):
+                # The working copy's flush at a commit (its encoding of the machine states
+                # stays "machine state dump").
+                return COMMIT_STATE
             if stage is not None:
                 return stage
     for func, file, _line in reversed(frames):
@@ -252,30 +327,10 @@ def classify(stack: list[str], root: Path) -> str:
     return "other"
 
 
-def _side(stack: list[str]) -> int:
-    """1 for the ingest stage's callback, 2 for the detection stage's, 0 for neither."""
-    for frame in reversed(stack):
-        if "build_application.<locals>.process" in frame:
-            return 1
-        if "build_application.<locals>.detect" in frame:
-            return 2
-    return 0
-
-
-def analyse(
-    raw: Path, ingested: int, detected: int, root: Path, rate: int = RATE
-) -> dict[str, Any]:
-    """Stages and top self-time functions from py-spy's raw output, per event.
-
-    A run stopped by its timeout has ingested more events than it has detected (stage 1 runs
-    ahead), so samples are weighed by the stage they serve: ingest-stage samples per ingested
-    event, detection-stage samples per detected event, and the rest (the Quix loop, polling,
-    producing, committing: per message, and each event is two messages) per message pair."""
-    weight = {
-        1: 1 / ingested if ingested else 0.0,
-        2: 1 / detected if detected else 0.0,
-        0: 2 / (ingested + detected) if ingested + detected else 0.0,
-    }
+def analyse(raw: Path, events: int, root: Path, rate: int = RATE) -> dict[str, Any]:
+    """Stages and top self-time functions from py-spy's raw output, per event: one pass does
+    all of an event's work, so every sample is charged to the events processed."""
+    weight = 1 / events if events else 0.0
     stages: Counter[str] = Counter()
     cost: dict[str, float] = {}
     self_cost: dict[str, float] = {}
@@ -298,7 +353,7 @@ def analyse(
             startup += count
             continue
         stages[stage] += count
-        c = count * weight[_side(stack)] * 1e6 / rate
+        c = count * weight * 1e6 / rate
         cost[stage] = cost.get(stage, 0.0) + c
         func, file, _ = _parse(stack[-1])
         key = f"{func} ({file})"
@@ -331,9 +386,7 @@ def analyse(
         "startup_samples": startup,
         "waiting_samples": waits,
         "busy_seconds": round((samples - startup - waits) / rate, 1),
-        "events": ingested,
-        "ingested": ingested,
-        "detected": detected,
+        "events": events,
         "us_per_event": round(total, 1),
         "stages": rows(cost, "stage"),
         "top_self": rows(self_cost, "function", 15),
@@ -386,20 +439,20 @@ def markdown(analysis: dict[str, Any], context: dict[str, Any]) -> str:
         "# Profile of `auditwatch run` (py-spy)",
         "",
         f"Measured {context.get('when', '')} on {context.get('host', 'this machine')}: "
-        f"{analysis['ingested']:,} events ingested and {analysis['detected']:,} detected by one "
-        "worker "
+        f"{analysis['events']:,} events processed by one worker in one pass each "
         f"({context.get('eps', '?')} events/s while profiled; the timed run's figure is in "
         "latest.json), py-spy at "
         f"{RATE} Hz, {analysis['samples']:,} samples, {analysis['busy_seconds']} s busy in "
-        f"Python (left out: {analysis['startup_samples']:,} startup samples, "
+        f"Python (left out: {analysis['startup_samples']:,} startup and recovery samples, "
         f"{analysis.get('waiting_samples', 0):,} of background threads blocked in a wait).",
         "",
         f"Total: **{analysis['us_per_event']} µs of Python per event** (single worker; "
         "librdkafka's own threads and the broker are not in it).",
         "",
         "Method: see `bench/perf/profile.py`; each sample is charged to the innermost "
-        "auditwatch frame (state access through `_TransactionStore` counts as state, whatever "
-        "Quix and RocksDB do underneath), else to the innermost Quix/confluent-kafka frame.",
+        "auditwatch frame (state access through the task's store is charged to whoever asked: "
+        "the dedupe index, the commit, or detection), else to the innermost confluent-kafka "
+        "frame.",
     ]
     lines += _table("Per-stage budget", "stage", [(s["stage"], s) for s in analysis["budget"]])
     lines += _table("Finer stages", "stage", [(s["stage"], s) for s in analysis["stages"]])

@@ -103,12 +103,12 @@ class ExactlyOnce:
         self, config: dict[str, Any], transactional_id: str, transaction_timeout_s: float
     ) -> None:
         self.config = {
+            "transaction.timeout.ms": int(transaction_timeout_s * 1000),
             **config,
             "transactional.id": transactional_id,
-            "transaction.timeout.ms": int(transaction_timeout_s * 1000),
             "enable.idempotence": True,
         }
-        self.timeout_s = transaction_timeout_s
+        self.timeout_s = int(self.config["transaction.timeout.ms"]) / 1000
         self.open = False
         self.producer = self._start()
 

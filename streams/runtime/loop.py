@@ -41,13 +41,14 @@ from confluent_kafka import (
 
 from detectors.explain import explain_machine
 from streams.config import Config
+from streams.logs import CURRENT
 from streams.metrics import Telemetry
 from streams.processor import Processor
 from streams.reload import ConfigReloader
 from streams.runtime.commit import AtLeastOnce, ExactlyOnce, Rewind
 from streams.runtime.peers import PeerReader, PeerTable
 from streams.runtime.routing import Router
-from streams.runtime.state import restore, restore_consumer
+from streams.runtime.state import Snapshots, end_offset, restore, restore_consumer
 from streams.runtime.task import Task
 
 log = logging.getLogger("auditwatch.runtime")
@@ -140,21 +141,25 @@ class Worker:
                 {**client, "linger.ms": 5}, delivery_timeout_s=max(120.0, 2 * k.session_timeout_s)
             )
         self.restorer = restore_consumer(client, k.consumer_group)
+        self.snapshots = Snapshots(os.path.join(k.state_dir, k.consumer_group), self.state_topic)
+        self.last_snapshot = time.monotonic()
         self.peer_reader = PeerReader(
             restore_consumer(client, k.consumer_group), self.peers_topic, self.peers
         )
         loaded = self.peer_reader.load()
         log.info("peer table: %d records read from %s", loaded, self.peers_topic)
         conf: dict[str, Any] = {
+            # Tunable through kafka.librdkafka, which wins over these.
+            "session.timeout.ms": int(k.session_timeout_s * 1000),
+            "heartbeat.interval.ms": max(1000, int(k.session_timeout_s * 1000 / 10)),
+            "max.poll.interval.ms": 600_000,
             **client,
             "group.id": k.consumer_group,
             "auto.offset.reset": k.auto_offset_reset,
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
+            # Input partition p and repartition partition p to the same member.
             "partition.assignment.strategy": "range",
-            "session.timeout.ms": int(k.session_timeout_s * 1000),
-            "heartbeat.interval.ms": max(1000, int(k.session_timeout_s * 1000 / 10)),
-            "max.poll.interval.ms": 600_000,
             "isolation.level": "read_committed",
             "statistics.interval.ms": int(self.cfg.monitoring.stats_interval_s * 1000),
             "stats_cb": self.telemetry.on_stats,
@@ -189,6 +194,10 @@ class Worker:
                 raise TopicLayoutError(f"topic {name} does not exist (`auditwatch topics create`)")
             counts[name] = len(topic.partitions)
         n = counts[self.events_topic]
+        archive = meta.get(self.outputs["archive"])
+        self.archive_aligned = (
+            archive is not None and archive.error is None and len(archive.partitions) == n
+        )
         for name in (self.repartition_topic, self.state_topic):
             if counts[name] != n:
                 raise TopicLayoutError(
@@ -201,7 +210,7 @@ class Worker:
     # ---- tasks ---------------------------------------------------------------------------
 
     def _new_task(self, p: int) -> Task:
-        state = restore(self.restorer, self.state_topic, p)
+        state = restore(self.restorer, self.state_topic, p, self.snapshots)
         self.restores += 1
         return Task(
             p,
@@ -212,6 +221,7 @@ class Worker:
             self.repartition_topic,
             self._emit,
             self.telemetry,
+            p if self.archive_aligned else -1,
         )
 
     def _emit(
@@ -241,7 +251,8 @@ class Worker:
         if not revoked:
             return
         try:
-            self.commit()
+            if self.commit():
+                self.snapshot(revoked)
         except Exception:
             log.exception("commit on revocation failed; the next owner re-processes")
             self.policy.abort()
@@ -266,6 +277,7 @@ class Worker:
         progress_at = peers_at = time.monotonic()
         last_in = 0
         interval = self.cfg.kafka.commit_interval_s
+        CURRENT.thread = threading.get_ident()
         try:
             while not stop.is_set():
                 self.run_once()
@@ -273,8 +285,10 @@ class Worker:
                 if now - peers_at >= _PEERS_EVERY_S:
                     peers_at = now
                     self.peer_reader.poll()
-                if now - self.last_commit >= interval:
-                    self.commit()
+                if now - self.last_commit >= interval and self.commit():
+                    every = self.cfg.kafka.snapshot_interval_s
+                    if every and now - self.last_snapshot >= every:
+                        self.snapshot(sorted(self.tasks))
                 if now - progress_at >= _PROGRESS_EVERY_S:
                     last_in = self._progress(now - progress_at, last_in)
                     progress_at = now
@@ -287,7 +301,9 @@ class Worker:
         tasks = self.tasks
         positions = self.positions
         observe = self.telemetry.latency["ingest"].observe_since
+        current = CURRENT
         for msg in msgs:
+            current.message = msg
             err = msg.error()
             if err is not None:
                 self._consumer_error(err)
@@ -305,6 +321,7 @@ class Worker:
                 log.exception("processing %s[%d]@%d failed", msg.topic(), p, msg.offset())
             positions[(msg.topic(), p)] = msg.offset() + 1
             observe(msg.timestamp()[1])
+        current.message = None
         self.policy.poll()
         self._punctuate()
         if self.reloader is not None:
@@ -410,9 +427,24 @@ class Worker:
                 time.sleep(delay)
                 delay = min(2 * delay, 10.0)
 
+    def snapshot(self, partitions: list[int]) -> None:
+        """Write the partitions' state locally, right after a commit: it is then exactly the
+        changelog up to its end offset."""
+        self.last_snapshot = time.monotonic()
+        for p in partitions:
+            task = self.tasks.get(p)
+            if task is None:
+                continue
+            try:
+                offset = end_offset(self.restorer, self.state_topic, p)
+                self.snapshots.write(task.state, offset)
+            except Exception as e:
+                log.warning("no snapshot of partition %d: %s", p, e)
+
     def close(self) -> None:
         try:
-            self.commit()
+            if self.commit():
+                self.snapshot(sorted(self.tasks))
         except Exception:
             log.exception("final commit failed; the next start re-processes from the last one")
         left = self.policy.close()
@@ -446,8 +478,7 @@ class Worker:
         for p in sorted(self.tasks):
             task = self.tasks[p]
             if core.working is not None:
-                store = task.store
-                core.flush(lambda _p: store, [p])
+                core.flush({p: task.store}.__getitem__, [p])
             found = explain_machine(task.store, core, machine_id, group=group, top=top)
             if found is not None:
                 return {"found": True, "topic": self.events_topic, "partition": p, **found}

@@ -34,11 +34,12 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from detectors.combined import COMBINED
+from detectors.peers import GROUP_KINDS
 
 log = logging.getLogger("auditwatch.runtime")
 
 META, RESOURCE, OPERATION, WINDOWS = b"gm", b"gr", b"go", b"gh"
-PEER_KINDS = frozenset({META, RESOURCE, OPERATION, WINDOWS, COMBINED})
+PEER_KINDS = GROUP_KINDS  # META, RESOURCE, OPERATION, WINDOWS and COMBINED
 CLOCKS = b"wm"
 _SEP = b"\x00"
 

@@ -7,6 +7,12 @@ tombstone for a delete) written with the outputs, so the changelog and the commi
 offsets agree. A task that is assigned the partition restores it by reading the changelog
 partition from its start to its end; compaction keeps that to one record per key.
 
+A local snapshot (`Snapshots`: the partition's state and the changelog offset it is complete
+up to, written after a commit on revocation, on shutdown and every
+`kafka.snapshot_interval_s`) lets a restart read only the changelog's tail. A snapshot is
+only a shortcut: one whose offset is outside the changelog's range (a recreated topic) is
+ignored, and the changelog is read from its start.
+
 The changelog carries a format version (the record under `FORMAT_KEY`). A changelog written
 by another format is refused with the reason: re-seed the baselines from the archive
 (`auditwatch seed`) into a fresh state topic, as when upgrading from the Quix-based release,
@@ -16,8 +22,11 @@ whose state lived in other topics altogether.
 from __future__ import annotations
 
 import logging
+import os
+import pickle
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
@@ -111,12 +120,52 @@ def restore_consumer(client_config: dict[str, Any], group: str) -> Consumer:
     )
 
 
+class Snapshots:
+    """Local snapshots of partition states, one file per partition, written whole and renamed
+    into place (a crash mid-write leaves the previous one)."""
+
+    def __init__(self, directory: str | Path, topic: str) -> None:
+        self.directory = Path(directory)
+        self.topic = topic
+
+    def path(self, partition: int) -> Path:
+        return self.directory / f"{self.topic}-{partition}.snapshot"
+
+    def write(self, state: PartitionState, offset: int) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.path(state.partition)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(pickle.dumps((FORMAT, offset, state.data), protocol=5))
+        os.replace(tmp, path)
+
+    def read(self, partition: int) -> tuple[int, dict[bytes, dict[str, bytes]]] | None:
+        """(changelog offset, data), or None when there is no usable snapshot."""
+        path = self.path(partition)
+        try:
+            fmt, offset, data = pickle.loads(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except Exception as e:
+            log.warning("ignoring unreadable snapshot %s: %s", path, e)
+            return None
+        if fmt != FORMAT:
+            return None
+        return offset, data
+
+
 def read_to_end(
-    consumer: Consumer, topic: str, partition: int, timeout_s: float = 300.0
+    consumer: Consumer,
+    topic: str,
+    partition: int,
+    timeout_s: float = 300.0,
+    start: int | None = None,
 ) -> Iterator[tuple[bytes, bytes | None]]:
-    """Every (key, value) of one partition from its start to its end as of now."""
+    """Every (key, value) of one partition from `start` (its beginning by default) to its
+    end as of now."""
     tp = TopicPartition(topic, partition)
     low, high = consumer.get_watermark_offsets(tp, timeout=30.0)
+    if start is not None:
+        low = max(low, start)
     if high <= low:
         return
     consumer.assign([TopicPartition(topic, partition, low)])
@@ -147,17 +196,46 @@ def read_to_end(
         consumer.unassign()
 
 
-def restore(consumer: Consumer, topic: str, partition: int) -> PartitionState:
+def end_offset(consumer: Consumer, topic: str, partition: int) -> int:
+    return int(consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30.0)[1])
+
+
+def restore(
+    consumer: Consumer, topic: str, partition: int, snapshots: Snapshots | None = None
+) -> PartitionState:
+    """The partition's state as of the changelog's end: from a local snapshot and the
+    changelog after it, or from the whole changelog."""
     state = PartitionState(partition)
     started = time.monotonic()
+    start = None
+    snap = snapshots.read(partition) if snapshots is not None else None
+    if snap is not None:
+        offset, data = snap
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30.0)
+        if low <= offset <= high:
+            state.data = data
+            state.formatted = True
+            start = offset
+        else:
+            log.warning(
+                "snapshot of partition %d is at changelog offset %d, outside %s[%d]'s range "
+                "%d-%d: reading the whole changelog",
+                partition,
+                offset,
+                topic,
+                partition,
+                low,
+                high,
+            )
     n = 0
-    for key, value in read_to_end(consumer, topic, partition):
+    for key, value in read_to_end(consumer, topic, partition, start=start):
         state.apply(key, value)
         n += 1
-    if n:
+    if n or start is not None:
         log.info(
-            "restored partition %d: %d changelog records, %d keys in %.1f s",
+            "restored partition %d: %s%d changelog records, %d keys in %.1f s",
             partition,
+            "a snapshot and " if start is not None else "",
             n,
             state.size(),
             time.monotonic() - started,

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 from streams.metrics import Telemetry
-from streams.processor import Origin, Output, Processor
-from streams.runtime.peers import PEER_KINDS, PeerTable
+from streams.processor import Origin, Output, Processor, SplitStore
+from streams.runtime.peers import PeerTable
 from streams.runtime.routing import Router, forwarded_origin, origin_header
 from streams.runtime.state import PartitionState
 from streams.seed import is_seed
@@ -23,36 +23,9 @@ from streams.seed import is_seed
 Emit = Callable[[str, bytes | None, bytes, int, Any], None]
 
 
-class TaskStore:
-    """The store the processor and detection core see for one task: peer-group kinds in the
-    worker's peer table, everything else in the partition's state."""
-
-    __slots__ = ("local", "peers")
-
-    def __init__(self, local: PartitionState, peers: PeerTable) -> None:
-        self.local = local
-        self.peers = peers
-
-    def get(self, kind: bytes, key: str) -> bytes | None:
-        if kind in PEER_KINDS:
-            return self.peers.get(kind, key)
-        return self.local.get(kind, key)
-
-    def set(self, kind: bytes, key: str, value: bytes) -> None:
-        if kind in PEER_KINDS:
-            self.peers.set(kind, key, value)
-        else:
-            self.local.set(kind, key, value)
-
-    def delete(self, kind: bytes, key: str) -> None:
-        if kind in PEER_KINDS:
-            self.peers.delete(kind, key)
-        else:
-            self.local.delete(kind, key)
-
-
 class Task:
     __slots__ = (
+        "archive_partition",
         "clock_ms",
         "emit",
         "partition",
@@ -74,15 +47,21 @@ class Task:
         repartition_topic: str,
         emit: Emit,
         telemetry: Telemetry | None = None,
+        archive_partition: int = -1,
     ) -> None:
         self.partition = partition
         self.state = state
-        self.store = TaskStore(state, peers)
+        # Peer-group kinds in the worker's peer table, everything else in the partition's.
+        self.store = SplitStore(state, peers)
         self.processor = processor
         self.router = router
         self.repartition_topic = repartition_topic
         self.emit = emit
         self.telemetry = telemetry
+        # Where this partition's archive records go: the same partition of the archive when
+        # it is partitioned as the input (a machine's records together, in order), else -1
+        # (by key).
+        self.archive_partition = archive_partition
         # The latest event time this task has detected on (the silence clock's source).
         self.clock_ms = -1
 
@@ -123,7 +102,13 @@ class Task:
             return
         outputs, new = processor.admit(event, value, key, origin, store, fmt, now)
         for out in outputs:
-            emit(out.kind, out.key, out.value, -1, None)
+            emit(
+                out.kind,
+                out.key,
+                out.value,
+                self.archive_partition if out.kind == "archive" else -1,
+                None,
+            )
         if not new:
             return
         ts = event.timestamp_ms
