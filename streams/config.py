@@ -85,6 +85,13 @@ class KafkaSettings(_Model):
         description="How long the group waits for a silent worker (crashed, or stopped: a "
         "static member does not leave the group) before its partitions move to another.",
     )
+    event_id_cache: int = Field(
+        100_000,
+        ge=1_000,
+        description="Event ids per partition kept in memory (about 150 bytes each) in front "
+        "of the partition's on-disk index in state_dir, which keeps every id as long as the "
+        "archive keeps events.",
+    )
     snapshot_interval_s: float = Field(
         300.0,
         ge=0,

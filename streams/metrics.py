@@ -299,7 +299,7 @@ def _dir_bytes(path: str) -> int:
             try:
                 total += os.stat(os.path.join(root, name)).st_size
             except OSError:
-                continue  # RocksDB deletes files as it compacts
+                continue  # a snapshot being renamed into place
     return total
 
 
@@ -309,6 +309,12 @@ _COUNTERS = {
     "archived": ("archived", "Valid events written to the archive topic."),
     "duplicates": ("duplicates", "Exact re-sends of an archived event (not archived again)."),
     "key_mismatch": ("key_mismatch", "Messages keyed by something other than their machine_id."),
+    "forwarded": (
+        "forwarded",
+        "Events read in another partition than their machine's, forwarded once to the "
+        "repartition topic (producers keying by something else, or another partitioner).",
+    ),
+    "processing_errors": ("processing_errors", "Records whose processing raised (a bug; logged)."),
     "detector_errors": ("detector_errors", "Events whose detection raised (logged; skipped)."),
     "registry_retries": ("registry_retries", "Schema registry lookups retried."),
     "seeded": ("seeded_events", "History events learned from `auditwatch seed`."),
@@ -383,7 +389,7 @@ class _Collector:
         latency = HistogramMetricFamily(
             "auditwatch_processing_latency_seconds",
             "From a record's Kafka timestamp to the end of its processing, by stage (ingest: "
-            "input topic; detect: the re-keyed detection topic).",
+            "every input record; detect: the end of detection, for each valid new event).",
             labels=["stage"],
         )
         for stage, h in t.latency.items():

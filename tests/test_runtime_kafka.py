@@ -15,6 +15,8 @@ Each test prints what it measured; run with `-rP` or `-s` to see it.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import re
 import signal
 import subprocess
@@ -473,6 +475,21 @@ def test_sigkilled_worker_restarts_on_its_state_within_seconds(
 # ---------------------------------------------------------------- 3. broker outage
 
 
+@contextlib.contextmanager
+def broker_held_down() -> Iterator[None]:
+    """Keep other processes from starting the local broker meanwhile: kafka_local starts and
+    stops it under an exclusive flock of `<run dir>/.lock`, so the test suite of another
+    checkout of this run dir (its conftest starts the broker when none runs) waits for the
+    outage to end instead of cutting it short."""
+    lock = kafka_local.run_dir() / ".lock"
+    with lock.open("a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
 def _local_broker(bootstrap: str) -> bool:
     """Whether `bootstrap` is the broker streams.kafka_local runs from its run dir (the
     one .ci/run starts and exports as AUDITWATCH_BOOTSTRAP), so that it can be stopped
@@ -537,10 +554,11 @@ def test_workers_ride_out_a_broker_outage(
         assert kafka_local.stop(timeout=30), "the broker was not running"
         stopped = True
         down = time.monotonic()
-        while time.monotonic() - down < OUTAGE_S:  # the outage itself, not a synchronisation
-            for g, w in workers.items():
-                assert w.poll() is None, f"the {g} worker exited during the outage"
-            time.sleep(1)
+        with broker_held_down():
+            while time.monotonic() - down < OUTAGE_S:  # the outage itself, not a wait
+                for g, w in workers.items():
+                    assert w.poll() is None, f"the {g} worker exited during the outage"
+                time.sleep(1)
         assert kafka_local.start(timeout=120) == bootstrap
         stopped = False
         back = time.monotonic()

@@ -19,6 +19,7 @@ from streams.runtime.routing import Router, forwarded_origin, origin_header
 from streams.runtime.state import (
     FORMAT,
     FORMAT_KEY,
+    EventIndex,
     PartitionState,
     Snapshots,
     StateFormatError,
@@ -31,7 +32,7 @@ def test_changes_become_changelog_records_once_and_restore_to_the_same_state() -
     state.set(b"e", "m\x1fid-1", b"digest")
     state.set(b"e", "m\x1fid-2", b"digest")
     state.delete(b"e", "m\x1fid-2")
-    state.delete(b"e", "never-set")
+    state.delete(MACHINE, "never-set")
     records = list(state.drain())
     # The format record leads the partition's first records.
     assert records[0] == (FORMAT_KEY, FORMAT)
@@ -47,8 +48,31 @@ def test_changes_become_changelog_records_once_and_restore_to_the_same_state() -
     restored = PartitionState(3)
     for key, value in [*records, (b"m\x00orders-api-1", b"state-2")]:
         restored.apply(key, value)
-    assert restored.data == state.data
+    assert restored.data == state.data == {MACHINE: {"orders-api-1": b"state-2"}}
+    assert restored.get(b"e", "m\x1fid-1") == b"digest"
+    assert restored.get(b"e", "m\x1fid-2") is None
     assert restored.formatted and list(restored.drain()) == []
+
+
+def test_the_event_id_index_is_on_disk_behind_a_bounded_cache(tmp_path: Path) -> None:
+    path = tmp_path / "p.ids"
+    index = EventIndex(path, cache_size=1_000)
+    for i in range(3_000):
+        index.set(f"m\x1fid-{i}", b"d%d" % i)
+    assert len(index.cache) == 1_000
+    # Not on disk before a flush (a flush follows a commit): ids of uncommitted work never are.
+    assert EventIndex(path).get("m\x1fid-0") is None
+    assert index.get("m\x1fid-0") == b"d0"
+    index.flush()
+    index.delete("m\x1fid-1")
+    index.stamp(42)
+    index.close()
+    again = EventIndex(path, cache_size=1_000)
+    assert again.cache == {} and again.stamped() == 42 and len(again) == 2_999
+    assert again.get("m\x1fid-2999") == b"d2999" and again.get("m\x1fid-1") is None
+    assert len(again.cache) == 1
+    again.clear()
+    assert again.stamped() is None and again.get("m\x1fid-2") is None
 
 
 def test_a_changelog_of_another_format_is_refused_with_the_way_out() -> None:

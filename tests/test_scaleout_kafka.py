@@ -4,6 +4,13 @@ Two workers share eight partitions and one is SIGKILLed mid-transaction; a priva
 restarted under a running worker; a cleanly stopped worker resumes from its committed offsets.
 Each test prints what it measured (duplicates, aborted records, take-over time); run with
 `-rP` or `-s` to see it.
+
+The runtime (streams/runtime) processes each event in one pass, in the input partition of its
+machine; the tests key events by machine id with murmur2 (`Stack.send`), so none is forwarded
+to the repartition topic (`topics.detect`). A worker owns input partition p and repartition
+partition p together, and writes partition p's archive records to archive partition p: how
+far a worker has got on partition p is the archive's end offset of p (read_uncommitted, so
+an open transaction's records count).
 """
 
 from __future__ import annotations
@@ -27,10 +34,11 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from schemas.alert import PAGE_RANK, SEVERITY_RANK
-from schemas.codec import decode_detect, decode_wire
+from schemas.codec import decode_wire
 from streams import kafka_local
+from streams.config import KafkaSettings
 from streams.partitioning import murmur2_partition
-from streams.processor import event_id_of
+from streams.processor import KEY_SEP, event_id_of
 from streams.replay import replay
 from tests.conftest import Stack, wait_until
 from tests.test_metrics_kafka import scrape, value, worker_url
@@ -45,15 +53,19 @@ EVERY_MS = 5_000
 # its own events alone, which Kafka (per partition) and replay (by event time) order alike.
 MACHINES = [f"svc{i:02d}-worker" for i in range(40)]
 DETECTORS = {"detectors__warmup_s": 600, "detectors__warmup_events": 20}
-# A SIGKILLed member keeps its partitions until its session expires (librdkafka: 45 s) and,
-# under exactly-once, the transaction it left open holds back every read_committed reader of
-# the partitions it wrote to until the coordinator aborts it (60 s, plus up to 10 s until the
-# broker's next sweep). With the defaults a crashed worker's partitions thus stall for up to
-# 45 s (at-least-once) or 70 s (exactly-once); short here to keep the test quick.
+# A SIGKILLed member keeps its partitions until its session expires (static membership: it
+# never leaves the group; kafka.session_timeout_s, 45 s by default) and, under exactly-once,
+# the transaction it left open holds back every read_committed reader of the partitions it
+# wrote to until the coordinator aborts it (kafka.transaction_timeout_s, 60 s, plus up to 10 s
+# until the broker's next sweep). With the defaults a crashed worker's partitions thus stall
+# for up to 45 s (at-least-once) or 70 s (exactly-once); short here to keep the test quick.
+# Given as librdkafka settings, which win over kafka.session_timeout_s and
+# kafka.transaction_timeout_s (the take-over time below shows the session timeout applied).
 FAST_FAILOVER = {
     "session.timeout.ms": 6000,
     "transaction.timeout.ms": 10000,
 }
+DEFAULT_SESSION_TIMEOUT_S = KafkaSettings().session_timeout_s
 # Two workers on one host would contend for the default metrics port; the input-quiet watch
 # is for topics idle for many minutes.
 QUIET = {"http__enabled": False, "monitoring__input_quiet_s": 0}
@@ -190,21 +202,26 @@ def replay_pages(s: Stack, events: list[dict[str, Any]], workdir: Path) -> list[
     return [orjson.loads(line) for line in out.getvalue().splitlines()]
 
 
-def detect_positions(s: Stack) -> dict[str, tuple[int, int]]:
-    """event_id -> (partition, offset) of its committed record on the detection topic (the
-    last one, should at-least-once have written it twice)."""
+def machine_of(archive_key: bytes) -> str:
+    """The machine id in an archive record's key (`machine_id KEY_SEP event_id`)."""
+    return archive_key.decode().split(KEY_SEP, 1)[0]
+
+
+def archive_positions(s: Stack) -> dict[str, tuple[int, int]]:
+    """event_id -> (partition, offset) of its committed archive record (the last one, should
+    at-least-once have written it twice). The partition is its machine's input partition, the
+    offset tells which worker wrote it: it was archived and detected in the same pass."""
     out: dict[str, tuple[int, int]] = {}
-    for m in s.read("detect"):
-        _source, event = decode_detect(m.value())
-        out[event.event_id] = (m.partition(), m.offset())
+    for m in s.read("archive"):
+        out[event_id_of(m.key())] = (m.partition(), m.offset())
     return out
 
 
 class GroupView:
     """The workers' consumer group as the broker sees it: members by client.id with their
-    partitions, committed offsets, and how far each partition is written. Clients are made
-    once and reused (none subscribes, so none joins the group): the kill is timed by polling
-    them."""
+    input and repartition partitions, committed offsets, and how far each partition is
+    written. Clients are made once and reused (none subscribes, so none joins the group): the
+    kill is timed by polling them."""
 
     def __init__(self, s: Stack) -> None:
         # These clients only watch; their connection errors while a broker restarts are
@@ -212,9 +229,23 @@ class GroupView:
         self.conf = {**s.cfg.kafka.client_config(), "log_level": 2}
         self.group = s.cfg.kafka.consumer_group
         t = s.cfg.topics
-        self.events, self.detect, self.outputs = t.events, t.detect, (t.archive, t.alerts)
-        self.partitions = t.partitions
+        self.events, self.repartition, self.archive = t.events, t.detect, t.archive
+        # Everything a worker writes, inside its transactions under exactly-once: the outputs,
+        # the repartition topic, the state changelog and the peer table.
+        self.written = (
+            t.archive,
+            t.alerts,
+            t.deadletter,
+            t.detect,
+            s.cfg.state_topic,
+            s.cfg.peers_topic,
+        )
         self.admin = AdminClient(self.conf)
+        meta = self.admin.list_topics(timeout=10).topics
+        # Partitions per topic (the peer table has one), as created before the view.
+        self.partitions = {
+            name: len(meta[name].partitions) for name in (self.events, *self.written)
+        }
         # Offset lookups answer per the asking consumer's isolation level: read_committed
         # (the default) gets the last stable offset, short of any open transaction.
         self.stable = Consumer({**self.conf, "group.id": self.group, "enable.auto.commit": False})
@@ -231,7 +262,8 @@ class GroupView:
         self.raw.close()
 
     def members(self) -> dict[str, dict[str, set[int]]]:
-        """client.id -> topic -> partitions; {} while the group is (re)forming."""
+        """client.id -> topic (input, repartition) -> partitions; {} while the group is
+        (re)forming."""
         try:
             future = self.admin.describe_consumer_groups([self.group], request_timeout=10)
             desc = future[self.group].result()
@@ -239,15 +271,16 @@ class GroupView:
             return {}
         out: dict[str, dict[str, set[int]]] = {}
         for m in desc.members:
-            owned = out.setdefault(m.client_id, {self.events: set(), self.detect: set()})
+            owned = out.setdefault(m.client_id, {self.events: set(), self.repartition: set()})
             for tp in m.assignment.topic_partitions:
                 if tp.topic in owned:
                     owned[tp.topic].add(tp.partition)
         return out
 
     def committed(self, topic: str) -> dict[int, int]:
-        """Committed offset per partition; 0 where the group never committed."""
-        parts = [TopicPartition(topic, p) for p in range(self.partitions)]
+        """Committed offset per partition; 0 where the group never committed (the
+        repartition topic's partitions nothing was consumed from)."""
+        parts = [TopicPartition(topic, p) for p in range(self.partitions[topic])]
         return {tp.partition: max(tp.offset, 0) for tp in self.stable.committed(parts, 10)}
 
     def ends(self, topic: str, *, stable: bool = False) -> dict[int, int]:
@@ -259,7 +292,7 @@ class GroupView:
             try:
                 return {
                     p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                    for p in range(self.partitions)
+                    for p in range(self.partitions[topic])
                 }
             except KafkaException:
                 # Leaders of a topic made a moment ago, or of a broker restarting.
@@ -268,22 +301,27 @@ class GroupView:
                 time.sleep(0.1)
 
     def caught_up(self, exactly_once: bool) -> bool:
-        """Every input record processed and committed, and every detection record too."""
+        """Every input record processed and committed, and every forwarded one too; under
+        exactly-once, also no transaction left open on what the workers write."""
         try:
-            for topic in (self.events, self.detect) if not exactly_once else (self.events,):
-                done, ends = self.committed(topic), self.ends(topic)
-                if any(ends[p] > done[p] for p in ends):
-                    return False
+            done, ends = self.committed(self.events), self.ends(self.events)
+            if any(ends[p] > done[p] for p in ends):
+                return False
+            # The repartition topic only where it has records: the group commits offsets
+            # there only for partitions it consumed from.
+            forwarded = {p: n for p, n in self.ends(self.repartition).items() if n > 0}
             if not exactly_once:
-                return True
+                done = self.committed(self.repartition)
+                return all(done[p] >= n for p, n in forwarded.items())
             # No transaction open (a dead worker's, until the coordinator aborts it, holds
             # back every read_committed reader)...
-            for topic in (self.detect, *self.outputs):
+            for topic in self.written:
                 if self.ends(topic) != self.ends(topic, stable=True):
                     return False
-            # ...and past the group's offsets the detection topic holds only transaction
+            # ...and past the group's offsets the repartition topic holds only transaction
             # markers, which consumers never receive, so never commit past.
-            return not self.unread(self.detect, self.committed(self.detect))
+            done = self.committed(self.repartition)
+            return not self.unread(self.repartition, {p: done[p] for p in forwarded})
         except KafkaException:
             return False  # the coordinator moving during a rebalance; ask again
 
@@ -318,17 +356,19 @@ class GroupView:
 
 
 def start_member(s: Stack, name: str) -> subprocess.Popen[bytes]:
-    """A worker with its own state directory (another host), whose consumer-group member is
-    recognisable by its client.id."""
+    """A worker with its own state directory (another host, hence another static member),
+    whose consumer-group member is recognisable by its client.id."""
     return s.start_worker(f"state-{name}", client_id=name)
 
 
 def topic_partitions(s: Stack) -> dict[str, int]:
+    """Partitions per topic role; not the peer table's, which has one (every worker reads
+    it whole)."""
     meta = AdminClient(s.cfg.kafka.client_config()).list_topics(timeout=10).topics
     return {
         role: len(meta[name].partitions)
         for role, name in s.cfg.topics.model_dump().items()
-        if isinstance(name, str)
+        if isinstance(name, str) and role != "peers"
     }
 
 
@@ -358,14 +398,18 @@ def test_survivor_takes_over_a_sigkilled_worker(
     s.create_topics()
     assert set(topic_partitions(s).values()) == {PARTITIONS}
     view = GroupView(s)
+    assert view.partitions[s.cfg.peers_topic] == 1
     try:
         victim = start_member(s, "victim")
         survivor = start_member(s, "survivor")
         everything = set(range(PARTITIONS))
+        # Each worker owns input partition p with repartition partition p (range assignor).
         wait_until(
             lambda: (
                 (m := view.members()).keys() == {"victim", "survivor"}
-                and all(m[w][view.events] and m[w][view.detect] for w in m)
+                and all(
+                    m[w][view.events] and m[w][view.repartition] == m[w][view.events] for w in m
+                )
                 and m["victim"][view.events] | m["survivor"][view.events] == everything
             ),
             timeout=90,
@@ -377,20 +421,21 @@ def test_survivor_takes_over_a_sigkilled_worker(
         assert all(a_end.values()), f"every input partition carries machines: {a_end}"
         owned = view.members()["victim"]
         mine = owned[view.events]
+        assert owned[view.repartition] == mine, owned
         live_on = Counter(
             murmur2_partition(e["machine_id"].encode(), PARTITIONS) for e in traffic.live
         )
-        detect_before = view.ends(view.detect)
+        archive_before = view.ends(view.archive)
 
         def victim_progress() -> float:
             """Share of its live input the victim has ingested, committed or not: its
-            machines' detection records (their detection partitions are their input
-            partitions, both murmur2 of the machine) as far as the broker has them."""
+            machines' archive records (their archive partitions are their input partitions,
+            both murmur2 of the machine) as far as the broker has them."""
             try:
-                written = view.ends(view.detect)
+                written = view.ends(view.archive)
             except KafkaException:
                 return 0.0
-            return sum(written[p] - detect_before[p] for p in mine) / sum(live_on[p] for p in mine)
+            return sum(written[p] - archive_before[p] for p in mine) / sum(live_on[p] for p in mine)
 
         # Sent from another thread while this one watches, so the kill cannot come late.
         # Offsets commit once a second, in steps too coarse to aim at; the records the victim
@@ -409,15 +454,17 @@ def test_survivor_takes_over_a_sigkilled_worker(
             killed = time.monotonic()
         finally:
             sender.join(60)
+        # Every archive record from here on is the survivor's: the victim writes no more.
+        killed_at_archive = view.ends(view.archive)
         assert view.ends(view.events) == {p: a_end[p] + live_on[p] for p in a_end}
         assert progress < 0.5, (
             f"the victim had done {progress:.0%} of its live input before the kill; the "
             "episodes might already be behind it (make the live phase longer)"
         )
-        killed_at_detect = view.committed(view.detect)
         wait_until(
             lambda: (
-                view.members() == {"survivor": {view.events: everything, view.detect: everything}}
+                view.members()
+                == {"survivor": {view.events: everything, view.repartition: everything}}
             ),
             timeout=60,
             what="the survivor to own all sixteen partitions",
@@ -426,13 +473,30 @@ def test_survivor_takes_over_a_sigkilled_worker(
         wait_until(lambda: view.caught_up(eos), timeout=150, what="the survivor to catch up")
         caught_up_s = time.monotonic() - killed
         assert survivor.poll() is None
+        # Keyed by machine id with murmur2, every event was in its machine's partition.
+        forwarded = sum(view.ends(view.repartition).values())
     finally:
         view.close()
+    assert forwarded == 0, f"{forwarded} records on the repartition topic"
+    # The victim's session ended after FAST_FAILOVER's session.timeout.ms, not after the
+    # default kafka.session_timeout_s: the librdkafka setting won.
+    assert takeover_s < DEFAULT_SESSION_TIMEOUT_S - 15, (
+        f"the survivor took over {takeover_s:.1f} s after the kill: FAST_FAILOVER's "
+        f"session.timeout.ms did not apply (default {DEFAULT_SESSION_TIMEOUT_S:.0f} s)"
+    )
 
-    # (a) Every valid event is in the committed archive, and nothing else is.
-    archive = Counter(event_id_of(m.key()) for m in s.read("archive"))
+    # (a) Every valid event is in the committed archive, and nothing else is; each in the
+    # archive partition of its machine's input partition.
+    records = s.read("archive")
+    archive = Counter(event_id_of(m.key()) for m in records)
     assert traffic.ids - set(archive) == set()
     assert set(archive) - traffic.ids == set()
+    misplaced = [
+        (event_id_of(m.key()), m.partition())
+        for m in records
+        if m.partition() != murmur2_partition(machine_of(m.key()).encode(), PARTITIONS)
+    ]
+    assert not misplaced, f"archive records outside their machine's partition: {misplaced[:5]}"
     archive_duplicates = sum(n - 1 for n in archive.values())
 
     # (b) Every page of the uninterrupted reference is paged.
@@ -444,29 +508,28 @@ def test_survivor_takes_over_a_sigkilled_worker(
     # (c) The same page twice: the same alert opened (or escalated to a severity) again.
     page_duplicates = sum(n - 1 for n in seen.values())
 
-    # Episodes the survivor judged on partitions it took over: detected past the point the
-    # victim had committed, so on baselines restored from the changelog (too little of the
-    # live phase is left before them to warm a machine from scratch).
-    where = detect_positions(s)
+    # Episodes the survivor judged on partitions it took over: archived, hence detected in
+    # the same pass, after the kill, so on baselines restored from the changelog (too little
+    # of the live phase is left before them to warm a machine from scratch).
+    where = archive_positions(s)
     taken_over = sorted(
         p["machine_id"]
         for p in pages
         if p["status"] == "opened"
         and (pos := where.get(p["event_ids"][0])) is not None
-        and pos[0] in owned[view.detect]
-        and pos[1] >= killed_at_detect[pos[0]]
+        and pos[0] in mine
+        and pos[1] >= killed_at_archive[pos[0]]
     )
     aborted = len(s.read("archive", isolation="read_uncommitted")) - archive.total()
     print(
         f"\n[{guarantee}] {len(traffic.ids)} events on {PARTITIONS} partitions, "
-        f"{len(MACHINES)} machines; victim owned input {sorted(mine)} and detection "
-        f"{sorted(owned[view.detect])}, killed at {progress:.0%} of its live input; "
-        f"survivor owned everything {takeover_s:.1f} s later, caught up after "
-        f"{caught_up_s:.1f} s; episodes it judged on taken-over partitions: {taken_over}; "
-        f"archive duplicates {archive_duplicates}, aborted archive records {aborted}; pages "
-        f"{len(expected)} expected, {len(seen)} distinct, {len(missing)} missing, "
-        f"{len(extra)} not in the reference, {page_duplicates} duplicate pages; "
-        f"{time.monotonic() - began:.0f} s"
+        f"{len(MACHINES)} machines; victim owned input and repartition {sorted(mine)}, "
+        f"killed at {progress:.0%} of its live input; survivor owned everything "
+        f"{takeover_s:.1f} s later, caught up after {caught_up_s:.1f} s; episodes it judged "
+        f"on taken-over partitions: {taken_over}; archive duplicates {archive_duplicates}, "
+        f"aborted archive records {aborted}; pages {len(expected)} expected, {len(seen)} "
+        f"distinct, {len(missing)} missing, {len(extra)} not in the reference, "
+        f"{page_duplicates} duplicate pages; {time.monotonic() - began:.0f} s"
     )
     assert not missing, f"pages lost: {sorted(missing)}"
     assert taken_over, "no episode was judged by the survivor on a partition it took over"
@@ -530,15 +593,15 @@ def test_worker_rides_out_a_broker_restart(
         s.create_topics()
         worker = s.start_worker()
         view = GroupView(s)
-        detect_before = view.ends(view.detect)
+        archive_before = view.ends(view.archive)
 
         def written() -> int:
-            """Events ingested so far, committed or not (their detection records)."""
+            """Events ingested so far, committed or not (their archive records)."""
             try:
-                ends = view.ends(view.detect)
+                ends = view.ends(view.archive)
             except KafkaException:
                 return 0
-            return sum(ends[p] - detect_before[p] for p in ends)
+            return sum(ends[p] - archive_before[p] for p in ends)
 
         sender = threading.Thread(target=s.send, args=(before,))
         sender.start()
@@ -565,7 +628,8 @@ def test_worker_rides_out_a_broker_restart(
         archive: Counter[str] = Counter()
         for m in s.read("archive"):
             record = decode_wire(m.value(), "archive_record")
-            sent = ids.get(m.key().decode())
+            event_id = event_id_of(m.key())
+            sent = ids.get(event_id)
             assert sent is not None, f"archived an event never sent: {m.key()!r}"
             got = record["event"]
             assert (got["machine_id"], got["resource"], got["operation"]) == (
@@ -573,7 +637,8 @@ def test_worker_rides_out_a_broker_restart(
                 sent["resource"],
                 sent["operation"],
             )
-            archive[m.key().decode()] += 1
+            assert machine_of(m.key()) == sent["machine_id"], m.key()
+            archive[event_id] += 1
         assert set(ids) - set(archive) == set(), "events lost across the broker restart"
         duplicates = sum(n - 1 for n in archive.values())
         print(
@@ -618,16 +683,22 @@ def test_clean_restart_resumes_from_committed_offsets_with_its_baselines(
         # Its normal shutdown left every offset committed...
         assert view.committed(view.events) == view.ends(view.events)
 
-        s.start_worker()  # same state directory: the same host, restarted
+        # Same state directory: the same host restarted, the same static member.
+        s.start_worker()
         s.send(later + probe)
         wait_until(lambda: view.caught_up(False), timeout=120, what="restarted worker")
+        # Keyed by machine id with murmur2, every event was in its machine's partition.
+        assert sum(view.ends(view.repartition).values()) == 0
     finally:
         view.close()
     # ...and the restarted worker read only what came after them: replaying from the start
-    # would count the history again (as duplicates, since dedupe would catch them).
+    # would count the history again (as duplicates, since dedupe would catch them), and
+    # detected only those (one detection per valid new event).
     metrics = scrape(worker_url(s, 1))
     assert value(metrics, "auditwatch_events_in_total") == len(later) + 1
     assert value(metrics, "auditwatch_duplicates_total") == 0
+    detected = value(metrics, "auditwatch_processing_latency_seconds_count", stage="detect")
+    assert detected == len(later) + 1
     archive = Counter(event_id_of(m.key()) for m in s.read("archive"))
     assert archive == Counter(e["event_id"] for e in history + later + probe)
     # Baselines survived: the learned tables are not news, the new one is.

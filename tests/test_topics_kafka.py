@@ -35,7 +35,7 @@ def test_topics_create_is_idempotent_and_reports_drift(stack: Any, capsys: Any) 
     assert dead["retention.ms"] == "-1"
 
     assert main(["topics", "create", "--config", str(s.config_path)]) == 0
-    assert capsys.readouterr().out.count("ok ") == 6
+    assert capsys.readouterr().out.count("ok ") == 8
 
     admin = AdminClient(s.cfg.kafka.client_config())
     res = ConfigResource(

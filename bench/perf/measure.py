@@ -407,6 +407,15 @@ def read_values(cfg: Config, topic: str, timeout: float = 60.0) -> list[bytes]:
     return [m.value() for m in read_topic(cfg, topic, timeout=timeout)]
 
 
+_COORDINATOR_ERRORS = (
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError._TIMED_OUT,
+    KafkaError._TRANSPORT,
+)
+
+
 def committed_count(cfg: Config, group: str, topic: str) -> int:
     """Messages of `topic` that consumer group `group` has committed (from the low
     watermark): for the detection topic, the events the detection stage finished."""
@@ -416,8 +425,21 @@ def committed_count(cfg: Config, group: str, topic: str) -> int:
     try:
         meta = consumer.list_topics(topic, timeout=10).topics[topic]
         parts = [TopicPartition(topic, p) for p in meta.partitions]
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                committed = consumer.committed(parts, timeout=10)
+                break
+            except KafkaException as e:
+                # The group's coordinator moving or loading (NOT_COORDINATOR right after the
+                # worker left, a broker restarted): ask again.
+                err = e.args[0]
+                transient = err.retriable() or err.code() in _COORDINATOR_ERRORS
+                if not transient or time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
         total = 0
-        for tp in consumer.committed(parts, timeout=10):
+        for tp in committed:
             if tp.offset >= 0:
                 low, _high = consumer.get_watermark_offsets(tp, timeout=10)
                 total += tp.offset - low

@@ -141,7 +141,9 @@ class Worker:
                 {**client, "linger.ms": 5}, delivery_timeout_s=max(120.0, 2 * k.session_timeout_s)
             )
         self.restorer = restore_consumer(client, k.consumer_group)
-        self.snapshots = Snapshots(os.path.join(k.state_dir, k.consumer_group), self.state_topic)
+        self.snapshots = Snapshots(
+            os.path.join(k.state_dir, k.consumer_group), self.state_topic, k.event_id_cache
+        )
         self.last_snapshot = time.monotonic()
         self.peer_reader = PeerReader(
             restore_consumer(client, k.consumer_group), self.peers_topic, self.peers
@@ -230,7 +232,10 @@ class Worker:
         self.policy.produce(self.outputs[role], key, value, partition, headers)
 
     def _drop(self, p: int) -> None:
-        self.tasks.pop(p, None)
+        task = self.tasks.pop(p, None)
+        if task is not None:
+            # Uncommitted ids are not flushed: the file only ever holds committed ones.
+            task.state.seen.close()
         self.core.forget_partition(p)
         for topic in (self.events_topic, self.repartition_topic):
             self.positions.pop((topic, p), None)
@@ -302,6 +307,7 @@ class Worker:
         positions = self.positions
         observe = self.telemetry.latency["ingest"].observe_since
         current = CURRENT
+        events = self.events_topic
         for msg in msgs:
             current.message = msg
             err = msg.error()
@@ -319,8 +325,10 @@ class Worker:
                 # exception here is a bug. Counted and logged with the record's place.
                 self.processor.metrics["processing_errors"] += 1
                 log.exception("processing %s[%d]@%d failed", msg.topic(), p, msg.offset())
-            positions[(msg.topic(), p)] = msg.offset() + 1
-            observe(msg.timestamp()[1])
+            topic = msg.topic()
+            positions[(topic, p)] = msg.offset() + 1
+            if topic == events:  # a forwarded event was observed when it came in
+                observe(msg.timestamp()[1])
         current.message = None
         self.policy.poll()
         self._punctuate()
@@ -382,6 +390,8 @@ class Worker:
             return False
         for tp in offsets:
             self.committed[(tp.topic, tp.partition)] = tp.offset
+        for task in tasks.values():
+            task.state.seen.flush()
         return True
 
     def rewind(self, why: str) -> None:

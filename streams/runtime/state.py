@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,13 +42,112 @@ class StateFormatError(RuntimeError):
     """The changelog was written by another state format."""
 
 
+SEEN = b"e"  # streams.processor.SEEN: the event-id index's kind
+
+
+class EventIndex:
+    """The event ids one partition has archived, with each one's content digest: on disk
+    (SQLite, one file per partition), the most recently used in a bounded memory cache.
+
+    Ids are kept as long as the archive keeps events (forever by default): forgetting one
+    would let a conflicting copy overwrite the audit record on compaction. The file is a
+    cache of the changelog, not the record: it is written only after a commit (`flush`),
+    without fsync, and a restore reads the changelog from the offset the file was last
+    stamped with (`stamp`), re-applying what may be in it already (applying a changelog
+    record twice leaves the same value)."""
+
+    def __init__(self, path: Path | None, cache_size: int = 100_000) -> None:
+        self.path = path
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(":memory:" if path is None else str(path), isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=OFF")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS seen (k TEXT PRIMARY KEY, v BLOB) WITHOUT ROWID"
+        )
+        self.db.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v)")
+        self.cache_size = cache_size
+        # Insertion order is recency: the oldest entries are dropped first.
+        self.cache: dict[str, bytes] = {}
+        self.pending: dict[str, bytes | None] = {}
+        self._select = "SELECT v FROM seen WHERE k = ?"
+
+    def get(self, key: str) -> bytes | None:
+        value = self.cache.get(key)
+        if value is not None:
+            return value
+        if key in self.pending:
+            return self.pending[key]
+        row = self.db.execute(self._select, (key,)).fetchone()
+        if row is None:
+            return None
+        self._remember(key, row[0])
+        return row[0]
+
+    def _remember(self, key: str, value: bytes) -> None:
+        cache = self.cache
+        cache[key] = value
+        if len(cache) > self.cache_size:
+            del cache[next(iter(cache))]
+
+    def set(self, key: str, value: bytes) -> None:
+        self._remember(key, value)
+        self.pending[key] = value
+
+    def delete(self, key: str) -> None:
+        self.cache.pop(key, None)
+        self.pending[key] = None
+
+    def flush(self) -> None:
+        """Write what was set since the last flush (call after a commit)."""
+        if not self.pending:
+            return
+        pending, self.pending = self.pending, {}
+        db = self.db
+        db.execute("BEGIN")
+        db.executemany(
+            "INSERT OR REPLACE INTO seen VALUES (?, ?)",
+            [(k, v) for k, v in pending.items() if v is not None],
+        )
+        gone = [(k,) for k, v in pending.items() if v is None]
+        if gone:
+            db.executemany("DELETE FROM seen WHERE k = ?", gone)
+        db.execute("COMMIT")
+
+    def stamp(self, offset: int) -> None:
+        """Record that the file holds everything of the changelog before `offset`."""
+        self.flush()
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES ('offset', ?)", (offset,))
+
+    def stamped(self) -> int | None:
+        row = self.db.execute("SELECT v FROM meta WHERE k = 'offset'").fetchone()
+        return None if row is None else int(row[0])
+
+    def clear(self) -> None:
+        self.cache.clear()
+        self.pending.clear()
+        self.db.execute("DELETE FROM seen")
+        self.db.execute("DELETE FROM meta")
+
+    def __len__(self) -> int:
+        n = self.db.execute("SELECT COUNT(*) FROM seen").fetchone()[0]
+        return int(n) + sum(1 for v in self.pending.values() if v is not None)
+
+    def close(self) -> None:
+        self.db.close()
+
+
 class PartitionState:
     """Bytes by (kind, key), with the keys changed since the last commit."""
 
-    __slots__ = ("data", "dirty", "formatted", "partition")
+    __slots__ = ("data", "dirty", "formatted", "partition", "seen")
 
-    def __init__(self, partition: int) -> None:
+    def __init__(self, partition: int, seen: EventIndex | None = None) -> None:
         self.partition = partition
+        # Event ids on disk behind a bounded cache; everything else in memory (bounded by
+        # the machines a partition keeps, detectors.max_machines).
+        self.seen = seen if seen is not None else EventIndex(None)
         self.data: dict[bytes, dict[str, bytes]] = {}
         # (kind, key) -> the value to write, None for a delete.
         self.dirty: dict[tuple[bytes, str], bytes | None] = {}
@@ -55,10 +155,16 @@ class PartitionState:
         self.formatted = False
 
     def get(self, kind: bytes, key: str) -> bytes | None:
+        if kind == SEEN:
+            return self.seen.get(key)
         table = self.data.get(kind)
         return None if table is None else table.get(key)
 
     def set(self, kind: bytes, key: str, value: bytes) -> None:
+        if kind == SEEN:
+            self.seen.set(key, value)
+            self.dirty[(kind, key)] = value
+            return
         table = self.data.get(kind)
         if table is None:
             table = self.data[kind] = {}
@@ -66,6 +172,10 @@ class PartitionState:
         self.dirty[(kind, key)] = value
 
     def delete(self, kind: bytes, key: str) -> None:
+        if kind == SEEN:
+            self.seen.delete(key)
+            self.dirty[(kind, key)] = None
+            return
         table = self.data.get(kind)
         if table is not None and table.pop(key, None) is not None:
             self.dirty[(kind, key)] = None
@@ -93,6 +203,12 @@ class PartitionState:
             return
         kind, _, name = key.partition(b"\x00")
         k = name.decode()
+        if kind == SEEN:
+            if value is None:
+                self.seen.delete(k)
+            else:
+                self.seen.set(k, value)
+            return
         if value is None:
             table = self.data.get(kind)
             if table is not None:
@@ -101,7 +217,7 @@ class PartitionState:
             self.data.setdefault(kind, {})[k] = value
 
     def size(self) -> int:
-        return sum(len(t) for t in self.data.values())
+        return sum(len(t) for t in self.data.values()) + len(self.seen)
 
 
 def restore_consumer(client_config: dict[str, Any], group: str) -> Consumer:
@@ -121,15 +237,19 @@ def restore_consumer(client_config: dict[str, Any], group: str) -> Consumer:
 
 
 class Snapshots:
-    """Local snapshots of partition states, one file per partition, written whole and renamed
-    into place (a crash mid-write leaves the previous one)."""
+    """Local files of partition states: a snapshot of the in-memory part, written whole and
+    renamed into place (a crash mid-write leaves the previous one), and the event-id index."""
 
-    def __init__(self, directory: str | Path, topic: str) -> None:
+    def __init__(self, directory: str | Path, topic: str, id_cache: int = 100_000) -> None:
         self.directory = Path(directory)
         self.topic = topic
+        self.id_cache = id_cache
 
     def path(self, partition: int) -> Path:
         return self.directory / f"{self.topic}-{partition}.snapshot"
+
+    def index(self, partition: int) -> EventIndex:
+        return EventIndex(self.directory / f"{self.topic}-{partition}.ids", self.id_cache)
 
     def write(self, state: PartitionState, offset: int) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -137,6 +257,7 @@ class Snapshots:
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(pickle.dumps((FORMAT, offset, state.data), protocol=5))
         os.replace(tmp, path)
+        state.seen.stamp(offset)
 
     def read(self, partition: int) -> tuple[int, dict[bytes, dict[str, bytes]]] | None:
         """(changelog offset, data), or None when there is no usable snapshot."""
@@ -203,19 +324,29 @@ def end_offset(consumer: Consumer, topic: str, partition: int) -> int:
 def restore(
     consumer: Consumer, topic: str, partition: int, snapshots: Snapshots | None = None
 ) -> PartitionState:
-    """The partition's state as of the changelog's end: from a local snapshot and the
-    changelog after it, or from the whole changelog."""
-    state = PartitionState(partition)
+    """The partition's state as of the changelog's end: from the local snapshot and event-id
+    index and the changelog after the older of the two, or from the whole changelog.
+    Re-applying a record that a snapshot already holds leaves the same value, so reading from
+    the older one is safe."""
     started = time.monotonic()
-    start = None
+    index = snapshots.index(partition) if snapshots is not None else EventIndex(None)
+    state = PartitionState(partition, index)
+    low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30.0)
+    start = low
+    stamped = index.stamped()
+    if stamped is None or not low <= stamped <= high:
+        # Never stamped, or from another incarnation of the topic: rebuilt from the changelog.
+        index.clear()
+        stamped = None
     snap = snapshots.read(partition) if snapshots is not None else None
     if snap is not None:
         offset, data = snap
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30.0)
         if low <= offset <= high:
             state.data = data
             state.formatted = True
-            start = offset
+            start = offset if stamped is None else min(offset, stamped)
+            if stamped is None:
+                start = low
         else:
             log.warning(
                 "snapshot of partition %d is at changelog offset %d, outside %s[%d]'s range "
@@ -231,11 +362,12 @@ def restore(
     for key, value in read_to_end(consumer, topic, partition, start=start):
         state.apply(key, value)
         n += 1
-    if n or start is not None:
+    index.flush()
+    if n or start > low:
         log.info(
             "restored partition %d: %s%d changelog records, %d keys in %.1f s",
             partition,
-            "a snapshot and " if start is not None else "",
+            "from a snapshot, then " if start > low else "",
             n,
             state.size(),
             time.monotonic() - started,

@@ -27,6 +27,7 @@ class Task:
     __slots__ = (
         "archive_partition",
         "clock_ms",
+        "detected",
         "emit",
         "partition",
         "processor",
@@ -58,6 +59,8 @@ class Task:
         self.repartition_topic = repartition_topic
         self.emit = emit
         self.telemetry = telemetry
+        # The `detect` stage of the processing latency: Kafka timestamp to detection's end.
+        self.detected = telemetry.latency["detect"].observe_since if telemetry else None
         # Where this partition's archive records go: the same partition of the archive when
         # it is partitioned as the input (a machine's records together, in order), else -1
         # (by key).
@@ -114,6 +117,8 @@ class Task:
         ts = event.timestamp_ms
         self.clock_ms = max(self.clock_ms, ts)
         alerts = processor.detect(event, store, origin, source=p)
+        if self.detected is not None:
+            self.detected(msg.timestamp()[1])
         if alerts:
             for out in alerts:
                 emit(out.kind, out.key, out.value, -1, None)
