@@ -310,3 +310,28 @@ def test_retries_longer_than_any_poll_interval_are_refused() -> None:
         )
     # 100 x 300 s with the default backoffs fits (the sink raises its poll interval).
     WebhookSettings.model_validate({"max_attempts": 100, "timeout_s": 300})
+
+
+def test_a_state_written_again_after_a_restart_is_delivered_once(
+    stack: Any, server: tuple[str, Receiver]
+) -> None:
+    # A worker that re-processes after a crash (at-least-once) writes the same states again:
+    # same alert id, status and sequence number. On-call gets each once.
+    base, receiver = server
+    s: Stack = stack(topics__partitions=2)
+    s.create_topics()
+    states = [{**a, "sequence": i + 1} for i, a in enumerate(WANTED)]
+    producer = Producer(s.cfg.kafka.client_config())
+    for a in states + states[2:]:
+        producer.produce(s.cfg.topics.alerts, key=a["alert_id"].encode(), value=orjson.dumps(a))
+    assert producer.flush(30) == 0
+    stop, thread, stats = sink(s, base + "/flaky", "hook-repeats", attempts=5)
+    wait_until(
+        lambda: stats["delivered"] + stats["repeats"] >= len(states) + len(states[2:]),
+        what="every state handled",
+    )
+    stop.set()
+    thread.join(30)
+    assert stats["delivered"] == len(states) and stats["repeats"] == len(states) - 2
+    keys = receiver.accepted_keys()
+    assert sorted(keys) == sorted(f"{a['alert_id']}:{a['status']}:{a['sequence']}" for a in states)
