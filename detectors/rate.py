@@ -26,7 +26,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime
-from functools import cache
+from functools import cache, lru_cache
+from itertools import accumulate
+from operator import mul, sub
 from statistics import NormalDist
 from typing import Any
 
@@ -66,6 +68,139 @@ def _epoch_ms(ts: datetime | float | int) -> int:
     return int(ts)
 
 
+class _ZeroPlan:
+    """Constants of the model under one (parameters, interval length), worked out once and
+    shared by every model (`_zero_plan`); and, built on first use (`tables`), what learning
+    runs of empty intervals in closed form needs: tables by step within a run and by a slot's
+    count. Read-only once built."""
+
+    __slots__ = (
+        "a",
+        "a1m",
+        "ainv",
+        "alpha",
+        "ap",
+        "beta",
+        "built",
+        "c",
+        "c1m",
+        "cd",
+        "clip_z",
+        "cp",
+        "e_max",
+        "flat_ok",
+        "interval_s",
+        "log_a",
+        "log_c",
+        "n_cap",
+        "ok",
+        "prior",
+        "q",
+        "r",
+        "r_floor",
+        "rd",
+        "size",
+        "slots",
+        "u",
+    )
+
+    def __init__(self, p: RateParams, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self.slots = slots = p.slots
+        self.alpha = alpha = p.alpha
+        self.a = 1.0 - alpha
+        ag = alpha * p.scale_rate
+        self.c = 1.0 - ag
+        self.clip_z = p.clip_z
+        # An expectation e <= clip_z^2 is within clip_z sd of 0 (the sd is >= sqrt(e) and
+        # >= 0.5): an empty interval then is not clipped and starts no one-sided run. A hair
+        # below it, so that rounding never decides.
+        self.e_max = p.clip_z**2 * (1.0 - 1e-9)
+        self.flat_ok = (
+            p.clip_z >= 1.0 and p.adapt_after >= 1 and 0.0 < alpha < 1.0 and 0.0 <= ag < 1.0
+        )
+        self.log_a = math.log1p(-alpha) if self.flat_ok else 0.0
+        self.log_c = math.log1p(-ag) if self.flat_ok else 0.0
+        # learn()'s constants of the profile, as learn() wrote them.
+        self.n_cap, self.prior, self.r_floor, self.rd, self.beta = 0, 0.0, 0.0, 0.0, 0.0
+        if slots:
+            per_day = max(1.0, _DAY_S / interval_s / slots)
+            self.prior = per_day * p.profile_prior_days
+            self.r_floor = 1.0 / (per_day * p.profile_days)
+            self.n_cap = int(per_day * (p.profile_days - p.profile_prior_days))
+            self.rd = 1.0 / (per_day * slots * 3)
+            self.beta = self.rd * 6.0 / _WEEK_DAYS  # the day's share once re-centred
+        self.q = 1.0 - self.beta
+        self.ok = (
+            self.flat_ok
+            and slots > 0
+            and 1 <= self.n_cap <= 1_000_000
+            and self.prior >= 0.0
+            and 0.0 < self.beta < 1.0
+        )
+        self.built = False
+        self.size = 0
+        self.ap: list[float] = []
+        self.a1m: list[float] = []
+        self.ainv: list[float] = []
+        self.cp: list[float] = []
+        self.c1m: list[float] = []
+        self.cd: list[float] = []
+        self.r: list[float] = []
+        self.u: list[float] = []
+
+    def tables(self) -> int:
+        """The longest run the closed forms take (0: none), building the tables on first use:
+        by step j of a run, a^j, 1 - a^j, a^-(j+1), c^j, 1 - c^j and c^j (1 - c^j) (a = 1 -
+        alpha, c = 1 - the scale's rate); by a slot's count k, its learning rate r[k] and
+        u[k], the sum over l < k of q^-l / (l + 1 + prior) (q = 1 - beta)."""
+        if self.built:
+            return self.size
+        if not self.flat_ok:
+            self.built = True
+            return 0
+        # As long as a run can be: a slot's intervals, or a whole run without slots; and
+        # a^-size a float.
+        slots, log_a, log_c = self.slots, self.log_a, self.log_c
+        size = _MAX_ZERO_STEPS if not slots else math.ceil(_DAY_S / slots / self.interval_s) + 1
+        size = min(size, _MAX_ZERO_STEPS, int(-600.0 / log_a))
+        js = range(size + 1)
+        self.ap = [math.exp(j * log_a) for j in js]
+        self.a1m = [-math.expm1(j * log_a) for j in js]
+        self.ainv = [math.exp(-(j + 1) * log_a) for j in js]
+        self.cp = [math.exp(j * log_c) for j in js]
+        self.c1m = [-math.expm1(j * log_c) for j in js]
+        self.cd = [x * y for x, y in zip(self.cp, self.c1m, strict=True)]
+        if self.ok:
+            n_cap, prior, q = self.n_cap, self.prior, self.q
+            # learn(): max(1 / (count + 1 + prior), floor); the count stops at n_cap.
+            r = [max(1.0 / (k + 1 + prior), self.r_floor) for k in range(n_cap + 1)]
+            self.r = r + [r[n_cap]] * size
+            self.u = [0.0, *accumulate(q ** (-k) / (k + 1 + prior) for k in range(n_cap))]
+        self.size = size
+        self.built = True
+        return size
+
+    def steps_within(self, x: float, h: float, m: int) -> int:
+        """How many leading steps of a run (at most m) have clip bounds of at least x: the
+        smallest bound of n steps is clip_z sqrt(c^(n-1) h), h the series' variance."""
+        cz = self.clip_z
+        if x <= cz * math.sqrt(self.cp[m - 1] * h):
+            return m
+        if x > cz * math.sqrt(h):
+            return 0
+        # c^(n-1) >= (x / clip_z)^2 / h; then rounding settled against the table.
+        n = min(max(1 + int(math.log((x / cz) ** 2 / h) / self.log_c), 1), m)
+        while n > 1 and x > cz * math.sqrt(self.cp[n - 1] * h):
+            n -= 1
+        return n
+
+
+@lru_cache(maxsize=64)
+def _zero_plan(params: RateParams, interval_s: float) -> _ZeroPlan:
+    return _ZeroPlan(params, interval_s)
+
+
 class _Model:
     """Profile + day-of-week + level model of one value per interval; the shared engine.
 
@@ -83,6 +218,7 @@ class _Model:
         "level",
         "n",
         "params",
+        "plan",
         "prof",
         "prof_n",
         "ref",
@@ -107,6 +243,8 @@ class _Model:
         self.prof: list[float] = [0.0] * params.slots
         self.prof_n: list[int] = [0] * params.slots
         self.dow: list[float] = [0.0] * _WEEK_DAYS
+        # Constants under these parameters, shared (see _zero_plan); derived, not state.
+        self.plan = _zero_plan(params, self.interval_s)
 
     # --- state -------------------------------------------------------------------------
     def dump(self) -> list[Any]:
@@ -170,7 +308,18 @@ class _Model:
         return b
 
     def expected(self, t_s: float | None) -> float:
-        e = self.base(t_s) + self.level
+        # base(t_s) + level, inlined (the detection core asks for it several times an event).
+        b = 0.0
+        slots = self.params.slots
+        if t_s is not None and slots:
+            slot = int(t_s % _DAY_S * slots // _DAY_S)
+            b = self.prof[slot] if self.prof_n[slot] else self.ref
+            if self.first_day >= 0:
+                day = t_s / _DAY_S
+                w = (day - self.first_day - self.params.weekly_after_days) / _WEEK_DAYS
+                if w > 0.0:
+                    b += min(1.0, w) * self.dow[(int(day) + 3) % _WEEK_DAYS]
+        e = b + self.level
         return max(e, 0.0) if self.counts else e
 
     def std(self, expected: float) -> float:
@@ -188,14 +337,25 @@ class _Model:
 
     def learn(self, x: float, t_s: float | None) -> None:
         p = self.params
-        slot, dow, w = self._where(t_s)
-        if t_s is not None and self.first_day < 0:
-            self.first_day = t_s / _DAY_S
+        # _where(t_s), inlined: slot, day of week and the day-of-week weight, taken before a
+        # first value sets first_day.
+        slot, dow, w = -1, -1, 0.0
+        if t_s is not None:
+            slots = p.slots
+            if slots:
+                slot = int(t_s % _DAY_S * slots // _DAY_S)
+            day = t_s / _DAY_S
+            dow = (int(day) + 3) % _WEEK_DAYS
+            if self.first_day >= 0:
+                w = min(1.0, max(0.0, (day - self.first_day - p.weekly_after_days) / _WEEK_DAYS))
+            else:
+                self.first_day = day
+        prof = self.prof
         if slot >= 0 and self.prof_n[slot] == 0:
             # A slot seen for the first time starts where the last one was, so the
             # expectation does not jump; its own history then takes over (below).
-            self.prof[slot] = self.ref if self.n else x
-        b = self.prof[slot] if slot >= 0 else 0.0
+            prof[slot] = self.ref if self.n else x
+        b = prof[slot] if slot >= 0 else 0.0
         if w > 0.0:
             b += w * self.dow[dow]
         if self.n == 0:
@@ -236,27 +396,25 @@ class _Model:
             # The profile learns the value itself, clipped at a few of the series' standard
             # deviations, on its own clock: `profile_days` of memory, starting from
             # `profile_prior_days` of weight on its first value.
-            per_day = max(1.0, _DAY_S / self.interval_s / p.slots)
+            z = self._zero_plan()  # the same constants, worked out once
             k = self.prof_n[slot]
-            r = max(
-                1.0 / (k + 1 + per_day * p.profile_prior_days), 1.0 / (per_day * p.profile_days)
-            )
-            old = self.prof[slot]
+            r = max(1.0 / (k + 1 + z.prior), z.r_floor)
+            old = prof[slot]
             glim = p.clip_z * math.sqrt(self.gvar)
-            dp = x - (w * self.dow[dow] if w > 0 else 0.0) - old
-            self.prof[slot] = old + r * max(-glim, min(glim, dp))
+            dow_l = self.dow
+            dp = x - (w * dow_l[dow] if w > 0 else 0.0) - old
+            new = prof[slot] = old + r * max(-glim, min(glim, dp))
             # Counted only as far as it matters: past that the slot learns at its steady rate.
-            self.prof_n[slot] = min(k + 1, int(per_day * (p.profile_days - p.profile_prior_days)))
-            self.ref = self.prof[slot]
+            self.prof_n[slot] = min(k + 1, z.n_cap)
+            self.ref = new
             # Keep the expectation continuous: what the profile learned, the level gives up.
-            self.level -= self.prof[slot] - old
+            self.level -= new - old
             # The day-of-week offset learns the day's departure from the profile.
-            rd = 1.0 / (per_day * p.slots * 3)  # ~3 weeks of memory
-            dd = x - self.prof[slot] - self.dow[dow]
-            self.dow[dow] += rd * max(-glim, min(glim, dd))
+            dd = x - new - dow_l[dow]
+            dow_l[dow] += z.rd * max(-glim, min(glim, dd))
             # Offsets average to zero: the profile holds the level of the week.
-            mean_dow = sum(self.dow) / _WEEK_DAYS
-            self.dow = [v - mean_dow for v in self.dow]
+            mean_dow = sum(dow_l) / _WEEK_DAYS
+            self.dow = [v - mean_dow for v in dow_l]
         # The series' own scale, learned slowly and clipped relative to its size, so that one
         # huge burst does not make everything after it look small.
         ag = p.alpha * p.scale_rate
@@ -268,158 +426,322 @@ class _Model:
         self.n += 1
 
     def learn_zeros(self, first: int, step_s: float, k: int) -> None:
-        """`learn(0.0, (first + i) * step_s)` for i in 0..k-1. A sparse machine closes dozens of
-        empty intervals per event, and learning them one by one was most of the pipeline's
-        time. Within one time-of-day slot, while the day-of-week weight is constant (0 before
-        `weekly_after_days`; 1 from a week later, once the slot has its full history), every
-        update is linear in the state (nothing clipped, no one-sided run: checked before,
-        else one by one), so a run of them has a closed form (`_zeros_closed`): equal to the
-        one-by-one result up to rounding (relative 1e-12, tests/test_rate.py)."""
+        """`learn(0.0, (first + i) * step_s)` for i in 0..k-1, without a Python step per interval
+        where it can: a sparse machine closes dozens of empty intervals per event.
+
+        Within one time-of-day slot, runs of empty intervals are learned in closed form
+        (`_zeros_closed`) as long as every step of the run is of one kind: the expectation is
+        not clipped and starts no one-sided run (so it decays geometrically), and the profile
+        and the day's offset are either never clipped (linear: they telescope) or clipped at
+        every step (they move by the clip bounds, which depend on the series' scale only). A
+        run whose kind changes is learned in pieces; what fits no kind (a busy series going
+        quiet, a day-of-week ramp without clipping) is learned one interval at a time
+        (`_zeros_exact`). Equal to learning one interval at a time up to rounding
+        (tests/test_rate.py)."""
         if k <= 0:
             return
         p = self.params
-        if self.n == 0 or self.first_day < 0 or not self.counts or not p.slots:
+        if self.n == 0 or self.first_day < 0 or not self.counts:
             self._zeros_exact(first, step_s, k)
             return
         slots = p.slots
+        if not slots:
+            if not self._zeros_flat(k):
+                self._zeros_exact(first, step_s, k)
+            return
         end = first + k
         i = first
         while i < end:
-            # The steps left in this slot: the slot index is floor(t * slots / day).
-            t_s = i * step_s
-            slot = int(t_s % _DAY_S * slots // _DAY_S)
-            nxt = (t_s - t_s % _DAY_S) + (slot + 1) * _DAY_S / slots
-            m = max(1, math.ceil((nxt - t_s) / step_s))
-            while m > 1 and int((i + m - 1) * step_s % _DAY_S * slots // _DAY_S) != slot:
-                m -= 1
-            m = min(m, end - i)
-            if m < 2 or not self._zeros_closed(i, step_s, m, slot):
-                # Often only the first step is not linear (a slot's first value): take it
-                # exactly and try the rest again.
-                self._zeros_exact(i, step_s, 1)
-                if m > 1 and not self._zeros_closed(i + 1, step_s, m - 1, slot):
-                    self._zeros_exact(i + 1, step_s, m - 1)
-            i += m
+            slot, m = _slot_steps(i, step_s, slots, end - i)
+            misses = 0
+            while m > 0:
+                done = self._zeros_closed(i, step_s, m, slot)
+                if not done:
+                    # Often only a step or two are of no kind (a burst's level still being
+                    # clipped): take them exactly and try the rest again, a few times.
+                    misses += 1
+                    done = 1 if misses < 3 else m
+                    self._zeros_exact(i, step_s, done)
+                i += done
+                m -= done
 
-    def _zeros_closed(self, first: int, step_s: float, m: int, slot: int) -> bool:
-        """m empty intervals in one slot at once, if every step would be linear (see
-        learn_zeros); False, changing nothing, if not.
-
-        With a = 1 - alpha, r_j the slot's learning rate at step j (1 / (its count + prior),
-        down to its floor), beta = 6/7 of the day-of-week rate (its share once the offsets
-        are re-centred), c = 1 - the scale's rate, and a value of 0 every step:
-        - day-of-week weight 0: the profile P follows P' = (1 - r_j) P, and what it gives up
-          the level takes, so the expectation e = P + level decays by a (or, at e = 0, P +
-          level stays put); the day's offset D' = D - beta (P' + D), summed in a short loop;
-        - weight 1 (the slot at its floor rate r, b = 1 - r): S = P + D decays by
-          g = b (1 - beta), e' = a e - beta b S, D' = D - beta b S;
-        - a one-sided run in progress ends at the first step (nothing is clipped);
-        - the variance V' = a (V + alpha e^2) and the scale (G' = c G, H' = c (H + (1-c) G^2))
-          are geometric sums of those."""
+    def flat_run(self, first: int, step_s: float, limit: int) -> int:
+        """How many intervals from `first` on (1 to `limit`) have the same expectation as it:
+        the rest of its time-of-day slot, unless the day-of-week weight is ramping in."""
         p = self.params
-        first_day = self.first_day
-        w_first = (first * step_s / _DAY_S - first_day - p.weekly_after_days) / _WEEK_DAYS
-        w_last = ((first + m - 1) * step_s / _DAY_S - first_day - p.weekly_after_days) / _WEEK_DAYS
-        if w_last <= 0.0:
-            weekly = False
-        elif w_first >= 1.0:
-            weekly = True
+        if not p.slots:
+            return limit
+        m = _slot_steps(first, step_s, p.slots, limit)[1]
+        if m > 1 and self.first_day >= 0:
+            fd, wa = self.first_day, p.weekly_after_days
+            w_first = (first * step_s / _DAY_S - fd - wa) / _WEEK_DAYS
+            w_last = ((first + m - 1) * step_s / _DAY_S - fd - wa) / _WEEK_DAYS
+            if w_last > 0.0 and w_first < 1.0:
+                return 1
+        return m
+
+    def _zero_plan(self) -> _ZeroPlan:
+        z = self.plan
+        if z.interval_s != self.interval_s:  # a state of another interval, or a learned one
+            z = self.plan = _zero_plan(self.params, self.interval_s)
+        return z
+
+    def _zeros_flat(self, k: int) -> bool:
+        """k empty intervals without a profile (slots = 0), if the expectation is not clipped:
+        it decays by 1 - alpha a step (or stays at 0). False, changing nothing, if not."""
+        z = self._zero_plan()
+        if k > z.tables() or any(self.dow):
+            return False
+        e0, V = self.level, self.var
+        am = z.ap[k]
+        if e0 > z.e_max:
+            return False
+        if e0 >= 0.0:
+            self.var = am * V + e0 * e0 * am * z.a1m[k]
+            self.level = e0 * am
         else:
-            return False
-        if p.clip_z < 1.0:
-            return False
-        slots = p.slots
-        per_day = max(1.0, _DAY_S / self.interval_s / slots)
-        prior = per_day * p.profile_prior_days
-        r_floor = 1.0 / (per_day * p.profile_days)
-        n_cap = int(per_day * (p.profile_days - p.profile_prior_days))
+            self.var = am * V
+        self._scale_after(z, k)
+        self.run, self.run_sum = 0, 0.0
+        self.n += k
+        return True
+
+    def _scale_after(self, z: _ZeroPlan, m: int) -> None:
+        # Each empty interval takes the slow mean G to c G and its variance H to c (H + (1 - c)
+        # G^2) (never clipped: the clip bound is at least |G|), so after m of them
+        # H = c^m H + G^2 c^m (1 - c^m).
+        G = self.gmean
+        self.gvar = z.cp[m] * self.gvar + G * G * z.cd[m]
+        self.gmean = G * z.cp[m]
+
+    def _zeros_closed(self, first: int, step_s: float, m: int, slot: int) -> int:
+        """Learns the first n <= m empty intervals of a run in one slot at once, as many as
+        are all of one kind (see learn_zeros), and returns n; 0, changing nothing, if the
+        first one is of no kind.
+
+        Notation: a = 1 - alpha, c = 1 - the scale's rate, r_j the slot's learning rate at step
+        j (1 / (its count + 1 + prior), down to its floor), beta = 6/7 of the day-of-week rate
+        (the day's share of each update once the offsets are re-centred), H_j the series'
+        variance and g_j = clip_z sqrt(H_j) the clip bound at step j, w the day-of-week weight
+        (0 before `weekly_after_days`, 1 a week later, a ramp in between), P the slot's
+        profile, D the day's offset, L the level, e = P + w D + L the expectation. With a value
+        of 0 at every step and 0 <= e <= clip_z^2 (nothing clipped, no one-sided run: a run in
+        progress ends at the first step), the level's update makes e' = a e + w' D' - w D
+        whatever the profile does (what the profile learns, the level gives up), and the
+        variance V' = a (V + alpha e^2); H_j = c^j H + G^2 c^j (1 - c^j) (G the slow mean).
+        - Profile and offset never clipped (w = 0, or w = 1 with the slot at its floor rate):
+          w = 0: P' = (1 - r_j) P telescopes (P (N - 1) / (N + h - 1) while the slot is
+          young, geometric after) and D' = (1 - beta) D - beta P' is summed with a table;
+          w = 1: S = P + D decays by (1 - r)(1 - beta), D' = D - beta (1 - r) S, and e is a
+          sum of two exponentials.
+        - Both clipped at every step, each on one side: P' = P -+ r_j g_j and D' = D -+ beta
+          g_j: sums of g_j, the one per-step value without a closed form (one square root a
+          step), and with w > 0 the geometric sum of what the offset gives the expectation."""
+        z = self._zero_plan()
+        if not z.ok or m > z.tables():
+            return 0
+        p = self.params
         kn = self.prof_n[slot]
-        if kn <= 0 or (weekly and kn != n_cap):
-            return False
-        rd = 1.0 / (per_day * slots * 3)
-        alpha = p.alpha
-        a, beta = 1.0 - alpha, rd * 6.0 / _WEEK_DAYS
-        c = 1.0 - alpha * p.scale_rate
-        dw = (int(first * step_s / _DAY_S) + 3) % _WEEK_DAYS
-        P, D, L = self.prof[slot], self.dow[dw], self.level
-        G, H = self.gmean, self.gvar
-        # The scale's variance never falls below c^m H: the clip bound for every step. An
-        # expectation e <= clip_z^2 is within clip_z sd of 0 (the sd is >= sqrt(e), and
-        # >= 0.5): the empty interval is not clipped and starts no one-sided run.
-        glim = p.clip_z * math.sqrt(c**m * H)
-        e_max = p.clip_z**2
-        am, cm = a**m, c**m
-        if not weekly:
-            e0 = P + L
-            # |P_j| stays within |P|, and |D_j| within max(|D|, |P|) and |D| + m beta |P|.
-            if e0 > e_max or abs(P) + min(max(abs(D), abs(P)), abs(D) + m * beta * abs(P)) > glim:
-                return False
-            q = 1.0 - beta
-            # While the slot is younger than its cap, r_j = 1 / (N + j) (above the floor), so
-            # P telescopes to P (N - 1) / (N + h - 1); then r is constant and P geometric.
-            h = min(m, max(0, n_cap - kn))
-            N = kn + 1 + prior
-            Pm, Dm = P, D
-            if h:
-                bp = beta * P * (N - 1)
-                for j in range(h):
-                    Dm = q * Dm - bp / (N + j)
-                Pm = P * (N - 1) / (N + h - 1)
-            if m > h:
-                k = m - h
-                b = 1.0 - max(1.0 / (n_cap + 1 + prior), r_floor)
-                s_qb = k * q ** (k - 1) if q == b else (q**k - b**k) / (q - b)
-                Dm = q**k * Dm - beta * Pm * b * s_qb
-                Pm *= b**k
-            kn = min(kn + m, n_cap)
-            if e0 >= 0.0:
-                em = e0 * am
-                V = am * self.var + e0 * e0 * am * (1.0 - am)
-                Lm = em - Pm
-            else:
-                V = am * self.var
-                Lm = e0 - Pm
-            self.prof_n[slot] = kn
+        n_cap = z.n_cap
+        if kn < 0 or kn > n_cap:
+            return 0
+        first_day, wa = self.first_day, p.weekly_after_days
+        w_first = (first * step_s / _DAY_S - first_day - wa) / _WEEK_DAYS
+        w_last = ((first + m - 1) * step_s / _DAY_S - first_day - wa) / _WEEK_DAYS
+        if w_last <= 0.0:
+            w0 = w1 = 0.0
+        elif w_first >= 1.0:
+            w0 = w1 = 1.0
         else:
-            b = 1.0 - r_floor
-            g = b * (1.0 - beta)
-            S = P + D
-            e0 = S + L
-            if abs(S) > glim or abs(a - g) < 1e-15:
-                return False
-            gm = g**m
-            Sm = S * gm
-            Dm = D - beta * b * S * _geo(g, m)
-            Pm = Sm - Dm
-            # e_j = a^j e0 - kap (a^j - g^j) / (a - g): two exponentials, so its sign and size
-            # over the run are bounded by its ends and coefficients.
-            k2 = beta * b * S / (a - g)
-            A, B = e0 - k2, k2
-            em = A * am + B * gm
-            if e0 >= 0.0 and em >= 0.0 and abs(A) + abs(B) <= e_max:
-                V = am * self.var + alpha * am * (
-                    A * A * _geo(a, m) + 2.0 * A * B * _geo(g, m) + B * B * _geo(g * g / a, m)
-                )
-                Lm = em - Sm
-            elif e0 <= 0.0 and S >= 0.0:
-                # e stays 0: S + level only falls (by beta b S a step).
-                V = am * self.var
-                Lm = e0 - beta * b * S * _geo(g, m) - Sm
+            w0, w1 = max(0.0, w_first), min(1.0, w_last)
+        dw = (int(first * step_s / _DAY_S) + 3) % _WEEK_DAYS
+        # A slot seen for the first time starts where the last one was.
+        P = self.prof[slot] if kn else self.ref
+        D, L, V, G, H = self.dow[dw], self.level, self.var, self.gmean, self.gvar
+        a, alpha, beta, e_max, clip_z = z.a, z.alpha, z.beta, z.e_max, z.clip_z
+        b0 = P + w0 * D
+        e0 = b0 + L
+        if e0 > e_max:
+            return 0
+        aP, aD = abs(P), abs(D)
+        G2 = G * G
+        if w1 == 0.0:
+            # Never clipped while |P_j| (within |P|) + |D_j| (within max(|D|, |P|) and
+            # |D| + m beta |P|) is within the smallest bound, clip_z sqrt(c^(n-1) H).
+            n = z.steps_within(aP + min(max(aD, aP), aD + m * beta * aP), H, m)
+            if n:
+                m = n
+                q = z.q
+                h = min(m, n_cap - kn)
+                Pm, Dm = P, D
+                if h:
+                    # r_j = 1 / (N + j) while the slot is younger than its cap.
+                    N = kn + 1 + z.prior
+                    u = z.u
+                    Dm = q**h * D - beta * P * (N - 1) * q ** (kn + h - 1) * (u[kn + h] - u[kn])
+                    Pm = P * (N - 1) / (N + h - 1)
+                if m > h:
+                    k = m - h
+                    b = 1.0 - z.r[n_cap]
+                    s_qb = k * q ** (k - 1) if q == b else (q**k - b**k) / (q - b)
+                    Dm = q**k * Dm - beta * Pm * b * s_qb
+                    Pm *= b**k
+                am = z.ap[m]
+                if e0 >= 0.0:
+                    V = am * V + e0 * e0 * am * z.a1m[m]
+                    Lm = e0 * am - Pm
+                else:
+                    V = am * V
+                    Lm = e0 - Pm
+                return self._zeros_commit(z, m, slot, kn, dw, Pm, Dm, Lm, V)
+        elif w0 == 1.0 and kn == n_cap:
+            # Never clipped while |S_j| = |S| g^j and |dd_j| = (1 - r) |S_j| are within it.
+            n = z.steps_within(abs(b0), H, m)
+            if n:
+                m = n
+                r = z.r[n_cap]
+                b = 1.0 - r
+                g = b * (1.0 - beta)
+                S = b0
+                if abs(a - g) < 1e-15:
+                    return 0
+                am = z.ap[m]
+                gm = g**m
+                Sm = S * gm
+                Dm = D - beta * b * S * _geo(g, m)
+                Pm = Sm - Dm
+                # e_j = a^j e0 - kap (a^j - g^j) / (a - g): two exponentials, so its sign and
+                # size over the run are bounded by its ends and coefficients.
+                k2 = beta * b * S / (a - g)
+                A, B = e0 - k2, k2
+                em = A * am + B * gm
+                if e0 >= 0.0 and em >= 0.0 and abs(A) + abs(B) <= e_max:
+                    V = am * V + alpha * am * (
+                        A * A * _geo(a, m) + 2.0 * A * B * _geo(g, m) + B * B * _geo(g * g / a, m)
+                    )
+                    Lm = em - Sm
+                elif e0 <= 0.0 and S >= 0.0:
+                    # e stays 0: S + level only falls (by beta b S a step).
+                    V = am * V
+                    Lm = e0 - beta * b * S * _geo(g, m) - Sm
+                else:
+                    return 0
+                return self._zeros_commit(z, m, slot, kn, dw, Pm, Dm, Lm, V)
+        # Clipped at every step? The first one, at least.
+        sqrt = math.sqrt
+        g_first = clip_z * sqrt(H)
+        aPD = abs(P + D)
+        if abs(b0) <= g_first or aPD <= g_first:
+            return 0
+        sP = 1.0 if b0 > 0.0 else -1.0
+        sD = 1.0 if P + D > 0.0 else -1.0
+        gs = [clip_z * sqrt(H * u + G2 * v) for u, v in zip(z.cp[:m], z.cd[:m], strict=True)]
+        rs = z.r
+        sg = sum(gs)  # sum of g_j
+        sr = sum(map(mul, gs, rs[kn : kn + m])) if kn < n_cap else rs[n_cap] * sg  # of r_j g_j
+        ws = None
+        if w1 > 0.0 and w0 < 1.0:
+            xs = range(first, first + m)
+            if w_first > 0.0 and w_last < 1.0:
+                ws = [(x * step_s / _DAY_S - first_day - wa) / _WEEK_DAYS for x in xs]
             else:
-                return False
-        dD = Dm - D
+                ws = [
+                    min(1.0, max(0.0, (x * step_s / _DAY_S - first_day - wa) / _WEEK_DAYS))
+                    for x in xs
+                ]
+        # Each step moves P by r_j g_j and D by beta g_j: while |b_j| and |P_(j+1) + D_j| stay
+        # above every bound, every step is clipped.
+        slack = sr + beta * sg
+        g_max = max(gs)
+        if abs(b0) - aD * (w1 - w0) - slack <= g_max or aPD - slack <= g_max:
+            # Not that far from a bound: step by step, and only the steps before the first one
+            # that is not clipped.
+            gp = list(accumulate(gs, initial=0.0))  # sums of g_i for i < j
+            rp = list(accumulate(map(mul, gs, rs[kn : kn + m]), initial=0.0))
+            kPD = sP * sD * beta
+            ok = [
+                min(sP * (P + wj * D) - rpj - kPD * wj * gpj, aPD - sP * sD * rpj1 - beta * gpj)
+                > gj
+                for wj, rpj, rpj1, gpj, gj in zip(ws or [w0] * m, rp, rp[1:], gp, gs, strict=False)
+            ]
+            if not ok[0]:
+                return 0
+            if not all(ok):
+                return self._zeros_closed(first, step_s, ok.index(False), slot)
+        Pm = P - sP * sr
+        Dm = D - sD * beta * sg
+        am = z.ap[m]
+        if w1 == 0.0:
+            if e0 >= 0.0:
+                V = am * V + e0 * e0 * am * z.a1m[m]
+                Lm = e0 * am - Pm
+            else:
+                V = am * V
+                Lm = e0 - Pm
+            return self._zeros_commit(z, m, slot, kn, dw, Pm, Dm, Lm, V)
+        # e' = a e + delta_j, delta_j = w_(j+1) D_(j+1) - w_j D_j with D_j = D - kd G_j, G_j the
+        # sum of g_i for i < j; while e >= 0, e_j = a^j u_j, u_j = e0 + the sum over i < j of
+        # a^-(i+1) delta_i.
+        kd = sD * beta
+        if ws is None:
+            # w = 1: delta_j = -kd g_j.
+            wd_last = Dm + kd * gs[-1]
+            if e0 >= 0.0:
+                us = [e0 - kd * x for x in accumulate(map(mul, gs[:-1], z.ainv), initial=0.0)]
+            else:
+                es = [e0 - kd * x for x in accumulate(gs[:-1], initial=0.0)]
+        else:
+            wd = [wj * (D - kd * x) for wj, x in zip(ws, accumulate(gs, initial=0.0), strict=False)]
+            delta = list(map(sub, wd[1:], wd[:-1]))
+            wd_last = wd[-1]
+            if e0 >= 0.0:
+                us = [e0 + x for x in accumulate(map(mul, delta, z.ainv), initial=0.0)]
+            else:
+                es = list(accumulate(delta, initial=e0))
+        if e0 >= 0.0:
+            es = list(map(mul, z.ap[:m], us))
+            if min(es) < 0.0 or max(es) > e_max:
+                n = next(j for j, e in enumerate(es) if e < 0.0 or e > e_max)
+                return self._zeros_closed(first, step_s, n, slot) if n else 0
+            V = am * (V + alpha * sum(map(mul, z.ap[:m], map(mul, us, us))))
+            e_last = a * es[-1]
+        else:
+            # e stays 0 while b + level stays <= 0: the level only gives up what the profile
+            # learns.
+            if max(es) > 0.0:
+                return self._zeros_closed(
+                    first, step_s, next(j for j, e in enumerate(es) if e > 0.0), slot
+                )
+            V = am * V
+            e_last = es[-1]
+        # L_m = (a or 1) e_(m-1) - w_(m-1) D_(m-1) - P_m.
+        return self._zeros_commit(z, m, slot, kn, dw, Pm, Dm, e_last - wd_last - Pm, V)
+
+    def _zeros_commit(
+        self,
+        z: _ZeroPlan,
+        m: int,
+        slot: int,
+        kn: int,
+        dw: int,
+        Pm: float,
+        Dm: float,
+        Lm: float,
+        V: float,
+    ) -> int:
         dow = self.dow
+        dD = Dm - dow[dw]
         for j in range(_WEEK_DAYS):
             dow[j] = Dm if j == dw else dow[j] - dD / (_WEEK_DAYS - 1)
         self.prof[slot] = Pm
+        self.prof_n[slot] = min(kn + m, z.n_cap)
         self.ref = Pm
         self.level = Lm
         self.var = V
-        self.gmean = G * cm
-        self.gvar = cm * H + G * G * cm * (1.0 - cm)
+        self._scale_after(z, m)
         self.run, self.run_sum = 0, 0.0
         self.n += m
-        return True
+        return m
 
     def _zeros_exact(self, first: int, step_s: float, k: int) -> None:
         """learn_zeros one interval at a time, with learn's arithmetic in learn's order
@@ -515,12 +837,17 @@ class RateBaseline:
     list: [interval index, count in it, level, variance, intervals learned, model...], so it
     serialises cheaply; a fresh baseline is [-1, 0, 0.0, 0.0, 0]."""
 
-    __slots__ = ("count", "current", "model", "params")
+    __slots__ = ("_at", "_exp", "_iv_ms", "_thr", "count", "current", "model", "params")
 
     def __init__(self, params: RateParams, state: list[Any] | None = None) -> None:
         self.params = params
         self.model = _Model(params, counts=True)
         self.current, self.count = -1, 0
+        self._iv_ms = params.interval_s * 1000
+        # The current interval's expectation and spike threshold, and the (interval, intervals
+        # learned) they were worked out at: they only change when the model learns.
+        self._at = (-2, -1)
+        self._exp = self._thr = 0.0
         if state:
             self.current, self.count = state[0], state[1]
             if len(state) == 5:  # a fresh baseline, or one from before the profile
@@ -555,21 +882,33 @@ class RateBaseline:
                 m.decay_zeros(gap - _MAX_ZERO_STEPS)
         self.current, self.count = interval, 0
 
+    def _current(self) -> None:
+        """Work out the current interval's expectation and threshold if the model has learned
+        since."""
+        m = self.model
+        at = (self.current, m.n)
+        if at != self._at:
+            p = self.params
+            e = m.expected(self._t(self.current) if self.current >= 0 else None)
+            self._exp = e
+            self._thr = max(e + p.z * m.std(e), p.min_ratio * e, float(p.min_count))
+            self._at = at
+
     def expected(self) -> float:
         """Expected events in the current interval."""
-        return self.model.expected(self._t(self.current) if self.current >= 0 else None)
+        self._current()
+        return self._exp
 
     def expected_at(self, ts_ms: int) -> float:
         """Expected events in the interval holding ts_ms, as the model stands (no learning)."""
-        return self.model.expected(self._t(ts_ms // (self.params.interval_s * 1000)))
+        return self.model.expected(self._t(ts_ms // self._iv_ms))
 
     def std(self) -> float:
         return self.model.std(self.expected())
 
     def threshold(self) -> float:
-        p = self.params
-        e = self.expected()
-        return max(e + p.z * self.std(), p.min_ratio * e, float(p.min_count))
+        self._current()
+        return self._thr
 
     @property
     def warm(self) -> bool:
@@ -578,11 +917,16 @@ class RateBaseline:
     def observe(self, ts_ms: int, weight: int = 1) -> float:
         """Count an event and return its score in [0, 100]: 0 below the spike threshold, above it
         rising with log2 of observed over expected. Late events count in the current interval."""
-        self.advance(ts_ms // (self.params.interval_s * 1000))
+        interval = ts_ms // self._iv_ms
+        if interval > self.current:
+            self.advance(interval)
         self.count += weight
-        if not self.warm or self.count < self.threshold():
+        if self.model.n < self.params.warmup_intervals:
             return 0.0
-        ratio = self.count / max(self.expected(), 0.5)
+        self._current()
+        if self.count < self._thr:
+            return 0.0
+        ratio = self.count / max(self._exp, 0.5)
         return max(50.0, min(100.0, 40.0 + 15.0 * math.log2(ratio)))
 
     def quiet_score(self, now_ms: int) -> float:
@@ -593,7 +937,7 @@ class RateBaseline:
         m = self.model
         if not self.warm or self.current < 0:
             return 0.0
-        iv_ms = p.interval_s * 1000
+        iv_ms = self._iv_ms
         now_iv = now_ms // iv_ms
         if now_iv < self.current:
             return 0.0
@@ -601,11 +945,20 @@ class RateBaseline:
         exp_sum = var_sum = 0.0
         # Cap the span: a day of silence is as conclusive as a week of it.
         last = min(now_iv, self.current + _DAY_S // p.interval_s)
-        for i in range(self.current, last + 1):
-            frac = 1.0
-            if i == now_iv:
-                frac = (now_ms - now_iv * iv_ms) / iv_ms
-            e = m.expected(self._t(i)) * frac
+        # Whole intervals, a run at a time: within a time-of-day slot the expectation only
+        # changes while the day-of-week weight ramps in.
+        step_s = float(p.interval_s)
+        stop = last if last == now_iv else last + 1
+        i = self.current
+        while i < stop:
+            k = m.flat_run(i, step_s, stop - i)
+            e = m.expected(i * step_s)
+            exp_sum += k * e
+            var_sum += k * m.std(e) ** 2
+            i += k
+        if last == now_iv:
+            frac = (now_ms - now_iv * iv_ms) / iv_ms
+            e = m.expected(self._t(now_iv)) * frac
             exp_sum += e
             var_sum += m.std(e) ** 2 * frac
         if exp_sum < p.quiet_min_expected or observed >= exp_sum:
@@ -625,6 +978,18 @@ class RateBaseline:
     def learn_one(self, x: dict[str, Any]) -> None:
         t = x.get("timestamp")
         self.model.learn(float(x["value"]), _epoch_ms(t) / 1000 if t is not None else None)
+
+
+def _slot_steps(first: int, step_s: float, slots: int, limit: int) -> tuple[int, int]:
+    """(time-of-day slot of interval `first`, how many intervals from it on are in that slot,
+    1 to `limit`); the slot index is floor(t * slots / day)."""
+    t_s = first * step_s
+    slot = int(t_s % _DAY_S * slots // _DAY_S)
+    nxt = (t_s - t_s % _DAY_S) + (slot + 1) * _DAY_S / slots
+    m = min(max(1, math.ceil((nxt - t_s) / step_s)), limit)
+    while m > 1 and int((first + m - 1) * step_s % _DAY_S * slots // _DAY_S) != slot:
+        m -= 1
+    return slot, m
 
 
 def _geo(x: float, m: int) -> float:

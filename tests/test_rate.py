@@ -220,11 +220,11 @@ def test_empty_interval_runs_in_closed_form_learn_as_one_by_one(monkeypatch: Any
     used = {False: 0, True: 0}
     closed = _Model._zeros_closed
 
-    def counted(self: _Model, first: int, step_s: float, m: int, slot: int) -> bool:
+    def counted(self: _Model, first: int, step_s: float, m: int, slot: int) -> int:
         weekly = self.first_day >= 0 and first * step_s / 86_400 - self.first_day > 3.0
-        ok = closed(self, first, step_s, m, slot)
-        used[weekly] += ok
-        return ok
+        done = closed(self, first, step_s, m, slot)
+        used[weekly] += done > 0
+        return done
 
     monkeypatch.setattr(_Model, "_zeros_closed", counted)
     for seed in range(10):
@@ -244,6 +244,162 @@ def test_empty_interval_runs_in_closed_form_learn_as_one_by_one(monkeypatch: Any
         assert max(abs(x - y) for x, y in zip(xs, ys, strict=True)) <= 1e-9 * scale
     # Both forms (day-of-week weight 0 and 1) were taken, not only the fallback.
     assert used[False] > 100 and used[True] > 20
+
+
+def _gap_reference(b: RateBaseline, interval: int) -> None:
+    """advance(interval), written out: the current interval's count, then every empty interval
+    up to `interval`, each learned by itself."""
+    m, step_s = b.model, float(b.params.interval_s)
+    m.learn(float(b.count), b.current * step_s)
+    for i in range(b.current + 1, interval):
+        m.learn(0.0, i * step_s)
+    b.current, b.count = interval, 0
+
+
+def _kind(m: _Model, first: int, k: int) -> tuple[str, str, str]:
+    """What the first run of a gap looks like: the day-of-week weight over it, whether the slot's
+    profile is clipped at its first step, and whether the slot is still young."""
+    p = m.params
+    w = [(i * 60 / 86_400 - m.first_day - p.weekly_after_days) / 7 for i in (first, first + k)]
+    weight = "w=0" if w[1] <= 0 else "w=1" if w[0] >= 1 else "ramp"
+    slot = int(first * 60 % 86_400 * p.slots // 86_400)
+    prof = m.prof[slot] if m.prof_n[slot] else m.ref
+    clipped = abs(prof) > p.clip_z * math.sqrt(m.gvar)
+    young = m.prof_n[slot] < int(60 * (p.profile_days - p.profile_prior_days))
+    return weight, "clipped" if clipped else "linear", "young" if young else "full"
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_empty_intervals_learned_at_once_equal_one_at_a_time(seed: int, monkeypatch: Any) -> None:
+    """Machines from their first event to their fourth week (every kind of run: a young or a
+    full slot, its profile clipped or not, before, during and after the day-of-week ramp), each
+    checked along the way: a random gap closed by advance() (closed forms where they apply)
+    against the same gap closed one interval at a time. Fails on any difference beyond
+    rounding, and if the closed forms were not what closed the gaps."""
+    rng = random.Random(seed)
+    exact_steps = [0]
+    exact = _Model._zeros_exact
+
+    def counted(self: _Model, first: int, step_s: float, k: int) -> None:
+        exact_steps[0] += k
+        exact(self, first, step_s, k)
+
+    monkeypatch.setattr(_Model, "_zeros_exact", counted)
+    kinds: dict[tuple[str, str, str], int] = {}
+    gaps = 0
+    for spacing in ((10, 60), (1, 6), (30, 240), (0, 2)):  # minutes between events
+        b = RateBaseline(RateParams())
+        t = T0 + rng.randrange(DAY) * MIN
+        rate = 150 / (26 * DAY / (sum(spacing) / 2 + 0.5))  # ~150 checks a machine, after
+        events = 0
+        while t < T0 + 26 * DAY * MIN:
+            t += rng.randrange(spacing[0] * MIN, spacing[1] * MIN + 1) + rng.randrange(MIN)
+            weight = rng.choice([1, 1, 1, 2, 5]) if spacing[1] > 2 else rng.randrange(1, 40)
+            if rng.random() < (0.3 if events < 100 else rate) and b.current >= 0:
+                # Check here: a gap of any length after the current interval.
+                interval = b.current + 1 + rng.choice([1, 2, 7, 30, 59, 60, 61, 200, 1000, 2880])
+                fast, slow = RateBaseline(b.params, b.state()), RateBaseline(b.params, b.state())
+                probe = RateBaseline(b.params, b.state())
+                probe.model.learn(float(probe.count), probe.current * 60.0)
+                kind = _kind(probe.model, probe.current + 1, interval - probe.current - 1)
+                before = exact_steps[0]
+                fast.advance(interval)
+                if exact_steps[0] == before:
+                    kinds[kind] = kinds.get(kind, 0) + 1
+                _gap_reference(slow, interval)
+                gaps += 1
+                a, r = fast.model, slow.model
+                assert (a.n, a.run, a.prof_n, a.first_day) == (r.n, r.run, r.prof_n, r.first_day)
+                xs = [a.level, a.var, a.gmean, a.gvar, a.ref, a.run_sum, *a.prof, *a.dow]
+                ys = [r.level, r.var, r.gmean, r.gvar, r.ref, r.run_sum, *r.prof, *r.dow]
+                scale = max(1.0, *map(abs, ys))
+                assert max(abs(x - y) for x, y in zip(xs, ys, strict=True)) <= 1e-11 * scale
+                for x, y in ((a.var, r.var), (a.gmean, r.gmean), (a.gvar, r.gvar)):
+                    assert x == pytest.approx(y, rel=1e-10, abs=1e-300)
+            b.observe(t, weight)
+            events += 1
+    assert gaps > 300
+    # Gaps closed without a single interval learned one at a time, of every kind.
+    for kind in [
+        ("w=0", "linear", "young"),
+        ("w=0", "clipped", "young"),
+        ("w=0", "clipped", "full"),
+        ("ramp", "clipped", "full"),
+        ("w=1", "clipped", "full"),
+        ("w=1", "linear", "full"),
+    ]:
+        assert kinds.get(kind, 0) >= 3, (kind, kinds)
+
+
+def test_sparse_machines_learn_empty_intervals_in_closed_form(monkeypatch: Any) -> None:
+    """A machine sending once every 10 to 60 minutes, for four weeks: nearly all of its empty
+    intervals are learned in closed form (one at a time was ~95% of them before, ~60 us an
+    event)."""
+    exact_steps = [0]
+    exact = _Model._zeros_exact
+
+    def counted(self: _Model, first: int, step_s: float, k: int) -> None:
+        exact_steps[0] += k
+        exact(self, first, step_s, k)
+
+    monkeypatch.setattr(_Model, "_zeros_exact", counted)
+    rng = random.Random(2)
+    b = RateBaseline(RateParams())
+    t = T0
+    while t < T0 + 28 * DAY * MIN:
+        t += rng.randrange(10 * MIN, 60 * MIN)
+        b.observe(t)
+    assert exact_steps[0] < 0.02 * b.n
+
+
+def _quiet_reference(b: RateBaseline, now_ms: int) -> float:
+    """quiet_score, written out one interval at a time."""
+    p, m = b.params, b.model
+    if not b.warm or b.current < 0 or now_ms // (p.interval_s * 1000) < b.current:
+        return 0.0
+    iv_ms = p.interval_s * 1000
+    now_iv = now_ms // iv_ms
+    exp_sum = var_sum = 0.0
+    for i in range(b.current, min(now_iv, b.current + 86_400 // p.interval_s) + 1):
+        frac = (now_ms - now_iv * iv_ms) / iv_ms if i == now_iv else 1.0
+        e = m.expected(i * float(p.interval_s)) * frac
+        exp_sum += e
+        var_sum += m.std(e) ** 2 * frac
+    if exp_sum < p.quiet_min_expected or b.count >= exp_sum:
+        return 0.0
+    z = (exp_sum - b.count) / math.sqrt(max(var_sum, exp_sum, 1e-9))
+    s = 1.0 - 2.0 ** (-abs(z) / p.z)
+    return 100.0 * s if s >= 0.5 else 0.0
+
+
+def test_quiet_score_sums_runs_of_intervals_as_one_at_a_time() -> None:
+    rng = random.Random(4)
+    b = RateBaseline(RateParams(weekly_after_days=3.0))
+    checked = paged = 0
+    for minute in range(12 * DAY):
+        busy = 9 * 60 <= minute % DAY < 17 * 60
+        if rng.random() < (0.9 if busy else 0.1):
+            b.observe(T0 + minute * MIN + rng.randrange(MIN), weight=rng.randrange(1, 30))
+        if minute % 97 == 0 and b.warm:
+            for silence in (30_000, 3 * MIN, 47 * MIN, 5 * 60 * MIN, 2 * DAY * MIN):
+                now = T0 + minute * MIN + silence
+                want = _quiet_reference(b, now)
+                assert b.quiet_score(now) == pytest.approx(want, rel=1e-12, abs=1e-12)
+                checked += 1
+                paged += want >= 50
+    assert checked > 500 and paged > 50
+
+
+def test_expected_and_threshold_follow_what_the_model_learns() -> None:
+    p = RateParams(warmup_intervals=5)
+    b = RateBaseline(p)
+    for i in range(300):
+        b.observe(T0 + i * 3 * MIN, weight=1 + i % 7)
+        if i % 5 == 0:
+            b.learn_one({"value": 4.0, "timestamp": T0 + i * 3 * MIN})
+        e = b.model.expected(b.current * 60.0)
+        assert b.expected() == e
+        assert b.threshold() == max(e + p.z * b.model.std(e), p.min_ratio * e, p.min_count)
 
 
 def test_score_one_before_learn_one() -> None:

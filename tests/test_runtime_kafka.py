@@ -170,7 +170,7 @@ class Group:
         self.raw.close()
 
     def uncommitted(self, topic: str) -> int | None:
-        """Records written to `topic` in transactions still open (or aborted at its end)."""
+        """Records of `topic` past its last stable offset: in transactions still open."""
         try:
             return sum(
                 self.raw.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
@@ -238,7 +238,7 @@ def group_of() -> Iterator[Callable[[Stack], Group]]:
         g.close()
 
 
-def story(s: Stack, lines: int = 40) -> str:
+def story(s: Stack, lines: int = 60) -> str:
     """The workers' own log lines, and librdkafka's warnings but for refused connections."""
     out = []
     for log in sorted(s.root.glob("worker-*.log")):
@@ -392,14 +392,14 @@ def test_sigkilled_worker_restarts_on_its_state_within_seconds(
 ) -> None:
     began = time.monotonic()
     eos = guarantee == "exactly-once"
-    # The default partition count (topics.partitions: 8): what a restart restores.
+    # The default partition count: a restart restores every one of them.
     s = stack(
+        topics__partitions=8,
         kafka__processing_guarantee=guarantee,
         kafka__commit_interval_s=1.0,
         **QUIET,
         **DETECTORS,
     )
-    assert s.cfg.topics.partitions == 8
     s.create_topics()
     group = group_of(s)
     traffic = busy_traffic()

@@ -60,12 +60,17 @@ DETECTORS = {"detectors__warmup_s": 600, "detectors__warmup_events": 20}
 # until the broker's next sweep). With the defaults a crashed worker's partitions thus stall
 # for up to 45 s (at-least-once) or 70 s (exactly-once); short here to keep the test quick.
 # Given as librdkafka settings, which win over kafka.session_timeout_s and
-# kafka.transaction_timeout_s (the take-over time below shows the session timeout applied).
+# kafka.transaction_timeout_s (the take-over and catch-up times below show both applied).
+# The worker derives heartbeat.interval.ms from kafka.session_timeout_s alone (4.5 s for the
+# default 45 s), which would leave a 6 s session 1.5 s of slack: a heartbeat every third of
+# the session, as Kafka advises, is set here too.
 FAST_FAILOVER = {
     "session.timeout.ms": 6000,
+    "heartbeat.interval.ms": 2000,
     "transaction.timeout.ms": 10000,
 }
 DEFAULT_SESSION_TIMEOUT_S = KafkaSettings().session_timeout_s
+DEFAULT_TRANSACTION_TIMEOUT_S = KafkaSettings().transaction_timeout_s
 # Two workers on one host would contend for the default metrics port; the input-quiet watch
 # is for topics idle for many minutes.
 QUIET = {"http__enabled": False, "monitoring__input_quiet_s": 0}
@@ -241,11 +246,8 @@ class GroupView:
             s.cfg.peers_topic,
         )
         self.admin = AdminClient(self.conf)
-        meta = self.admin.list_topics(timeout=10).topics
         # Partitions per topic (the peer table has one), as created before the view.
-        self.partitions = {
-            name: len(meta[name].partitions) for name in (self.events, *self.written)
-        }
+        self.partitions = partition_counts(self.admin, [self.events, *self.written])
         # Offset lookups answer per the asking consumer's isolation level: read_committed
         # (the default) gets the last stable offset, short of any open transaction.
         self.stable = Consumer({**self.conf, "group.id": self.group, "enable.auto.commit": False})
@@ -361,15 +363,30 @@ def start_member(s: Stack, name: str) -> subprocess.Popen[bytes]:
     return s.start_worker(f"state-{name}", client_id=name)
 
 
+def partition_counts(admin: AdminClient, names: list[str]) -> dict[str, int]:
+    """Partitions of each topic. Topics created a moment ago: the broker answers
+    CreateTopics once the controller has them, and its own metadata may lag a little."""
+
+    def listed() -> dict[str, int] | None:
+        meta = admin.list_topics(timeout=10).topics
+        if not all(name in meta and meta[name].error is None for name in names):
+            return None
+        return {name: len(meta[name].partitions) for name in names}
+
+    counts: dict[str, int] = wait_until(listed, timeout=30, what=f"the topics {names}")
+    return counts
+
+
 def topic_partitions(s: Stack) -> dict[str, int]:
     """Partitions per topic role; not the peer table's, which has one (every worker reads
     it whole)."""
-    meta = AdminClient(s.cfg.kafka.client_config()).list_topics(timeout=10).topics
-    return {
-        role: len(meta[name].partitions)
+    roles = {
+        role: name
         for role, name in s.cfg.topics.model_dump().items()
         if isinstance(name, str) and role != "peers"
     }
+    counts = partition_counts(AdminClient(s.cfg.kafka.client_config()), list(roles.values()))
+    return {role: counts[name] for role, name in roles.items()}
 
 
 # ------------------------------------------------------------------- 1. SIGKILL of one of two
@@ -452,10 +469,11 @@ def test_survivor_takes_over_a_sigkilled_worker(
             victim.kill()
             victim.wait()
             killed = time.monotonic()
+            # Every archive record from here on is the survivor's: the victim writes no more,
+            # and the survivor owns none of its partitions before the victim's session ends.
+            killed_at_archive = view.ends(view.archive)
         finally:
             sender.join(60)
-        # Every archive record from here on is the survivor's: the victim writes no more.
-        killed_at_archive = view.ends(view.archive)
         assert view.ends(view.events) == {p: a_end[p] + live_on[p] for p in a_end}
         assert progress < 0.5, (
             f"the victim had done {progress:.0%} of its live input before the kill; the "
@@ -479,11 +497,19 @@ def test_survivor_takes_over_a_sigkilled_worker(
         view.close()
     assert forwarded == 0, f"{forwarded} records on the repartition topic"
     # The victim's session ended after FAST_FAILOVER's session.timeout.ms, not after the
-    # default kafka.session_timeout_s: the librdkafka setting won.
+    # default kafka.session_timeout_s: the librdkafka setting won...
     assert takeover_s < DEFAULT_SESSION_TIMEOUT_S - 15, (
         f"the survivor took over {takeover_s:.1f} s after the kill: FAST_FAILOVER's "
         f"session.timeout.ms did not apply (default {DEFAULT_SESSION_TIMEOUT_S:.0f} s)"
     )
+    if eos:
+        # ...and so did its transaction.timeout.ms: the victim's open transaction, which
+        # held back every read_committed reader until aborted, did not last the default.
+        assert caught_up_s < DEFAULT_TRANSACTION_TIMEOUT_S - 10, (
+            f"caught up {caught_up_s:.1f} s after the kill: FAST_FAILOVER's "
+            "transaction.timeout.ms did not apply (default "
+            f"{DEFAULT_TRANSACTION_TIMEOUT_S:.0f} s)"
+        )
 
     # (a) Every valid event is in the committed archive, and nothing else is; each in the
     # archive partition of its machine's input partition.
@@ -591,9 +617,13 @@ def test_worker_rides_out_a_broker_restart(
     view = None
     try:
         s.create_topics()
-        worker = s.start_worker()
         view = GroupView(s)
+        # All of it waits in the input topic before the worker starts: it then goes through
+        # at its own pace, which the watch below samples undisturbed by a sending thread.
+        s.send(before)
+        assert sum(view.ends(view.events).values()) == len(before), "not all sent"
         archive_before = view.ends(view.archive)
+        worker = s.start_worker()
 
         def written() -> int:
             """Events ingested so far, committed or not (their archive records)."""
@@ -603,8 +633,6 @@ def test_worker_rides_out_a_broker_restart(
                 return 0
             return sum(ends[p] - archive_before[p] for p in ends)
 
-        sender = threading.Thread(target=s.send, args=(before,))
-        sender.start()
         # Mid-run: the worker is part-way through, inside a transaction under exactly-once.
         done = wait_until(
             lambda: (n := written()) >= len(before) * 0.2 and n,
@@ -613,8 +641,6 @@ def test_worker_rides_out_a_broker_restart(
             what="the worker to be part-way through",
         )
         committed = sum(view.committed(view.events).values())
-        sender.join(60)
-        assert sum(view.ends(view.events).values()) == len(before), "not all sent"
         assert done < len(before) * 0.8, f"the worker was nearly done ({done}/{len(before)})"
         assert kafka_local.stop(timeout=30), "the private broker was not running"
         down = time.monotonic()

@@ -28,7 +28,8 @@ import os
 import socket
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -48,7 +49,7 @@ from streams.reload import ConfigReloader
 from streams.runtime.commit import AtLeastOnce, ExactlyOnce, Rewind
 from streams.runtime.peers import PeerReader, PeerTable
 from streams.runtime.routing import Router
-from streams.runtime.state import Snapshots, end_offset, restore, restore_consumer
+from streams.runtime.state import Snapshots, end_offset, restore_all, restore_consumer
 from streams.runtime.task import Task
 
 log = logging.getLogger("auditwatch.runtime")
@@ -75,6 +76,19 @@ def instance_id(cfg: Config) -> str | None:
     if configured is not None:
         return configured or None
     return default_instance_id(cfg)
+
+
+T = TypeVar("T")
+
+
+class _ConsumerFatal(Exception):
+    """The consumer is unusable (librdkafka raised a fatal error): it must be replaced."""
+
+
+def _fatal(err: KafkaError) -> bool:
+    # A fenced static member comes back from consume() as a _FATAL error whose fatal() is
+    # False: the flag belongs to the underlying error.
+    return bool(err.fatal()) or err.code() == KafkaError._FATAL
 
 
 class TopicLayoutError(RuntimeError):
@@ -150,12 +164,23 @@ class Worker:
         )
         loaded = self.peer_reader.load()
         log.info("peer table: %d records read from %s", loaded, self.peers_topic)
+        self.consumer = self._subscribe()
+        log.info(
+            "worker %s: %s, %d partitions, static membership %s",
+            self.writer,
+            k.processing_guarantee,
+            self.partitions,
+            "on" if self.instance else "off",
+        )
+
+    def _subscribe(self) -> Consumer:
+        k = self.cfg.kafka
         conf: dict[str, Any] = {
             # Tunable through kafka.librdkafka, which wins over these.
             "session.timeout.ms": int(k.session_timeout_s * 1000),
             "heartbeat.interval.ms": max(1000, int(k.session_timeout_s * 1000 / 10)),
             "max.poll.interval.ms": 600_000,
-            **client,
+            **k.client_config(),
             "group.id": k.consumer_group,
             "auto.offset.reset": k.auto_offset_reset,
             "enable.auto.commit": False,
@@ -168,20 +193,14 @@ class Worker:
         }
         if self.instance:
             conf["group.instance.id"] = self.instance
-        self.consumer = Consumer(conf)
-        self.consumer.subscribe(
+        consumer = Consumer(conf)
+        consumer.subscribe(
             [self.events_topic, self.repartition_topic],
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
-        log.info(
-            "worker %s: %s, %d partitions, static membership %s",
-            self.writer,
-            k.processing_guarantee,
-            self.partitions,
-            "on" if self.instance else "off",
-        )
+        return consumer
 
     def _check_topics(self, client: dict[str, Any]) -> int:
         probe = restore_consumer(client, self.cfg.kafka.consumer_group)
@@ -211,20 +230,45 @@ class Worker:
 
     # ---- tasks ---------------------------------------------------------------------------
 
-    def _new_task(self, p: int) -> Task:
-        state = restore(self.restorer, self.state_topic, p, self.snapshots)
-        self.restores += 1
-        return Task(
-            p,
-            state,
-            self.peers,
-            self.processor,
-            self.router,
-            self.repartition_topic,
-            self._emit,
-            self.telemetry,
-            p if self.archive_aligned else -1,
+    def _add_tasks(self, partitions: list[int]) -> None:
+        """Tasks for `partitions`, their states restored from the changelog in one pass."""
+        wanted = [p for p in partitions if p not in self.tasks]
+        if not wanted:
+            return
+        states = self._retrying(
+            "restoring partitions " + ",".join(map(str, wanted)),
+            lambda: restore_all(self.restorer, self.state_topic, wanted, self.snapshots),
         )
+        self.restores += len(wanted)
+        for p, state in states.items():
+            self.tasks[p] = Task(
+                p,
+                state,
+                self.peers,
+                self.processor,
+                self.router,
+                self.repartition_topic,
+                self._emit,
+                self.telemetry,
+                p if self.archive_aligned else -1,
+            )
+
+    def _retrying(self, what: str, call: Callable[[], T]) -> T:
+        """`call()`, retried with backoff on a Kafka error that can pass (a broker coming
+        back, a leader moving); a fatal one is raised."""
+        delay = 0.5
+        while True:
+            try:
+                return call()
+            except KafkaException as e:
+                err = e.args[0]
+                if _fatal(err):
+                    raise _ConsumerFatal(err.str()) from None
+                log.warning("%s failed (%s); retrying in %.1f s", what, err.str(), delay)
+            except TimeoutError as e:
+                log.warning("%s failed (%s); retrying in %.1f s", what, e, delay)
+            time.sleep(delay)
+            delay = min(2 * delay, 10.0)
 
     def _emit(
         self, role: str, key: bytes | None, value: bytes, partition: int, headers: Any
@@ -242,14 +286,8 @@ class Worker:
             self.committed.pop((topic, p), None)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        try:
-            for p in sorted({tp.partition for tp in partitions}):
-                if p not in self.tasks:
-                    self.tasks[p] = self._new_task(p)
-            log.info("assigned partitions %s", sorted(self.tasks))
-        except Exception:
-            log.exception("restoring assigned partitions failed")
-            raise
+        self._add_tasks(sorted({tp.partition for tp in partitions}))
+        log.info("assigned partitions %s", sorted(self.tasks))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         revoked = sorted({tp.partition for tp in partitions} & set(self.tasks))
@@ -285,12 +323,16 @@ class Worker:
         CURRENT.thread = threading.get_ident()
         try:
             while not stop.is_set():
-                self.run_once()
+                try:
+                    self.run_once()
+                except _ConsumerFatal as e:
+                    self._restart_consumer(str(e))
+                    continue
                 now = time.monotonic()
                 if now - peers_at >= _PEERS_EVERY_S:
                     peers_at = now
                     self.peer_reader.poll()
-                if now - self.last_commit >= interval and self.commit():
+                if now - self.last_commit >= interval and self._commit_or_restart():
                     every = self.cfg.kafka.snapshot_interval_s
                     if every and now - self.last_snapshot >= every:
                         self.snapshot(sorted(self.tasks))
@@ -355,14 +397,21 @@ class Worker:
     def _consumer_error(self, err: KafkaError) -> None:
         if err.code() == KafkaError._PARTITION_EOF:
             return
-        if err.fatal():
-            raise KafkaException(err)
+        if _fatal(err):
+            raise _ConsumerFatal(err.str())
         now = time.monotonic()
         if now - self._last_error_log >= _ERROR_LOG_EVERY_S:
             self._last_error_log = now
             log.warning("kafka: %s (bootstrap %s); retrying", err.str(), self.cfg.kafka.bootstrap())
 
     # ---- commit and recovery ---------------------------------------------------------------
+
+    def _commit_or_restart(self) -> bool:
+        try:
+            return self.commit()
+        except _ConsumerFatal as e:
+            self._restart_consumer(str(e))
+            return False
 
     def commit(self) -> bool:
         """Make everything processed so far durable; False if it had to rewind instead."""
@@ -403,11 +452,9 @@ class Worker:
         owned = sorted(self.tasks)
         for p in owned:
             self._drop(p)
-        self.peers.reset()
-        self.peer_reader.load()
+        self._reload_peers()
         committed = self._committed_offsets(owned)
-        for p in owned:
-            self.tasks[p] = self._new_task(p)
+        self._add_tasks(owned)
         reset = OFFSET_BEGINNING if self.cfg.kafka.auto_offset_reset == "earliest" else OFFSET_END
         for tp in committed:
             offset = tp.offset if tp.offset >= 0 else reset
@@ -428,14 +475,29 @@ class Worker:
             for topic in (self.events_topic, self.repartition_topic)
             for p in owned
         ]
-        delay = 1.0
-        while True:
-            try:
-                return list(self.consumer.committed(wanted, timeout=30.0))
-            except KafkaException as e:
-                log.warning("reading committed offsets failed (%s); retrying", e.args[0])
-                time.sleep(delay)
-                delay = min(2 * delay, 10.0)
+        return self._retrying(
+            "reading committed offsets", lambda: list(self.consumer.committed(wanted, 30.0))
+        )
+
+    def _reload_peers(self) -> None:
+        self.peers.reset()
+        self._retrying("reading the peers topic", self.peer_reader.load)
+
+    def _restart_consumer(self, why: str) -> None:
+        """A consumer librdkafka has given up on (a static member fenced after its session
+        expired during an outage: librdkafka#3437) is replaced; static membership hands the
+        partitions back to the new one, and their state is restored on assignment."""
+        log.warning("the consumer cannot go on (%s): starting a new one", why)
+        self.policy.abort()
+        for p in list(self.tasks):
+            self._drop(p)
+        try:
+            self.consumer.close()
+        except Exception as e:  # closing a fenced consumer may fail; it is dropped anyway
+            log.info("closing the old consumer: %s", e)
+        self._reload_peers()
+        self.consumer = self._subscribe()
+        self.rewinds += 1
 
     def snapshot(self, partitions: list[int]) -> None:
         """Write the partitions' state locally, right after a commit: it is then exactly the

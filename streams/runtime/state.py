@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 log = logging.getLogger("auditwatch.runtime")
 
@@ -232,6 +232,9 @@ def restore_consumer(client_config: dict[str, Any], group: str) -> Consumer:
             "isolation.level": "read_committed",
             "auto.offset.reset": "earliest",
             "fetch.max.bytes": 64 * 1024 * 1024,
+            # The end of a partition shows only after an empty fetch, which the broker would
+            # otherwise hold for 500 ms: a restart waited that long per partition.
+            "fetch.wait.max.ms": 10,
         }
     )
 
@@ -274,44 +277,44 @@ class Snapshots:
         return offset, data
 
 
-def read_to_end(
-    consumer: Consumer,
-    topic: str,
-    partition: int,
-    timeout_s: float = 300.0,
-    start: int | None = None,
-) -> Iterator[tuple[bytes, bytes | None]]:
-    """Every (key, value) of one partition from `start` (its beginning by default) to its
-    end as of now."""
-    tp = TopicPartition(topic, partition)
-    low, high = consumer.get_watermark_offsets(tp, timeout=30.0)
-    if start is not None:
-        low = max(low, start)
-    if high <= low:
+def read_partitions(
+    consumer: Consumer, topic: str, starts: dict[int, int | None], timeout_s: float = 300.0
+) -> Iterator[tuple[int, bytes, bytes | None]]:
+    """Every (partition, key, value) of the given partitions, each from its start (None: its
+    beginning) to its end as of now, all read at once."""
+    ends: dict[int, int] = {}
+    assignment = []
+    for p, start in starts.items():
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30.0)
+        if start is not None:
+            low = max(low, start)
+        if high > low:
+            ends[p] = high
+            assignment.append(TopicPartition(topic, p, low))
+    if not assignment:
         return
-    consumer.assign([TopicPartition(topic, partition, low)])
+    consumer.assign(assignment)
     deadline = time.monotonic() + timeout_s
     try:
-        while True:
-            batch = consumer.consume(10_000, 1.0)
-            done = False
-            for msg in batch:
+        while ends:
+            for msg in consumer.consume(10_000, 0.05):
+                p = msg.partition()
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
-                        done = True
+                        ends.pop(p, None)
                         continue
-                    raise RuntimeError(f"reading {topic}[{partition}]: {err}")
+                    raise KafkaException(err)
+                if p not in ends:
+                    continue
                 key = msg.key()
                 if key is not None:
-                    yield key, msg.value()
-                if msg.offset() >= high - 1:
-                    done = True
-            if done:
-                return
-            if time.monotonic() > deadline:
+                    yield p, key, msg.value()
+                if msg.offset() >= ends[p] - 1:
+                    del ends[p]
+            if ends and time.monotonic() > deadline:
                 raise TimeoutError(
-                    f"{topic}[{partition}] not read to its end ({high}) in {timeout_s:.0f} s"
+                    f"{topic} partitions {sorted(ends)} not read to their end in {timeout_s:.0f} s"
                 )
     finally:
         consumer.unassign()
@@ -324,52 +327,70 @@ def end_offset(consumer: Consumer, topic: str, partition: int) -> int:
 def restore(
     consumer: Consumer, topic: str, partition: int, snapshots: Snapshots | None = None
 ) -> PartitionState:
-    """The partition's state as of the changelog's end: from the local snapshot and event-id
-    index and the changelog after the older of the two, or from the whole changelog.
-    Re-applying a record that a snapshot already holds leaves the same value, so reading from
-    the older one is safe."""
+    """One partition's state (see restore_all)."""
+    return restore_all(consumer, topic, [partition], snapshots)[partition]
+
+
+def restore_all(
+    consumer: Consumer,
+    topic: str,
+    partitions: list[int],
+    snapshots: Snapshots | None = None,
+) -> dict[int, PartitionState]:
+    """The partitions' states as of the changelog's end, read in one pass: each from its
+    local snapshot and event-id index and the changelog after the older of the two, or from
+    the whole changelog. Re-applying a record that a snapshot already holds leaves the same
+    value, so reading from the older one is safe."""
     started = time.monotonic()
-    index = snapshots.index(partition) if snapshots is not None else EventIndex(None)
-    state = PartitionState(partition, index)
-    low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30.0)
-    start = low
-    stamped = index.stamped()
-    if stamped is None or not low <= stamped <= high:
-        # Never stamped, or from another incarnation of the topic: rebuilt from the changelog.
-        index.clear()
-        stamped = None
-    snap = snapshots.read(partition) if snapshots is not None else None
-    if snap is not None:
-        offset, data = snap
-        if low <= offset <= high:
-            state.data = data
-            state.formatted = True
-            start = offset if stamped is None else min(offset, stamped)
-            if stamped is None:
-                start = low
-        else:
-            log.warning(
-                "snapshot of partition %d is at changelog offset %d, outside %s[%d]'s range "
-                "%d-%d: reading the whole changelog",
-                partition,
-                offset,
-                topic,
-                partition,
-                low,
-                high,
-            )
+    states: dict[int, PartitionState] = {}
+    starts: dict[int, int | None] = {}
+    for p in partitions:
+        index = snapshots.index(p) if snapshots is not None else EventIndex(None)
+        state = states[p] = PartitionState(p, index)
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30.0)
+        stamped = index.stamped()
+        if stamped is None or not low <= stamped <= high:
+            # Never stamped, or from another incarnation of the topic: rebuilt from the
+            # changelog.
+            index.clear()
+            stamped = None
+        start = low
+        snap = snapshots.read(p) if snapshots is not None else None
+        if snap is not None:
+            offset, data = snap
+            if low <= offset <= high:
+                state.data = data
+                state.formatted = True
+                start = min(offset, stamped if stamped is not None else low)
+            else:
+                log.warning(
+                    "snapshot of partition %d is at changelog offset %d, outside %s[%d]'s "
+                    "range %d-%d: reading the whole changelog",
+                    p,
+                    offset,
+                    topic,
+                    p,
+                    low,
+                    high,
+                )
+        starts[p] = start
     n = 0
-    for key, value in read_to_end(consumer, topic, partition, start=start):
-        state.apply(key, value)
-        n += 1
-    index.flush()
-    if n or start > low:
+    try:
+        for p, key, value in read_partitions(consumer, topic, starts):
+            states[p].apply(key, value)
+            n += 1
+        for state in states.values():
+            state.seen.flush()
+    except BaseException:
+        for state in states.values():
+            state.seen.close()
+        raise
+    if n:
         log.info(
-            "restored partition %d: %s%d changelog records, %d keys in %.1f s",
-            partition,
-            "from a snapshot, then " if start > low else "",
+            "restored partitions %s: %d changelog records, %d keys in %.1f s",
+            sorted(states),
             n,
-            state.size(),
+            sum(s.size() for s in states.values()),
             time.monotonic() - started,
         )
-    return state
+    return states
