@@ -1,15 +1,15 @@
 """The faust peer: `auditwatch run`'s one-pass job as a faust-streaming application.
 
 `python -m bench.faust_peer --config FILE` runs one faust worker with one agent that does per
-event exactly what the runtime's task does, with the runtime's own classes: each record goes
-to `streams.runtime.task.Task.process` of its partition (decode and validation, the routing
-check, `Processor.admit`: the event id's digest in the partition's state, the archive record,
-then `Processor.detect` with the same `DetectionCore` and its working copy of machine
-states). Per partition, the state is a `streams.runtime.state.PartitionState` (live in
-memory, restored from the changelog topic on the partition's first record) and the peer-group
-records are in one `PeerTable` for the worker, as in `auditwatch run`. Only the engine is
-faust's: aiokafka's consumer and producer, faust's agent and stream (`take_events` batches),
-its consumer group and offset commits.
+event exactly what the runtime's task does, with the runtime's own classes: each record goes to
+`streams.runtime.task.Task.process` of its partition (decode and validation, the routing check,
+`Processor.admit`: the event id's digest in the partition's state, the archive record, then
+`Processor.detect` with the same `DetectionCore` and its working copy of machine states). Per
+partition, the state is a `streams.runtime.state.PartitionState` (live in memory, restored from
+the changelog topic on the partition's first record, event ids in its on-disk index) and the
+peer-group records are in one `PeerTable` for the worker, as in `auditwatch run`. Only the
+engine is faust's: aiokafka's consumer and producer, faust's agent and stream (`take_events`
+batches), its consumer group and offset commits.
 
 - The agent reads the input topic and the repartition topic (one faust topic over both
   names); an event found in another partition than its machine's is forwarded there once,
@@ -17,11 +17,15 @@ its consumer group and offset commits.
 - After each batch, the silence clocks are punctuated as the runtime's loop does.
 - Every `kafka.commit_interval_s` the agent writes a checkpoint: the working copy's machine
   states into their partitions' state, then the changed state and peer records to the
-  state and peers topics. faust commits the input offsets on its own timer; it has no hook
-  to order that after the checkpoint's records are acknowledged, which `auditwatch run`
-  does, so this peer's at-least-once is weaker than the worker's (it does less, not more).
+  state and peers topics, then the event ids admitted since the last one into the
+  partition's on-disk index (SQLite in the state directory, as the worker keeps it). faust
+  commits the input offsets on its own timer; it has no hook to order that after the
+  checkpoint's records are acknowledged, which `auditwatch run` does, so this peer's
+  at-least-once is weaker than the worker's (it does less, not more). It writes no local
+  snapshots (the worker writes one every 5 minutes: none in a 60 s phase).
 - Outputs are sent with `await app.producer.send(...)` (faust's aiokafka producer, awaited
-  only into its buffer), the cheapest of faust's ways to produce (below).
+  only into its buffer): faust's `Topic.send` (`--send topic`) costs more per record (a
+  FutureMessage, faust's callbacks and sensors) and was measured slower (bench/README.md).
 
 Tuning, as faust's documentation advises for throughput: `stream.take_events` batches, a
 larger `stream_buffer_maxsize` and `broker_max_poll_records`. `concurrency=1`: with more,
@@ -36,6 +40,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -46,7 +51,7 @@ from streams.config import Config, load_config
 from streams.processor import Processor
 from streams.runtime.peers import PeerReader, PeerTable
 from streams.runtime.routing import Router
-from streams.runtime.state import restore, restore_consumer
+from streams.runtime.state import Snapshots, restore, restore_consumer
 from streams.runtime.task import Task
 from streams.topics import ensure_topics
 
@@ -91,8 +96,14 @@ class OnePass:
         # (role, key, value, partition, headers) of the event being processed.
         self.pending: list[tuple[str, bytes | None, bytes | None, int, Any]] = []
         self.last_checkpoint = time.monotonic()
-        client = cfg.kafka.client_config()
-        self.restorer = restore_consumer(client, cfg.kafka.consumer_group)
+        k = cfg.kafka
+        client = k.client_config()
+        self.restorer = restore_consumer(client, k.consumer_group)
+        # The event-id index on disk in the state directory, as the worker keeps it (this
+        # peer writes no snapshots of the rest: it only restores from the changelog).
+        self.snapshots = Snapshots(
+            os.path.join(k.state_dir, k.consumer_group), cfg.state_topic, k.event_id_cache
+        )
         if cfg.kafka.working_copy_machines > 0:
             self.core.keep_working_copy(cfg.kafka.working_copy_machines)
         reader = PeerReader(
@@ -111,7 +122,9 @@ class OnePass:
     def task(self, p: int) -> Task:
         task = self.tasks.get(p)
         if task is None:
-            state = restore(self.restorer, self.cfg.state_topic, p)
+            state = restore(self.restorer, self.cfg.state_topic, p, self.snapshots)
+            # Archive records to the input's partition, as the worker sends them when the
+            # archive topic is partitioned as the input (ensure_topics makes it so).
             task = self.tasks[p] = Task(
                 p,
                 state,
@@ -120,6 +133,8 @@ class OnePass:
                 self.router,
                 self.cfg.topics.detect,
                 self._emit,
+                None,
+                p,
             )
         return task
 
@@ -153,6 +168,12 @@ class OnePass:
         for key, value in self.peers.drain():
             out.append((self.cfg.peers_topic, key, value, 0))
         return out
+
+    def checkpointed(self) -> None:
+        """After the checkpoint's records are sent: the event ids admitted since the last one
+        go to the on-disk index, as the worker writes them after a commit."""
+        for task in self.tasks.values():
+            task.state.seen.flush()
 
 
 def build_app(
@@ -241,6 +262,7 @@ def build_app(
             if one_pass.checkpoint_due():
                 for topic, key, value, partition in one_pass.checkpoint():
                     await send(topic, key, value, partition, None, None)
+                one_pass.checkpointed()
 
     return app, processor
 

@@ -537,8 +537,10 @@ class _Model:
         - Both clipped at every step, each on one side: P' = P -+ r_j g_j and D' = D -+ beta
           g_j: sums of g_j, the one per-step value without a closed form (one square root a
           step), and with w > 0 the geometric sum of what the offset gives the expectation."""
-        z = self._zero_plan()
-        if not z.ok or m > z.tables():
+        z = self.plan
+        if z.interval_s != self.interval_s:
+            z = self._zero_plan()
+        if not z.ok or m > (z.size if z.built else z.tables()):
             return 0
         p = self.params
         kn = self.prof_n[slot]
@@ -568,7 +570,8 @@ class _Model:
         if w1 == 0.0:
             # Never clipped while |P_j| (within |P|) + |D_j| (within max(|D|, |P|) and
             # |D| + m beta |P|) is within the smallest bound, clip_z sqrt(c^(n-1) H).
-            n = z.steps_within(aP + min(max(aD, aP), aD + m * beta * aP), H, m)
+            x = aP + min(max(aD, aP), aD + m * beta * aP)
+            n = m if x <= clip_z * math.sqrt(z.cp[m - 1] * H) else z.steps_within(x, H, m)
             if n:
                 m = n
                 q = z.q
@@ -627,16 +630,16 @@ class _Model:
                 else:
                     return 0
                 return self._zeros_commit(z, m, slot, kn, dw, Pm, Dm, Lm, V)
-        # Clipped at every step? The first one, at least.
+        # Clipped at every step? The first one, at least (P moves by r g before D learns).
         sqrt = math.sqrt
         g_first = clip_z * sqrt(H)
         aPD = abs(P + D)
-        if abs(b0) <= g_first or aPD <= g_first:
+        rs = z.r
+        if abs(b0) <= g_first or aPD <= (1.0 + rs[kn]) * g_first:
             return 0
         sP = 1.0 if b0 > 0.0 else -1.0
         sD = 1.0 if P + D > 0.0 else -1.0
         gs = [clip_z * sqrt(H * u + G2 * v) for u, v in zip(z.cp[:m], z.cd[:m], strict=True)]
-        rs = z.r
         sg = sum(gs)  # sum of g_j
         sr = sum(map(mul, gs, rs[kn : kn + m])) if kn < n_cap else rs[n_cap] * sg  # of r_j g_j
         ws = None
@@ -658,16 +661,25 @@ class _Model:
             # that is not clipped.
             gp = list(accumulate(gs, initial=0.0))  # sums of g_i for i < j
             rp = list(accumulate(map(mul, gs, rs[kn : kn + m]), initial=0.0))
-            kPD = sP * sD * beta
-            ok = [
-                min(sP * (P + wj * D) - rpj - kPD * wj * gpj, aPD - sP * sD * rpj1 - beta * gpj)
-                > gj
-                for wj, rpj, rpj1, gpj, gj in zip(ws or [w0] * m, rp, rp[1:], gp, gs, strict=False)
-            ]
+            sPD = sP * sD
+            if ws is None:
+                bw, kw = abs(b0), sPD * beta * w0
+                ok = [
+                    bw - rpj - kw * gpj > gj and aPD - sPD * rpj1 - beta * gpj > gj
+                    for rpj, rpj1, gpj, gj in zip(rp, rp[1:], gp, gs, strict=False)
+                ]
+            else:
+                ok = [
+                    sP * (P + wj * D) - rpj - sPD * beta * wj * gpj > gj
+                    and aPD - sPD * rpj1 - beta * gpj > gj
+                    for wj, rpj, rpj1, gpj, gj in zip(ws, rp, rp[1:], gp, gs, strict=False)
+                ]
             if not ok[0]:
                 return 0
             if not all(ok):
-                return self._zeros_closed(first, step_s, ok.index(False), slot)
+                m = ok.index(False)
+                gs, sg, sr = gs[:m], gp[m], rp[m]
+                ws = ws[:m] if ws else None
         Pm = P - sP * sr
         Dm = D - sD * beta * sg
         am = z.ap[m]
@@ -729,16 +741,19 @@ class _Model:
         Lm: float,
         V: float,
     ) -> int:
+        # What D gains, the other days give up equally (they stay centred).
         dow = self.dow
-        dD = Dm - dow[dw]
-        for j in range(_WEEK_DAYS):
-            dow[j] = Dm if j == dw else dow[j] - dD / (_WEEK_DAYS - 1)
+        other = (dow[dw] - Dm) / (_WEEK_DAYS - 1)
+        self.dow = [v + other for v in dow]
+        self.dow[dw] = Dm
         self.prof[slot] = Pm
         self.prof_n[slot] = min(kn + m, z.n_cap)
         self.ref = Pm
         self.level = Lm
         self.var = V
-        self._scale_after(z, m)
+        G = self.gmean
+        self.gvar = z.cp[m] * self.gvar + G * G * z.cd[m]
+        self.gmean = G * z.cp[m]
         self.run, self.run_sum = 0, 0.0
         self.n += m
         return m

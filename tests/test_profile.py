@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.perf.profile import (
+    COMMIT_INDEX,
     COMMIT_STATE,
     COMMIT_WAIT,
     CONSUME,
@@ -89,6 +90,8 @@ def test_the_loop_consumes_and_commits() -> None:
         "PartitionState.set (streams/runtime/state.py:60)"
     )
     assert classify(_stack(flush_state), ROOT) == COMMIT_STATE
+    index = f"{COMMIT};EventIndex.flush (streams/runtime/state.py:110)"
+    assert classify(_stack(index), ROOT) == COMMIT_INDEX
 
 
 def test_a_tasks_work_is_charged_by_what_it_does() -> None:
@@ -96,6 +99,8 @@ def test_a_tasks_work_is_charged_by_what_it_does() -> None:
     admit = f"{TASK_PROCESS};Processor.admit (streams/processor.py:200)"
     get = "PartitionState.get (streams/runtime/state.py:50)"
     assert classify(_stack(f"{admit};{get}"), ROOT) == DEDUPE_STATE
+    index = "EventIndex.get (streams/runtime/state.py:80)"
+    assert classify(_stack(f"{admit};{get};{index}"), ROOT) == DEDUPE_STATE
     detect = (
         f"{TASK_PROCESS};Processor.detect (streams/processor.py:280);"
         "DetectionCore.observe (detectors/core.py:560)"
@@ -119,7 +124,9 @@ def test_restore_and_the_main_thread_before_the_loop_are_startup() -> None:
     restore = (
         f"{MAIN};Worker.run_once ({_loop('self.consumer.consume(')});"
         "Worker._on_assign (streams/runtime/loop.py:230);"
-        "restore (streams/runtime/state.py:150)"
+        "Worker._add_tasks (streams/runtime/loop.py:240);"
+        "restore_all (streams/runtime/state.py:350);"
+        "PartitionState.apply (streams/runtime/state.py:200)"
     )
     assert classify(_stack(restore), ROOT) == STARTUP
     before = "_run_module_as_main (<frozen runpy>:198);_run (streams/app.py:70)"

@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from schemas.alert import PAGE_RANK, SEVERITY_RANK
@@ -170,6 +170,17 @@ def scale_traffic() -> Traffic:
         episodes[machine] = "new_resource" if kind == "fan_out" else kind
     live.sort(key=lambda e: e["timestamp"])
     return Traffic(history, live, episodes)
+
+
+def send_paced(s: Stack, events: list[dict[str, Any]], chunks: int = 50) -> None:
+    """`Stack.send` in `chunks` steps a moment apart, as a live source sends: a worker keeps
+    pace with its input, so its progress grows in steps a watcher can sample (all at once, a
+    fast worker can get through half of it between two samples)."""
+    step = -(-len(events) // chunks)
+    for i in range(0, len(events), step):
+        if i:
+            time.sleep(0.05)
+        s.send(events[i : i + step])
 
 
 # ------------------------------------------------------------------------- reading the results
@@ -454,10 +465,11 @@ def test_survivor_takes_over_a_sigkilled_worker(
                 return 0.0
             return sum(written[p] - archive_before[p] for p in mine) / sum(live_on[p] for p in mine)
 
-        # Sent from another thread while this one watches, so the kill cannot come late.
+        # Sent from another thread (paced, see send_paced) while this one watches, so the kill
+        # cannot come late.
         # Offsets commit once a second, in steps too coarse to aim at; the records the victim
         # writes show it working: under exactly-once, inside an open transaction.
-        sender = threading.Thread(target=s.send, args=(traffic.live,))
+        sender = threading.Thread(target=send_paced, args=(s, traffic.live))
         sender.start()
         try:
             progress = wait_until(
@@ -586,9 +598,28 @@ def private_broker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     monkeypatch.setenv("AUDITWATCH_RUN_DIR", str(tmp_path / "broker"))
     monkeypatch.setenv("AUDITWATCH_KAFKA_PORT", str(free_port()))
     try:
-        yield kafka_local.start(timeout=90)
+        bootstrap = kafka_local.start(timeout=90)
+        hand_out_a_producer_id(bootstrap)
+        yield bootstrap
     finally:
         kafka_local.stop(timeout=30)
+
+
+def hand_out_a_producer_id(bootstrap: str) -> None:
+    """Have a new broker hand out its first producer id. Until it has a block of them from
+    its controller it answers "coordinator load in progress", and meanwhile an at-least-once
+    worker goes on reading, its idempotent producer holding the archive records back: the
+    worker's progress would then show all at once instead of step by step. (An exactly-once
+    worker waits for its producer id before it reads.)"""
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "transactional.id": f"scaleout-warm-up-{uuid.uuid4().hex[:8]}",
+            "log_level": 2,
+        }
+    )
+    producer.init_transactions(60)
+    producer.flush(10)
 
 
 @pytest.mark.timeout(240)

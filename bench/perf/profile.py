@@ -41,6 +41,8 @@ DELIVERY = "produce: delivery reports (poll)"
 COMMIT_STATE = "commit: working copy flushed into the partition state"
 COMMIT_RECORDS = "commit: changelog and peer records"
 COMMIT_WAIT = "commit: acknowledgements, offsets, transaction"
+COMMIT_INDEX = "commit: event-id index written (SQLite)"
+SNAPSHOT = "commit: local snapshot"
 TASK = "runtime: task (route, emit)"
 LOOP = "runtime: loop (batch, positions, punctuate)"
 ROUTE = "runtime: routing (machine's partition)"
@@ -78,8 +80,10 @@ GROUPS = (
 _STARTUP_FUNCS = (
     "ensure_topics",
     "Worker.start",
+    "Worker._add_tasks",
     "Worker._new_task",
     "Worker._on_assign",
+    "restore_all",
     "Worker._check_topics",
     "PeerReader.load",
 )
@@ -140,17 +144,28 @@ def _runtime(func: str, file: str, line: int, root: Path) -> str | None:
             return TELEMETRY
         if func in ("Worker.commit", "Worker.close"):
             return COMMIT_RECORDS
+        if func == "Worker.snapshot":
+            return SNAPSHOT
         return LOOP  # run, run_once, _punctuate, _emit, rewind
     if module == "task.py":
         if func.startswith(_STORES):
             return STATE
         return TASK
     if module == "state.py":
-        if func.startswith("PartitionState.") and short in ("get", "set", "delete"):
+        if func.startswith(("PartitionState.", "EventIndex.")) and short in (
+            "get",
+            "set",
+            "delete",
+            "_remember",
+        ):
             return STATE
         if short == "drain":
             return COMMIT_RECORDS
-        return STARTUP  # apply, restore, read_to_end
+        if func == "EventIndex.flush":
+            return COMMIT_INDEX
+        if func.startswith("Snapshots.") or short == "stamp":
+            return SNAPSHOT
+        return STARTUP  # apply, restore_all, read_partitions, the index's set-up
     if module == "peers.py":
         if func.startswith("PeerTable.") and short in ("get", "set", "delete"):
             return STATE

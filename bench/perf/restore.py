@@ -21,18 +21,20 @@ the real code at both ends:
    reads exactly these records: its own peer records (the combined model's trees included,
    which a worker restores only from its own writer id) and its partitions' state.
 
-**What is timed.** A worker (`auditwatch run`) is started on that consumer group; it has
-nothing on disk (the runtime keeps no local state: a worker always restores from the
-changelog). One probe event per input partition is produced at once: an access by a restored
-machine to a resource new to it and to its group. Only a restored baseline makes that an
-alert (an unknown machine is in warm-up), and the runtime processes nothing of a partition
-before its restore ends (restore runs in the assignment callback). `restore_seconds` is the
-time from starting the worker to the last probe's alert; `startup_seconds` is the same
-start-to-first-archive time for a worker with nothing to restore, so the difference is the
-restore itself. The worker's own log lines give the split: the peer table's load (read in
-full before the worker joins its group) and each partition's `streams.runtime.state.restore`
-(`breakdown`). With time left, the same two reads are then timed in this process
-(`in_process`: `PeerReader.load` and `restore` over every partition, a fresh consumer).
+**What is timed.** A worker (`auditwatch run`) is started on that consumer group with a fresh
+state directory: no local snapshot and no event-id index, so it restores everything from the
+changelog, as a worker on a new host does (a restart on its own state directory reads only the
+changelog's tail after its snapshot). One probe event per input partition is produced at once:
+an access by a restored machine to a resource new to it and to its group. Only a restored
+baseline makes that an alert (an unknown machine is in warm-up), and the runtime processes
+nothing of a partition before its restore ends (restore runs in the assignment callback).
+`restore_seconds` is the time from starting the worker to the last probe's alert;
+`startup_seconds` is the same start-to-first-archive time for a worker with nothing to restore,
+so the difference is the restore itself. The worker's own log lines give the split: the peer
+table's load (read in full before the worker joins its group) and the restore of its assigned
+partitions (`streams.runtime.state.restore_all`, `breakdown`). With time left, the same two
+reads are then timed in this process (`in_process`: `PeerReader.load`, and `restore_all` over
+every partition with a fresh consumer and no local snapshot).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ from streams.producer import to_avro_record
 from streams.runtime.loop import default_instance_id, instance_id
 from streams.runtime.peers import PEER_KINDS, PeerReader, PeerTable
 from streams.runtime.routing import Router
-from streams.runtime.state import PartitionState, restore, restore_consumer
+from streams.runtime.state import PartitionState, restore_all, restore_consumer
 from streams.topics import ensure_topics
 
 T0 = 1_767_225_600_000  # 2026-01-01, as bench.state_size
@@ -196,8 +198,11 @@ def probes(template_last_ms: int, partitions_of: dict[int, str]) -> list[tuple[b
 # The worker's own account of its restore (INFO lines of streams.runtime).
 _LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 _PEERS = re.compile(r"peer table: (\d+) records read")
+# "restored partitions [0, 1, ...]: N changelog records, K keys in S s" (all assigned
+# partitions read in one pass), or one line per partition.
 _RESTORED = re.compile(
-    r"restored partition (\d+): (\d+) changelog records, (\d+) keys in ([\d.]+) s"
+    r"restored partitions? \[?([\d, ]+)\]?: (?:a snapshot and )?(\d+) changelog records, "
+    r"(\d+) keys in ([\d.]+) s"
 )
 
 
@@ -212,8 +217,9 @@ def _log_time(line: str) -> float | None:
 
 def breakdown(log: str, started_wall: float) -> dict[str, Any]:
     """Where the worker's restore went, from its INFO log: when the peer table was loaded
-    (seconds after start), and each partition's restore."""
-    out: dict[str, Any] = {"partitions": {}}
+    (seconds after start), and each restore of partitions (all assigned ones at once, or
+    one at a time), with when it ended."""
+    out: dict[str, Any] = {"restores": []}
     for line in log.splitlines():
         if m := _PEERS.search(line):
             out["peer_records"] = int(m.group(1))
@@ -221,15 +227,18 @@ def breakdown(log: str, started_wall: float) -> dict[str, Any]:
             out["peers_loaded_at_s"] = None if t is None else round(t - started_wall, 2)
         elif m := _RESTORED.search(line):
             t = _log_time(line)
-            out["partitions"][int(m.group(1))] = {
-                "records": int(m.group(2)),
-                "keys": int(m.group(3)),
-                "seconds": float(m.group(4)),
-                "done_at_s": None if t is None else round(t - started_wall, 2),
-            }
-    parts = out["partitions"].values()
-    out["state_records"] = sum(p["records"] for p in parts)
-    out["partition_restore_seconds"] = round(sum(p["seconds"] for p in parts), 1)
+            out["restores"].append(
+                {
+                    "partitions": [int(x) for x in m.group(1).split(",") if x.strip()],
+                    "records": int(m.group(2)),
+                    "keys": int(m.group(3)),
+                    "seconds": float(m.group(4)),
+                    "done_at_s": None if t is None else round(t - started_wall, 2),
+                }
+            )
+    restores = out["restores"]
+    out["state_records"] = sum(r["records"] for r in restores)
+    out["state_restore_seconds"] = round(sum(r["seconds"] for r in restores), 1)
     return out
 
 
@@ -285,8 +294,8 @@ def _time_worker(
 
 
 def time_in_process(cfg: Config) -> dict[str, Any]:
-    """`PeerReader.load` of the peers topic and `restore` of every partition of the state
-    topic, as a worker does them, timed here with fresh consumers."""
+    """`PeerReader.load` of the peers topic and `restore_all` of every partition of the state
+    topic (no local snapshot), as a worker does them, timed here with fresh consumers."""
     client = cfg.kafka.client_config()
     group = cfg.kafka.consumer_group
     reader = PeerReader(restore_consumer(client, group), cfg.peers_topic, PeerTable("bench"))
@@ -297,21 +306,20 @@ def time_in_process(cfg: Config) -> dict[str, Any]:
         reader.close()
     peers_s = time.monotonic() - started
     consumer = restore_consumer(client, group)
-    partitions: dict[int, dict[str, Any]] = {}
+    started = time.monotonic()
     try:
-        for p in range(cfg.topics.partitions):
-            t = time.monotonic()
-            state = restore(consumer, cfg.state_topic, p)
-            partitions[p] = {"keys": state.size(), "seconds": round(time.monotonic() - t, 2)}
+        states = restore_all(consumer, cfg.state_topic, list(range(cfg.topics.partitions)))
     finally:
         consumer.close()
-    state_s = sum(p["seconds"] for p in partitions.values())
+    state_s = time.monotonic() - started
+    keys = sum(state.size() for state in states.values())
+    for state in states.values():
+        state.seen.close()
     return {
         "peers_load_seconds": round(peers_s, 2),
         "peer_records": peer_records,
         "state_restore_seconds": round(state_s, 2),
-        "state_keys": sum(p["keys"] for p in partitions.values()),
-        "partitions": partitions,
+        "state_keys": keys,
         "total_seconds": round(peers_s + state_s, 2),
     }
 

@@ -175,10 +175,12 @@ class Worker:
 
     def _subscribe(self) -> Consumer:
         k = self.cfg.kafka
+        session_ms = int(k.librdkafka.get("session.timeout.ms", k.session_timeout_s * 1000))
         conf: dict[str, Any] = {
             # Tunable through kafka.librdkafka, which wins over these.
-            "session.timeout.ms": int(k.session_timeout_s * 1000),
-            "heartbeat.interval.ms": max(1000, int(k.session_timeout_s * 1000 / 10)),
+            "session.timeout.ms": session_ms,
+            # Several heartbeats per session, whichever setting gave the session timeout.
+            "heartbeat.interval.ms": max(500, session_ms // 5),
             "max.poll.interval.ms": 600_000,
             **k.client_config(),
             "group.id": k.consumer_group,

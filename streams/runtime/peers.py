@@ -201,7 +201,8 @@ class PeerReader:
         n = 0
         deadline = time.monotonic() + timeout_s
         while ends:
-            for msg in self.consumer.consume(10_000, 0.5):
+            # consume() waits its whole timeout unless the batch fills: keep it short.
+            for msg in self.consumer.consume(10_000, 0.05):
                 err = msg.error()
                 p = msg.partition()
                 if err is not None:
