@@ -320,6 +320,9 @@ class ControlReader:
                         "enable.auto.commit": False,
                         "enable.partition.eof": True,
                         "auto.offset.reset": "earliest",
+                        # The end of each partition shows after an empty fetch, which the
+                        # broker holds this long: a worker waits for it before its first event.
+                        "fetch.wait.max.ms": 100,
                     }
                 )
                 self._read(consumer, self._assign(consumer))

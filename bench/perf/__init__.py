@@ -3,4 +3,5 @@ state size and restore time of `auditwatch run`, against a plain-consumer ceilin
 and `auditwatch replay`, on one preloaded dataset. See bench/README.md and `--help`.
 
 May import streams/, schemas/, detectors/ and the benchmark's own tools (confluent-kafka,
-fastavro, quixstreams; faust only in the faust peer's process)."""
+fastavro, py-spy as a process; faust only in the faust peer's process). Not Quix Streams:
+`auditwatch run` no longer uses it."""
