@@ -23,7 +23,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from schemas.codec import decode_canonical, encode_archive
-from streams.config import load_config
+from streams.ops.config import load_config
 from streams.processor import KEY_SEP
 
 

@@ -1,9 +1,9 @@
 """The evaluation harness: how well do the detectors page on labelled traffic?
 
 `python -m bench.evaluate` (or `make eval`) generates several days of synthetic traffic with
-injected anomalies and benign changes (`streams.synthetic`), runs it through the same code path
-as `auditwatch replay` (`streams.replay.replay` over a JSON-lines file, default or `--config`
-detection config), scores the pages against the labelled episodes, writes
+injected anomalies and benign changes (`streams.tools.synthetic`), runs it through the same code
+path as `auditwatch replay` (`streams.tools.replay.replay` over a JSON-lines file, default or
+`--config` detection config), scores the pages against the labelled episodes, writes
 `eval/results.json` and prints a table, including the machines with the most false pages and
 what those pages said, so detector changes can be tuned against it.
 
@@ -53,9 +53,9 @@ import orjson
 
 from schemas.alert import PAGE_RANK, SEVERITY_RANK
 from schemas.event import format_rfc3339_ms, parse_timestamp_us
-from streams.config import Config, ConfigError, load_config
-from streams.replay import replay
-from streams.synthetic import (
+from streams.ops.config import Config, ConfigError, load_config
+from streams.tools.replay import replay
+from streams.tools.synthetic import (
     ANOMALY_KINDS,
     BENIGN_KINDS,
     DEFAULT_START_MS,

@@ -48,13 +48,13 @@ from pathlib import Path
 from typing import Any
 
 from schemas.codec import BundledSchemas
-from streams.config import Config, load_config
+from streams.ops.config import Config, load_config
+from streams.ops.topics import ensure_topics
 from streams.processor import Processor
 from streams.runtime.peers import PeerReader, PeerTable
 from streams.runtime.routing import Router
 from streams.runtime.state import Snapshots, restore, restore_consumer
 from streams.runtime.task import Task
-from streams.topics import ensure_topics
 
 
 class _Record:

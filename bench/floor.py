@@ -18,7 +18,7 @@ import sys
 from typing import Any
 
 from streams import processor
-from streams.cli import main
+from streams.cli.main import main
 
 
 def _no_alerts(self: Any, *_args: Any, **_kwargs: Any) -> list[Any]:

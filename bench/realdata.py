@@ -2,7 +2,7 @@
 
 `python -m bench.realdata --out eval/realdata.json` (or `make realdata`) replays three public
 datasets from `../shared/datasets` (read in place, never copied into the repository) with the
-default detection config through `streams.replay.replay`, the code path of
+default detection config through `streams.tools.replay.replay`, the code path of
 `auditwatch replay`, and writes the pages, caught/missed flags and the method to a JSON file,
 printing a table. Nothing is tuned per dataset.
 
@@ -97,11 +97,11 @@ import orjson
 
 from schemas.codec import BundledSchemas, decode_wire
 from schemas.event import AuditEvent, format_rfc3339_ms, parse_timestamp_us
-from streams.config import Config, ConfigError, load_config
-from streams.partitioning import PartitionedDetection
+from streams.ops.config import Config, ConfigError, load_config
 from streams.processor import MemoryStore, Processor
-from streams.readers import cloudtrail_identity, read_records
-from streams.replay import ReplayResult, replay
+from streams.tools.partitioning import PartitionedDetection
+from streams.tools.readers import cloudtrail_identity, read_records
+from streams.tools.replay import ReplayResult, replay
 
 T = TypeVar("T")
 
@@ -346,7 +346,7 @@ def run_replay(cfg: Config, paths: Sequence[Path | str], fmt: str) -> Run:
 
 
 class SplitReplay:
-    """`streams.replay.replay` cut in two at `split_ms`, for many runs that share a prefix.
+    """`streams.tools.replay.replay` cut in two at `split_ms`, for many runs that share a prefix.
 
     replay ingests every record in file order, then runs detection over the events in
     event-time order (a stable sort). Here the files given first (a background) are ingested

@@ -27,7 +27,7 @@ from typing import Any
 
 from bench.evaluate import suite_config
 from detectors.rate import SeriesBaseline
-from streams.synthetic import SyntheticTraffic
+from streams.tools.synthetic import SyntheticTraffic
 
 STEP_MS = 300_000
 LEVELS = (0.98, 0.99, 0.995)

@@ -153,7 +153,7 @@ class Override:
 
 @dataclass(frozen=True, slots=True)
 class DetectorConfig:
-    """Detection settings. `streams.config` builds this from the validated YAML config."""
+    """Detection settings. `streams.ops.config` builds this from the validated YAML config."""
 
     rate: RateParams = field(default_factory=RateParams)
     warmup_s: int = 3600  # per machine, in event time

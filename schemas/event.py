@@ -45,7 +45,7 @@ class InvalidEvent(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Validation limits; `streams.config` fills them from the user's configuration."""
+    """Validation limits; `streams.ops.config` fills them from the user's configuration."""
 
     max_value_bytes: int = 65_536
     max_field_chars: int = 2_048

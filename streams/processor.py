@@ -30,8 +30,8 @@ from schemas.codec import (
     sha256,
 )
 from schemas.event import AuditEvent
-from streams.config import Config
-from streams.readers import RawRecord
+from streams.ops.config import Config
+from streams.tools.readers import RawRecord
 
 log = logging.getLogger("auditwatch.processor")
 

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 import yaml
 
-from streams.config import Config, load_config
-from streams.reading import read_topic
-from streams.topics import ensure_topics
+from streams.ops.config import Config, load_config
+from streams.ops.topics import ensure_topics
+from streams.tools.reading import read_topic
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,7 +46,7 @@ def bootstrap() -> Iterator[str]:
     if env:
         yield env
         return
-    from streams import kafka_local
+    from streams.ops import kafka_local
 
     running = kafka_local.status()
     if running:
@@ -106,7 +106,7 @@ class Stack:
         from confluent_kafka import Producer
 
         from schemas.codec import encode_event_avro
-        from streams.producer import to_avro_record
+        from streams.tools.producer import to_avro_record
 
         producer = Producer(
             {**self.cfg.kafka.client_config(), "linger.ms": 20, "partitioner": "murmur2"}

@@ -19,16 +19,16 @@ import pytest
 import yaml
 
 from schemas.event import format_rfc3339_ms
-from streams.backtest import (
+from streams.cli.main import main
+from streams.ops.config import load_config
+from streams.tools.backtest import (
     LABEL_GAP_MS,
     Progress,
     diff_runs,
     labels_from_events,
     labels_from_file,
 )
-from streams.cli import main
-from streams.config import load_config
-from streams.replay import replay
+from streams.tools.replay import replay
 from tests.conftest import ROOT, Stack
 from tests.traffic import BASE_MS, scenario, steady
 
@@ -211,7 +211,7 @@ def test_labels_from_events_group_by_machine_kind_and_gap() -> None:
 
 
 def test_events_labelled_by_the_synthetic_generator_are_scored(tmp_path: Path) -> None:
-    from streams.synthetic import SyntheticConfig, SyntheticTraffic
+    from streams.tools.synthetic import SyntheticConfig, SyntheticTraffic
 
     sc = SyntheticConfig(
         seed=3,
@@ -270,7 +270,7 @@ def test_labels_file_accepts_evaluate_episodes(tmp_path: Path) -> None:
 
 
 def test_diff_matches_overlapping_episodes_only() -> None:
-    from streams.backtest import PagedEpisode
+    from streams.tools.backtest import PagedEpisode
 
     def pe(aid: str, machine: str, det: str, start: int, end: int) -> PagedEpisode:
         return PagedEpisode(aid, machine, det, start, end, 1, "high", {})
@@ -350,7 +350,7 @@ def test_backtest_over_the_archive_topic_and_a_time_range(
 ) -> None:
     from schemas.codec import encode_archive, sha256
     from schemas.event import Limits, event_from_mapping
-    from streams.producer import make_producer
+    from streams.tools.producer import make_producer
 
     s: Stack = stack()
     s.create_topics()

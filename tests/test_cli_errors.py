@@ -12,7 +12,7 @@ import yaml
 from confluent_kafka import KafkaError, KafkaException
 from rich.console import Console
 
-from streams.cli import _alert_line, _operational_error, _print_table, format_alert_row, main
+from streams.cli.main import _alert_line, _operational_error, _print_table, format_alert_row, main
 from tests.conftest import Stack
 
 NASTY = {

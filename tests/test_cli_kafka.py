@@ -11,9 +11,9 @@ import orjson
 import pytest
 
 from schemas.codec import decode_wire
-from streams.cli import main
+from streams.cli.main import main
 from streams.processor import event_id_of
-from streams.reading import pipeline_lag
+from streams.tools.reading import pipeline_lag
 from tests.conftest import Stack, wait_until
 from tests.traffic import BASE_MS, fan_out, steady
 

@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from streams.cli import LiveAlerts
+from streams.cli.main import LiveAlerts
 
 
 def state(alert_id: str, status: str, severity: str = "medium", machine: str = "m-1") -> dict:

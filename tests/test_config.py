@@ -1,4 +1,4 @@
-"""Unit tests for streams.config: defaults, validation messages, config_version, masking."""
+"""Unit tests for streams.ops.config: defaults, validation messages, config_version, masking."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import yaml
 
 from detectors.core import DetectorConfig
 from schemas.event import Limits
-from streams.config import Config, ConfigError, DetectorSettings, load_config
+from streams.ops.config import Config, ConfigError, DetectorSettings, load_config
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ from typing import Any
 
 import yaml
 
-from streams.cli import main
-from streams.config import load_config
+from streams.cli.main import main
+from streams.ops.config import load_config
 
 
 def test_valid_config_prints_effective_values_with_secrets_masked(

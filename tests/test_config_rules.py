@@ -1,4 +1,4 @@
-"""Unit tests for the detection rules in streams.config: peer-group patterns, suppressions with
+"""Unit tests for the detection rules in streams.ops.config: peer-group patterns, suppressions with
 expiry, per-group and per-machine overrides, and how they reach the detection core."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import yaml
 
 from detectors.core import DetectionCore, DetectorConfig, Override, Suppression
 from schemas.event import AuditEvent
-from streams.config import Config, ConfigError, DetectorPatch, DetectorSettings, load_config
+from streams.ops.config import Config, ConfigError, DetectorPatch, DetectorSettings, load_config
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "deploy" / "auditwatch.example.yaml"
 

@@ -19,8 +19,8 @@ from confluent_kafka.admin import AdminClient
 
 from detectors.identity import default_group
 from schemas.alert import AlertControl
-from streams.cli import main
-from streams.control import (
+from streams.cli.main import main
+from streams.ops.control import (
     ControlMerge,
     ControlReader,
     apply_action,
@@ -30,7 +30,7 @@ from streams.control import (
     publish,
     read_state,
 )
-from streams.partitioning import murmur2_partition
+from streams.runtime.routing import murmur2_partition
 from tests.conftest import Stack, wait_until
 from tests.test_pipeline_kafka import avro
 from tests.traffic import BASE_MS, steady

@@ -18,12 +18,12 @@ import orjson
 import pytest
 
 from schemas.codec import decode_wire, encode_event_avro
-from streams.cli import main
-from streams.deadletter import REDRIVE_HEADER, ledger_topic
+from streams.cli.deadletter import REDRIVE_HEADER, ledger_topic
+from streams.cli.main import main
+from streams.cli.webhook import idempotency_key
 from streams.processor import event_id_of
-from streams.producer import make_producer
-from streams.reading import pipeline_lag, read_topic
-from streams.webhook import idempotency_key
+from streams.tools.producer import make_producer
+from streams.tools.reading import pipeline_lag, read_topic
 from tests.conftest import Stack, wait_until
 from tests.registry_stub import RegistryStub, serve_registry
 from tests.test_webhook_kafka import (  # noqa: F401 - server is a fixture

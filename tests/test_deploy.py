@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from streams.config import Config, TopicSettings, load_config
+from streams.ops.config import Config, TopicSettings, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"

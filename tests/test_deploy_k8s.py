@@ -28,7 +28,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.codec import BundledSchemas
-from streams.config import Config, load_config
+from streams.ops.config import Config, load_config
 from streams.processor import Processor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -180,7 +180,7 @@ def test_compose_publishes_the_metrics_port() -> None:
 
 def exported_series() -> set[str]:
     """Every sample name a worker's /metrics can show, from a Telemetry with each metric set."""
-    from streams.metrics import Telemetry
+    from streams.ops.metrics import Telemetry
 
     t = Telemetry(Config(), Processor(Config(), BundledSchemas()))
     t.processor.metrics["deadlettered.oversize"] += 1

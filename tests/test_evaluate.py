@@ -21,8 +21,8 @@ from bench.evaluate import (
     score,
 )
 from schemas.event import format_rfc3339_ms
-from streams.config import load_config
-from streams.synthetic import DEFAULT_START_MS, Episode, SyntheticConfig
+from streams.ops.config import load_config
+from streams.tools.synthetic import DEFAULT_START_MS, Episode, SyntheticConfig
 
 S = 1_000
 MIN = 60 * S

@@ -14,7 +14,7 @@ from detectors.core import DetectionCore, DetectorConfig
 from detectors.explain import explain_machine
 from schemas.codec import BundledSchemas
 from schemas.event import AuditEvent
-from streams import cli
+from streams.cli import main as cli
 from streams.processor import MemoryStore, Processor
 from tests.traffic import BASE_MS
 
@@ -184,8 +184,8 @@ def test_cli_asks_workers_for_top_and_needs_a_url_at_port_zero(
 ) -> None:
     import threading
 
-    from streams.config import Config
-    from streams.metrics import HttpServer, Telemetry
+    from streams.ops.config import Config
+    from streams.ops.metrics import HttpServer, Telemetry
 
     cfg_path = tmp_path / "aw.yaml"
     cfg_path.write_text("http:\n  port: 0\n")

@@ -16,15 +16,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.codec import BundledSchemas
-from streams import logs
-from streams.config import Config, ConfigError, load_config
-from streams.logs import JsonFormatter, OriginFilter, TextFormatter
-from streams.metrics import INPUT_QUIET, HttpServer, InputWatch, KafkaStats, Telemetry
+from streams.ops import logs
+from streams.ops.config import Config, ConfigError, load_config
+from streams.ops.logs import JsonFormatter, OriginFilter, TextFormatter
+from streams.ops.metrics import INPUT_QUIET, HttpServer, InputWatch, KafkaStats, Telemetry
 from streams.processor import Processor
 
 
 def test_histogram_buckets_are_cumulative_and_inclusive() -> None:
-    from streams.metrics import Histogram
+    from streams.ops.metrics import Histogram
 
     h = Histogram((0.1, 1.0))
     for v in (0.05, 0.1, 0.5, 1.0, 7.0):
@@ -262,7 +262,7 @@ def test_logs_carry_the_kafka_origin_of_the_message_being_processed() -> None:
 
 
 def test_cli_log_format_json(capsys: pytest.CaptureFixture[str]) -> None:
-    from streams import logs
+    from streams.ops import logs
 
     root = logging.getLogger()
     saved = root.handlers[:]
@@ -320,7 +320,7 @@ def test_sighup_during_startup_is_queued_not_fatal(monkeypatch: pytest.MonkeyPat
     import os
     import signal
 
-    from streams import app
+    from streams.runtime import run as app
     from tests.conftest import wait_until
 
     class Reloader:

@@ -19,10 +19,10 @@ from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.codec import BundledSchemas, encode_event_avro
-from streams import cli
-from streams.metrics import INPUT_QUIET, InputWatch, Telemetry, last_alert_status
+from streams.cli import main as cli
+from streams.ops.metrics import INPUT_QUIET, InputWatch, Telemetry, last_alert_status
 from streams.processor import Processor
-from streams.producer import to_avro_record
+from streams.tools.producer import to_avro_record
 from tests.conftest import Stack, wait_until
 from tests.traffic import fan_out, steady
 

@@ -8,10 +8,11 @@ import pytest
 
 from detectors.core import MACHINE
 from schemas.codec import BundledSchemas
-from streams.config import Config
-from streams.partitioning import PartitionedDetection, murmur2_partition
+from streams.ops.config import Config
 from streams.processor import Processor
-from streams.producer import make_producer
+from streams.runtime.routing import murmur2_partition
+from streams.tools.partitioning import PartitionedDetection
+from streams.tools.producer import make_producer
 from tests.conftest import Stack
 from tests.test_capacity import ev
 

@@ -14,9 +14,9 @@ from confluent_kafka import Producer
 
 from schemas.codec import decode_wire, encode_event_avro, sha256
 from streams.processor import event_id_of
-from streams.producer import to_avro_record
-from streams.reading import pipeline_lag
-from streams.replay import replay
+from streams.tools.producer import to_avro_record
+from streams.tools.reading import pipeline_lag
+from streams.tools.replay import replay
 from tests.conftest import Stack, wait_until
 from tests.traffic import scenario
 

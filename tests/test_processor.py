@@ -16,7 +16,7 @@ from schemas.codec import (
     encode_event_avro,
 )
 from schemas.registry import parsed
-from streams.config import Config, load_config
+from streams.ops.config import Config, load_config
 from streams.processor import MemoryStore, Origin, Output, Processor
 
 T_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z

@@ -36,7 +36,7 @@ def _loop(text: str) -> str:
 
 # The worker's main thread once its loop runs.
 MAIN = (
-    "_run_module_as_main (<frozen runpy>:198);_run (streams/app.py:90);"
+    "_run_module_as_main (<frozen runpy>:198);_run (streams/runtime/run.py:90);"
     f"Worker.run ({_loop('self.run_once()')})"
 )
 RUN_ONCE = f"{MAIN};Worker.run_once ({_loop('task.process(msg)')});Task.process "
@@ -49,13 +49,13 @@ def _stack(text: str) -> list[str]:
 
 
 def test_blocked_background_threads_are_waiting_and_work_is_not() -> None:
-    line = _line_of("streams/control.py", "consumer.poll(")
-    poll = f"ControlReader._read (streams/control.py:{line})"
+    line = _line_of("streams/ops/control.py", "consumer.poll(")
+    poll = f"ControlReader._read (streams/ops/control.py:{line})"
     assert waiting(_stack(f"{THREAD};Condition.wait (threading.py:331)"), ROOT)
     assert waiting(_stack(f"{THREAD};{poll}"), ROOT)
     # The same wait in the main thread, and a background thread's own work, are charged.
     assert not waiting(_stack(f"{MAIN};Condition.wait (threading.py:331)"), ROOT)
-    assert not waiting(_stack(f"{THREAD};decode (streams/control.py:1)"), ROOT)
+    assert not waiting(_stack(f"{THREAD};decode (streams/ops/control.py:1)"), ROOT)
 
 
 def test_waits_and_startup_are_left_out_of_the_budget(tmp_path: Path) -> None:
@@ -63,7 +63,7 @@ def test_waits_and_startup_are_left_out_of_the_budget(tmp_path: Path) -> None:
     raw.write_text(
         f"{MAIN};_Model.learn (detectors/rate.py:200) 50\n"
         f"{THREAD};Condition.wait (threading.py:331) 950\n"
-        "_run_module_as_main (<frozen runpy>:198);_run (streams/app.py:70) 30\n"
+        "_run_module_as_main (<frozen runpy>:198);_run (streams/runtime/run.py:70) 30\n"
     )
     a = analyse(raw, 100, ROOT, rate=100)
     assert a["waiting_samples"] == 950
@@ -129,7 +129,7 @@ def test_restore_and_the_main_thread_before_the_loop_are_startup() -> None:
         "PartitionState.apply (streams/runtime/state.py:200)"
     )
     assert classify(_stack(restore), ROOT) == STARTUP
-    before = "_run_module_as_main (<frozen runpy>:198);_run (streams/app.py:70)"
+    before = "_run_module_as_main (<frozen runpy>:198);_run (streams/runtime/run.py:70)"
     assert classify(_stack(f"{before};Processor.__init__ (streams/processor.py:120)"), ROOT) == (
         STARTUP
     )

@@ -1,4 +1,5 @@
-"""Input adapters (streams.readers): CloudTrail and Kubernetes audit logs mapped to our event form.
+"""Input adapters (streams.tools.readers): CloudTrail and Kubernetes audit logs mapped to
+our event form.
 
 No Kafka. The CloudTrail tests read the real datasets in ../shared/datasets (see its README),
 read-only; they are skipped when that folder is absent.
@@ -17,10 +18,10 @@ import pytest
 
 from schemas.codec import BundledSchemas, decode_wire
 from schemas.event import AuditEvent, Limits, event_from_mapping, parse_timestamp_us
-from streams.config import load_config
+from streams.ops.config import load_config
 from streams.processor import MemoryStore, Origin, Processor
-from streams.readers import FORMATS, RawRecord, read_records
-from streams.replay import replay
+from streams.tools.readers import FORMATS, RawRecord, read_records
+from streams.tools.replay import replay
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 OTRF = DATASETS / "otrf" / "raw" / "ec2_proxy_s3_exfiltration_2020-09-14011940.json"

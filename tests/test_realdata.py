@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from bench import realdata as rd
-from streams.config import load_config
+from streams.ops.config import load_config
 
 DATASETS = rd.DEFAULT_DATASETS
 needs_datasets = pytest.mark.skipif(

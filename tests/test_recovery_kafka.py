@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from streams.processor import event_id_of
-from streams.reading import pipeline_lag
+from streams.tools.reading import pipeline_lag
 from tests.conftest import Stack, wait_until
 from tests.traffic import BASE_MS, steady
 

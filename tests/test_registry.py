@@ -13,8 +13,8 @@ import pytest
 
 from schemas.codec import RejectedInput, TransientSchemaError, decode_event, encode_event_avro
 from schemas.event import Limits
-from streams.config import SchemaRegistrySettings
-from streams.registry import RegistrySchemas
+from streams.ops.config import SchemaRegistrySettings
+from streams.ops.registry import RegistrySchemas
 from tests.registry_stub import RegistryStub, serve_registry
 
 KNOWN_ID = 7

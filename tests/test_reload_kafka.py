@@ -15,8 +15,8 @@ import yaml
 from confluent_kafka import Producer
 
 from detectors.core import DetectionCore
-from streams.config import Config, load_config
-from streams.reload import ConfigReloader, merge
+from streams.ops.config import Config, load_config
+from streams.ops.reload import ConfigReloader, merge
 from tests.conftest import ROOT, Stack, wait_until
 from tests.test_pipeline_kafka import avro
 from tests.traffic import BASE_MS, steady
@@ -116,7 +116,7 @@ def test_sighup_swaps_detection_settings_and_keeps_the_baselines(stack: Any) -> 
         [
             sys.executable,
             "-m",
-            "streams.cli",
+            "streams.cli.main",
             "run",
             "-c",
             str(s.config_path),

@@ -9,15 +9,15 @@ import fastavro
 import orjson
 import pytest
 
-import streams.replay as replay_module
+import streams.tools.replay as replay_module
 from schemas.codec import BundledSchemas
 from schemas.event import Limits, event_from_mapping
 from schemas.registry import parsed
-from streams.config import load_config
-from streams.partitioning import PartitionedDetection
+from streams.ops.config import load_config
 from streams.processor import Processor
-from streams.replay import replay
-from streams.synthetic import SyntheticConfig, SyntheticTraffic
+from streams.tools.partitioning import PartitionedDetection
+from streams.tools.replay import replay
+from streams.tools.synthetic import SyntheticConfig, SyntheticTraffic
 from tests.traffic import BASE_MS, scenario, steady
 
 

@@ -26,9 +26,9 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.backtest import Options, backtest, events_from_files
-from streams.config import load_config
-from streams.report import render_html
+from streams.ops.config import load_config
+from streams.tools.backtest import Options, backtest, events_from_files
+from streams.tools.report import render_html
 from tests.conftest import ROOT
 from tests.traffic import BASE_MS, burst, fan_out, steady
 

@@ -35,10 +35,9 @@ from confluent_kafka.admin import AdminClient
 
 from schemas.codec import decode_wire, encode_event_avro, sha256
 from schemas.event import format_rfc3339_ms
-from streams import kafka_local
-from streams.partitioning import murmur2_partition
-from streams.producer import to_avro_record
-from streams.runtime.routing import forwarded_origin
+from streams.ops import kafka_local
+from streams.runtime.routing import forwarded_origin, murmur2_partition
+from streams.tools.producer import to_avro_record
 from tests.conftest import Stack, wait_until
 from tests.traffic import BASE_MS
 
@@ -491,7 +490,7 @@ def broker_held_down() -> Iterator[None]:
 
 
 def _local_broker(bootstrap: str) -> bool:
-    """Whether `bootstrap` is the broker streams.kafka_local runs from its run dir (the
+    """Whether `bootstrap` is the broker streams.ops.kafka_local runs from its run dir (the
     one .ci/run starts and exports as AUDITWATCH_BOOTSTRAP), so that it can be stopped
     and started again on the same data and port."""
     return kafka_local.status() == bootstrap

@@ -12,10 +12,9 @@ import pytest
 
 from detectors.combined import COMBINED
 from detectors.core import MACHINE
-from streams.partitioning import murmur2_partition
 from streams.processor import Origin, SplitStore
 from streams.runtime.peers import META, OPERATION, RESOURCE, WINDOWS, PeerTable
-from streams.runtime.routing import Router, forwarded_origin, origin_header
+from streams.runtime.routing import Router, forwarded_origin, murmur2_partition, origin_header
 from streams.runtime.state import (
     FORMAT,
     FORMAT_KEY,

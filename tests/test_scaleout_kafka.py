@@ -35,11 +35,11 @@ from confluent_kafka.admin import AdminClient
 
 from schemas.alert import PAGE_RANK, SEVERITY_RANK
 from schemas.codec import decode_wire
-from streams import kafka_local
-from streams.config import KafkaSettings
-from streams.partitioning import murmur2_partition
+from streams.ops import kafka_local
+from streams.ops.config import KafkaSettings
 from streams.processor import KEY_SEP, event_id_of
-from streams.replay import replay
+from streams.runtime.routing import murmur2_partition
+from streams.tools.replay import replay
 from tests.conftest import Stack, wait_until
 from tests.test_metrics_kafka import scrape, value, worker_url
 from tests.traffic import BASE_MS, fan_out

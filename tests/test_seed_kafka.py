@@ -12,9 +12,9 @@ import pytest
 from confluent_kafka import Producer
 
 from schemas.codec import encode_event_avro
-from streams.cli import main
-from streams.producer import to_avro_record
-from streams.reading import pipeline_lag
+from streams.cli.main import main
+from streams.tools.producer import to_avro_record
+from streams.tools.reading import pipeline_lag
 from tests.conftest import Stack, wait_until
 from tests.traffic import BASE_MS, fan_out, steady
 
@@ -69,7 +69,7 @@ def _archive(s: Stack, archived: list[tuple[int, dict[str, Any]]], partitions: i
     Returns the Kafka timestamps."""
     from schemas.codec import encode_archive, sha256
     from schemas.event import Limits, event_from_mapping
-    from streams.producer import make_producer
+    from streams.tools.producer import make_producer
 
     producer = make_producer(s.cfg)
     stamps = []
@@ -96,7 +96,7 @@ def _archive(s: Stack, archived: list[tuple[int, dict[str, Any]]], partitions: i
 
 
 def test_archive_range_seeks_by_time_and_reads_only_its_window(stack: Any) -> None:
-    from streams.seed import SeedStats, archive_slack_ms, events_from_archive
+    from streams.tools.seed import SeedStats, archive_slack_ms, events_from_archive
 
     s: Stack = stack(topics__partitions=3)
     s.create_topics()
@@ -132,7 +132,7 @@ def test_archive_range_seeks_by_time_and_reads_only_its_window(stack: Any) -> No
 
 
 def test_archive_range_slack_and_open_ends(stack: Any) -> None:
-    from streams.seed import SeedStats, events_from_archive
+    from streams.tools.seed import SeedStats, events_from_archive
 
     s: Stack = stack(topics__partitions=2)
     s.create_topics()
@@ -163,7 +163,7 @@ class _Terminal(io.StringIO):
 
 
 def test_archive_progress_on_a_terminal_only(stack: Any) -> None:
-    from streams.seed import SeedStats, events_from_archive
+    from streams.tools.seed import SeedStats, events_from_archive
 
     s: Stack = stack(topics__partitions=1)
     s.create_topics()

@@ -15,9 +15,9 @@ import orjson
 import pytest
 
 from bench.evaluate import alert_time_ms, in_window, is_page
-from streams.reading import pipeline_lag
-from streams.replay import replay
-from streams.synthetic import SyntheticConfig, SyntheticTraffic
+from streams.tools.reading import pipeline_lag
+from streams.tools.replay import replay
+from streams.tools.synthetic import SyntheticConfig, SyntheticTraffic
 from tests.conftest import Stack, wait_until
 
 pytestmark = pytest.mark.kafka

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from streams.readers import EVENT_FIELDS
-from streams.synthetic import (
+from streams.tools.readers import EVENT_FIELDS
+from streams.tools.synthetic import (
     ANOMALY_KINDS,
     BENIGN_KINDS,
     DAY_MS,

@@ -10,7 +10,7 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
-from streams.cli import main
+from streams.cli.main import main
 from tests.conftest import Stack, wait_until
 
 pytestmark = pytest.mark.kafka

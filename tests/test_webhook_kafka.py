@@ -17,10 +17,8 @@ from confluent_kafka import Producer
 from pydantic import ValidationError
 
 from schemas.codec import decode_wire
-from streams.cli import main
-from streams.config import WebhookSettings, load_config, worst_case_delivery_s
-from streams.reading import group_lag
-from streams.webhook import (
+from streams.cli.main import main
+from streams.cli.webhook import (
     WebhookSender,
     consumer_config,
     idempotency_key,
@@ -28,6 +26,8 @@ from streams.webhook import (
     run_webhook,
     slack_text,
 )
+from streams.ops.config import WebhookSettings, load_config, worst_case_delivery_s
+from streams.tools.reading import group_lag
 from tests.conftest import Stack, wait_until
 
 

@@ -11,10 +11,10 @@ import pytest
 from detectors.core import MACHINE, DetectionCore, DetectorConfig, WorkingCopy
 from schemas.codec import BundledSchemas
 from schemas.event import AuditEvent, Limits, event_from_mapping
-from streams.config import Config
-from streams.partitioning import PartitionedDetection
+from streams.ops.config import Config
 from streams.processor import MemoryStore, Processor
-from streams.synthetic import SyntheticConfig, SyntheticTraffic
+from streams.tools.partitioning import PartitionedDetection
+from streams.tools.synthetic import SyntheticConfig, SyntheticTraffic
 from tests.traffic import BASE_MS, steady
 
 TRAFFIC = SyntheticConfig(

@@ -178,7 +178,7 @@ def _broker() -> tuple[str, bool]:
     env = os.environ.get("AUDITWATCH_BOOTSTRAP")
     if env:
         return env, False
-    from streams import kafka_local
+    from streams.ops import kafka_local
 
     running = kafka_local.status()
     if running:
@@ -605,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
         out = run_phases(args, dataset, bootstrap, budget, skip)
     finally:
         if started_broker:
-            from streams import kafka_local
+            from streams.ops import kafka_local
 
             kafka_local.stop()
     results = out.pop("results")

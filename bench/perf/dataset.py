@@ -7,7 +7,7 @@ directory is keyed by the parameters and by a hash of the generator and codec so
 change to either makes a new dataset instead of silently reusing a stale one. Generating is
 never timed.
 
-The traffic is `streams.synthetic.SyntheticTraffic` with one injected anomaly of each kind and
+The traffic is `streams.tools.synthetic.SyntheticTraffic` with one injected anomaly of each kind and
 a pod rotation and an autoscale: its rate is scaled so that `events` events span about
 `history_hours` of event time, and the first `events` events are kept. Event ids are
 `syn-<seed>-<n>` for n in 0..events-1, which is what the archive checks compare against.
@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 
 from schemas.codec import encode_event_avro
-from streams.synthetic import ANOMALY_KINDS, SyntheticConfig, SyntheticTraffic
+from streams.tools.synthetic import ANOMALY_KINDS, SyntheticConfig, SyntheticTraffic
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CACHE = ROOT / ".cache" / "bench"
@@ -55,7 +55,7 @@ class DatasetParams:
         if self.events < 1:
             raise ValueError(f"events must be >= 1, got {self.events}")
         if self.machines < 12:
-            # streams.synthetic's floor: it needs a few machines of every workload kind.
+            # streams.tools.synthetic's floor: it needs a few machines of every workload kind.
             raise ValueError(f"machines must be >= 12 (the generator's floor), got {self.machines}")
         if self.history_hours <= 0:
             raise ValueError(f"history_hours must be > 0, got {self.history_hours}")
@@ -104,7 +104,7 @@ def read_wire(path: Path, start: int = 0, stop: int | None = None) -> Iterator[t
 
 def _source_hash() -> str:
     h = hashlib.sha256()
-    for rel in ("streams/synthetic.py", "schemas/codec.py", "schemas/audit_event.avsc"):
+    for rel in ("streams/tools/synthetic.py", "schemas/codec.py", "schemas/audit_event.avsc"):
         h.update((ROOT / rel).read_bytes())
     return h.hexdigest()[:12]
 

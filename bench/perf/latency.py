@@ -34,8 +34,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from bench.perf.dataset import ROOT
 from bench.perf.measure import CommittedCounter, Worker, produce_records, watch
 from bench.perf.phases import PhaseResult, Run, auditwatch_argv
-from streams.config import Config
-from streams.topics import ensure_topics
+from streams.ops.config import Config
+from streams.ops.topics import ensure_topics
 
 
 def trigger_event_id(alert: dict[str, Any]) -> str | None:

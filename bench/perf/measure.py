@@ -23,7 +23,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from streams.config import Config
+from streams.ops.config import Config
 
 _TICK = os.sysconf("SC_CLK_TCK")
 # A worker using less than this share of one core over IDLE_WINDOW_S has drained its input.
@@ -338,7 +338,7 @@ def produce_records(
 ) -> tuple[int, float]:
     """Send pre-encoded (key, value) records, as fast as possible or paced at `rate`/s;
     `on_sent(i, wall_time)` is called as each is handed to the client. Returns (sent, seconds)."""
-    from streams.producer import make_producer
+    from streams.tools.producer import make_producer
 
     # Bigger batches than the CLI's: preloading is about filling the topic quickly.
     producer = make_producer(cfg, **({} if rate else {"linger.ms": 50, "batch.size": 1_000_000}))
@@ -385,7 +385,7 @@ class TopicKeys:
 
 def read_keys(cfg: Config, topic: str, timeout: float = 60.0) -> TopicKeys:
     """Every key of a topic (read_committed) and its timestamp span, without decoding values."""
-    from streams.reading import read_topic
+    from streams.tools.reading import read_topic
 
     out = TopicKeys()
     first, last = 2**62, 0
@@ -402,7 +402,7 @@ def read_keys(cfg: Config, topic: str, timeout: float = 60.0) -> TopicKeys:
 
 
 def read_values(cfg: Config, topic: str, timeout: float = 60.0) -> list[bytes]:
-    from streams.reading import read_topic
+    from streams.tools.reading import read_topic
 
     return [m.value() for m in read_topic(cfg, topic, timeout=timeout)]
 

@@ -31,9 +31,9 @@ from bench.perf.measure import (
     watch,
 )
 from schemas.alert import PAGE_RANK, SEVERITY_RANK
-from streams.config import Config, load_config
+from streams.ops.config import Config, load_config
+from streams.ops.topics import ensure_topics
 from streams.processor import KEY_SEP
-from streams.topics import ensure_topics
 
 
 @dataclass
@@ -301,7 +301,7 @@ def _worker_metrics(log: str) -> dict[str, Any] | None:
 
 def auditwatch_argv(config_path: Path) -> list[str]:
     return python_module(
-        "streams.cli", "--log-level", "warning", "run", "--config", str(config_path)
+        "streams.cli.main", "--log-level", "warning", "run", "--config", str(config_path)
     )
 
 
@@ -359,7 +359,7 @@ def replay_phase(run: Run, cfg_path: Path, timeout: float) -> PhaseResult:
     pages_path = d / "pages.jsonl"
     log_path = d / "replay.log"
     argv = python_module(
-        "streams.cli",
+        "streams.cli.main",
         "replay",
         str(run.dataset.jsonl_path),
         "--alerts-out",

@@ -190,9 +190,9 @@ def _ours(func: str, file: str, line: int, root: Path) -> str | None:
     short = func.rsplit(".", 1)[-1]
     if file.startswith("streams/runtime/"):
         return _runtime(func, file, line, root)
-    if file == "streams/app.py":
+    if file == "streams/runtime/run.py":
         return None  # _run(): everything the worker does happens below it
-    if file == "streams/metrics.py":
+    if file == "streams/ops/metrics.py":
         return TELEMETRY
     if file.startswith("detectors/rate.py"):
         if short in ("dump", "state"):
@@ -262,7 +262,7 @@ def _ours(func: str, file: str, line: int, root: Path) -> str | None:
         if short == "_decode":
             return "decode (fastavro)"
         return "processor glue (decode/admit/detect)"
-    if file == "streams/seed.py":
+    if file == "streams/tools/seed.py":
         return "processor glue (decode/admit/detect)"
     if file == "detectors/combined.py":
         if short in ("dump", "load") or "dump" in func or "load" in func:
@@ -271,7 +271,7 @@ def _ours(func: str, file: str, line: int, root: Path) -> str | None:
     module = file.rsplit("/", 1)[-1].removesuffix(".py")
     if file.startswith("detectors/"):
         return f"detector module: {module}"
-    if file.startswith("streams/") and file != "streams/cli.py":
+    if file.startswith("streams/") and file != "streams/cli/main.py":
         # Other threads of the worker (control reader, config reloader) or newer modules.
         return f"streams: {module}"
     return None

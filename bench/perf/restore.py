@@ -51,14 +51,14 @@ from bench.perf.phases import PhaseResult, Run
 from detectors.core import MACHINE, DetectionCore
 from schemas.codec import encode_event_avro
 from schemas.event import AuditEvent
-from streams.config import Config
+from streams.ops.config import Config
+from streams.ops.topics import ensure_topics
 from streams.processor import MemoryStore
-from streams.producer import to_avro_record
 from streams.runtime.loop import default_instance_id, instance_id
 from streams.runtime.peers import PEER_KINDS, PeerReader, PeerTable
 from streams.runtime.routing import Router
 from streams.runtime.state import PartitionState, restore_all, restore_consumer
-from streams.topics import ensure_topics
+from streams.tools.producer import to_avro_record
 
 T0 = 1_767_225_600_000  # 2026-01-01, as bench.state_size
 MEMBERS = 5
@@ -115,7 +115,7 @@ def write_state(cfg: Config, template: Template, groups: int) -> dict[str, Any]:
     """The state of `groups` copies of the template, as the runtime's changelog and peers
     topics hold it after a commit. Returns counts, and for each input partition one group
     whose first machine lives there (`probe_groups`)."""
-    from streams.producer import make_producer
+    from streams.tools.producer import make_producer
 
     partitions = cfg.topics.partitions
     router = Router(cfg.kafka.partitioner, partitions)
@@ -256,7 +256,9 @@ def _time_worker(
     counter = CommittedCounter(cfg, cfg.topics.archive)
     reader = AlertReader(cfg, cfg.topics.alerts)
     # INFO: the runtime logs the peer table's load and each partition's restore.
-    argv = python_module("streams.cli", "--log-level", "info", "run", "--config", str(cfg_path))
+    argv = python_module(
+        "streams.cli.main", "--log-level", "info", "run", "--config", str(cfg_path)
+    )
     worker = Worker(argv, run.dir / name / "worker.log", ROOT)
     produce_records(cfg, cfg.topics.events, events)
     first_archive = None

@@ -41,11 +41,11 @@ from confluent_kafka import (
 )
 
 from detectors.explain import explain_machine
-from streams.config import Config
-from streams.logs import CURRENT
-from streams.metrics import Telemetry
+from streams.ops.config import Config
+from streams.ops.logs import CURRENT
+from streams.ops.metrics import Telemetry
+from streams.ops.reload import ConfigReloader
 from streams.processor import Processor
-from streams.reload import ConfigReloader
 from streams.runtime.commit import AtLeastOnce, ExactlyOnce, Rewind
 from streams.runtime.peers import PeerReader, PeerTable
 from streams.runtime.routing import Router

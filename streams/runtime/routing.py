@@ -15,10 +15,36 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 
-from streams.partitioning import murmur2_partition
 from streams.processor import Origin
 
+_M = 0x5BD1E995
+_MASK = 0xFFFFFFFF
+
+
+def murmur2_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default Java partitioner (librdkafka's `murmur2`) gives `key`."""
+    h = (0x9747B28C ^ len(key)) & _MASK
+    whole = len(key) - len(key) % 4
+    for i in range(0, whole, 4):
+        k = (int.from_bytes(key[i : i + 4], "little") * _M) & _MASK
+        k ^= k >> 24
+        h = ((h * _M) & _MASK) ^ ((k * _M) & _MASK)
+    tail = key[whole:]
+    if len(tail) >= 3:
+        h ^= tail[2] << 16
+    if len(tail) >= 2:
+        h ^= tail[1] << 8
+    if tail:
+        h = ((h ^ tail[0]) * _M) & _MASK
+    h ^= h >> 13
+    h = (h * _M) & _MASK
+    h ^= h >> 15
+    return (h & 0x7FFFFFFF) % partitions
+
+
 ORIGIN_HEADER = "auditwatch-origin"
+# On records `auditwatch seed` writes: history to learn from, never to alert on or archive.
+SEED_HEADER = "auditwatch-seed"
 _CACHE_MAX = 200_000
 
 
@@ -64,3 +90,11 @@ def forwarded_origin(headers: list[tuple[str, bytes]] | None) -> Origin | None:
             topic, partition, offset = value.decode().split("\x1f")
             return Origin(topic, int(partition), int(offset))
     return None
+
+
+def is_seed(headers: object) -> bool:
+    """Whether a repartition-topic record carries the seed marker."""
+    if not headers:
+        return False
+    items = headers.items() if isinstance(headers, dict) else headers
+    return any(k == SEED_HEADER for k, _ in items)  # type: ignore[attr-defined]

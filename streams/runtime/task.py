@@ -11,12 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from streams.metrics import Telemetry
+from streams.ops.metrics import Telemetry
 from streams.processor import Origin, Output, Processor, SplitStore
 from streams.runtime.peers import PeerTable
-from streams.runtime.routing import Router, forwarded_origin, origin_header
+from streams.runtime.routing import Router, forwarded_origin, is_seed, origin_header
 from streams.runtime.state import PartitionState
-from streams.seed import is_seed
 
 # emit(role, key, value, partition, headers): role is an output kind ("archive",
 # "deadletter", "alert") or "forward" (the repartition topic).

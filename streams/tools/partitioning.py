@@ -18,30 +18,7 @@ from __future__ import annotations
 
 from schemas.event import AuditEvent
 from streams.processor import MemoryStore, Origin, Output, Processor, SplitStore
-
-_M = 0x5BD1E995
-_MASK = 0xFFFFFFFF
-
-
-def murmur2_partition(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default Java partitioner (librdkafka's `murmur2`) gives `key`."""
-    h = (0x9747B28C ^ len(key)) & _MASK
-    whole = len(key) - len(key) % 4
-    for i in range(0, whole, 4):
-        k = (int.from_bytes(key[i : i + 4], "little") * _M) & _MASK
-        k ^= k >> 24
-        h = ((h * _M) & _MASK) ^ ((k * _M) & _MASK)
-    tail = key[whole:]
-    if len(tail) >= 3:
-        h ^= tail[2] << 16
-    if len(tail) >= 2:
-        h ^= tail[1] << 8
-    if tail:
-        h = ((h ^ tail[0]) * _M) & _MASK
-    h ^= h >> 13
-    h = (h * _M) & _MASK
-    h ^= h >> 15
-    return (h & 0x7FFFFFFF) % partitions
+from streams.runtime.routing import murmur2_partition
 
 
 class PartitionedDetection:

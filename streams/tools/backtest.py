@@ -9,7 +9,7 @@ archive topic over an event-time range (as `seed --from-archive` reads it), are 
 in event-time order, and each config runs over them with its own processor and in-memory
 state, exactly as `auditwatch replay` does: the NEW config's pages are the pages `replay
 --config NEW` writes. While a config runs, a hook samples each machine's learned access-rate
-band (`detectors.band`) once per plot bucket, for the HTML report (`streams.report`).
+band (`detectors.band`) once per plot bucket, for the HTML report (`streams.tools.report`).
 
 Labels (for precision and recall) are labelled episodes, from either
 - `--labels FILE`: JSON lines, one episode each: `machine_id`, `kind`, `start` and `end`
@@ -22,7 +22,7 @@ Labels (for precision and recall) are labelled episodes, from either
 Pages are scored by `bench.evaluate.score` (its definitions: a page detects an episode on its
 machine from 1 minute before its start to 15 minutes after its end).
 
-Imports: streams, schemas, detectors and bench (scoring); Kafka only through `streams.seed`
+Imports: streams, schemas, detectors and bench (scoring); Kafka only through `streams.tools.seed`
 when reading the archive.
 """
 
@@ -41,8 +41,8 @@ from typing import IO, Any
 import orjson
 
 from schemas.event import AuditEvent, format_rfc3339_ms
-from streams.config import Config, load_config
-from streams.readers import FORMATS
+from streams.ops.config import Config, load_config
+from streams.tools.readers import FORMATS
 
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
@@ -151,7 +151,7 @@ def events_from_files(
     the rejected records' reasons."""
     from schemas.codec import BundledSchemas, decode_wire
     from streams.processor import MemoryStore, Processor
-    from streams.readers import read_records
+    from streams.tools.readers import read_records
 
     processor = Processor(cfg, BundledSchemas())
     store = MemoryStore()
@@ -187,8 +187,8 @@ def events_from_archive(
     """The archive topic's events with event time in [since, until), deduplicated by event_id
     (the reading `seed --from-archive` does: only the records archived within `slack_ms` of
     the range are fetched)."""
-    from streams.seed import SeedStats
-    from streams.seed import events_from_archive as read_archive
+    from streams.tools.seed import SeedStats
+    from streams.tools.seed import events_from_archive as read_archive
 
     stats = SeedStats()
     events = read_archive(cfg, since_ms, until_ms, stats, slack_ms=slack_ms, progress=progress)
@@ -218,7 +218,7 @@ def _ms(value: Any, what: str) -> int:
 
 def labels_from_file(path: str | Path) -> list[Any]:
     """Episodes from a JSON-lines file (see the module docstring for the fields)."""
-    from streams.synthetic import Episode
+    from streams.tools.synthetic import Episode
 
     episodes: list[Episode] = []
     try:
@@ -264,7 +264,7 @@ def labels_from_events(
 ) -> list[Any]:
     """Malicious episodes from events that carry a label attribute (the first of `attributes`
     present): one machine's labelled events of one kind, split at gaps over 15 minutes."""
-    from streams.synthetic import Episode
+    from streams.tools.synthetic import Episode
 
     open_: dict[tuple[str, str], list[int]] = {}
     spans: list[tuple[str, str, int, int]] = []
@@ -394,8 +394,8 @@ def run_config(
     """Run the detection core of `cfg` over `events` (in event-time order) as replay does."""
     from schemas.codec import BundledSchemas
     from schemas.event import parse_timestamp_us
-    from streams.partitioning import PartitionedDetection
     from streams.processor import Processor
+    from streams.tools.partitioning import PartitionedDetection
 
     processor = Processor(cfg, BundledSchemas())
     detection = PartitionedDetection(processor, cfg.topics.partitions, "backtest")
@@ -862,8 +862,8 @@ def render_text(doc: dict[str, Any]) -> str:
 
 
 def cmd_backtest(args: argparse.Namespace) -> int:
-    from streams.cli import UsageError
-    from streams.readers import parse_csv_map
+    from streams.cli.errors import UsageError
+    from streams.tools.readers import parse_csv_map
 
     def _parse_time(text: str | None) -> int | None:
         return None if text is None else _ms(text, "time")
@@ -918,7 +918,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         Path(args.json).write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
         print(f"\nwrote {args.json}", file=sys.stderr)
     if args.html:
-        from streams.report import render_html
+        from streams.tools.report import render_html
 
         Path(args.html).write_text(render_html(doc), encoding="utf-8")
         print(f"wrote {args.html}", file=sys.stderr)

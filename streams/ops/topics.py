@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
-from streams.config import Config
+from streams.ops.config import Config
 
 
 @dataclass(frozen=True)

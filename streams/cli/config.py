@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from streams.config import load_config
+from streams.ops.config import load_config
 
 
 def check(path: str) -> tuple[str, str]:

@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from streams.config import Config, ConfigError, load_config
+from streams.ops.config import Config, ConfigError, load_config
 
 log = logging.getLogger("auditwatch.reload")
 

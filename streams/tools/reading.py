@@ -10,7 +10,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from streams.config import Config
+from streams.ops.config import Config
 
 
 def _consumer(cfg: Config, isolation: str) -> Consumer:

@@ -12,17 +12,14 @@ from typing import Any
 
 import orjson
 
-from streams.config import Config, ConfigError, load_config
-from streams.readers import FORMATS
+from streams.cli.errors import UsageError
+from streams.ops.config import Config, ConfigError, load_config
+from streams.tools.readers import FORMATS
 
 EPILOG = """\
 Quick start: `auditwatch demo` (local broker, processor, synthetic traffic with injected
 anomalies, alerts as they arrive). Every command takes --config FILE (YAML); see README.md.
 """
-
-
-class UsageError(Exception):
-    """Bad arguments: printed without a traceback, exit status 2."""
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -46,13 +43,13 @@ def _add_config(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_kafka(args: argparse.Namespace) -> int:
-    from streams import kafka_local
+    from streams.ops import kafka_local
 
     return kafka_local.main([args.action])
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
-    from streams.topics import ensure_topics
+    from streams.ops.topics import ensure_topics
 
     cfg = _config(args)
     status = 0
@@ -74,7 +71,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from streams.app import run
+    from streams.runtime.run import run
 
     cfg = _config(args)
     logging.getLogger("auditwatch").info(
@@ -93,7 +90,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _synthetic_events(args: argparse.Namespace) -> tuple[Iterator[dict[str, Any]], int | None]:
     import time
 
-    from streams.synthetic import SyntheticConfig, SyntheticTraffic, demo_config
+    from streams.tools.synthetic import SyntheticConfig, SyntheticTraffic, demo_config
 
     now_ms = int(time.time() * 1000)
     if args.hours is None and args.machines is None and args.anomalies is None:
@@ -134,7 +131,7 @@ def _kv_counts(spec: str) -> dict[str, int]:
 
 
 def _file_events(files: list[str], fmt: str, csv_map: dict[str, str]) -> Iterator[dict[str, Any]]:
-    from streams.readers import read_records
+    from streams.tools.readers import read_records
 
     for r in read_records(files, fmt, csv_map):
         try:
@@ -145,8 +142,8 @@ def _file_events(files: list[str], fmt: str, csv_map: dict[str, str]) -> Iterato
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
-    from streams.producer import produce_events
-    from streams.readers import parse_csv_map
+    from streams.tools.producer import produce_events
+    from streams.tools.readers import parse_csv_map
 
     cfg = _config(args)
     if args.synthetic == bool(args.files):
@@ -183,9 +180,9 @@ def _parse_time(text: str | None) -> int | None:
 
 
 def cmd_seed(args: argparse.Namespace) -> int:
-    from streams.readers import parse_csv_map
-    from streams.seed import SeedStats, events_from_archive, events_from_files, send_seed
-    from streams.topics import ensure_topics
+    from streams.ops.topics import ensure_topics
+    from streams.tools.readers import parse_csv_map
+    from streams.tools.seed import SeedStats, events_from_archive, events_from_files, send_seed
 
     cfg = _config(args)
     if args.from_archive == bool(args.files):
@@ -206,8 +203,8 @@ def cmd_seed(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from streams.readers import parse_csv_map
-    from streams.replay import replay
+    from streams.tools.readers import parse_csv_map
+    from streams.tools.replay import replay
 
     cfg = _config(args)
     dl = open(args.deadletter_out, "wb") if args.deadletter_out else None  # noqa: SIM115
@@ -256,7 +253,7 @@ def _since_ms(text: str | None) -> int | None:
         return None
     import time
 
-    from streams.control import parse_duration
+    from streams.ops.control import parse_duration
 
     try:
         return int((time.time() - parse_duration(text)) * 1000)
@@ -292,8 +289,8 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 
     from schemas.alert import SEVERITY_RANK, Recent, state_identity
     from schemas.event import parse_timestamp_us
-    from streams.control import ControlReader
-    from streams.reading import read_topic
+    from streams.ops.control import ControlReader
+    from streams.tools.reading import read_topic
 
     cfg = _config(args)
     min_rank = SEVERITY_RANK[args.min_severity]
@@ -429,7 +426,7 @@ def _table(rows: list[list[str]], title: str) -> Any:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from streams.demo import demo
+    from streams.cli.demo import demo
 
     return demo(duration_limit_s=args.max_seconds, rate=args.rate)
 
@@ -608,10 +605,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config(p)
     p.set_defaults(func=cmd_alerts)
-    from streams.control import add_alert_actions
+    from streams.ops.control import add_alert_actions
 
     add_alert_actions(p)
-    from streams import webhook
+    from streams.cli import webhook
 
     webhook.add_parser(sub)
 
@@ -635,11 +632,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_seed)
 
     # The SRE tuning loop: each command lives in its own module.
-    from streams import backtest, config_cli, deadletter
+    from streams.cli import config as config_cli
+    from streams.cli import deadletter
+    from streams.tools import backtest
 
     for module in (config_cli, backtest, deadletter):
         module.add_parser(sub)
-    from streams import explain_cli
+    from streams.cli import explain as explain_cli
 
     explain_cli.add_parser(sub)
     return parser
@@ -657,7 +656,7 @@ def _quiet_third_party_warnings() -> None:
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
-    from streams.logs import FORMATS, setup_logging
+    from streams.ops.logs import FORMATS, setup_logging
 
     fmt = str(args.log_format).strip().lower()
     if fmt not in FORMATS:

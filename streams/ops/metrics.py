@@ -50,7 +50,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from schemas.alert import Alert
 from schemas.event import format_rfc3339_ms
-from streams.config import Config
+from streams.ops.config import Config
 from streams.processor import Output, Processor
 
 log = logging.getLogger("auditwatch.metrics")

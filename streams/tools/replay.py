@@ -4,7 +4,7 @@ Events are validated and deduplicated in file order (as a topic would deliver th
 through detection in event-time order. Pages (opened and escalated alerts of severity medium
 or above) go to `--alerts-out` as JSON lines, in the alerts topic's JSON form.
 
-Detection state is per input partition (streams.partitioning), with peer-group knowledge
+Detection state is per input partition (streams.tools.partitioning), with peer-group knowledge
 shared by all of them, as in one worker. The partitions can be detected in separate
 processes (`workers`): each takes whole partitions and runs its events in the same event-time
 order, like a worker of its own (its peer-group knowledge is its partitions'), and the pages
@@ -26,10 +26,10 @@ import orjson
 
 from schemas.codec import BundledSchemas, decode_wire
 from schemas.event import AuditEvent
-from streams.config import Config
-from streams.partitioning import PartitionedDetection
+from streams.ops.config import Config
 from streams.processor import MemoryStore, Processor
-from streams.readers import read_records
+from streams.tools.partitioning import PartitionedDetection
+from streams.tools.readers import read_records
 
 
 @dataclass
@@ -159,7 +159,7 @@ def _detect_share(w: int) -> tuple[list[tuple[int, bytes]], Counter[str]]:
     the event that raised them, for the merge) and its alert states by status."""
     processor, cfg, events, shares, progress = _FORKED[-1]
     share = shares[w]
-    # One store per detect partition, as the pipeline keeps them (see streams.partitioning).
+    # One store per detect partition, as the pipeline keeps them (see streams.tools.partitioning).
     detection = PartitionedDetection(
         processor, cfg.topics.partitions, working_copy=cfg.kafka.working_copy_machines
     )

@@ -44,7 +44,7 @@ from confluent_kafka import Consumer, KafkaError, Producer
 
 from schemas.alert import SEVERITIES, SEVERITY_RANK, Recent, state_identity
 from schemas.codec import encode_dead_letter
-from streams.config import Config, WebhookSettings, worst_case_delivery_s
+from streams.ops.config import Config, WebhookSettings, worst_case_delivery_s
 
 log = logging.getLogger("auditwatch.webhook")
 
@@ -362,7 +362,7 @@ def _dead_letter(
 def _settings(args: argparse.Namespace, cfg: Config) -> WebhookSettings:
     from pydantic import ValidationError
 
-    from streams.cli import UsageError
+    from streams.cli.errors import UsageError
 
     updates: dict[str, Any] = {
         name: value
@@ -400,7 +400,7 @@ def _settings(args: argparse.Namespace, cfg: Config) -> WebhookSettings:
 
 
 def cmd_webhook(args: argparse.Namespace) -> int:
-    from streams.config import load_config
+    from streams.ops.config import load_config
 
     cfg = load_config(args.config)
     settings = _settings(args, cfg)

@@ -12,13 +12,13 @@ import threading
 from typing import Any
 
 from schemas.codec import BundledSchemas, SchemaResolver
-from streams.config import Config
-from streams.control import ControlReader
-from streams.metrics import InputWatch, Telemetry, start_http
+from streams.ops.config import Config
+from streams.ops.control import ControlReader
+from streams.ops.metrics import InputWatch, Telemetry, start_http
+from streams.ops.reload import ConfigReloader
+from streams.ops.topics import ensure_topics
 from streams.processor import Processor
-from streams.reload import ConfigReloader
 from streams.runtime.loop import Worker
-from streams.topics import ensure_topics
 
 log = logging.getLogger("auditwatch.run")
 
@@ -26,7 +26,7 @@ log = logging.getLogger("auditwatch.run")
 def make_resolver(cfg: Config) -> SchemaResolver:
     if cfg.input.schema_registry is None:
         return BundledSchemas()
-    from streams.registry import RegistrySchemas
+    from streams.ops.registry import RegistrySchemas
 
     return RegistrySchemas(cfg.input.schema_registry)
 

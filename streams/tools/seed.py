@@ -18,11 +18,9 @@ from typing import IO, Any
 
 from schemas.codec import encode_event_avro
 from schemas.event import AuditEvent, event_from_mapping
-from streams.config import Config
+from streams.ops.config import Config
 from streams.processor import MemoryStore, Processor
-from streams.reading import topic_metadata
-
-SEED_HEADER = "auditwatch-seed"
+from streams.tools.reading import topic_metadata
 
 
 @dataclass
@@ -38,7 +36,7 @@ def events_from_files(
     cfg: Config, paths: list[str], fmt: str, csv_map: dict[str, str], stats: SeedStats
 ) -> list[AuditEvent]:
     from schemas.codec import BundledSchemas
-    from streams.readers import read_records
+    from streams.tools.readers import read_records
 
     processor = Processor(cfg, BundledSchemas())
     store = MemoryStore()
@@ -53,7 +51,7 @@ def events_from_files(
     return events
 
 
-# Archive records carry processing time as their Kafka timestamp (streams.app sets it), which
+# Archive records carry processing time as their Kafka timestamp (the producer sets it), which
 # comes after the event's own time, except that an event may claim a time up to
 # input.max_future_s ahead of the clock (later ones are dead-lettered). So every event at or
 # after `since` was archived at or after since - max_future_s, and seeking there loses none;
@@ -234,8 +232,8 @@ class _ArchiveProgress:
 def send_seed(cfg: Config, events: list[AuditEvent], stats: SeedStats) -> None:
     """Sort by event time and produce to the repartition topic, each event to the partition
     of its machine, marked as seed records."""
-    from streams.producer import make_producer
-    from streams.runtime.routing import Router
+    from streams.runtime.routing import SEED_HEADER, Router
+    from streams.tools.producer import make_producer
 
     events.sort(key=lambda e: e.ts_us)
     producer = make_producer(cfg)
@@ -268,11 +266,3 @@ def _progress(events: list[AuditEvent]) -> Iterator[AuditEvent]:
         if i and i % step == 0:
             print(f"  seeded {i:,}/{len(events):,} events", file=sys.stderr)
         yield e
-
-
-def is_seed(headers: object) -> bool:
-    """Whether a repartition-topic record carries the seed marker."""
-    if not headers:
-        return False
-    items = headers.items() if isinstance(headers, dict) else headers
-    return any(k == SEED_HEADER for k, _ in items)  # type: ignore[attr-defined]

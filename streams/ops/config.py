@@ -122,7 +122,7 @@ class KafkaSettings(_Model):
         env = os.environ.get("AUDITWATCH_BOOTSTRAP")
         if env:
             return env
-        from streams import kafka_local
+        from streams.ops import kafka_local
 
         return kafka_local.bootstrap_from_env_or_file() or "127.0.0.1:9092"
 
@@ -458,7 +458,7 @@ class WebhookSettings(_Model):
     @model_validator(mode="after")
     def _retries_fit_a_poll_interval(self) -> WebhookSettings:
         # The sink retries between two consumer polls and raises its max.poll.interval.ms to
-        # cover them (streams/webhook.py); librdkafka accepts at most 24 h there.
+        # cover them (streams/cli/webhook.py); librdkafka accepts at most 24 h there.
         worst = worst_case_delivery_s(self)
         if worst + 60 > _MAX_POLL_INTERVAL_S:
             raise ValueError(

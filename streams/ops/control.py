@@ -44,7 +44,7 @@ from confluent_kafka import (
 
 from schemas.alert import AlertControl
 from schemas.event import InvalidEvent, format_rfc3339_ms, parse_timestamp_us
-from streams.config import Config
+from streams.ops.config import Config
 
 log = logging.getLogger("auditwatch.control")
 
@@ -461,7 +461,7 @@ def require_topic(cfg: Config, timeout: float = 5.0) -> None:
 
 def read_state(cfg: Config, timeout: float = 30.0) -> dict[str, ControlRecord]:
     """The control topic as it is now: each alert's merged control state."""
-    from streams.reading import read_topic
+    from streams.tools.reading import read_topic
 
     merged = ControlMerge()
     for msg in read_topic(cfg, cfg.topics.control, timeout=timeout):
@@ -527,8 +527,8 @@ def _default_user() -> str:
 
 
 def _cmd_action(args: argparse.Namespace) -> int:
-    from streams.cli import UsageError
-    from streams.config import load_config
+    from streams.cli.errors import UsageError
+    from streams.ops.config import load_config
 
     cfg = load_config(getattr(args, "config", None))
     for_s = None

@@ -11,7 +11,7 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from schemas.codec import TransientSchemaError
 from schemas.registry import strip_logical_types
-from streams.config import SchemaRegistrySettings
+from streams.ops.config import SchemaRegistrySettings
 
 
 class RegistrySchemas:

@@ -19,16 +19,16 @@ from pathlib import Path
 import orjson
 import yaml
 
-from streams import kafka_local
-from streams.config import load_config
-from streams.reading import pipeline_lag, read_topic
-from streams.topics import ensure_topics
+from streams.ops import kafka_local
+from streams.ops.config import load_config
+from streams.ops.topics import ensure_topics
+from streams.tools.reading import pipeline_lag, read_topic
 
 PAGE_SEVERITIES = ("medium", "high", "critical")
 
 
 def demo(*, duration_limit_s: float = 300, rate: float = 5000) -> int:
-    from streams.cli import _alert_line
+    from streams.cli.main import _alert_line
 
     started_broker = kafka_local.status() is None
     bootstrap = kafka_local.start()

@@ -18,8 +18,8 @@ from typing import Any
 import orjson
 
 from detectors.explain import explain_machine
-from streams.config import Config, load_config
-from streams.readers import FORMATS
+from streams.ops.config import Config, load_config
+from streams.tools.readers import FORMATS
 
 
 def add_parser(sub: Any) -> None:
@@ -119,7 +119,7 @@ def explain_from_files(
     does), then explain `machine_id`; None when the files never mention it."""
     from schemas.codec import BundledSchemas
     from streams.processor import MemoryStore, Origin, Processor
-    from streams.readers import parse_csv_map, read_records
+    from streams.tools.readers import parse_csv_map, read_records
 
     processor = Processor(cfg, BundledSchemas())
     store = MemoryStore()

@@ -7,7 +7,7 @@ with nothing to show says so instead of drawing an empty frame), so a browser te
 that every plot rendered data. Hovering a page marker or a bar shows its details (SVG
 `<title>`, no script).
 
-Input is the results document of `streams.backtest.backtest` (what `backtest --json` writes).
+Input is the results document of `streams.tools.backtest.backtest` (what `backtest --json` writes).
 Imports: the standard library only.
 """
 

@@ -10,10 +10,10 @@ ApiVersions request over a socket.
 
 Usage::
 
-    python -m streams.kafka_local fetch    # resolve the jars once
-    python -m streams.kafka_local start    # prints 127.0.0.1:PORT on stdout
-    python -m streams.kafka_local status
-    python -m streams.kafka_local stop
+    python -m streams.ops.kafka_local fetch    # resolve the jars once
+    python -m streams.ops.kafka_local start    # prints 127.0.0.1:PORT on stdout
+    python -m streams.ops.kafka_local status
+    python -m streams.ops.kafka_local stop
 
 Environment:
 
@@ -416,7 +416,7 @@ def _healthy(bootstrap: str, timeout: float = 5.0) -> bool:
 
 def _server_properties(rd: Path, broker_port: int, controller_port: int) -> str:
     return f"""\
-# Written by streams/kafka_local.py on every start; edits are overwritten.
+# Written by streams/ops/kafka_local.py on every start; edits are overwritten.
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@{HOST}:{controller_port}
@@ -451,7 +451,7 @@ log.cleaner.backoff.ms=1000
 
 
 LOG4J2_PROPERTIES = """\
-# Written by streams/kafka_local.py. WARN and above, plus the readiness line
+# Written by streams/ops/kafka_local.py. WARN and above, plus the readiness line
 # "Kafka Server started" that start() waits for.
 status = warn
 name = auditwatch-kafka-local
@@ -608,20 +608,20 @@ def start(*, timeout: float = 90) -> str:
             if bootstrap is None:
                 raise KafkaLocalError(
                     f"a broker (pid {pid}) runs from {rd} but its address is unknown; "
-                    "run `python -m streams.kafka_local stop` and start again"
+                    "run `python -m streams.ops.kafka_local stop` and start again"
                 )
             forced = _forced_port()
             if forced is not None and bootstrap != f"{HOST}:{forced}":
                 raise KafkaLocalError(
                     f"AUDITWATCH_KAFKA_PORT={forced}, but the broker from {rd} already listens "
-                    f"on {bootstrap}; run `python -m streams.kafka_local stop` first"
+                    f"on {bootstrap}; run `python -m streams.ops.kafka_local stop` first"
                 )
             try:
                 _wait_ready(pid, bootstrap, rd, deadline)
             except TimeoutError as exc:
                 raise KafkaLocalError(
                     f"{exc}\nThe running broker is not healthy; "
-                    "run `python -m streams.kafka_local stop` and start again."
+                    "run `python -m streams.ops.kafka_local stop` and start again."
                 ) from None
             _write_atomically(rd / "bootstrap", f"{bootstrap}\n")
             return bootstrap
@@ -715,7 +715,7 @@ def bootstrap_from_env_or_file() -> str | None:
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The CLI parser; ``prog`` lets a parent command (``auditwatch kafka``) name itself."""
     parser = argparse.ArgumentParser(
-        prog=prog or "python -m streams.kafka_local",
+        prog=prog or "python -m streams.ops.kafka_local",
         description=(
             f"Run a single-node Apache Kafka {KAFKA_VERSION} broker (KRaft) on {HOST} without "
             "Docker, for development, tests and CI. Needs Java 17+ and, for the one-time jar "
@@ -767,7 +767,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
-    """Entry point for ``python -m streams.kafka_local`` and ``auditwatch kafka``."""
+    """Entry point for ``python -m streams.ops.kafka_local`` and ``auditwatch kafka``."""
     args = build_parser(prog).parse_args(argv)
     try:
         if args.command == "fetch":

@@ -41,7 +41,7 @@ from typing import Any
 
 import orjson
 
-from streams.config import Config, load_config
+from streams.ops.config import Config, load_config
 
 LEDGER_SUFFIX = ".redriven"
 REDRIVE_HEADER = "auditwatch-redrive"
@@ -127,7 +127,7 @@ def _topic_exists(cfg: Config, topic: str) -> bool:
 def read_ledger(cfg: Config) -> dict[str, dict[str, Any]]:
     """Dead-letter id -> what its redrive sent (latest record per id); empty before the first
     redrive."""
-    from streams.reading import read_topic
+    from streams.tools.reading import read_topic
 
     topic = ledger_topic(cfg)
     if not _topic_exists(cfg, topic):
@@ -142,7 +142,7 @@ def read_ledger(cfg: Config) -> dict[str, dict[str, Any]]:
 def read_dead_letters(cfg: Config) -> list[DeadLetter]:
     """Every record of the dead-letter topic, with its redrive state, oldest first."""
     from schemas.codec import decode_wire
-    from streams.reading import read_topic
+    from streams.tools.reading import read_topic
 
     ledger = read_ledger(cfg)
     sent_to = {entry.get("sent_to"): dl_id for dl_id, entry in ledger.items()}
@@ -225,7 +225,7 @@ def _since(text: str | None) -> int | None:
     if text is None:
         return None
     from schemas.event import InvalidEvent, parse_timestamp_us
-    from streams.cli import UsageError
+    from streams.cli.errors import UsageError
 
     try:
         return parse_timestamp_us(text) // 1000
@@ -234,7 +234,7 @@ def _since(text: str | None) -> int | None:
 
 
 def _require_topic(cfg: Config) -> None:
-    from streams.cli import UsageError
+    from streams.cli.errors import UsageError
 
     if not _topic_exists(cfg, cfg.topics.deadletter):
         raise UsageError(
@@ -274,7 +274,7 @@ class RedriveResult:
 def read_fix_file(path: str) -> dict[str, bytes]:
     """Dead-letter id -> corrected value, from JSON lines of `list --json`'s form: `id`, and
     `value` (a JSON object, sent as JSON), `value_text` (sent as UTF-8) or `value_b64`."""
-    from streams.cli import UsageError
+    from streams.cli.errors import UsageError
 
     fixes: dict[str, bytes] = {}
     try:
@@ -306,7 +306,7 @@ def _resolver(cfg: Config) -> Any:
 
     if cfg.input.schema_registry is None:
         return BundledSchemas()
-    from streams.registry import RegistrySchemas
+    from streams.ops.registry import RegistrySchemas
 
     return RegistrySchemas(cfg.input.schema_registry)
 
@@ -391,7 +391,7 @@ def redrive(
     from confluent_kafka import KafkaError, Message
 
     from schemas.event import format_rfc3339_ms
-    from streams.producer import make_producer
+    from streams.tools.producer import make_producer
 
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; one of {', '.join(STAGES)}")
@@ -529,7 +529,7 @@ def render_redrive(res: RedriveResult, topic: str, dry_run: bool) -> str:
 
 
 def cmd_redrive(args: argparse.Namespace) -> int:
-    from streams.cli import UsageError
+    from streams.cli.errors import UsageError
 
     if args.fix_file and args.no_check:
         raise UsageError("--no-check is for raw re-sends; a fix file's values are always checked")

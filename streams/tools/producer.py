@@ -17,7 +17,7 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from schemas.codec import encode_event_avro
 from schemas.event import InvalidEvent, Limits, event_from_mapping
-from streams.config import Config
+from streams.ops.config import Config
 
 # Producing history is allowed: only the far future is refused, as the processor does.
 _PRODUCE_LIMITS = Limits()
