@@ -211,7 +211,7 @@ def load(dt: DevTools, path: Path) -> tuple[list[str], list[str]]:
 
 
 # Per plot: its declared points, and what its SVG actually drew (polyline vertices, bars,
-# circles, markers) and how big it is on screen.
+# circles, markers and their boxes, threshold lines) and how big it is on screen.
 _PLOTS_JS = """
 JSON.stringify(Array.from(document.querySelectorAll('figure.plot')).map(f => {
   const svg = f.querySelector('svg');
@@ -220,20 +220,59 @@ JSON.stringify(Array.from(document.querySelectorAll('figure.plot')).map(f => {
   f.querySelectorAll('polyline.series').forEach(p => { vertices += p.points.numberOfItems; });
   const bars = Array.from(f.querySelectorAll('rect.bar'))
     .filter(r => r.getBBox().width > 0).length;
+  const markers = Array.from(f.querySelectorAll('path.marker')).map(m => {
+    const b = m.getBoundingClientRect();
+    return {run: m.dataset.run, detector: m.dataset.detector, pages: Number(m.dataset.pages),
+            title: m.querySelector('title').textContent,
+            left: b.left, right: b.right, top: b.top, bottom: b.bottom};
+  });
+  const observed = f.querySelector('polyline.observed');
+  const yAxis = Array.from(f.querySelectorAll('line.axis')).map(l => l.getBoundingClientRect())
+    .reduce((a, b) => (b.height > a.height ? b : a), {height: 0, bottom: 0});
+  const low = observed ? observed.getBoundingClientRect().bottom : 0;
   return {
     kind: f.dataset.plot, machine: f.dataset.machine || null,
     points: Number(f.dataset.points), markers: Number(f.dataset.markers || 0),
     vertices: vertices, bars: bars,
     circles: f.querySelectorAll('circle').length,
-    drawn_markers: f.querySelectorAll('path.marker').length,
+    drawn_markers: markers,
+    legend_detectors: Array.from(f.querySelectorAll('.legend .det'))
+      .map(s => s.textContent.trim()),
     band: f.querySelectorAll('polygon.band').length,
+    thresholds: f.querySelectorAll('polyline.threshold').length,
+    off_scale: f.querySelectorAll('polyline.off-scale').length,
+    note: (f.querySelector('text.note') || {textContent: ''}).textContent,
+    // How high the observed rate's lowest point stands, as a share of the plot's height.
+    observed_floor: yAxis.height ? (yAxis.bottom - low) / yAxis.height : 0,
     width: box.width, height: box.height,
   };
 }))
 """
 
+# Per pages table: its config, declared page count, header, and each row's cells and height.
+_PAGES_JS = """
+JSON.stringify(Array.from(document.querySelectorAll('table.pages')).map(t => ({
+  run: t.dataset.run, pages: Number(t.dataset.pages),
+  width: t.getBoundingClientRect().width,
+  head: Array.from(t.rows[0].cells).map(c => c.textContent),
+  rows: Array.from(t.rows).slice(1).map(r => ({
+    cells: Array.from(r.cells).map(c => c.textContent),
+    height: r.getBoundingClientRect().height,
+  })),
+})))
+"""
 
-def _report(tmp_path: Path) -> Path:
+
+def _overlap(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return (
+        a["left"] < b["right"]
+        and b["left"] < a["right"]
+        and a["top"] < b["bottom"]
+        and b["top"] < a["bottom"]
+    )
+
+
+def _report(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
     """A backtest of three machines (a fan-out, a rate burst, a quiet one) with a tuned config
     against the defaults, rendered to HTML."""
     a, b, c = "billing-api-6f7c9d8b4-q2w7x", "ingest-worker-07", "reporting-cron-1"
@@ -251,11 +290,11 @@ def _report(tmp_path: Path) -> Path:
     doc = backtest(src, Options(new_cfg, str(tuned), load_config(), "defaults", top_machines=3))
     out = tmp_path / "report.html"
     out.write_text(render_html(doc), encoding="utf-8")
-    return out
+    return out, doc
 
 
 def test_report_renders_every_plot_offline_in_chromium(browser: DevTools, tmp_path: Path) -> None:
-    report = _report(tmp_path)
+    report, doc = _report(tmp_path)
     errors, requests = load(browser, report)
     assert errors == []
     assert requests == [report.resolve().as_uri()]
@@ -268,14 +307,56 @@ def test_report_renders_every_plot_offline_in_chromium(browser: DevTools, tmp_pa
         assert p["width"] > 300 and p["height"] > 50, p
         if p["kind"] == "machine":
             assert p["vertices"] == p["points"], p
-            assert p["band"] >= 1, p  # the learned band was drawn
-            assert p["drawn_markers"] == p["markers"], p
+            # The learned threshold is shown: shaded band up to it, or on the top edge.
+            assert p["band"] + p["off_scale"] >= 1 and p["thresholds"] >= 1, p
+            if p["off_scale"]:
+                assert "page threshold above this scale" in p["note"], p
+            markers = p["drawn_markers"]
+            assert sum(mk["pages"] for mk in markers) == p["markers"], p
+            for mk in markers:
+                assert mk["detector"] in p["legend_detectors"], (mk, p["legend_detectors"])
+                assert mk["detector"] in mk["title"], mk
+            for i, a in enumerate(markers):
+                for b in markers[i + 1 :]:
+                    assert not _overlap(a, b), (a, b)
         elif p["kind"] == "noisiest":
             assert p["bars"] > 0, p
         else:
             assert p["vertices"] == p["points"] and p["circles"] > 0, p
-    paged = {p["machine"]: p["markers"] for p in plots if p["kind"] == "machine"}
-    assert paged["ingest-worker-07"] > 0 and paged["billing-api-6f7c9d8b4-q2w7x"] > 0
+    by_machine = {p["machine"]: p for p in plots if p["kind"] == "machine"}
+    assert by_machine["ingest-worker-07"]["markers"] > 0
+    assert by_machine["billing-api-6f7c9d8b4-q2w7x"]["markers"] > 0
+    # Both configs page the fan-out at the same moment: two markers, one per config.
+    fan_out_runs = {
+        mk["run"]
+        for mk in by_machine["ingest-worker-07"]["drawn_markers"]
+        if mk["detector"] == "new_resource"
+    }
+    assert fan_out_runs == {"new", "old"}
+    # A steady machine far below its threshold: the y-axis follows its rate, which stands
+    # well up the plot instead of lying on the axis under shading up to a far-off floor.
+    quiet = by_machine["reporting-cron-1"]
+    assert quiet["off_scale"] >= 1 and quiet["band"] == 0, quiet
+    assert quiet["observed_floor"] > 0.5, quiet
+
+    tables = json.loads(browser.send("Runtime.evaluate", expression=_PAGES_JS)["result"]["value"])
+    assert [t["run"] for t in tables] == ["new", "old"]
+    for t in tables:
+        pages = doc["runs"][t["run"]]["page_list"]
+        assert t["pages"] == len(pages) == len(t["rows"]) > 0, t
+        assert t["width"] > 300
+        assert t["head"] == ["time (UTC)", "machine", "detector", "severity", "summary"]
+        expected = sorted(
+            (
+                [p["event_time"], p["machine_id"], p["detector"], p["severity"], p["summary"]]
+                for p in pages
+            ),
+            key=lambda row: row[0],
+        )
+        shown = [r["cells"] for r in t["rows"]]
+        assert [row[1:] for row in shown] == [row[1:] for row in expected]
+        assert [row[0] for row in shown] == [row[0][:19].replace("T", " ") for row in expected]
+        assert all(r["height"] > 5 for r in t["rows"]), t
 
     metrics = browser.send("Page.getLayoutMetrics")
     size = metrics["cssContentSize"]

@@ -574,6 +574,19 @@ def _run_json(run: Run, events_by_machine: Counter[str], episodes: list[PagedEpi
             **s.overall_json(),
             "kinds": [k.to_json() for k in s.kinds],
         }
+        # Beside page_list, not in it: page_list stays exactly what replay writes. The report
+        # lists each page with its verdict; a page before --score-from has none (null).
+        verdicts = {id(v.alert): v for v in s.verdicts}
+        out["page_verdicts"] = [
+            None
+            if (v := verdicts.get(id(p))) is None
+            else {
+                "true": v.true,
+                "malicious": sorted({e.kind for e in v.malicious}),
+                "benign": sorted({e.kind for e in v.benign}),
+            }
+            for p in run.pages
+        ]
     return out
 
 
