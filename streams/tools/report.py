@@ -64,6 +64,7 @@ svg text.lane { font-size: 10px; fill: #777; }
 table.pages td { vertical-align: top; }
 table.pages td:nth-child(-n+2) { white-space: nowrap; }
 td.true { color: #080; } td.false { color: #b00; } td.none { color: #777; }
+td.true, td.false, td.none { white-space: nowrap; }
 .legend { font-size: 12px; color: #444; }
 .legend span { margin-right: 14px; white-space: nowrap; }
 .sw { display: inline-block; width: 14px; height: 10px; margin-right: 4px;
