@@ -9,6 +9,7 @@ processing guarantee.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from detectors.core import MACHINE, DetectionCore
 from detectors.peers import GROUP_KINDS
 from schemas.alert import Alert
 from schemas.codec import (
+    MAGIC,
     RejectedInput,
     SchemaResolver,
     TransientSchemaError,
@@ -49,6 +51,9 @@ class Origin:
     offset: int | None
 
     def __str__(self) -> str:
+        if self.partition is None:
+            # A record read from a file (replay and the other file tools): offset is its line.
+            return f"{self.topic}:{self.offset}"
         return f"{self.topic}[{self.partition}]@{self.offset}"
 
 
@@ -84,6 +89,41 @@ def archive_key(event: AuditEvent) -> str:
     """The archive record's key: the machine and the event id, so an event id that another
     machine reuses is a record of its own and never overwrites one on compaction."""
     return event.machine_id + KEY_SEP + event.event_id
+
+
+# `"event_id": "..."` in JSON text the parser rejects: the string literal, escapes and all.
+_EVENT_ID_FIELD = re.compile(rb'"event_id"\s*:\s*("(?:[^"\\]|\\.)*")')
+_MAX_EVENT_ID_CHARS = 256  # the longest event_id validation accepts (schemas.event)
+_UNPARSED = object()
+
+
+def recover_event_id(value: bytes | None, max_bytes: int) -> str | None:
+    """The event_id a rejected message's JSON carries, for its dead letter; only called for
+    messages already rejected, so accepted events are never parsed twice.
+
+    From the parsed object when the value is JSON; from the first `"event_id": "..."` of its
+    first `max_bytes` when it is not (cut short, a stray comma) or is too long to parse. None
+    for Avro, and for anything but a non-empty string validation would accept: nothing is made
+    up. Never raises."""
+    if not value or value[0] == MAGIC:
+        return None
+    found: object = _UNPARSED
+    if len(value) <= max_bytes:
+        try:
+            parsed = orjson.loads(value)
+        except ValueError:  # orjson.JSONDecodeError, recursion limit included
+            pass
+        else:
+            found = parsed.get("event_id") if isinstance(parsed, dict) else None
+    if found is _UNPARSED:
+        m = _EVENT_ID_FIELD.search(value, 0, max_bytes)
+        try:
+            found = orjson.loads(m.group(1)) if m is not None else None
+        except ValueError:
+            found = None
+    if isinstance(found, str) and 0 < len(found) <= _MAX_EVENT_ID_CHARS:
+        return found
+    return None
 
 
 class MemoryStore:
@@ -177,18 +217,22 @@ class Processor:
                 value=value,
                 max_value_bytes=self.limits.max_value_bytes,
                 rejected_at_ms=self.clock(),
-                event_id=e.event_id,
+                # Decode and validation failures come without one; whoever looks the message up
+                # later searches by the id its producer gave it.
+                event_id=e.event_id
+                if e.event_id is not None
+                else recover_event_id(value, self.limits.max_value_bytes),
             ),
         )
 
-    def _decode(self, value: bytes | None) -> tuple[AuditEvent, str, int]:
+    def _decode(self, value: bytes | None, fmt: str) -> tuple[AuditEvent, str, int]:
         """(event, original format, processing time of the successful decode)."""
         delay = 0.5
         while True:
             now = self.clock()
             try:
                 d = decode_event(
-                    value, fmt=self.fmt, resolver=self.resolver, limits=self.limits, now_ms=now
+                    value, fmt=fmt, resolver=self.resolver, limits=self.limits, now_ms=now
                 )
                 return d.event, d.original_format, now
             except TransientSchemaError as e:
@@ -200,13 +244,18 @@ class Processor:
                 delay = min(delay * 2, 30.0)
 
     def decode(
-        self, value: bytes | None, key: bytes | None, origin: Origin
+        self,
+        value: bytes | None,
+        key: bytes | None,
+        origin: Origin,
+        input_format: str | None = None,
     ) -> tuple[AuditEvent, str, int] | Output:
         """The event, its original format and the processing time of the decode; or the dead
-        letter that rejects the message."""
+        letter that rejects the message. `input_format`: auto, avro or json, for input whose
+        encoding is known (default: the configured `input.format`)."""
         self.metrics["events_in"] += 1
         try:
-            event, fmt, now = self._decode(value)
+            event, fmt, now = self._decode(value, input_format or self.fmt)
         except RejectedInput as e:
             log.info("dead letter %s at %s: %s", e.reason, origin, e.message)
             return self.dead_letter(e, key, value, origin)
@@ -267,12 +316,13 @@ class Processor:
         store: Store,
         original_format: str | None = None,
         archive: bool = True,
+        input_format: str | None = None,
     ) -> tuple[list[Output], AuditEvent | None]:
         """Decode, validate and dedupe one message. Returns the records to write and the event
         to run detection on (None for an invalid message or an exact re-send). `archive`:
         False for callers that write no archive (replay and the other file tools), which then
-        get no archive record to discard."""
-        decoded = self.decode(value, key, origin)
+        get no archive record to discard. `input_format`: see `decode`."""
+        decoded = self.decode(value, key, origin, input_format)
         if isinstance(decoded, Output):
             return [decoded], None
         event, fmt, now = decoded
@@ -282,9 +332,17 @@ class Processor:
         return outputs, event if new else None
 
     def ingest_record(self, rec: RawRecord, store: Store) -> tuple[list[Output], AuditEvent | None]:
-        """`ingest` of a record read from a file, for the file tools: they write no archive."""
+        """`ingest` of a record read from a file, for the file tools: they write no archive.
+        Every file record is JSON text (see streams.tools.readers), so one that does not parse
+        is a JSON error, whatever its first byte and whatever `input.format` says of topics."""
         return self.ingest(
-            rec.value, None, Origin(rec.path, None, rec.line), store, rec.original_format, False
+            rec.value,
+            None,
+            Origin(rec.path, None, rec.line),
+            store,
+            rec.original_format,
+            False,
+            input_format="json",
         )
 
     def detect(

@@ -236,6 +236,38 @@ def test_odd_digit_timestamp_is_dead_lettered(processor: Processor, store: Memor
     assert decode_wire(out.value, "dead_letter")["reason"] == "bad_timestamp"
 
 
+@pytest.mark.parametrize(
+    ("value", "reason", "event_id"),
+    [
+        (as_json(event(event_id="e-7", outcome="MAYBE")), "invalid_field", "e-7"),
+        (
+            as_json(event(event_id="e-8", timestamp=NOW_MS + 7_200_000)),
+            "timestamp_in_future",
+            "e-8",
+        ),
+        (orjson.dumps({"event_id": "e-9", "machine_id": MACHINE}), "missing_field", "e-9"),
+        (
+            b'{"event_id": "e-\\"10\\"", "timestamp": 17672256, "machine_id": "ord',
+            "json_decode_error",
+            'e-"10"',
+        ),
+        (b' {"machine_id": "x", "event_id": "e-11",}', "json_decode_error", "e-11"),
+        # Nothing to recover, and nothing made up.
+        (as_json(event(event_id=7)), "invalid_field", None),
+        (b'{"event_id": ["e-12"], "timestamp": ', "json_decode_error", None),
+        (b'{"attributes": {"k": "v"}, "timestamp": "x"', "json_decode_error", None),
+        (as_json(event(event_id="x" * 300)), "oversize", None),
+        (b"\x00\x00\x00\x00\x07" + b'"event_id": "e-14"', "unknown_schema_id", None),
+    ],
+)
+def test_dead_letters_keep_the_event_id_the_message_had(
+    processor: Processor, store: MemoryStore, value: bytes, reason: str, event_id: str | None
+) -> None:
+    out = only(processor.handle(value, None, ORIGIN, store), "deadletter")
+    record = decode_wire(out.value, "dead_letter")
+    assert (record["reason"], record["event_id"]) == (reason, event_id)
+
+
 def test_detector_exception_does_not_stop_the_pipeline(
     processor: Processor, store: MemoryStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 
 import fastavro
@@ -13,6 +14,7 @@ import streams.tools.replay as replay_module
 from schemas.codec import BundledSchemas
 from schemas.event import Limits, event_from_mapping
 from schemas.registry import parsed
+from streams.cli.main import main
 from streams.ops.config import load_config
 from streams.processor import Processor
 from streams.tools.partitioning import PartitionedDetection
@@ -115,3 +117,57 @@ def test_replay_in_several_processes_keeps_one_clock(
         pages[workers] = buf.getvalue()
     assert b'"new_identity"' in pages[1]
     assert pages[2] == pages[1]
+
+
+def test_a_line_that_is_not_json_is_dead_lettered_as_such_with_its_file_and_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = [orjson.dumps(e) for e in steady("orders-api", ["postgres://db/t"], BASE_MS, 3)]
+    lines = [
+        good[0],
+        b"GET /healthz HTTP/1.1 200",  # a stray access-log line in the capture
+        b'{"event_id": "e-cut", "timestamp": 1767225600000, "machine_id": "orders-',
+        *good[1:],
+    ]
+    path = tmp_path / "capture.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    dead = io.BytesIO()
+    with caplog.at_level(logging.INFO, logger="auditwatch.processor"):
+        result = replay(load_config(), [str(path)], io.BytesIO(), deadletter_out=dead)
+    assert (result.records, result.events) == (5, 3)
+    assert result.dead_letters == {"json_decode_error": 2}
+    letters = [orjson.loads(line) for line in dead.getvalue().splitlines()]
+    assert [(d["file"], d["line"], d["reason"]) for d in letters] == [
+        (str(path), 2, "json_decode_error"),
+        (str(path), 3, "json_decode_error"),
+    ]
+    # The parser's own words, as the live pipeline's dead letters give them.
+    assert all(d["message"].startswith("not valid JSON: ") for d in letters)
+    assert "line 1 column 1" in letters[0]["message"]
+    assert [d["event_id"] for d in letters] == [None, "e-cut"]
+    logged = [r.getMessage() for r in caplog.records if r.name == "auditwatch.processor"]
+    assert any(f"at {path}:2:" in m for m in logged), logged
+    assert not any("[None]" in m for m in logged), logged
+
+
+def test_a_capture_shorter_than_the_warm_up_says_every_machine_is_still_learning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    short = tmp_path / "short.jsonl"
+    events = steady("orders-api", ["postgres://db/t"], BASE_MS + 5 * 60_000, 20 * 60, 10_000)
+    short.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
+    out = tmp_path / "pages.jsonl"
+    assert main(["replay", "-q", str(short), "--alerts-out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "0 pages" in err
+    # The first event is at 00:05 UTC and the warm-up is an hour of event time.
+    assert "every machine is still learning" in err
+    assert "2026-01-01 01:05:00 UTC" in err
+    assert "20 min" in err and "1 h" in err
+
+    events, _ = scenario()  # three hours, with anomalies: pages, and nothing said of learning
+    long = tmp_path / "long.jsonl"
+    long.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
+    assert main(["replay", "-q", str(long), "--alerts-out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert " 0 pages" not in err and "learning" not in err

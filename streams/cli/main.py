@@ -224,10 +224,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
         if dl is not None:
             dl.close()
     dead = ", ".join(f"{k} {v}" for k, v in sorted(result.dead_letters.items())) or "none"
+    learning = result.still_learning()
     print(
         f"replayed {result.records:,} records: {result.events:,} events, "
         f"{result.duplicates:,} duplicates, dead letters: {dead}; "
-        f"{result.pages} pages written to {args.alerts_out}",
+        f"{result.pages} pages written to {args.alerts_out}"
+        + (f": {learning}" if learning else ""),
         file=sys.stderr,
     )
     return 0
@@ -296,7 +298,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     min_rank = SEVERITY_RANK[args.min_severity]
     since_ms = _since_ms(args.since)
     machines: list[str] = args.machine or []
-    rows: list[list[str]] = []
+    rows: list[tuple[int, list[str]]] = []  # (event time in us, row)
     console: Any = None
     control: ControlReader | None = None
     if not args.json:
@@ -337,9 +339,12 @@ def cmd_alerts(args: argparse.Namespace) -> int:
                 board.update(a, _oncall(a, control))
                 live.update(board.table())
             elif args.follow:
-                console.print(_alert_line(a, _oncall(a, control)))
+                # One line per state whatever its length: whoever reads the pipe (grep, a log
+                # shipper) takes a line as a state, so nothing may wrap it at a width.
+                console.print(_alert_line(a, _oncall(a, control)), soft_wrap=True)
             else:
-                rows.append(format_alert_row(a, _oncall(a, control)))
+                row = format_alert_row(a, _oncall(a, control))
+                rows.append((parse_timestamp_us(a["event_time"]), row))
     except KeyboardInterrupt:
         return 0
     finally:
@@ -348,7 +353,10 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         if control is not None:
             control.stop()
     if console is not None and not args.follow:
-        _print_table(console, rows)
+        # The topic interleaves partitions (and workers): the table reads in event time, ties
+        # in the order the states were written.
+        rows.sort(key=lambda tr: tr[0])
+        _print_table(console, [row for _, row in rows])
     return 0
 
 
@@ -363,12 +371,14 @@ def _alert_line(a: dict[str, Any], oncall: str = "") -> str:
     sev = str(a["severity"])
     level = escape(f"{sev.upper():8}")
     style = _STYLE.get(sev)
+    # Whoever is paged needs the first step too; a resolved state asks for nothing.
+    hint = a.get("hint") if a["status"] != "resolved" else None
     return (
         (f"[{style}]{level}[/]" if style else level)
         + " "
         + escape(
-            f"{a['event_time'][:19].replace('T', ' ')} {a['status']:9} {a['detector']:13} "
-            f"{a['machine_id']}: {a['summary']} "
+            f"{a['event_time'][:19].replace('T', ' ')} UTC {a['status']:9} {a['detector']:13} "
+            f"{a['machine_id']}: {a['summary']} " + (f"what to check: {hint} " if hint else "")
         )
         + f"[dim]{escape(str(a['alert_id']) + (' (' + oncall + ')' if oncall else ''))}[/]"
     )

@@ -25,6 +25,7 @@ import getpass
 import logging
 import os
 import re
+import sys
 import threading
 import time
 import uuid
@@ -494,6 +495,20 @@ def publish(cfg: Config, record: ControlRecord, timeout: float = 30.0) -> None:
         )
 
 
+class UnknownAlert(LookupError):
+    """A decision about an alert id that neither the alerts topic nor the control topic knows:
+    a typo, or an id from another deployment. Recording it would report success for nothing."""
+
+
+def alert_exists(cfg: Config, alert_id: str, timeout: float = 30.0) -> bool:
+    """Whether any state of `alert_id` is on the alerts topic (its records are keyed by alert
+    id, so keys are compared and no value is parsed); stops at the first one."""
+    from streams.tools.reading import read_topic
+
+    wanted = alert_id.encode()
+    return any(msg.key() == wanted for msg in read_topic(cfg, cfg.topics.alerts, timeout=timeout))
+
+
 def apply_action(
     cfg: Config,
     alert_id: str,
@@ -504,7 +519,9 @@ def apply_action(
 ) -> ControlRecord:
     """Publish `action` as the alert's record for its aspect (`ALERT_ID:ack` or
     `ALERT_ID:snooze`), so a concurrent decision about the other aspect is never lost; returns
-    the alert's control state as this decision leaves it."""
+    the alert's control state as this decision leaves it. Raises `UnknownAlert` for an alert
+    that no topic knows: one with earlier decisions counts as known (its states may have
+    expired from the alerts topic since)."""
     if not _ALERT_ID.match(alert_id):
         raise ValueError(
             f"{alert_id!r} is not an alert id (they look like a-0123456789abcdef01234567)"
@@ -512,7 +529,13 @@ def apply_action(
     require_topic(cfg)
     now = int(time.time() * 1000) if now_ms is None else now_ms
     until = None if for_s is None else now + int(for_s * 1000)
-    state = decide(read_state(cfg).get(alert_id), alert_id, action, by, now, until)
+    current = read_state(cfg).get(alert_id)
+    if current is None and not alert_exists(cfg, alert_id):
+        raise UnknownAlert(
+            f"no such alert {alert_id!r}: no state of it on {cfg.topics.alerts} and no decision "
+            f"about it on {cfg.topics.control} (`auditwatch alerts` lists them)"
+        )
+    state = decide(current, alert_id, action, by, now, until)
     # The whole state as seen now goes along, for readers that predate aspects; readers
     # that know aspects take only this aspect's fields from it.
     publish(cfg, replace(state, aspect=aspect_of(action)))
@@ -541,6 +564,10 @@ def _cmd_action(args: argparse.Namespace) -> int:
         record = apply_action(cfg, args.alert_id, args.alerts_action, args.by, for_s)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    except UnknownAlert as e:
+        # Well formed, but about nothing: an error of fact (1), not of usage (2).
+        print(f"auditwatch: error: {e}", file=sys.stderr)
+        return 1
     what = {
         "ack": f"acknowledged by {record.by}: repeats no longer page",
         "unack": "no longer acknowledged: escalations page again",

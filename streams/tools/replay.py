@@ -25,7 +25,7 @@ from typing import IO
 import orjson
 
 from schemas.codec import BundledSchemas, decode_wire
-from schemas.event import AuditEvent
+from schemas.event import AuditEvent, format_rfc3339_ms
 from streams.ops.config import Config
 from streams.processor import MemoryStore, Processor
 from streams.tools.partitioning import PartitionedDetection
@@ -40,6 +40,42 @@ class ReplayResult:
     alerts: Counter[str] = field(default_factory=Counter)
     dead_letters: Counter[str] = field(default_factory=Counter)
     duplicates: int = 0
+    first_event_ms: int | None = None
+    last_event_ms: int | None = None
+    # Set when no page was written and the capture is shorter than the shortest warm-up any
+    # machine has: every machine was still learning, none could have been judged.
+    warmup_s: int | None = None
+
+    @property
+    def learning_until_ms(self) -> int | None:
+        """The event time from which the first machines would be judged, when the capture
+        ended before it (see `warmup_s`); None otherwise."""
+        if self.warmup_s is None or self.first_event_ms is None:
+            return None
+        return self.first_event_ms + self.warmup_s * 1000
+
+    def still_learning(self) -> str | None:
+        """Why a replay wrote no page, when the capture was too short for any: in words."""
+        until = self.learning_until_ms
+        if until is None or self.warmup_s is None or self.last_event_ms is None:
+            return None
+        assert self.first_event_ms is not None
+        when = format_rfc3339_ms(until)[:19].replace("T", " ")
+        span = _duration(self.last_event_ms - self.first_event_ms)
+        return (
+            f"every machine is still learning until {when} UTC at the earliest: the capture "
+            f"spans {span} of event time, the warm-up (detectors.warmup_s) is "
+            f"{_duration(self.warmup_s * 1000)}; replay a longer capture to have machines judged"
+        )
+
+
+def _duration(ms: int) -> str:
+    s = ms / 1000
+    if s < 60:
+        return f"{s:.0f} s"
+    if s < 3600:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f}".removesuffix(".0") + " h"
 
 
 def replay(
@@ -74,6 +110,7 @@ def replay(
                                 "message": dl["message"],
                                 "file": rec.path,
                                 "line": rec.line,
+                                "event_id": dl["event_id"],
                                 "value": rec.value.decode("utf-8", "replace")[:2000],
                             }
                         )
@@ -113,6 +150,19 @@ def replay(
         result.pages += len(pages)
     for _i, value in heapq.merge(*(pages for pages, _ in parts), key=lambda page: page[0]):
         alerts_out.write(value + b"\n")
+    if events:
+        result.first_event_ms = events[0].timestamp_ms
+        result.last_event_ms = events[-1].timestamp_ms
+        # The least event time any machine needs from the capture's first event before it is
+        # judged, by itself or by its peer group: `warmup_s`, of the base settings or of an
+        # override.
+        config = processor.core.config
+        warmup_s = min(
+            [config.warmup_s]
+            + [int(v) for o in config.overrides for k, v in o.settings if k == "warmup_s"]
+        )
+        if not result.pages and result.last_event_ms - result.first_event_ms < warmup_s * 1000:
+            result.warmup_s = warmup_s
     return result
 
 
