@@ -108,9 +108,34 @@ def test_the_floor_phase_archives_everything_on_its_own_clock(
     assert r["pipeline_eps"] is None
 
 
+def test_two_exactly_once_workers_archive_every_event_once_between_them(
+    bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AUDITWATCH_BOOTSTRAP", bootstrap)
+    r = _bench(
+        tmp_path,
+        "--events", "3000",
+        "--machines", "100",
+        "--skip", "auditwatch,faust,replay,latency,eos,restore,state",
+        "--with", "pair",
+    )  # fmt: skip
+    pair = r["phases"]["pair"]
+    assert r["complete"]["pair"] is True, pair
+    archive = r["checks"]["pair"]["archive"]
+    assert archive["pass"] is True and archive["duplicates"] == 0, archive
+    # Both were members of the one group (each with its own instance id and state dir).
+    assert sorted(pair["assignment"]) == ["pair-0", "pair-1"], pair["assignment"]
+    assert len(pair["cpu_s_by_worker"]) == 2
+    assert isinstance(r["pair_eps"], int) and r["pair_eps"] > 0
+    assert r["targets"]["eos_run_vs_ceiling"]["value"] is None  # eos_run did not run
+
+
 def test_an_unknown_optional_phase_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--with", "floor,turbo"]) == 2
-    assert "unknown phase(s) in --with: turbo; optional: floor" in capsys.readouterr().err
+    assert (
+        "unknown phase(s) in --with: turbo; optional: floor, eos_run, pair"
+        in capsys.readouterr().err
+    )
 
 
 def test_the_removed_engine_phase_is_refused_with_the_reason(

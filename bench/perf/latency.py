@@ -119,19 +119,27 @@ def latency_phase(
     rate: float,
     seconds: float,
     timeout: float,
+    commit_interval_s: float | None = None,
 ) -> PhaseResult:
     """Warm up on `warmup` events, then offer `rate` events/s for `seconds`; everything,
-    warm-up included, ends by `timeout` seconds after the worker started."""
+    warm-up included, ends by `timeout` seconds after the worker started.
+    `commit_interval_s` overrides the run's commit interval for this phase."""
     result = PhaseResult(name)
     ds = run.dataset
     timed = min(int(rate * seconds), max(ds.events - warmup, 0))
     warmup = min(warmup, ds.events - timed)
-    cfg, path = run.config(name, guarantee=guarantee, input_topic=f"{run.prefix}.{name}.events")
+    interval = run.commit_interval_s if commit_interval_s is None else commit_interval_s
+    cfg, path = run.config(
+        name,
+        guarantee=guarantee,
+        input_topic=f"{run.prefix}.{name}.events",
+        kafka={"commit_interval_s": interval},
+    )
     ensure_topics(cfg)
     produce_records(cfg, cfg.topics.events, ds.records(0, warmup))
     counter = CommittedCounter(cfg, cfg.topics.archive)
     # Under exactly-once the last outputs become visible at the next commit.
-    settle = run.commit_interval_s + 1.0 if guarantee == "exactly-once" else 1.0
+    settle = interval + 1.0 if guarantee == "exactly-once" else 1.0
     worker = Worker(auditwatch_argv(path), run.dir / name / "worker.log", ROOT)
     reader: AlertReader | None = None
     sent_at = [0.0] * timed
@@ -186,7 +194,7 @@ def latency_phase(
     result.extra.update(
         {
             "guarantee": guarantee,
-            "commit_interval_s": run.commit_interval_s,
+            "commit_interval_s": interval,
             "alert_states": alerts,
             "timed_alerts": len(latencies),
             "percentiles_over": "alerts that arrived; a lower bound unless complete",

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
@@ -138,6 +139,57 @@ class Worker:
             return self.log_path.read_text(errors="replace")[-chars:]
         except OSError:
             return ""
+
+
+class Workers:
+    """Several workers of one consumer group, watched as one: CPU summed, peak RSS the
+    largest, alive while all are. Each gets its own copy of the config with its own state
+    directory (two workers must not share an event-id index or snapshots)."""
+
+    def __init__(self, argv: list[str], phase_dir: Path, n: int, cwd: Path) -> None:
+        config = Path(argv[argv.index("--config") + 1])
+        data = yaml.safe_load(config.read_text())
+        self.workers: list[Worker] = []
+        for i in range(n):
+            own = phase_dir / f"worker-{i}"
+            own.mkdir(parents=True, exist_ok=True)
+            data["kafka"]["state_dir"] = str(own / "state")
+            # Each its own metrics endpoint (any free port), as two pods would have.
+            data.setdefault("http", {})["port"] = 0
+            (own / "config.yaml").write_text(yaml.safe_dump(data))
+            args = [str(own / "config.yaml") if a == str(config) else a for a in argv]
+            env = {**os.environ, "AUDITWATCH_INSTANCE_ID": f"{phase_dir.name}-{i}"}
+            self.workers.append(Worker(args, own / "worker.log", cwd, env=env))
+        self.started = min(w.started for w in self.workers)
+        self.started_wall = min(w.started_wall for w in self.workers)
+        self.peak_rss_mb = 0.0
+        self.cpu_s = 0.0
+
+    @property
+    def pid(self) -> int:
+        return self.workers[0].pid
+
+    def sample(self) -> float | None:
+        cpus = [w.sample() for w in self.workers]
+        self.peak_rss_mb = max(w.peak_rss_mb for w in self.workers)
+        self.cpu_s = sum(w.cpu_s for w in self.workers)
+        return None if any(c is None for c in cpus) else self.cpu_s
+
+    def alive(self) -> bool:
+        return all(w.alive() for w in self.workers)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        codes = [w.stop(timeout) for w in self.workers]
+        return next((c for c in codes if c), 0)
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return "\n".join(
+            f"--- worker {i} ---\n{w.log_tail(chars // len(self.workers))}"
+            for i, w in enumerate(self.workers)
+        )
+
+    def cpu_by_worker(self) -> list[float]:
+        return [round(w.cpu_s, 2) for w in self.workers]
 
 
 def python_module(module: str, *args: str) -> list[str]:
@@ -275,7 +327,7 @@ def _r(x: float | None) -> float | None:
 
 
 def watch(
-    worker: Worker,
+    worker: Worker | Workers,
     counter: Callable[[], int],
     target: int,
     timeout: float,
@@ -446,6 +498,20 @@ def committed_count(cfg: Config, group: str, topic: str) -> int:
         return total
     finally:
         consumer.close()
+
+
+def group_assignment(cfg: Config, group: str) -> dict[str, list[str]]:
+    """What each member of a consumer group owns now, by its group.instance.id (or member
+    id): `topic[partition]` strings, sorted."""
+    admin = AdminClient(cfg.kafka.client_config())
+    desc = admin.describe_consumer_groups([group], request_timeout=10)[group].result()
+    out: dict[str, list[str]] = {}
+    for m in desc.members:
+        parts = m.assignment.topic_partitions if m.assignment is not None else []
+        out[m.group_instance_id or m.member_id] = sorted(
+            f"{tp.topic}[{tp.partition}]" for tp in parts
+        )
+    return out
 
 
 def delete_topics(cfg: Config, prefix: str) -> int:

@@ -20,11 +20,14 @@ import yaml
 
 from bench.perf.dataset import ROOT, Dataset
 from bench.perf.measure import (
+    CommittedCounter,
     Progress,
     TopicCounter,
     TopicKeys,
     Worker,
+    Workers,
     committed_count,
+    group_assignment,
     python_module,
     read_keys,
     read_values,
@@ -212,17 +215,32 @@ def kafka_phase(
     timeout: float,
     expected_ids: set[bytes],
     profile: Any = None,
+    workers: int = 1,
 ) -> PhaseResult:
-    """Start a worker over the shared input, time it to the end of its work, stop it, check
-    its archive, and read its pages (when it has an alerts stage)."""
+    """Start a worker (or `workers` of them in one consumer group, each with its own state
+    directory) over the shared input, time it to the end of its work, stop it, check its
+    archive, and read its pages (when it has an alerts stage)."""
     result = PhaseResult(name)
     ensure_topics(cfg)
-    counter = TopicCounter(cfg, cfg.topics.archive)
-    worker = Worker(argv, run.dir / name / "worker.log", ROOT)
+    # Transaction markers take offsets too, so watermarks overcount an exactly-once archive.
+    counter: TopicCounter | CommittedCounter = (
+        CommittedCounter(cfg, cfg.topics.archive)
+        if cfg.kafka.processing_guarantee == "exactly-once"
+        else TopicCounter(cfg, cfg.topics.archive)
+    )
+    worker: Worker | Workers = (
+        Worker(argv, run.dir / name / "worker.log", ROOT)
+        if workers == 1
+        else Workers(argv, run.dir / name, workers, ROOT)
+    )
     try:
         if profile is not None:
             profile.attach(worker.pid)
         result.progress = watch(worker, counter.count, run.dataset.events, timeout)
+        if isinstance(worker, Workers):
+            # Asked while both still run: how the group split the partitions between them.
+            result.extra["assignment"] = group_assignment(cfg, cfg.kafka.consumer_group)
+            result.extra["cpu_s_by_worker"] = worker.cpu_by_worker()
     finally:
         if profile is not None:
             profile.detach()
