@@ -243,3 +243,19 @@ def test_topic_replication_fits_the_single_broker(
     assert docker_config.topics.replication_factor <= brokers
     assert int(kafka_env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"]) <= brokers
     assert int(kafka_env["KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"]) <= brokers
+
+
+def test_the_local_broker_lives_under_the_repository_root(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # .ci/run tails .run/kafka/broker.log on failure and `make kafka-stop` finds the broker
+    # there: the module's defaults must name the repository's directories, wherever the
+    # module sits inside streams/.
+    from streams.ops import kafka_local
+
+    monkeypatch.delenv("AUDITWATCH_RUN_DIR", raising=False)
+    monkeypatch.delenv("AUDITWATCH_CACHE_DIR", raising=False)
+    root = Path(__file__).resolve().parent.parent
+    assert kafka_local.run_dir() == root / ".run" / "kafka"
+    assert kafka_local.cache_dir().parent.parent == root / ".cache" / "kafka"
+    assert (root / "pyproject.toml").is_file()

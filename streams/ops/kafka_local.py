@@ -79,7 +79,8 @@ LOG_TAIL_LINES = 40
 _BIND_ATTEMPTS = 3
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-REPO_ROOT = PACKAGE_DIR.parent
+# streams/ops/ -> the repository (a source checkout; `make install` is editable).
+REPO_ROOT = PACKAGE_DIR.parent.parent
 POM = PACKAGE_DIR / "kafka" / "pom.xml"
 KAFKA_JAR = f"kafka_{SCALA_VERSION}-{KAFKA_VERSION}.jar"
 
