@@ -235,7 +235,9 @@ def _since(text: str | None) -> int | None:
 
 def _require_topic(cfg: Config) -> None:
     from streams.cli.errors import UsageError
+    from streams.ops.broker import require_broker
 
+    require_broker(cfg)
     if not _topic_exists(cfg, cfg.topics.deadletter):
         raise UsageError(
             f"dead-letter topic {cfg.topics.deadletter!r} does not exist at "

@@ -19,6 +19,15 @@ from streams.tools.readers import FORMATS
 EPILOG = """\
 Quick start: `auditwatch demo` (local broker, processor, synthetic traffic with injected
 anomalies, alerts as they arrive). Every command takes --config FILE (YAML); see README.md.
+
+The broker is kafka.bootstrap_servers in the config file, else $AUDITWATCH_BOOTSTRAP, else
+the local broker of `auditwatch kafka start`, else 127.0.0.1:9092. Commands that read or
+write Kafka check it first and fail within seconds, naming the address; the services (run,
+webhook) wait for it instead, saying so in their log (and run on /readyz).
+
+Exit status: 0 done; 1 a runtime failure (broker unreachable, topic missing, a delivery
+failed), reported in one line (--log-level DEBUG adds the traceback); 2 a usage or config
+error; 130 interrupted.
 """
 
 
@@ -42,6 +51,13 @@ def _add_config(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _require_broker(cfg: Config) -> None:
+    """Fail within seconds, naming the address, if no broker answers there."""
+    from streams.ops.broker import require_broker
+
+    require_broker(cfg)
+
+
 def cmd_kafka(args: argparse.Namespace) -> int:
     from streams.ops import kafka_local
 
@@ -52,6 +68,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
     from streams.ops.topics import ensure_topics
 
     cfg = _config(args)
+    _require_broker(cfg)
     status = 0
     for r in ensure_topics(cfg):
         if r.created:
@@ -82,8 +99,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg.kafka.processing_guarantee,
         cfg.detectors.build().version(),
     )
-    processor = run(cfg, config_path=args.config, reload_poll_s=args.reload_poll)
-    print(orjson.dumps(dict(sorted(processor.metrics.items()))).decode(), file=sys.stderr)
+    # What it did (events, commits, partitions) is logged by the runtime as it stops.
+    run(cfg, config_path=args.config, reload_poll_s=args.reload_poll)
     return 0
 
 
@@ -149,6 +166,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
     if args.synthetic == bool(args.files):
         print("give event FILES or --synthetic (one of them)", file=sys.stderr)
         return 2
+    _require_broker(cfg)
     total: int | None
     if args.synthetic:
         events, total = _synthetic_events(args)
@@ -187,6 +205,7 @@ def cmd_seed(args: argparse.Namespace) -> int:
     cfg = _config(args)
     if args.from_archive == bool(args.files):
         raise UsageError("give event FILES or --from-archive (one of them)")
+    _require_broker(cfg)
     stats = SeedStats()
     ensure_topics(cfg)
     if args.from_archive:
@@ -295,6 +314,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     from streams.tools.reading import read_topic
 
     cfg = _config(args)
+    _require_broker(cfg)
     min_rank = SEVERITY_RANK[args.min_severity]
     since_ms = _since_ms(args.since)
     machines: list[str] = args.machine or []
@@ -683,14 +703,23 @@ def _setup_logging(args: argparse.Namespace) -> None:
     setup_logging(level, fmt)
 
 
-def _operational_error(e: BaseException) -> str:
+def _operational_error(e: BaseException, bootstrap: str | None = None) -> str:
     """One line for an error the operator can act on (a missing topic, an unreachable
-    broker), instead of a traceback."""
+    broker), instead of a traceback. A broker lost midway is named by its address."""
     from confluent_kafka import KafkaError, KafkaException
 
     if isinstance(e, KafkaException) and e.args and isinstance(e.args[0], KafkaError):
         err = e.args[0]
         text = f"Kafka: {err.str()} ({err.name()})"
+        lost = (
+            KafkaError._TRANSPORT,
+            KafkaError._ALL_BROKERS_DOWN,
+            KafkaError._RESOLVE,
+            KafkaError._TIMED_OUT,
+            KafkaError._MSG_TIMED_OUT,
+        )
+        if bootstrap and err.code() in lost:
+            text += f" (broker {bootstrap})"
     elif isinstance(e, TimeoutError):
         text = f"timed out: {e}" if str(e) else "timed out"
     else:
@@ -728,8 +757,19 @@ def main(argv: list[str] | None = None) -> int:
             args.command,
             exc_info=True,
         )
-        print(f"auditwatch: error: {_operational_error(e)}", file=sys.stderr)
+        print(f"auditwatch: error: {_operational_error(e, _bootstrap(args))}", file=sys.stderr)
         return 1
+
+
+def _bootstrap(args: argparse.Namespace) -> str | None:
+    """The broker's address and where it came from, for an error message."""
+    from streams.ops.broker import address_source
+
+    try:
+        cfg = _config(args)
+        return f"{cfg.kafka.bootstrap()}; {address_source(cfg)}"
+    except Exception:  # only to name the broker in an error message: never a second error
+        return None
 
 
 if __name__ == "__main__":

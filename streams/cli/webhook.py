@@ -44,6 +44,7 @@ from confluent_kafka import Consumer, KafkaError, Producer
 
 from schemas.alert import SEVERITIES, SEVERITY_RANK, Recent, state_identity
 from schemas.codec import encode_dead_letter
+from streams.ops.broker import wait_for_broker
 from streams.ops.config import Config, WebhookSettings, worst_case_delivery_s
 
 log = logging.getLogger("auditwatch.webhook")
@@ -145,12 +146,7 @@ class WebhookSender:
         self.max_backoff_s = max_backoff_s
         self.headers = headers or {}
         self.wait = wait or _sleep
-        # Chat webhook URLs carry their token in the path: logs name only the host.
-        try:
-            parts = urlsplit(url)
-            self.where = f"{parts.scheme}://{parts.netloc}"
-        except ValueError:
-            self.where = "(unparsable URL)"
+        self.where = describe_url(url)
 
     def _once(self, body: bytes, key: str) -> tuple[bool, bool, str, float | None]:
         """(delivered, worth retrying, detail, server's Retry-After)."""
@@ -208,6 +204,31 @@ class WebhookSender:
         return Delivery(False, self.max_attempts, detail)
 
 
+def describe_url(url: str) -> str:
+    """The endpoint as logs and the summary name it: scheme, host, port and path, which tell
+    one endpoint from another, without its secrets: credentials, the query string, and path
+    parts that look like a token (chat webhooks carry theirs in the path, e.g. Slack's
+    /services/T.../B.../<token>) keep only their first 4 characters."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "(unparsable URL)"
+    netloc = ("***@" if "@" in parts.netloc else "") + host + (f":{port}" if port else "")
+    path = "/".join(_mask_token(part) for part in parts.path.split("/"))
+    return f"{parts.scheme}://{netloc}{path}" + ("?***" if parts.query else "")
+
+
+def _mask_token(part: str) -> str:
+    letters = any(c.isalpha() for c in part)
+    digits = any(c.isdigit() for c in part)
+    # Long and mixed (a token, a GUID), or very long whatever it is made of.
+    if (len(part) >= 16 and letters and digits) or len(part) >= 40:
+        return part[:4] + "***"
+    return part
+
+
 def wanted(alert: dict[str, Any], settings: WebhookSettings) -> bool:
     return (
         alert.get("status") in settings.statuses
@@ -257,9 +278,12 @@ def run_webhook(
         headers={k: v.get_secret_value() for k, v in settings.headers.items()},
         wait=stop.wait,
     )
+    stats = Counter() if stats is None else stats
+    # A sink started before its broker (a restart of the whole deployment) waits for it.
+    if not wait_for_broker(cfg, stop, "webhook"):
+        return stats
     consumer = Consumer(consumer_config(cfg, settings))
     producer = Producer({**cfg.kafka.client_config(), "enable.idempotence": True})
-    stats = Counter() if stats is None else stats
     delivered = Recent()
     consumer.subscribe([cfg.topics.alerts])
     log.info(
@@ -408,8 +432,10 @@ def cmd_webhook(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     stats = run_webhook(cfg, settings, stop)
+    where = describe_url(settings.url.get_secret_value()) if settings.url else "(no URL)"
     print(
-        f"webhook: delivered {stats['delivered']}, dead-lettered {stats['dead_lettered']}, "
+        f"webhook {where}: delivered {stats['delivered']}, "
+        f"dead-lettered {stats['dead_lettered']}, "
         f"skipped {stats['skipped']} ({stats['attempts']} requests)",
         file=sys.stderr,
     )

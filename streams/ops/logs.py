@@ -103,6 +103,107 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
+LIBRDKAFKA_LOGGER = "auditwatch.librdkafka"
+# How long a connection failure, once logged as a warning, is logged at DEBUG only.
+_REPEAT_QUIET_S = 600.0
+# librdkafka facilities and texts of a broker that cannot be reached (yet): each client says
+# it for each connection attempt, every few hundred milliseconds.
+_TRANSPORT_FACILITIES = ("FAIL", "ERROR", "BROKERFAIL", "CONNECT")
+_TRANSPORT_TEXTS = (
+    "connect to",
+    "connection refused",
+    "failed to resolve",
+    "brokers are down",
+    "disconnected",
+    "timed out",
+    "connection setup timed out",
+)
+
+
+class LibrdkafkaFilter(logging.Filter):
+    """Levels for librdkafka's own log lines (confluent-kafka hands them to our
+    `auditwatch.librdkafka` logger as `FACILITY [client] text`), so they do not drown what
+    the command has to say.
+
+    - A broker that cannot be reached: librdkafka logs it as an error for every client and
+      every reconnect (14 lines before `alerts` gave up). The first line of each distinct
+      failure is a warning; its repeats within 10 minutes are DEBUG. The command says what
+      failed, with the address, in its own words.
+    - GETPID `Coordinator load in progress` / `Not coordinator`: the broker has no block of
+      producer ids yet. A KRaft broker fetches its first block from the controller on the
+      first InitProducerId after it starts and answers that request with
+      COORDINATOR_LOAD_IN_PROGRESS meanwhile (Kafka's RPCProducerIdManager), so the first
+      idempotent producer after every broker start (every `make demo` on a fresh broker) is
+      told to retry, and librdkafka does, within milliseconds. A normal start, not a warning:
+      INFO.
+    """
+
+    def __init__(self, clock: Any = None) -> None:
+        super().__init__()
+        import time
+
+        self._clock = clock or time.monotonic
+        self._seen: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        facility, text = _librdkafka_parts(record)
+        lowered = text.lower()
+        level = record.levelno
+        if facility == "GETPID" and (
+            "coordinator load in progress" in lowered or "not coordinator" in lowered
+        ):
+            level = logging.INFO
+        elif facility in _TRANSPORT_FACILITIES and any(t in lowered for t in _TRANSPORT_TEXTS):
+            level = logging.WARNING if self._first(_transport_key(text)) else logging.DEBUG
+        if level == record.levelno:
+            return True
+        if not logging.getLogger(record.name).isEnabledFor(level):
+            return False
+        record.levelno = level
+        record.levelname = logging.getLevelName(level)
+        return True
+
+    def _first(self, key: str) -> bool:
+        now = self._clock()
+        with self._lock:
+            last = self._seen.get(key)
+            if last is not None and now - last < _REPEAT_QUIET_S:
+                return False
+            if len(self._seen) > 256:  # distinct failures are few; never grow without bound
+                self._seen.clear()
+            self._seen[key] = now
+            return True
+
+
+def _librdkafka_parts(record: logging.LogRecord) -> tuple[str, str]:
+    """(facility, text) of a line confluent-kafka logged as `"%s [%s] %s", fac, client, text`."""
+    args = record.args
+    if isinstance(args, tuple) and len(args) == 3:
+        return str(args[0]), str(args[2])
+    message = record.getMessage()
+    facility, _, rest = message.partition(" ")
+    return facility, rest
+
+
+def _transport_key(text: str) -> str:
+    # "[thrd:127.0.0.1:1/bootstrap]: 127.0.0.1:1/bootstrap: Connect to ... (after 0ms in state
+    # CONNECT)": the same failure from another client or after another wait is a repeat.
+    text = text.split(" (after ", 1)[0]
+    if text.startswith("[thrd:"):
+        text = text.split("]: ", 1)[-1]
+    return text
+
+
+def install_librdkafka_filter() -> None:
+    """Once per process, whatever configured the handlers."""
+    logger = logging.getLogger(LIBRDKAFKA_LOGGER)
+    if not any(isinstance(f, LibrdkafkaFilter) for f in logger.filters):
+        logger.addFilter(LibrdkafkaFilter())
+
+
 class _Handler(logging.StreamHandler):
     """Ours, so a second setup_logging replaces it rather than adding another."""
 
@@ -112,6 +213,7 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     something else configured (an embedding program, pytest) alone."""
     if fmt not in FORMATS:
         raise ValueError(f"log format {fmt!r} is not one of {', '.join(FORMATS)}")
+    install_librdkafka_filter()
     root = logging.getLogger()
     ours = [h for h in root.handlers if isinstance(h, _Handler)]
     if len(ours) != len(root.handlers):

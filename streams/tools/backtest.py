@@ -187,9 +187,11 @@ def events_from_archive(
     """The archive topic's events with event time in [since, until), deduplicated by event_id
     (the reading `seed --from-archive` does: only the records archived within `slack_ms` of
     the range are fetched)."""
+    from streams.ops.broker import require_broker
     from streams.tools.seed import SeedStats
     from streams.tools.seed import events_from_archive as read_archive
 
+    require_broker(cfg)
     stats = SeedStats()
     events = read_archive(cfg, since_ms, until_ms, stats, slack_ms=slack_ms, progress=progress)
     events.sort(key=lambda e: e.ts_us)
