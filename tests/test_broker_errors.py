@@ -103,12 +103,15 @@ def test_the_help_documents_the_exit_statuses() -> None:
 # -- librdkafka's own lines ---------------------------------------------------------------------
 
 
-def librdkafka_records(lines: list[tuple[int, str, str]]) -> list[logging.LogRecord]:
-    """What the filter lets through when confluent-kafka logs `lines` (level, facility,
-    text) as it does: `logger.log(level, "%s [%s] %s", facility, client, text)`."""
-    logger = logging.getLogger(f"auditwatch.librdkafka.test{id(lines)}")
+def librdkafka_records(
+    lines: list[tuple[int, str, str]], shown: int = logging.INFO
+) -> list[logging.LogRecord]:
+    """What the filter lets through, from `shown` up, when confluent-kafka logs `lines`
+    (level, facility, text) as it does: `logger.log(level, "%s [%s] %s", facility, client,
+    text)`."""
+    logger = logging.getLogger(f"auditwatch.librdkafka.test{id(lines)}.{shown}")
     logger.propagate = False
-    logger.setLevel(logging.INFO)
+    logger.setLevel(shown)
     logger.addFilter(LibrdkafkaFilter())
     seen: list[logging.LogRecord] = []
 
@@ -138,11 +141,12 @@ def test_the_first_producer_id_of_a_fresh_broker_is_not_a_warning() -> None:
         "Broker: Coordinator load in progress: retrying"
     )
     other = "[thrd:main]: Topic x partition count changed from 8 to 4"
-    seen = librdkafka_records(
-        [(logging.WARNING, "GETPID", getpid), (logging.WARNING, "PARTCNT", other)]
-    )
+    lines = [(logging.WARNING, "GETPID", getpid), (logging.WARNING, "PARTCNT", other)]
+    seen = librdkafka_records(lines)
+    assert [r.args[0] for r in seen] == ["PARTCNT"]  # type: ignore[index]
+    seen = librdkafka_records(lines, shown=logging.DEBUG)
     assert [(r.levelname, r.args[0]) for r in seen] == [  # type: ignore[index]
-        ("INFO", "GETPID"),
+        ("DEBUG", "GETPID"),
         ("WARNING", "PARTCNT"),
     ]
 

@@ -134,8 +134,8 @@ class LibrdkafkaFilter(logging.Filter):
       first InitProducerId after it starts and answers that request with
       COORDINATOR_LOAD_IN_PROGRESS meanwhile (Kafka's RPCProducerIdManager), so the first
       idempotent producer after every broker start (every `make demo` on a fresh broker) is
-      told to retry, and librdkafka does, within milliseconds. A normal start, not a warning:
-      INFO.
+      told to retry, and librdkafka does, within milliseconds. A normal start that asks
+      nothing of anyone: DEBUG.
     """
 
     def __init__(self, clock: Any = None) -> None:
@@ -155,7 +155,7 @@ class LibrdkafkaFilter(logging.Filter):
         if facility == "GETPID" and (
             "coordinator load in progress" in lowered or "not coordinator" in lowered
         ):
-            level = logging.INFO
+            level = logging.DEBUG
         elif facility in _TRANSPORT_FACILITIES and any(t in lowered for t in _TRANSPORT_TEXTS):
             level = logging.WARNING if self._first(_transport_key(text)) else logging.DEBUG
         if level == record.levelno:
