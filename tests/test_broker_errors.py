@@ -308,3 +308,24 @@ def test_webhook_waits_for_a_dead_broker_and_keeps_the_url_path(tmp_path: Path) 
     assert "Traceback" not in text, text
     assert f"webhook {url}: delivered 0" in text, text
     assert text.count("rdkafka") <= 1, text
+
+
+@pytest.mark.kafka
+def test_run_stops_on_a_wrong_topic_layout_with_one_line_not_a_traceback(
+    stack: Any,
+) -> None:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    s: Stack = stack(http__port=0)
+    # The repartition topic with fewer partitions than the input: the worker cannot pair them.
+    admin = AdminClient(s.cfg.kafka.client_config())
+    admin.create_topics([NewTopic(s.cfg.topics.detect, 2, 1)])[s.cfg.topics.detect].result(30)
+    s.create_topics()
+    log = s.root / "layout.log"
+    proc = start(["run", "--config", str(s.config_path)], log, dead_env())
+    rc = proc.wait(120)
+    text = log.read_text()
+    assert rc == 1, text
+    assert "Traceback" not in text, text
+    [line] = [x for x in text.splitlines() if "ERROR" in x]
+    assert f"run stopped: {s.cfg.topics.detect} has 2 partitions" in line, text

@@ -748,16 +748,20 @@ def main(argv: list[str] | None = None) -> int:
 
         if not isinstance(e, (RuntimeError, TimeoutError, KafkaException)):
             raise
-        # A service that stops keeps its traceback in its log; a one-shot command shows it
-        # with --log-level DEBUG (for a bug report).
-        service = args.command in ("run", "webhook")
-        logging.getLogger("auditwatch").log(
-            logging.ERROR if service else logging.DEBUG,
-            "%s failed",
-            args.command,
-            exc_info=True,
-        )
-        print(f"auditwatch: error: {_operational_error(e, _bootstrap(args))}", file=sys.stderr)
+        message = _operational_error(e, _bootstrap(args))
+        log = logging.getLogger("auditwatch")
+        if args.command in ("run", "webhook"):
+            # A service says why it stopped in its log (in the log's format). What we raise on
+            # purpose (a topic layout, a broker that cannot be reached) and Kafka's own errors
+            # are told by their message; anything else may be a bug and keeps its traceback.
+            expected = isinstance(e, KafkaException) or type(e).__module__.startswith("streams.")
+            log.error("%s stopped: %s", args.command, message, exc_info=not expected)
+            if expected:
+                log.debug("%s stopped", args.command, exc_info=True)
+            return 1
+        # A one-shot command shows the traceback with --log-level DEBUG (for a bug report).
+        log.debug("%s failed", args.command, exc_info=True)
+        print(f"auditwatch: error: {message}", file=sys.stderr)
         return 1
 
 
