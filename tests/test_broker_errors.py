@@ -31,7 +31,7 @@ ONE_SHOT = [
     ["alerts", "--json"],
     ["deadletter", "list"],
     ["deadletter", "redrive", "--dry-run"],
-    ["produce", "--synthetic", "--hours", "0.05", "--machines", "2"],
+    ["produce", "--synthetic"],
     ["seed", "--from-archive"],
     ["backtest", "--archive"],
 ]
