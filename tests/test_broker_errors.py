@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -329,3 +330,13 @@ def test_run_stops_on_a_wrong_topic_layout_with_one_line_not_a_traceback(
     assert "Traceback" not in text, text
     [line] = [x for x in text.splitlines() if "ERROR" in x]
     assert f"run stopped: {s.cfg.topics.detect} has 2 partitions" in line, text
+
+
+def test_an_address_that_accepts_but_never_answers_fails_within_the_deadline() -> None:
+    # A listening socket that nobody serves: connections open, no Kafka answer ever comes
+    # (a wrong port on a busy host). Without the check, each client waited its own 30 s.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        rc, err, seconds = cli(["topics", "create"], dead_env(AUDITWATCH_BOOTSTRAP=address))
+    assert rc == 1 and seconds < 10, (seconds, err)
+    assert f"cannot reach the Kafka broker at {address}: no answer within 4 s" in err, err

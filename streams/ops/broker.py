@@ -23,7 +23,7 @@ from streams.ops.config import Config
 
 log = logging.getLogger("auditwatch.broker")
 
-CHECK_TIMEOUT_S = 5.0
+CHECK_TIMEOUT_S = 4.0
 # Each metadata request waits this long at most, so errors reported meanwhile are read soon.
 _SLICE_S = 0.5
 
