@@ -120,8 +120,8 @@ def probe(cfg: Config, timeout_s: float = CHECK_TIMEOUT_S) -> str | None:
             **cfg.kafka.client_config(),
             "logger": _Quiet(),
             "error_cb": errors.append,
-            # A broker whose metadata is slow to come is still a broker: the deadline below
-            # decides, not librdkafka's default 30 s socket setup timeout.
+            # A connection not set up by the deadline has failed (librdkafka's default waits
+            # 30 s, and reports nothing meanwhile).
             "socket.connection.setup.timeout.ms": max(1000, int(timeout_s * 1000)),
         }
     )
