@@ -1,8 +1,9 @@
 """`auditwatch demo`: the whole product on this machine in one command.
 
-Starts the local broker if none is running, creates a fresh set of demo topics, runs the
-processor as a child process, sends synthetic traffic with injected anomalies, prints alerts
-as they arrive, and stops what it started once the processor has caught up.
+Uses the broker named by $AUDITWATCH_BOOTSTRAP, else starts the local broker if none is
+running; creates a fresh set of demo topics, runs the processor as a child process, sends
+synthetic traffic with injected anomalies, prints alerts as they arrive, and stops what it
+started once the processor has caught up.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import orjson
@@ -30,9 +32,16 @@ PAGE_SEVERITIES = ("medium", "high", "critical")
 def demo(*, duration_limit_s: float = 300, rate: float = 5000) -> int:
     from streams.cli.main import _alert_line
 
-    started_broker = kafka_local.status() is None
-    bootstrap = kafka_local.start()
-    run_id = time.strftime("%Y%m%d%H%M%S")
+    # A broker named by $AUDITWATCH_BOOTSTRAP (CI's, a shared one) is used as it is: never
+    # started or stopped here. Otherwise the local broker is reused when its process lives,
+    # even if it is slow to answer right now, and only a broker this demo started is stopped.
+    bootstrap = os.environ.get("AUDITWATCH_BOOTSTRAP", "").strip()
+    started_broker = False
+    if not bootstrap:
+        started_broker = kafka_local.bootstrap_from_env_or_file() is None
+        bootstrap = kafka_local.start()
+    # Demos started within the same second (tests, two terminals) must not share topics.
+    run_id = f"{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:4]}"
     work = Path(tempfile.mkdtemp(prefix="auditwatch-demo-"))
     config = {
         "kafka": {
@@ -43,7 +52,7 @@ def demo(*, duration_limit_s: float = 300, rate: float = 5000) -> int:
         },
         "topics": {
             role: f"demo-{run_id}.audit.{role}"
-            for role in ("events", "alerts", "archive", "deadletter", "detect")
+            for role in ("events", "alerts", "archive", "deadletter", "detect", "control")
         },
     }
     config_path = work / "config.yaml"

@@ -3,18 +3,88 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import logging
 import os
 import sys
 import warnings
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
 from streams.cli.errors import UsageError
-from streams.ops.config import Config, ConfigError, load_config
 from streams.tools.readers import FORMATS
+
+# What a command needs is imported in the command: the config model alone brings pydantic and
+# the detectors (river, scipy, numpy), over a second of CPU that `auditwatch --help` and a
+# mistyped option should not pay. tests/test_readme.py checks that `--help` imports none.
+if TYPE_CHECKING:
+    from streams.ops.config import Config
+
+    _SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
+else:
+    _SubParsers = argparse._SubParsersAction
+
+# Commands their own module registers (`add_parser(subparsers)`), with the line `auditwatch
+# --help` lists for each until the module is imported, which happens only when the command is
+# chosen. tests/test_readme.py checks each line against the module's own.
+DEFERRED_COMMANDS = {
+    "webhook": ("streams.cli.webhook", "send alert states to an HTTP endpoint (Slack-compatible)"),
+    "config": ("streams.cli.config", "validate a config file and show its effective values"),
+    "backtest": (
+        "streams.tools.backtest",
+        "compare a candidate config with the current one over recorded events",
+    ),
+    "deadletter": ("streams.cli.deadletter", "inspect dead letters by reason; re-send fixed ones"),
+    "explain": ("streams.cli.explain", "show what auditwatch has learned about a machine"),
+}
+
+
+class _Commands(_SubParsers):
+    """The subcommands, some of them deferred: a module's parser (or part of one) is added when
+    its command is chosen, just before argparse parses that command's arguments."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_choice: dict[str, Callable[[], None]] = {}
+
+    def add_deferred(self, name: str) -> None:
+        module, help_ = DEFERRED_COMMANDS[name]
+        self._choices_actions.append(self._ChoicesPseudoAction(name, (), help_))
+        # Stands in for the module's parser so that argparse accepts the name meanwhile.
+        self._name_parser_map[name] = argparse.ArgumentParser(add_help=False)
+
+        def register() -> None:
+            del self._name_parser_map[name]
+            self._choices_actions = [a for a in self._choices_actions if a.dest != name]
+            importlib.import_module(module).add_parser(self)
+
+        self._on_choice[name] = register
+
+    def on_choice(self, name: str, complete: Callable[[], None]) -> None:
+        """Call `complete` once `name` is chosen, before its arguments are parsed."""
+        self._on_choice[name] = complete
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        complete = self._on_choice.pop(values[0], None) if values else None
+        if complete is not None:
+            complete()
+        super().__call__(parser, namespace, values, option_string)
+
+
+def _add_alert_actions(alerts: argparse.ArgumentParser) -> None:
+    from streams.ops.control import add_alert_actions
+
+    add_alert_actions(alerts)
+
 
 EPILOG = """\
 Quick start: `auditwatch demo` (local broker, processor, synthetic traffic with injected
@@ -32,6 +102,8 @@ error; 130 interrupted.
 
 
 def _config(args: argparse.Namespace) -> Config:
+    from streams.ops.config import load_config
+
     return load_config(getattr(args, "config", None))
 
 
@@ -483,7 +555,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="text, or json: one JSON object a line, errors with topic[partition]@offset "
         "(default text, or $AUDITWATCH_LOG_FORMAT)",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = cast(
+        _Commands,
+        parser.add_subparsers(dest="command", required=True, metavar="COMMAND", action=_Commands),
+    )
 
     p = sub.add_parser(
         "demo",
@@ -635,12 +710,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config(p)
     p.set_defaults(func=cmd_alerts)
-    from streams.ops.control import add_alert_actions
-
-    add_alert_actions(p)
-    from streams.cli import webhook
-
-    webhook.add_parser(sub)
+    sub.on_choice("alerts", functools.partial(_add_alert_actions, p))
+    sub.add_deferred("webhook")
 
     p = sub.add_parser(
         "seed",
@@ -662,15 +733,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_seed)
 
     # The SRE tuning loop: each command lives in its own module.
-    from streams.cli import config as config_cli
-    from streams.cli import deadletter
-    from streams.tools import backtest
-
-    for module in (config_cli, backtest, deadletter):
-        module.add_parser(sub)
-    from streams.cli import explain as explain_cli
-
-    explain_cli.add_parser(sub)
+    for name in ("config", "backtest", "deadletter", "explain"):
+        sub.add_deferred(name)
     return parser
 
 
@@ -731,6 +795,9 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_third_party_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Here, not at the top: `--help` and usage errors exit above without the config model.
+    from streams.ops.config import ConfigError
+
     try:
         _setup_logging(args)
         rc: int = args.func(args)
