@@ -176,28 +176,49 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _synthetic_events(args: argparse.Namespace) -> tuple[Iterator[dict[str, Any]], int | None]:
+def _synthetic_events(args: argparse.Namespace) -> tuple[Iterator[Any], int, Any]:
+    """The traffic `--synthetic` asks for: its records, their exact number (the progress
+    line's total; the generator is deterministic, so a counting pass gives the number sent)
+    and the SyntheticTraffic itself (for its labelled episodes)."""
     import time
+    from dataclasses import replace
 
-    from streams.tools.synthetic import SyntheticConfig, SyntheticTraffic, demo_config
+    from streams.tools.producer import Record
+    from streams.tools.synthetic import (
+        ANOMALY_KINDS,
+        BENIGN_KINDS,
+        SyntheticConfig,
+        SyntheticTraffic,
+        demo_config,
+    )
 
     now_ms = int(time.time() * 1000)
-    if args.hours is None and args.machines is None and args.anomalies is None:
-        sc = demo_config(now_ms)
+    seed = 7 if args.seed is None else args.seed
+    shape = (args.hours, args.machines, args.anomalies, args.start, args.warmup_hours)
+    if all(v is None for v in (*shape, args.rate_scale, args.benign)):
+        sc = replace(demo_config(now_ms), seed=seed)
     else:
-        hours = args.hours or 3.0
+        hours = 3.0 if args.hours is None else args.hours
+        start_ms = _parse_time(args.start) if args.start else None
+        if start_ms is None:
+            start_ms = now_ms - int(hours * 3_600_000)
+        warmup_hours = hours * 2 / 3 if args.warmup_hours is None else args.warmup_hours
         anomalies = (
-            _kv_counts(args.anomalies) if args.anomalies else {"fan_out": 1, "rate_burst": 1}
+            _kv_counts(args.anomalies, "--anomalies", ANOMALY_KINDS)
+            if args.anomalies is not None
+            else {"fan_out": 1, "rate_burst": 1}
         )
+        benign = _kv_counts(args.benign, "--benign", BENIGN_KINDS) if args.benign else {}
         try:
             sc = SyntheticConfig(
-                seed=args.seed,
-                start_ms=now_ms - int(hours * 3_600_000),
+                seed=seed,
+                start_ms=start_ms,
                 duration_s=hours * 3600,
-                machines=args.machines or 40,
-                warmup_s=hours * 3600 * 2 / 3,
+                machines=40 if args.machines is None else args.machines,
+                rate_scale=1.0 if args.rate_scale is None else args.rate_scale,
+                warmup_s=warmup_hours * 3600,
                 anomalies=anomalies,
-                benign={},
+                benign=benign,
             )
         except ValueError as e:
             raise UsageError(f"--synthetic: {e}") from None
@@ -205,57 +226,158 @@ def _synthetic_events(args: argparse.Namespace) -> tuple[Iterator[dict[str, Any]
     for ep in traffic.episodes:
         if ep.malicious:
             print(f"injecting {ep.kind} on {ep.machine_id}: {ep.description}", file=sys.stderr)
-    return iter(traffic), traffic.expected_events()
+    total = sum(1 for _ in traffic)
+    records = (Record(f"synthetic event {n}", e) for n, e in enumerate(traffic, 1))
+    return records, total, traffic
 
 
-def _kv_counts(spec: str) -> dict[str, int]:
+def _kv_counts(spec: str, option: str, kinds: tuple[str, ...]) -> dict[str, int]:
+    """`KIND=N,KIND,...` (a bare KIND is 1; `all=N` is every kind; `none` is none)."""
     out: dict[str, int] = {}
     for part in spec.split(","):
-        name, _, n = part.partition("=")
+        name, _, n = (s.strip() for s in part.partition("="))
+        if name == "none" and not n:
+            continue
+        if name != "all" and name not in kinds:
+            raise UsageError(f"{option}: unknown kind {name!r}; known: all, {', '.join(kinds)}")
         try:
-            out[name.strip()] = int(n or 1)
+            count = int(n or 1)
         except ValueError:
-            raise UsageError(f"--anomalies: {part!r} is not KIND=COUNT") from None
+            raise UsageError(f"{option}: {part!r} is not KIND=COUNT") from None
+        out.update(dict.fromkeys(kinds, count) if name == "all" else {name: count})
     return out
 
 
-def _file_events(files: list[str], fmt: str, csv_map: dict[str, str]) -> Iterator[dict[str, Any]]:
+def _file_events(files: list[str], fmt: str, csv_map: dict[str, str]) -> Iterator[Any]:
+    """The files' records for the producer, each named `path:line`; one that is not a JSON
+    object carries its problem instead of an event, so the producer counts it as skipped."""
+    from streams.tools.producer import Record
     from streams.tools.readers import read_records
 
     for r in read_records(files, fmt, csv_map):
+        where = f"{r.path}:{r.line}"
         try:
-            yield orjson.loads(r.value)
+            value = orjson.loads(r.value)
         except orjson.JSONDecodeError:
-            # Cannot be encoded as an event at all: say where, keep going.
-            print(f"skipped {r.path}:{r.line}: not a JSON object", file=sys.stderr)
+            yield Record(where, problem="not JSON")
+            continue
+        if isinstance(value, dict):
+            yield Record(where, value)
+        else:
+            yield Record(where, problem=f"not a JSON object (a JSON {type(value).__name__})")
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
-    from streams.tools.producer import produce_events
+    from pathlib import Path
+
+    from streams.tools.producer import (
+        delivery_timeout_s,
+        produce_events,
+        write_events,
+        write_labels,
+    )
     from streams.tools.readers import parse_csv_map
 
     cfg = _config(args)
     if args.synthetic == bool(args.files):
-        print("give event FILES or --synthetic (one of them)", file=sys.stderr)
-        return 2
-    _require_broker(cfg)
-    total: int | None
+        raise UsageError("give event FILES or --synthetic (one of them)")
+    given = {name for name, value in vars(args).items() if value is not None}
+    synthetic_only = ["machines", "hours", "start", "warmup_hours", "rate_scale", "anomalies"]
+    synthetic_only += ["benign", "seed", "out", "labels_out"]
+    for only, allowed, name in (
+        (synthetic_only, args.synthetic, "--synthetic"),
+        (["format", "csv_map"], not args.synthetic, "event FILES"),
+        (["labels_out"], args.out is not None, "--out"),
+        (["rate", "topic", "encoding", "delivery_timeout", "failed_out"], not args.out, "sending"),
+    ):
+        misplaced = sorted("--" + o.replace("_", "-") for o in given.intersection(only))
+        if misplaced and not allowed:
+            what = "a file written with --out" if name == "sending" else name
+            raise UsageError(f"{', '.join(misplaced)}: not for {what}")
+    for opt, value in (("--delivery-timeout", args.delivery_timeout), ("--rate", args.rate)):
+        if value is not None and not value > 0:
+            raise UsageError(f"{opt} must be more than 0, got {value}")
+
+    total: int | None = None
+    if args.out:
+        records, total, traffic = _synthetic_events(args)
+        out = Path(args.out)
+        labels = (
+            Path(args.labels_out)
+            if args.labels_out
+            else out.with_name(out.name.removesuffix(".jsonl") + ".labels.jsonl")
+        )
+        if labels.resolve() == out.resolve():
+            raise UsageError("--labels-out must differ from --out")
+        for path in (out, labels):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("wb") as f:
+            n = write_events(records, f, total=total)
+        with labels.open("wb") as f:
+            episodes = write_labels(traffic.episodes, f)
+        injected = sum(ep.malicious for ep in traffic.episodes)
+        print(
+            f"wrote {n:,} events to {out} and {episodes} labelled episodes to {labels} "
+            f"({injected} injected anomalies, {episodes - injected} benign changes)",
+            file=sys.stderr,
+        )
+        return 0
+
     if args.synthetic:
-        events, total = _synthetic_events(args)
+        records, total, _traffic = _synthetic_events(args)
     else:
-        csv_map = parse_csv_map(args.csv_map)
-        events = _file_events(args.files, args.format, csv_map)
-        total = None
-    stats = produce_events(
-        cfg, events, encoding=args.encoding, rate=args.rate, total=total, topic=args.topic
-    )
+        try:
+            csv_map = parse_csv_map(args.csv_map)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        # Refuse a bad path before anything is sent, not halfway through the input.
+        for name in args.files:
+            if not Path(name).is_file() or not os.access(name, os.R_OK):
+                raise UsageError(f"{name}: not a readable file")
+        records = _file_events(args.files, args.format or "jsonl", csv_map)
+    # After the usage checks: a bad option is a usage error whether or not a broker answers.
+    _require_broker(cfg)
+    timeout_s = delivery_timeout_s(cfg, args.delivery_timeout)
+    failed_out = open(args.failed_out, "wb") if args.failed_out else None  # noqa: SIM115
+    try:
+        stats = produce_events(
+            cfg,
+            records,
+            encoding=args.encoding or "avro",
+            rate=args.rate,
+            total=total,
+            topic=args.topic,
+            timeout_s=timeout_s,
+            failed_out=failed_out,
+        )
+    finally:
+        if failed_out is not None:
+            failed_out.close()
     print(
-        f"sent {stats.sent:,} events to {args.topic or cfg.topics.events} in "
-        f"{stats.seconds:.1f} s ({stats.sent / max(stats.seconds, 1e-9):,.0f}/s); "
-        f"skipped {stats.skipped}, failed {stats.failed}",
+        f"sent {stats.delivered:,} events to {args.topic or cfg.topics.events} in "
+        f"{stats.seconds:.1f} s ({stats.delivered / max(stats.seconds, 1e-9):,.0f}/s); "
+        f"skipped {stats.skipped:,}, not delivered {stats.not_delivered:,}",
         file=sys.stderr,
     )
-    return 1 if stats.failed else 0
+    if stats.stopped_at is not None:
+        print(
+            f"stopped sending at {stats.stopped_at}: a delivery had failed (delivery timeout "
+            f"{timeout_s:g} s); {stats.unsent:,} events from there on were read, not sent",
+            file=sys.stderr,
+        )
+    if stats.interrupted:
+        print("interrupted: the input after the last record read was not sent", file=sys.stderr)
+        return 130
+    if stats.not_delivered:
+        print(
+            f"the {stats.not_delivered:,} events not delivered are in {args.failed_out}: "
+            f"`auditwatch produce {args.failed_out}` sends them again (the processor archives "
+            "any that did arrive once)"
+            if args.failed_out
+            else "--failed-out FILE writes the events not delivered to a file to send again",
+            file=sys.stderr,
+        )
+    return 1 if stats.skipped or stats.not_delivered else 0
 
 
 def _parse_time(text: str | None) -> int | None:
@@ -624,28 +746,107 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "produce",
-        help="send events from files or synthetic traffic",
-        description="Send events keyed by machine_id, Avro (Confluent wire format, "
-        "bundled schema id 1001) by default.",
+        help="send events from files or synthetic traffic (or write synthetic traffic to a file)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Send events keyed by machine_id to the input topic, Avro (Confluent wire format, bundled
+schema id 1001) by default, and wait until the broker has acknowledged each one.
+
+Every input record is accounted for on stderr: sent (acknowledged), skipped (not JSON, not
+an object, or for Avro not a valid event; named FILE:LINE with the reason) or not delivered
+(named; --failed-out writes them to send again). A delivery that fails because the broker or
+the topic is not taking events stops the sending: the rest of the input is read and counted
+as not delivered rather than queued behind it. To a broker that cannot be reached, produce
+fails after about --delivery-timeout.
+
+--synthetic --out FILE writes the generated events as JSON lines (what `produce FILE`,
+`replay` and `backtest` read) and the labelled episodes to --labels-out (for `backtest
+--labels`) instead of sending them; no broker is involved.
+
+Exit status: 0 every record was delivered (or written); 1 some record was skipped or not
+delivered, or Kafka failed; 2 usage error (a bad option, an unreadable file), before
+anything is sent; 130 interrupted.""",
+    )
+    p.add_argument("files", nargs="*", metavar="FILE", help="event files (see --format; .gz ok)")
+    p.add_argument("--format", choices=FORMATS, help="format of the FILEs (default jsonl)")
+    p.add_argument("--csv-map", metavar="FIELD=COLUMN,...", help="CSV column for each event field")
+    p.add_argument(
+        "--encoding",
+        choices=["avro", "json"],
+        help="avro (default): each event is validated here and an invalid one skipped; json: "
+        "each JSON object is sent as read, and the processor dead-letters invalid ones",
     )
     p.add_argument(
-        "files", nargs="*", metavar="FILE", help="event files (JSON lines or CSV; .gz ok)"
+        "--delivery-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="how long an event may take to be acknowledged, retries included, before it "
+        "counts as not delivered (librdkafka message.timeout.ms; default 15, or the "
+        "config's kafka.librdkafka message.timeout.ms)",
     )
-    p.add_argument("--format", choices=FORMATS, default="jsonl")
-    p.add_argument("--csv-map", metavar="FIELD=COLUMN,...", help="CSV column for each event field")
-    p.add_argument("--encoding", choices=["avro", "json"], default="avro")
-    p.add_argument("--synthetic", action="store_true", help="generate realistic M2M traffic")
+    p.add_argument(
+        "--failed-out",
+        metavar="FILE",
+        help="write the events not delivered here, JSON lines in input order, to send again "
+        "(the processor archives an event sent twice once)",
+    )
+    p.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="generate realistic M2M traffic; with none of --machines, --hours, --start, "
+        "--warmup-hours, --rate-scale, --anomalies and --benign, the demo's: 40 machines, 3 "
+        "hours ending now, about 30,000 events, a fan_out, a rate_burst and a failure_spike in "
+        "the last hour",
+    )
     p.add_argument("--machines", type=int, help="synthetic: about this many machines (default 40)")
     p.add_argument(
-        "--hours", type=float, help="synthetic: hours of event time ending now (default 3)"
+        "--hours",
+        type=float,
+        help="synthetic: hours of event time (default 3), ending now unless --start",
+    )
+    p.add_argument(
+        "--start",
+        metavar="TIME",
+        help="synthetic: event time starts here (RFC 3339), not --hours ago",
+    )
+    p.add_argument(
+        "--warmup-hours",
+        type=float,
+        metavar="H",
+        help="synthetic: hours of normal traffic before any episode (default 2/3 of --hours)",
+    )
+    p.add_argument(
+        "--rate-scale",
+        type=float,
+        metavar="X",
+        help="synthetic: multiply every rate (default 1: about 0.09 events/s per machine on a "
+        "weekday)",
     )
     p.add_argument(
         "--anomalies",
         metavar="KIND=N,...",
         help="synthetic: anomalies to inject (fan_out, rate_burst, failure_spike, "
-        "new_identity, off_hours, operation_shift, silence)",
+        "new_identity, off_hours, operation_shift, silence; all=N: each kind N times; none; "
+        "default fan_out=1,rate_burst=1)",
     )
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument(
+        "--benign",
+        metavar="KIND=N,...",
+        help="synthetic: labelled benign changes (pod_rotation, autoscale, group_deploy, "
+        "traffic_growth, nightly_batch; all=N; default none)",
+    )
+    p.add_argument("--seed", type=int, help="synthetic: random seed (default 7)")
+    p.add_argument(
+        "--out",
+        metavar="EVENTS.jsonl",
+        help="synthetic: write the events to this file instead of sending them",
+    )
+    p.add_argument(
+        "--labels-out",
+        metavar="LABELS.jsonl",
+        help="with --out: write the labelled episodes here, one JSON object a line (kind, "
+        "machine_id, start_ms, end_ms, malicious, description; default EVENTS.labels.jsonl)",
+    )
     p.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
     p.add_argument("--topic", help="override the input topic")
     _add_config(p)
