@@ -19,8 +19,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from detectors.core import DetectorConfig, MachineState, recent_peak
-from detectors.rate import RateBaseline, RateParams
+from detectors.config import DetectorConfig
+from detectors.rate import RateBaseline, RateParams, recent_peak
+from detectors.state import MachineState
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """The combined score: a river HalfSpaceTrees model over per-machine window features.
 
-Each rule in `detectors.core` judges one signal against one threshold. An intruder who stays
+Each other detector judges one signal against one threshold. An intruder who stays
 under every threshold (twice the usual rate, a couple of new tables, some denials, writes from
 a mostly-reading client) is still unusual as a whole. Every `window_s` of a machine's event
 time is summarised as features relative to that machine's own baseline, scaled to [0, 1], and
@@ -20,14 +20,17 @@ import math
 import zlib
 from collections import OrderedDict
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from operator import attrgetter
 from typing import Any
 
 import numpy as np
 from river.anomaly import HalfSpaceTrees
 
+from detectors.base import Detector, Finding, Seen
+from detectors.operations import is_write
 from detectors.peers import KeyValue
+from schemas.event import format_rfc3339_ms
 
 COMBINED = b"gc"  # store kind: a group's model masses
 
@@ -208,3 +211,102 @@ def explain(x: dict[str, float], count: int, expected: float) -> dict[str, Any]:
         "write_share": round(x["writes"], 3),
         "new_operations": round(x["new_operations"] * 3.0),
     }
+
+
+class CombinedWindow(Detector):
+    """The combined score of a machine's windows (`CombinedParams.window_s` of event time):
+    its rate, new resources, failures, writes and new operations together, scored by its
+    group's model. Owns `MachineState.win`, the open window: `[window, events, failures,
+    writes, new resources, new operations, first event id, last event ms]`; the models are
+    the group's, in its store (`COMBINED`), or in memory when the core runs without one.
+
+    A window is judged, and learned by the model, when the machine's first event past it
+    arrives; a finding is anchored on the window's own events. Reads `Seen.new_resource` and
+    `Seen.new_operation`, so it runs after the detectors that note them."""
+
+    __slots__ = ("models", "store")
+    name = "combined"
+    owns = ("win",)
+
+    def __init__(self) -> None:
+        self.models: CombinedModels | None = None
+        self.store = MemoryKV()
+
+    def score(self, seen: Seen) -> Finding | None:
+        p = seen.cfg.combined
+        win = seen.state.win
+        if p is None or not win or seen.ts // (p.window_s * 1000) <= win[0]:
+            return None
+        found = self._score_window(seen, p)
+        seen.state.win = []
+        if found is None:
+            return None
+        event = seen.event
+        first_id = str(win[6]) if len(win) > 7 else event.event_id
+        last_ms = int(win[7]) if len(win) > 7 else seen.ts
+        return replace(found, anchor=replace(event, event_id=first_id, ts_us=last_ms * 1000))
+
+    def learn(self, seen: Seen, found: Finding | None) -> None:
+        """Count the event into the open window (a late event into the window still open)."""
+        p = seen.cfg.combined
+        if p is None:
+            return
+        event, ts = seen.event, seen.ts
+        window = ts // (p.window_s * 1000)
+        win = seen.state.win
+        if win and window < win[0]:
+            window = win[0]
+        if not win:
+            win = [window, 0, 0, 0, 0, 0, event.event_id, ts]
+        win[1] += 1
+        win[2] += event.outcome != "SUCCESS"
+        win[3] += is_write(event.operation)
+        win[4] += seen.new_resource
+        win[5] += seen.new_operation
+        if len(win) > 7:
+            win[7] = max(win[7], ts)
+        seen.state.win = win
+
+    def _score_window(self, seen: Seen, p: CombinedParams) -> Finding | None:
+        cfg, state, rate = seen.cfg, seen.state, seen.rate
+        window, count, failures, writes, new_resources, new_ops = state.win[:6]
+        if count < p.min_events:
+            # Too few events to be judged, so not learned either: the model's reference is
+            # the windows it judges. A sparse machine (most of them close a window on nearly
+            # every event) then costs no model load and dump per event.
+            return None
+        start_ms = window * p.window_s * 1000
+        expected = rate.expected_at(start_ms) * p.window_s / cfg.rate.interval_s
+        learned_failures = float(state.fail[3]) if len(state.fail) > 3 else 0.0
+        x = features(count, expected, failures, learned_failures, writes, new_resources, new_ops)
+        store = seen.kv if seen.kv is not None else self.store
+        if self.models is None or self.models.params != p:
+            self.models = CombinedModels(p)
+        score = self.models.score_and_learn(store, seen.group, x)
+        if score is None or not seen.warm or score < p.page_at:
+            return None
+        # What another detector already explains is not news; this one is for the windows
+        # where no single rule fired.
+        if any(
+            d != "combined" and seen.ts - ep.last_ms <= cfg.cooldown_s * 1000
+            for d, ep in state.episodes.items()
+        ):
+            return None
+        observed = explain(x, count, expected)
+        minutes = p.window_s // 60
+        return Finding(
+            self.name,
+            min(100.0, 50.0 + 50.0 * (score - p.page_at) / max(1e-9, 1.0 - p.page_at)),
+            f"{seen.event.machine_id}'s {minutes} minutes from "
+            f"{format_rfc3339_ms(start_ms)[11:16]} UTC were unusual as a whole: {count} "
+            f"accesses (about {expected:.0f} expected), {observed['new_resources']} new "
+            f"resources, {failures} failed, {writes} writes, {observed['new_operations']} new "
+            "operations.",
+            {**observed, "combined_score": round(score, 3)},
+            {
+                "events": round(expected, 1),
+                "failure_ratio": round(learned_failures, 3),
+                "window_minutes": minutes,
+                "page_at": p.page_at,
+            },
+        )

@@ -15,9 +15,11 @@ from typing import Any
 
 import orjson
 
-from detectors.core import MACHINE, DetectionCore, MachineState, is_destructive, is_write
+from detectors.core import DetectionCore
+from detectors.operations import is_destructive, is_write
 from detectors.peers import KeyValue, PeerGroup
 from detectors.rate import RateBaseline
+from detectors.state import MACHINE, MachineState
 from schemas.event import AuditEvent, format_rfc3339_ms
 
 _HOUR_MS = 3_600_000

@@ -1,9 +1,22 @@
-"""Peer groups of machine identities and normalisation of resource names."""
+"""Identities: the peer group a machine belongs to, and an identity new to every group.
+
+A machine's peer group (its replicas, rotated pods, autoscaled instances) is named by an event
+attribute, configured patterns, or the default rules for pod and instance names; a machine
+seen for the first time joins it. An identity whose group nobody knows, once the store has
+watched long enough, is a new identity.
+
+Imports: the standard library, `detectors` (base, peers) and `schemas.event`.
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from functools import lru_cache
+
+from detectors.base import Detector, Finding, Seen
+from detectors.peers import store_first_seen
+from schemas.event import AuditEvent
 
 # Kubernetes pod names: <deployment>-<replicaset hash>-<pod suffix>. The hash uses the
 # "safe" alphabet (no vowels), 5-10 chars; the pod suffix is 5 chars of the same alphabet.
@@ -21,36 +34,64 @@ def default_group(machine_id: str) -> str:
     return m.group("group") if m else machine_id
 
 
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-_HEX = re.compile(r"(?<![0-9A-Za-z])[0-9a-fA-F]{16,}(?![0-9A-Za-z])")
-# Short numbers are usually part of a name (t1, api-key-3, db-01); long ones are ids.
-_LONG_NUM = re.compile(r"\d{4,}")
+class GroupNames:
+    """Peer group names: an event attribute naming the group wins, then the patterns (regexes:
+    the named group "group", else the first group, else the whole match), then
+    `default_group`."""
+
+    __slots__ = ("attribute", "patterns")
+
+    def __init__(self, attribute: str | None, patterns: Sequence[str]) -> None:
+        self.attribute = attribute
+        self.patterns = [re.compile(p) for p in patterns]
+
+    def of(self, event: AuditEvent) -> str:
+        if self.attribute is not None:
+            named = event.attributes.get(self.attribute)
+            if named:
+                return named
+        for pattern in self.patterns:
+            m = pattern.search(event.machine_id)
+            if m is not None:
+                if "group" in pattern.groupindex:
+                    found = m.group("group")
+                else:
+                    found = m.group(1) if pattern.groups else m.group(0)
+                # A group that took no part in the match falls back to the whole match.
+                return found or m.group(0)
+        return default_group(event.machine_id)
 
 
-def _segment(seg: str) -> str:
-    if seg.isdigit():
-        return "{n}"
-    seg = _UUID.sub("{uuid}", seg)
-    seg = _HEX.sub("{hex}", seg)
-    seg = _LONG_NUM.sub("{n}", seg)
-    key, eq, value = seg.partition("=")
-    if eq and value.isdigit():
-        return key + "={n}"
-    return seg
+class NewIdentity(Detector):
+    """A machine seen for the first time whose peer group is unknown, once its store has
+    watched for longer than the warm-up (before that every identity is new, and none is news).
+    Judged only on a machine's first event, with a store (`Seen.kv`); learning it makes the
+    machine a member of its group. Owns nothing in `MachineState`."""
 
+    __slots__ = ()
+    name = "new_identity"
 
-@lru_cache(maxsize=262_144)
-def normalise_resource(resource: str, depth: int = 2) -> str:
-    """The level at which a resource is judged new: scheme and host, then at most `depth` path
-    segments with ids (numbers, UUIDs, hashes) replaced by placeholders, so that every object key
-    or row id is not 'new'. `s3://bucket/2026/11/inv-8341.pdf` -> `s3://bucket/{n}/{n}`."""
-    base, _, _query = resource.partition("?")
-    scheme, sep, rest = base.partition("://")
-    if not sep:
-        scheme, rest = "", base
-    parts = [p for p in rest.split("/") if p]
-    if not parts:
-        return resource
-    host, path = parts[0], parts[1 : 1 + depth]
-    norm = "/".join([host, *(_segment(p) for p in path)])
-    return f"{scheme}://{norm}" if scheme else norm
+    def score(self, seen: Seen) -> Finding | None:
+        if seen.kv is None or seen.peers is None:
+            return None
+        first = store_first_seen(seen.kv, seen.ts, seen.watching_since_ms)
+        if seen.peers.known or seen.ts - first <= seen.cfg.warmup_s * 1000:
+            return None
+        event = seen.event
+        return Finding(
+            self.name,
+            60.0,
+            f"{event.machine_id} is a new identity with no known peer group; its first access "
+            f"was {event.operation} on {event.resource}.",
+            {
+                "machine_id": event.machine_id,
+                "group": seen.group,
+                "resource": event.resource,
+                "operation": event.operation,
+            },
+            {"known_group": "none"},
+        )
+
+    def learn(self, seen: Seen, found: Finding | None) -> None:
+        if seen.peers is not None and seen.kv is not None:
+            seen.peers.join(seen.ts)

@@ -18,19 +18,27 @@ series, one value per interval: that is how it is benchmarked on NAB (`bench/nab
 score adds, on top of the model's z-score, multi-scale surprise statistics calibrated against
 the series' own tail (see the class); `RateBaseline.observe` does not use them.
 
-Imports: the standard library only.
+`AccessRate` is the detection core's access-rate detector on top of `RateBaseline`.
+
+Imports: the standard library and `detectors.base`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache, lru_cache
 from itertools import accumulate
 from operator import mul, sub
 from statistics import NormalDist
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from detectors.base import Detector, Finding, Seen
+
+if TYPE_CHECKING:
+    from detectors.config import DetectorConfig
 
 _DAY_S = 86_400
 _WEEK_DAYS = 7
@@ -1201,3 +1209,65 @@ class SeriesBaseline:
         for e, t in zip(self._ew, self._tails, strict=True):
             out += [round(e, 6), round(t.m, 6), round(t.v, 6), round(t.q, 6), round(t.b, 6), t.n]
         return [*out, round(self._peak, 6), self._peak_age]
+
+
+def recent_peak(cfg: DetectorConfig, peak_state: Sequence[Any], ts_ms: int) -> float:
+    """The recent peak an interval at `ts_ms` is compared with, from the stored
+    `[interval, count in it, decayed peak]` (`MachineState.peak`), without updating it: the
+    decayed peak of the intervals before, the last one seen included."""
+    if not peak_state:
+        return 0.0
+    current, count, peak = peak_state
+    interval = ts_ms // (cfg.rate.interval_s * 1000)
+    if interval > current:
+        gap_s = (interval - current) * cfg.rate.interval_s
+        return max(float(peak) * 0.5 ** (gap_s / cfg.rate_peak_half_life_s), float(count))
+    return float(peak)
+
+
+class AccessRate(Detector):
+    """More accesses in one interval than the machine's rate model expects at this time of day,
+    and more than its own recent peaks. Owns `MachineState.rate` (the model, live on the
+    state as `live_rate`) and `MachineState.peak` (`[interval, count in it, decayed peak]`)."""
+
+    __slots__ = ()
+    name = "access_rate"
+    owns = ("rate", "peak")
+
+    def score(self, seen: Seen) -> Finding | None:
+        cfg, rate = seen.cfg, seen.rate
+        # The model counts the event into its interval (learning the intervals closed since)
+        # and scores the interval against what it learned before.
+        rate_score = rate.observe(seen.ts)
+        if rate_score > 0 and rate.count < cfg.rate_peak_ratio * recent_peak(
+            cfg, seen.state.peak, seen.ts
+        ):
+            # Bursts this machine makes routinely (a console session, a cron fan-in) are
+            # clipped out of the learned level on purpose; its own recent peaks say they are
+            # normal for it.
+            return None
+        if not (seen.warm and rate_score > 0):
+            return None
+        expected = rate.expected()
+        return Finding(
+            self.name,
+            rate_score,
+            f"{seen.event.machine_id} made {rate.count} accesses in one "
+            f"{cfg.rate.interval_s}-second interval; its baseline is about "
+            f"{expected:.1f}.",
+            {"events_in_interval": rate.count, "interval_s": cfg.rate.interval_s},
+            {"mean": round(expected, 2), "threshold": round(rate.threshold(), 1)},
+        )
+
+    def learn(self, seen: Seen, found: Finding | None) -> None:
+        """The recent peak, decaying with a half-life of `rate_peak_half_life_s`, excluding the
+        current interval; the event counted into the current one."""
+        cfg, state, ts = seen.cfg, seen.state, seen.ts
+        peak = recent_peak(cfg, state.peak, ts)
+        interval = ts // (cfg.rate.interval_s * 1000)
+        current, count = (state.peak[0], state.peak[1]) if state.peak else (interval, 0)
+        if interval > current:
+            current, count = interval, 0
+        if interval >= current:
+            count += 1
+        state.peak = [current, count, round(peak, 3)]

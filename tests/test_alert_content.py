@@ -9,7 +9,9 @@ import fastavro
 import pytest
 from fastavro.validation import validate
 
-from detectors.core import BASELINES, HINTS, DetectionCore, DetectorConfig, Suppression
+from detectors.config import DetectorConfig, Suppression
+from detectors.core import DetectionCore
+from detectors.incidents import BASELINES, HINTS
 from detectors.rate import RateParams
 from schemas.alert import SEVERITIES, Alert, AlertControl, Recent, state_identity
 from schemas.event import AuditEvent, format_rfc3339_ms

@@ -11,7 +11,8 @@ import pydantic
 import pytest
 import yaml
 
-from detectors.core import DetectionCore, DetectorConfig, Override, Suppression
+from detectors.config import DetectorConfig, Override, Suppression
+from detectors.core import DetectionCore
 from schemas.event import AuditEvent
 from streams.ops.config import Config, ConfigError, DetectorPatch, DetectorSettings, load_config
 

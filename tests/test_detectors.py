@@ -11,8 +11,9 @@ import pytest
 from fastavro.validation import validate
 
 from detectors.core import DetectionCore, DetectorConfig, MachineState
-from detectors.identity import default_group, normalise_resource
+from detectors.identity import default_group
 from detectors.rate import RateBaseline, RateParams
+from detectors.resources import normalise_resource
 from schemas.alert import Alert
 from schemas.event import AuditEvent, format_rfc3339_ms
 from schemas.registry import schema_json

@@ -9,16 +9,10 @@ from dataclasses import replace
 import orjson
 import pytest
 
-from detectors.core import (
-    DetectionCore,
-    DetectorConfig,
-    MachineState,
-    Override,
-    Suppression,
-    is_destructive,
-    is_write,
-)
+from detectors.config import DetectorConfig, Override, Suppression
+from detectors.core import DetectionCore, MachineState
 from detectors.identity import default_group
+from detectors.operations import is_destructive, is_write
 from detectors.rate import RateParams
 from schemas.alert import SEVERITY_RANK, Alert
 from schemas.event import AuditEvent

@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from detectors.combined import CombinedParams
-from detectors.core import DetectorConfig, Override, Suppression
+from detectors.config import DetectorConfig, Override, Suppression
 from detectors.rate import RateParams
 from schemas.event import Limits
 

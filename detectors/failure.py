@@ -1,0 +1,64 @@
+"""Failure ratio: failed or denied accesses in one interval against the machine's usual share.
+
+Imports: the standard library and `detectors.base`.
+"""
+
+from __future__ import annotations
+
+import math
+
+from detectors.base import Detector, Finding, Seen
+
+
+class FailureRatio(Detector):
+    """Failures and denials in the current interval against the machine's usual ratio. Owns
+    `MachineState.fail`: `[interval, accesses in it, failures in it, learned failure ratio,
+    intervals learned]`. The ratio is learned from each interval as it closes (the next
+    interval's first event closes it), so `learn` has nothing to add."""
+
+    __slots__ = ()
+    name = "failure_ratio"
+    owns = ("fail",)
+
+    def score(self, seen: Seen) -> Finding | None:
+        cfg, event, state, warm = seen.cfg, seen.event, seen.state, seen.warm
+        interval = seen.ts // (cfg.rate.interval_s * 1000)
+        cur, n, f, p, learned = state.fail
+        if interval > cur:
+            if cur >= 0 and n > 0:
+                # Weight by accesses (a busy interval says more) but cap it, and clip what is
+                # learned so a failure storm does not become the new normal.
+                a = min(0.5, 0.02 * n) if learned else 1.0
+                p += a * (min(f / n, max(p * 2, 0.05)) - p)
+                learned += 1
+            cur, n, f = interval, 0, 0
+        n += 1
+        failed = event.outcome != "SUCCESS"
+        f += failed
+        state.fail = [cur, n, f, round(p, 6), learned]
+        if not (failed and warm and learned >= 5):
+            return None
+        ratio = f / n
+        if f < cfg.failure_min_count or ratio < max(cfg.failure_min_ratio, min(4 * p, (1 + p) / 2)):
+            return None
+        excess = f - n * p
+        score = min(100.0, 50.0 + 12.0 * math.log2(excess / cfg.failure_min_count + 1))
+        return Finding(
+            "failure_ratio",
+            score,
+            f"{event.machine_id} had {f} of {n} accesses fail or denied in one "
+            f"{cfg.rate.interval_s}-second interval ({ratio:.0%}); it usually fails "
+            f"{p:.1%}.",
+            {
+                "failures": f,
+                "accesses": n,
+                "ratio": round(ratio, 3),
+                "latest_outcome": event.outcome,
+                "resource": event.resource,
+            },
+            {"ratio": round(p, 4)},
+        )
+
+    # Everything it learns is learned in `score` as intervals close: running it is scoring it,
+    # one call fewer per event than `Detector.run`.
+    run = score

@@ -1,0 +1,360 @@
+"""Incidents: findings into alert episodes, alert states and pages.
+
+One (machine, detector) has at most one open episode: findings within a cooldown of its last
+one update it (escalated when their severity rises, else at most one 'updated' state per
+`update_every_s`), and it is resolved once the machine's stream moves a cooldown past it, so
+one incident is one page. Storm control caps the pages of a store per event-time minute.
+
+The episodes are part of the machine's state (`MachineState.episodes`); storm windows are
+kept per store in memory.
+
+Imports: the standard library and `schemas`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from detectors.base import Finding
+from detectors.capacity import StormWindow
+from schemas.alert import SEVERITY_RANK, Alert, AlertControl, Scalar, severity_for
+from schemas.event import AuditEvent, format_rfc3339_ms
+
+if TYPE_CHECKING:
+    from detectors.config import DetectorConfig
+    from detectors.state import MachineState
+
+HINTS = {
+    "access_rate": "Check what the machine was running at that time (deploy, backfill, retry "
+    "loop) and whether its credentials are used from an unexpected place.",
+    "new_resource": "Check whether a deploy or config change gave the machine this access; if "
+    "not, treat its credentials as possibly leaked.",
+    "failure_ratio": "Check for a rotated or revoked credential, a permission change, or "
+    "someone probing with this identity (many distinct resources failing).",
+    "operation": "Check whether this client is supposed to write or delete; a read-only "
+    "identity issuing destructive statements suggests stolen credentials.",
+    "off_hours": "Check for a scheduled job or maintenance window; otherwise someone is "
+    "using this identity outside its normal hours.",
+    "silence": "Check whether the machine crashed, was scaled down or lost its network or "
+    "credentials; if it was stopped on purpose, no action.",
+    "storm": "Many machines at once: look for the common cause.",
+    "combined": "Several signals moved together (rate, new resources, failures, writes): "
+    "check the machine's recent accesses as a whole for a leaked credential in slow use.",
+    "new_identity": "Check who deployed this identity and whether it belongs to a known "
+    "workload; an unknown identity touching sensitive resources is a red flag.",
+}
+
+# What each detector's `expected` numbers were learned over, added to its alerts as
+# expected["baseline"] (with expected["baseline_since"], the start of the machine's history).
+BASELINES = {
+    "access_rate": "accesses per {interval_s}-second interval, by time of day",
+    "new_resource": "resources the machine or its peer group used in the last {horizon_days} days",
+    "failure_ratio": "share of failed or denied accesses per {interval_s}-second interval",
+    "operation": "operations the machine or its peer group performed",
+    "off_hours": "accesses per {window_minutes}-minute window at this time of day",
+    "silence": "accesses at this time of day",
+    "combined": "the activity windows of the machine's peer group",
+    "new_identity": "peer groups known to this deployment",
+}
+
+
+@dataclass(slots=True)
+class Episode:
+    """An open alert of one (machine, detector)."""
+
+    alert_id: str
+    first_ms: int
+    last_ms: int
+    last_emit_ms: int
+    count: int
+    severity: str
+    score: float
+    event_ids: list[str]
+    # What the last alert state sent said: a resolution repeats it (it may be read alone).
+    observed: dict[str, Scalar] = field(default_factory=dict)
+    expected: dict[str, Scalar] = field(default_factory=dict)
+    # Alert states written so far: the next one's sequence number.
+    states: int = 0
+
+    def to_list(self) -> list[Any]:
+        return [
+            self.alert_id,
+            self.first_ms,
+            self.last_ms,
+            self.last_emit_ms,
+            self.count,
+            self.severity,
+            self.score,
+            self.event_ids,
+            self.observed,
+            self.expected,
+            self.states,
+        ]
+
+    @classmethod
+    def from_list(cls, v: list[Any]) -> Episode:
+        return cls(*v)
+
+
+def with_baseline(cfg: DetectorConfig, f: Finding, state: MachineState) -> Finding:
+    """The finding with what its expected numbers were learned over."""
+    text = BASELINES.get(f.detector)
+    if text is None or "baseline" in f.expected:
+        return f
+    baseline = text.format(
+        interval_s=cfg.rate.interval_s,
+        horizon_days=round(cfg.resource_horizon_s / 86400),
+        window_minutes=cfg.off_hours_window_s // 60,
+    )
+    extra: dict[str, Scalar] = {"baseline": baseline}
+    if f.detector != "new_identity":
+        extra["baseline_since"] = format_rfc3339_ms(state.first_ms)
+    return replace(f, expected={**f.expected, **extra})
+
+
+class Incidents:
+    """Opens, updates and resolves a machine's episodes and writes their alert states.
+    `config_version` goes into every alert and alert id; `control` looks up on-call's
+    acknowledgements and snoozes by alert_id (None in replay: nobody acknowledges a replay)."""
+
+    __slots__ = ("config_version", "control")
+
+    def __init__(
+        self, config_version: str, control: Callable[[str], AlertControl | None] | None = None
+    ) -> None:
+        self.config_version = config_version
+        self.control = control
+
+    def alert_id(self, machine_id: str, detector: str, first_event_id: str) -> str:
+        blob = "\x1f".join((machine_id, detector, first_event_id, self.config_version))
+        return "a-" + hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+    def episode(
+        self, cfg: DetectorConfig, event: AuditEvent, group: str, state: MachineState, f: Finding
+    ) -> Alert | None:
+        """Fold a finding into the machine's episode of its detector (opening one when none is
+        open); returns the alert state to write, if any."""
+        ts = event.timestamp_ms
+        severity = severity_for(f.score)
+        ep = state.episodes.get(f.detector)
+        if ep is not None and ts - ep.last_ms <= cfg.cooldown_s * 1000:
+            ep.last_ms = max(ep.last_ms, ts)
+            ep.count += 1
+            if len(ep.event_ids) < 10:
+                ep.event_ids.append(event.event_id)
+            if SEVERITY_RANK[severity] > SEVERITY_RANK[ep.severity]:
+                status = "escalated"
+            elif ts - ep.last_emit_ms >= cfg.update_every_s * 1000:
+                status = "updated"
+            else:
+                ep.score = max(ep.score, f.score)
+                return None
+            ep.severity = severity if status == "escalated" else ep.severity
+            ep.score = max(ep.score, f.score)
+            ep.last_emit_ms = ts
+            control = self.control(ep.alert_id) if self.control is not None else None
+            if status == "escalated" and control is not None and control.silenced:
+                # Acknowledged or snoozed: the higher severity is recorded, nobody is paged.
+                status = "updated"
+            f = with_baseline(cfg, f, state)
+            ep.observed, ep.expected = dict(f.observed), dict(f.expected)
+            return self.alert(event.machine_id, group, f.detector, status, ep, f, ts, control)
+        ep = Episode(
+            alert_id=self.alert_id(event.machine_id, f.detector, event.event_id),
+            first_ms=ts,
+            last_ms=ts,
+            last_emit_ms=ts,
+            count=1,
+            severity=severity,
+            score=f.score,
+            event_ids=[event.event_id],
+        )
+        state.episodes[f.detector] = ep
+        f = with_baseline(cfg, f, state)
+        ep.observed, ep.expected = dict(f.observed), dict(f.expected)
+        return self.alert(event.machine_id, group, f.detector, "opened", ep, f, ts)
+
+    def resolve_quiet(
+        self,
+        cfg: DetectorConfig,
+        machine_id: str,
+        group: str,
+        state: MachineState,
+        ts: int,
+        keep: str = "",
+    ) -> list[Alert]:
+        """Episodes quiet for a cooldown are resolved when the machine's stream moves past it
+        (event time, not wall clock, so replay and Kafka agree); `keep` names a detector whose
+        episode stays open."""
+        cooldown = cfg.cooldown_s * 1000
+        out: list[Alert] = []
+        for detector, ep in list(state.episodes.items()):
+            if ts - ep.last_ms > cooldown and detector != keep:
+                del state.episodes[detector]
+                resolved_at = ep.last_ms + cooldown
+                out.append(
+                    self.alert(
+                        machine_id,
+                        group,
+                        detector,
+                        "resolved",
+                        ep,
+                        with_baseline(
+                            cfg,
+                            Finding(
+                                detector,
+                                ep.score,
+                                f"{machine_id}: no further {detector} findings for "
+                                f"{cfg.cooldown_s // 60} minutes after {ep.count} in all "
+                                f"(peak score {ep.score:.0f}).",
+                                {
+                                    **ep.observed,
+                                    "repeats": ep.count,
+                                    "peak_score": round(ep.score, 1),
+                                    "quiet_minutes": cfg.cooldown_s // 60,
+                                },
+                                {
+                                    **ep.expected,
+                                    "quiet_minutes_to_resolve": cfg.cooldown_s // 60,
+                                },
+                            ),
+                            state,
+                        ),
+                        resolved_at,
+                    )
+                )
+        return out
+
+    def alert(
+        self,
+        machine_id: str,
+        group: str,
+        detector: str,
+        status: str,
+        ep: Episode,
+        f: Finding,
+        ts: int,
+        control: AlertControl | None = None,
+    ) -> Alert:
+        if control is None and status != "opened" and self.control is not None:
+            control = self.control(ep.alert_id)
+        ep.states += 1
+        return Alert(
+            alert_id=ep.alert_id,
+            status=status,
+            machine_id=machine_id,
+            group=group,
+            detector=detector,
+            severity=ep.severity,
+            score=round(max(ep.score, f.score) if status != "resolved" else ep.score, 1),
+            event_time=format_rfc3339_ms(ts),
+            summary=f.summary,
+            observed=f.observed,
+            expected=f.expected,
+            event_ids=list(ep.event_ids),
+            config_version=self.config_version,
+            first_event_time=format_rfc3339_ms(ep.first_ms),
+            last_event_time=format_rfc3339_ms(ep.last_ms),
+            repeat_count=ep.count,
+            hint=HINTS.get(detector),
+            sequence=ep.states,
+            acknowledged_by=control.acknowledged_by if control is not None else None,
+            snoozed_until=control.snoozed_until if control is not None else None,
+        )
+
+
+class StormControl:
+    """At most `max_pages_per_minute` pages per store and event-time minute (fewer for new
+    identities): the pages beyond are written at low severity, and one roll-up alert says how
+    many pages and machines the minute had (see `detectors.capacity`)."""
+
+    __slots__ = ("windows",)
+
+    def __init__(self) -> None:
+        self.windows: dict[Any, StormWindow] = {}
+
+    def forget(self, partition: Any) -> None:
+        self.windows.pop(partition, None)
+
+    def apply(
+        self,
+        cfg: DetectorConfig,
+        config_version: str,
+        event: AuditEvent,
+        alerts: list[Alert],
+        partition: Any,
+    ) -> list[Alert]:
+        window = self.windows.get(partition)
+        if window is None:
+            window = self.windows[partition] = StormWindow()
+        minute = event.timestamp_ms // 60_000
+        out: list[Alert] = []
+        if minute != window.minute:
+            if window.held:
+                out.append(self.rollup(cfg, config_version, window, "updated"))
+            self.windows[partition] = window = StormWindow(minute=minute)
+        for alert in alerts:
+            if not alert.is_page:
+                out.append(alert)
+                continue
+            window.pages += 1
+            window.machines.add(alert.machine_id)
+            n = window.by_detector.get(alert.detector, 0) + 1
+            window.by_detector[alert.detector] = n
+            cap = (
+                cfg.max_new_identity_pages_per_minute
+                if alert.detector == "new_identity"
+                else cfg.max_pages_per_minute
+            )
+            if n <= cap and window.pages - window.held <= cfg.max_pages_per_minute:
+                out.append(alert)
+                continue
+            window.held += 1
+            if not window.first_event_id:
+                window.first_event_id = alert.event_ids[0] if alert.event_ids else alert.alert_id
+            out.append(
+                replace(
+                    alert,
+                    severity="low",
+                    summary="(held back by storm control) " + alert.summary,
+                )
+            )
+            if not window.rollup_sent:
+                window.rollup_sent = True
+                out.append(self.rollup(cfg, config_version, window, "opened"))
+        return out
+
+    @staticmethod
+    def rollup(cfg: DetectorConfig, config_version: str, window: StormWindow, status: str) -> Alert:
+        t = window.minute * 60_000
+        blob = "\x1f".join(("*", "storm", window.first_event_id, config_version))
+        detectors = ", ".join(f"{d} {n}" for d, n in sorted(window.by_detector.items()))
+        return Alert(
+            alert_id="a-" + hashlib.sha256(blob.encode()).hexdigest()[:24],
+            status=status,
+            machine_id="*",
+            group="*",
+            detector="storm",
+            severity="high",
+            score=80.0,
+            event_time=format_rfc3339_ms(t),
+            summary=f"Alert storm: {window.pages} pages from {len(window.machines)} machines in "
+            f"one minute ({detectors}); {window.held} beyond the cap were recorded at low "
+            "severity.",
+            observed={
+                "pages": window.pages,
+                "machines": len(window.machines),
+                "held_back": window.held,
+            },
+            expected={"max_pages_per_minute": cfg.max_pages_per_minute},
+            event_ids=[],
+            config_version=config_version,
+            first_event_time=format_rfc3339_ms(t),
+            last_event_time=format_rfc3339_ms(t + 59_999),
+            repeat_count=window.pages,
+            hint="Many machines deviating at once is usually a deploy, an outage or a "
+            "credential rotation; look for the common cause before the single machines.",
+        )
