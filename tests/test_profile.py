@@ -39,7 +39,7 @@ MAIN = (
     "_run_module_as_main (<frozen runpy>:198);_run (streams/runtime/run.py:90);"
     f"Worker.run ({_loop('self.run_once()')})"
 )
-RUN_ONCE = f"{MAIN};Worker.run_once ({_loop('task.process(msg)')});Task.process "
+RUN_ONCE = f"{MAIN};Worker.run_once ({_loop('task.finish(item)')});Task.finish "
 TASK_PROCESS = f"{RUN_ONCE}(streams/runtime/task.py:100)"
 COMMIT = f"{MAIN};Worker.commit (streams/runtime/loop.py:400)"
 
@@ -113,7 +113,7 @@ def test_a_tasks_work_is_charged_by_what_it_does() -> None:
         "AtLeastOnce.produce (streams/runtime/commit.py:60)"
     )
     assert classify(_stack(produce), ROOT) == PRODUCE
-    line = _line_of("streams/processor.py", "= self._decode(value)")
+    line = _line_of("streams/processor.py", "= self._decode(value, ")
     decode = f"{TASK_PROCESS};Processor.decode (streams/processor.py:{line})"
     assert classify(_stack(decode), ROOT) == "processor glue (decode/admit/detect)"
     fastavro = f"{decode};_decode_avro (schemas/codec.py:120)"
@@ -138,3 +138,28 @@ def test_restore_and_the_main_thread_before_the_loop_are_startup() -> None:
 def test_no_stage_is_left_from_the_quix_engine() -> None:
     names = [g for g, _ in GROUPS] + [p for _, prefixes in GROUPS for p in prefixes]
     assert not [n for n in names if "Quix" in n or "align" in n]
+
+
+def test_each_detector_module_and_the_batched_id_lookup_have_their_stage() -> None:
+    detect = (
+        f"{TASK_PROCESS};Processor.detect (streams/processor.py:280);"
+        "DetectionCore.observe (detectors/core.py:300)"
+    )
+    for frame, stage in (
+        ("OffHours.score (detectors/off_hours.py:60)", "detector: off_hours"),
+        ("FailureRatio.score (detectors/failure.py:40)", "detector: failure_ratio"),
+        ("NewOperation.score (detectors/operations.py:40)", "detector: operation"),
+        ("normalise_resource (detectors/resources.py:40)", "detector: new_resource"),
+        ("NewIdentity.score (detectors/identity.py:80)", "detector: new_identity"),
+        ("recent_peak (detectors/rate.py:1214)", "detector: access_rate (peak)"),
+        ("StormControl.apply (detectors/incidents.py:290)", "storm control"),
+        ("Incidents.episode (detectors/incidents.py:140)", "alert episodes (open/update/resolve)"),
+        ("WorkingCopy.get (detectors/state.py:140)", "core: working copy"),
+    ):
+        assert classify(_stack(f"{detect};{frame}"), ROOT) == stage, frame
+    prefetch = (
+        f"{MAIN};Worker.run_once ({_loop('task.seen_ids(items)')});"
+        "Task.seen_ids (streams/runtime/task.py:120);"
+        "EventIndex.prefetch (streams/runtime/state.py:90)"
+    )
+    assert classify(_stack(prefetch), ROOT) == DEDUPE_STATE

@@ -335,3 +335,15 @@ def test_a_deferred_command_parses_its_own_arguments() -> None:
     assert args.command == "config" and args.file == "x.yaml" and callable(args.func)
     args = parser.parse_args(["alerts", "ack", "a-1", "--by", "alice"])
     assert (args.alerts_action, args.alert_id, args.by) == ("ack", "a-1", "alice")
+
+
+def test_produce_help_states_the_real_delivery_timeout() -> None:
+    """The produce parser states the default without importing the producer (and with it
+    confluent_kafka and the config model): the two must agree."""
+    from streams.cli.main import build_parser
+    from streams.tools.producer import DEFAULT_DELIVERY_TIMEOUT_S
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    produce_help = " ".join(sub.choices["produce"].format_help().split())
+    assert f"default {DEFAULT_DELIVERY_TIMEOUT_S:g}, or the config's" in produce_help

@@ -74,6 +74,48 @@ def test_the_event_id_index_is_on_disk_behind_a_bounded_cache(tmp_path: Path) ->
     assert again.stamped() is None and again.get("m\x1fid-2") is None
 
 
+def test_a_batch_of_event_ids_is_looked_up_in_one_query(tmp_path: Path) -> None:
+    path = tmp_path / "p.ids"
+    index = EventIndex(path, cache_size=10)
+    for i in range(0, 2_000, 2):  # the even ids are on disk
+        index.set(f"m\x1fid-{i}", b"d%d" % i)
+    index.flush()
+    index.close()
+    index = EventIndex(path, cache_size=1_000)
+    statements: list[str] = []
+    index.db.set_trace_callback(statements.append)
+    batch = [f"m\x1fid-{i}" for i in range(1_000, 1_950)]
+    index.prefetch(batch)
+    assert len(statements) == 2  # 950 ids: two chunks of at most 900
+    statements.clear()
+    got = {k: index.get(k) for k in batch}
+    assert statements == []  # found or known absent: no query per id
+    assert got == {
+        k: (b"d%d" % int(k.rsplit("-", 1)[1]) if int(k.rsplit("-", 1)[1]) % 2 == 0 else None)
+        for k in batch
+    }
+
+
+def test_an_id_absent_at_prefetch_is_found_once_set_flushed_and_evicted(tmp_path: Path) -> None:
+    # The absent set is a snapshot of the file: an id archived since must never read as new
+    # again, even when the cache has let it go.
+    index = EventIndex(tmp_path / "p.ids", cache_size=2)
+    index.prefetch(["m\x1fa", "m\x1fb"])
+    assert index.get("m\x1fa") is None
+    index.set("m\x1fa", b"digest-a")
+    assert index.get("m\x1fa") == b"digest-a"
+    index.flush()
+    for i in range(5):  # evicts a from the cache
+        index.set(f"m\x1fother-{i}", b"x")
+    assert "m\x1fa" not in index.cache
+    assert index.get("m\x1fa") == b"digest-a"
+    index.prefetch(["m\x1fb"])
+    index.delete("m\x1fb")
+    assert index.get("m\x1fb") is None
+    index.clear()
+    assert index.absent == set()
+
+
 def test_a_changelog_of_another_format_is_refused_with_the_way_out() -> None:
     state = PartitionState(0)
     with pytest.raises(StateFormatError, match="auditwatch seed --from-archive"):

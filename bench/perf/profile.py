@@ -121,6 +121,17 @@ _CORE_FUNCS = {
 }
 
 
+# One detector per module (detectors/base.py's interface).
+_DETECTOR_MODULES = {
+    "detectors/off_hours.py": "detector: off_hours",
+    "detectors/failure.py": "detector: failure_ratio",
+    "detectors/operations.py": "detector: operation",
+    "detectors/resources.py": "detector: new_resource",
+    "detectors/config.py": "core: process glue",
+    "detectors/base.py": "core: process glue",
+}
+
+
 def _parse(frame: str) -> tuple[str, str, int]:
     m = _FRAME.match(frame)
     if m is None:
@@ -152,6 +163,8 @@ def _runtime(func: str, file: str, line: int, root: Path) -> str | None:
             return STATE
         return TASK
     if module == "state.py":
+        if func == "EventIndex.prefetch":
+            return DEDUPE_STATE
         if func.startswith(("PartitionState.", "EventIndex.")) and short in (
             "get",
             "set",
@@ -199,6 +212,8 @@ def _ours(func: str, file: str, line: int, root: Path) -> str | None:
             return "rate model dump"
         if short == "load" or func in ("RateBaseline.__init__", "_Model.__init__"):
             return "rate model load"
+        if short == "recent_peak":
+            return "detector: access_rate (peak)"
         return "detector: access_rate (rate model)"
     if file == "detectors/core.py":
         src = _source(root, file, line)
@@ -215,6 +230,21 @@ def _ours(func: str, file: str, line: int, root: Path) -> str | None:
         if func.startswith("WorkingCopy."):
             return "core: working copy"
         return _CORE_FUNCS.get(short, "core: process glue")
+    if file == "detectors/state.py":
+        src = _source(root, file, line)
+        if func.startswith("WorkingCopy."):
+            return "core: working copy"
+        if "orjson.dumps" in src or func.endswith(("to_dict", "_encode_state")):
+            return "machine state dump (to_dict + orjson)"
+        return "machine state load (orjson + from_dict)"
+    if file == "detectors/incidents.py":
+        if func.startswith("StormControl."):
+            return "storm control"
+        if func.startswith("Episode.") and func.endswith(("to_list", "from_list")):
+            return "machine state load (orjson + from_dict)"
+        return "alert episodes (open/update/resolve)"
+    if file in _DETECTOR_MODULES:
+        return _DETECTOR_MODULES[file]
     if file == "detectors/peers.py":
         return "peer groups (logic)"
     if file == "detectors/silence.py":
@@ -223,9 +253,9 @@ def _ours(func: str, file: str, line: int, root: Path) -> str | None:
         return "capacity index"
     if file == "detectors/identity.py":
         return (
-            "detector: new_resource"
-            if "normalise" in func or "_segment" in func
-            else ("peer group lookup (name)")
+            "detector: new_identity"
+            if func.startswith("NewIdentity.")
+            else "peer group lookup (name)"
         )
     if file == "schemas/codec.py":
         if short in (

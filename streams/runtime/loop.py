@@ -50,7 +50,7 @@ from streams.runtime.commit import AtLeastOnce, ExactlyOnce, Rewind
 from streams.runtime.peers import PeerReader, PeerTable
 from streams.runtime.routing import Router
 from streams.runtime.state import Snapshots, end_offset, restore_all, restore_consumer
-from streams.runtime.task import Task
+from streams.runtime.task import Prepared, Task
 
 log = logging.getLogger("auditwatch.runtime")
 
@@ -344,6 +344,12 @@ class Worker:
         finally:
             self.close()
 
+    def _failed(self, msg: Any) -> None:
+        # The processor turns bad input into dead letters and guards detection; an exception
+        # here is a bug. Counted and logged with the record's place.
+        self.processor.metrics["processing_errors"] += 1
+        log.exception("processing %s[%d]@%d failed", msg.topic(), msg.partition(), msg.offset())
+
     def run_once(self) -> int:
         k = self.cfg.kafka
         msgs = self.consumer.consume(k.batch_max_records, k.batch_max_wait_s)
@@ -352,6 +358,9 @@ class Worker:
         observe = self.telemetry.latency["ingest"].observe_since
         current = CURRENT
         events = self.events_topic
+        # Two passes: decode the batch, look up its event ids per task in a few queries,
+        # then dedupe, archive and detect in order. Records of one partition keep their order.
+        prepared: dict[Task, list[Prepared]] = {}
         for msg in msgs:
             current.message = msg
             err = msg.error()
@@ -363,16 +372,24 @@ class Worker:
             if task is None:
                 continue
             try:
-                task.process(msg)
+                item = task.prepare(msg)
             except Exception:
-                # The processor turns bad input into dead letters and guards detection; an
-                # exception here is a bug. Counted and logged with the record's place.
-                self.processor.metrics["processing_errors"] += 1
-                log.exception("processing %s[%d]@%d failed", msg.topic(), p, msg.offset())
+                self._failed(msg)
+            else:
+                if item is not None:
+                    prepared.setdefault(task, []).append(item)
             topic = msg.topic()
             positions[(topic, p)] = msg.offset() + 1
             if topic == events:  # a forwarded event was observed when it came in
                 observe(msg.timestamp()[1])
+        for task, items in prepared.items():
+            task.seen_ids(items)
+            for item in items:
+                current.message = item.msg
+                try:
+                    task.finish(item)
+                except Exception:
+                    self._failed(item.msg)
         current.message = None
         self.policy.poll()
         self._punctuate()

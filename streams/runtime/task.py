@@ -9,13 +9,28 @@ commit policy's producer.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
+from schemas.event import AuditEvent
 from streams.ops.metrics import Telemetry
-from streams.processor import Origin, Output, Processor, SplitStore
+from streams.processor import Origin, Output, Processor, SplitStore, archive_key
 from streams.runtime.peers import PeerTable
 from streams.runtime.routing import Router, forwarded_origin, is_seed, origin_header
 from streams.runtime.state import PartitionState
+
+
+class Prepared(NamedTuple):
+    """A decoded event that stays in its task, between `Task.prepare` and `Task.finish`."""
+
+    msg: Any
+    event: AuditEvent
+    value: bytes | None
+    key: bytes | None
+    origin: Origin
+    fmt: str
+    now: int
+    seed: bool
+
 
 # emit(role, key, value, partition, headers): role is an output kind ("archive",
 # "deadletter", "alert") or "forward" (the repartition topic).
@@ -68,6 +83,16 @@ class Task:
         self.clock_ms = -1
 
     def process(self, msg: Any) -> None:
+        """One record on its own (the worker prepares a whole batch first: run_once)."""
+        item = self.prepare(msg)
+        if item is not None:
+            self.seen_ids([item])
+            self.finish(item)
+
+    def prepare(self, msg: Any) -> Prepared | None:
+        """Decode a record, and dead-letter, forward or learn from it what does not stay in
+        this task: what is left is an event of one of this partition's machines, to `finish`
+        once the batch's ids have been looked up (`seen_ids`)."""
         p = self.partition
         value: bytes | None = msg.value()
         key: bytes | None = msg.key()
@@ -81,7 +106,7 @@ class Task:
         emit = self.emit
         if isinstance(decoded, Output):
             emit(decoded.kind, decoded.key, decoded.value, -1, None)
-            return
+            return None
         event, fmt, now = decoded
         machine_id = event.machine_id
         if not forwarded and self.router.partition(machine_id) != p:
@@ -95,14 +120,27 @@ class Task:
                 self.router.partition(machine_id),
                 [origin_header(origin)],
             )
+            return None
+        # History from `auditwatch seed` is learned like live traffic, in its place among the
+        # partition's records, but never alerted on, and already in the archive.
+        seed = bool(forwarded and headers and is_seed(headers))
+        return Prepared(msg, event, value, key, origin, fmt, now, seed)
+
+    def seen_ids(self, items: list[Prepared]) -> None:
+        """Look up the event ids of prepared records at once (the dedupe's disk reads)."""
+        self.state.seen.prefetch([archive_key(item.event) for item in items if not item.seed])
+
+    def finish(self, item: Prepared) -> None:
+        """Dedupe, archive and detect a prepared event."""
+        processor = self.processor
+        emit = self.emit
+        event = item.event
+        if item.seed:
+            processor.detect(event, self.store, item.origin, learn_only=True, source=self.partition)
             return
-        store = self.store
-        if forwarded and headers and is_seed(headers):
-            # History from `auditwatch seed`: learned like live traffic, never alerted on,
-            # already in the archive.
-            processor.detect(event, store, origin, learn_only=True, source=p)
-            return
-        outputs, new = processor.admit(event, value, key, origin, store, fmt, now)
+        outputs, new = processor.admit(
+            event, item.value, item.key, item.origin, self.store, item.fmt, item.now
+        )
         for out in outputs:
             emit(
                 out.kind,
@@ -115,9 +153,9 @@ class Task:
             return
         ts = event.timestamp_ms
         self.clock_ms = max(self.clock_ms, ts)
-        alerts = processor.detect(event, store, origin, source=p)
+        alerts = processor.detect(event, self.store, item.origin, source=self.partition)
         if self.detected is not None:
-            self.detected(msg.timestamp()[1])
+            self.detected(item.msg.timestamp()[1])
         if alerts:
             for out in alerts:
                 emit(out.kind, out.key, out.value, -1, None)
