@@ -211,6 +211,8 @@ class Telemetry:
         self.control: Any = None
         # The runtime's worker (streams.runtime.loop), for its rewinds, restores and tasks.
         self.worker: Any = None
+        # What start-up waits for (the broker, its topics), shown on /readyz; None once not.
+        self.waiting: str | None = None
         self.state_dir = cfg.kafka.state_dir
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_Collector(self))
@@ -270,14 +272,20 @@ class Telemetry:
             # partitions is a valid standby, and must not stall a rolling update).
             "group_joined": stats_fresh and stats.group_joined,
         }
-        ready = all(checks.values())
+        waiting = self.waiting
+        ready = all(checks.values()) and waiting is None
         body: dict[str, Any] = {
             "ready": ready,
             "checks": checks,
             "group_state": stats.group_state,
             "assigned": {t: list(p) for t, p in stats.assigned.items()},
         }
+        if waiting is not None:
+            body["waiting"] = waiting
         return ready, body
+
+    def set_waiting(self, what: str | None) -> None:
+        self.waiting = what
 
     def health(self) -> dict[str, Any]:
         age = self.loop_age()

@@ -130,7 +130,7 @@ class Worker:
         self.peers = PeerTable(self.writer)
         self.rewinds = 0
         self.restores = 0
-        self.last_commit = time.monotonic()
+        self.began = self.last_commit = time.monotonic()
         self._last_error_log = 0.0
         self._stopping = False
         if k.working_copy_machines > 0:
@@ -538,12 +538,54 @@ class Worker:
                 self.snapshot(sorted(self.tasks))
         except Exception:
             log.exception("final commit failed; the next start re-processes from the last one")
+        # Taken before the consumer's close, whose revocation drops them.
+        owned = sorted(self.tasks)
+        positions, committed = dict(self.positions), dict(self.committed)
         left = self.policy.close()
         if left:
             log.error("%d output records were not delivered before shutdown", left)
         self.consumer.close()
         self.peer_reader.close()
         self.restorer.close()
+        self._log_stopped(owned, positions, committed)
+
+    def _log_stopped(
+        self,
+        owned: list[int],
+        positions: dict[tuple[str, int], int],
+        committed: dict[tuple[str, int], int],
+    ) -> None:
+        """One line of what the worker did and where it left its partitions. `committed` holds
+        only offsets the broker acknowledged (commits are synchronous), so the line says what
+        is durable, not what was meant to be."""
+        m = self.processor.metrics
+        done = (
+            f"{m['events_in']} events in over {time.monotonic() - self.began:.0f} s (archived "
+            f"{m['archived']}, duplicates {m['duplicates']}, dead letters {m['deadlettered']}, "
+            f"alerts opened {m['alerts.opened']})"
+        )
+        behind = sorted(
+            f"{t}[{p}]" for (t, p), off in positions.items() if committed.get((t, p), -1) < off
+        )
+        inputs = ", ".join(
+            f"{p}@{off}" for (t, p), off in sorted(committed.items()) if t == self.events_topic
+        )
+        durable = (
+            f"committed everything processed (input offsets {inputs or 'none yet'})"
+            if not behind
+            else f"not committed: {', '.join(behind)} (re-processed from the last commit)"
+        )
+        if not owned:
+            where = "owned no partitions"
+        elif self.instance:
+            where = (
+                f"partitions {_ranges(owned)} stay with instance {self.instance} until it "
+                f"restarts or kafka.session_timeout_s ({self.cfg.kafka.session_timeout_s:g} s) "
+                "passes (static membership)"
+            )
+        else:
+            where = f"left the group; partitions {_ranges(owned)} go to the other workers"
+        log.info("stopped: %s; %s; %s", done, durable, where)
 
     # ---- telemetry -------------------------------------------------------------------------
 
@@ -581,3 +623,14 @@ class Worker:
             "topic": self.events_topic,
             "partitions_searched": sorted(self.tasks),
         }
+
+
+def _ranges(partitions: list[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2,5"."""
+    runs: list[list[int]] = []
+    for p in partitions:
+        if runs and runs[-1][1] + 1 == p:
+            runs[-1][1] = p
+        else:
+            runs.append([p, p])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)

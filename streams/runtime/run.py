@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-import time
 from typing import Any
 
 from confluent_kafka import KafkaException
@@ -66,7 +65,7 @@ def _run(
     # Before anything waits on the broker: SIGTERM during start-up stops it cleanly.
     previous = _stop_on_signals(stop)
     processor = Processor(cfg, make_resolver(cfg))
-    telemetry = _Telemetry(cfg, processor)
+    telemetry = Telemetry(cfg, processor)
     # Served from the start, so /readyz says what start-up waits for.
     server = start_http(telemetry, cfg)
     reloader: ConfigReloader | None = None
@@ -90,7 +89,6 @@ def _run(
             log.warning("control topic not loaded within 30 s; acknowledgements apply once it is")
         processor.core.control = control.lookup
         telemetry.control = control
-        _report_on_close(worker, processor)
         worker.start()
         worker.run(stop)
     finally:
@@ -107,27 +105,11 @@ def _run(
     return processor
 
 
-class _Telemetry(Telemetry):
-    """The worker's telemetry; /readyz also says what start-up is waiting for."""
-
-    waiting: str | None = None
-
-    def readiness(self) -> tuple[bool, dict[str, Any]]:
-        ready, body = super().readiness()
-        waiting = self.waiting
-        if waiting is not None:
-            body["waiting"] = waiting
-        return ready and waiting is None, body
-
-    def set_waiting(self, what: str | None) -> None:
-        self.waiting = what
-
-
 # A broker that went away again between the probe and the topics: wait for it once more.
 _LOST = ("_TRANSPORT", "_ALL_BROKERS_DOWN", "_RESOLVE", "_TIMED_OUT")
 
 
-def _wait_for_kafka(cfg: Config, stop: threading.Event, telemetry: _Telemetry) -> bool:
+def _wait_for_kafka(cfg: Config, stop: threading.Event, telemetry: Telemetry) -> bool:
     """Wait for the broker, then create the topics that are missing; True once both are done,
     False if stopped first. A worker started before its broker (a restart of the whole
     deployment, a broker being replaced) waits and says so; it never exits on a broker that
@@ -152,104 +134,6 @@ def _wait_for_kafka(cfg: Config, stop: threading.Event, telemetry: _Telemetry) -
             for diff in report.differences:
                 log.warning("topic %s differs from the expected config: %s", report.name, diff)
         return True
-
-
-def _report_on_close(worker: Worker, processor: Processor) -> None:
-    """When the worker closes (its loop ended: SIGTERM, SIGINT or `stop`), log one line of what
-    it did and where it left its partitions. The partitions and positions are taken as the
-    close begins (closing drops them), the committed offsets read back from the broker after
-    it, so the line says what is durable, not what was meant to be."""
-    close = worker.close
-    started = time.monotonic()
-
-    def close_and_report() -> None:
-        owned = sorted(worker.tasks)
-        positions = dict(worker.positions)
-        close()
-        _log_stopped(worker, processor, owned, positions, time.monotonic() - started)
-
-    # An attribute of this one worker, not a change to the class: the runtime stays as it is.
-    setattr(worker, "close", close_and_report)  # noqa: B010
-
-
-def _log_stopped(
-    worker: Worker,
-    processor: Processor,
-    owned: list[int],
-    positions: dict[tuple[str, int], int],
-    seconds: float,
-) -> None:
-    cfg = worker.cfg
-    m = processor.metrics
-    done = (
-        f"{m['events_in']} events in over {seconds:.0f} s (archived {m['archived']}, "
-        f"duplicates {m['duplicates']}, dead letters {m['deadlettered']}, alerts opened "
-        f"{m['alerts.opened']})"
-    )
-    committed = _committed_now(cfg, list(positions))
-    if committed is None:
-        durable = "committed offsets could not be read back (broker unreachable)"
-    else:
-        behind = sorted(
-            f"{t}[{p}]" for (t, p), off in positions.items() if committed.get((t, p), -1) < off
-        )
-        inputs = ", ".join(
-            f"{p}@{committed[(t, p)]}"
-            for (t, p) in sorted(committed)
-            if t == worker.events_topic and committed[(t, p)] >= 0
-        )
-        durable = (
-            f"committed everything processed (input offsets {inputs or 'none yet'})"
-            if not behind
-            else f"not committed: {', '.join(behind)} (re-processed from the last commit)"
-        )
-    if not owned:
-        where = "owned no partitions"
-    elif worker.instance:
-        where = (
-            f"partitions {_ranges(owned)} stay with instance {worker.instance} until it "
-            f"restarts or kafka.session_timeout_s ({cfg.kafka.session_timeout_s:g} s) passes "
-            "(static membership)"
-        )
-    else:
-        where = f"left the group; partitions {_ranges(owned)} go to the other workers"
-    log.info("stopped: %s; %s; %s", done, durable, where)
-
-
-def _committed_now(
-    cfg: Config, partitions: list[tuple[str, int]]
-) -> dict[tuple[str, int], int] | None:
-    """The group's committed offsets of `partitions`, read from the broker; None if it cannot
-    be asked."""
-    if not partitions:
-        return {}
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer(
-        {
-            **cfg.kafka.client_config(),
-            "group.id": cfg.kafka.consumer_group,
-            "enable.auto.commit": False,
-        }
-    )
-    try:
-        found = consumer.committed([TopicPartition(t, p) for t, p in partitions], timeout=5.0)
-        return {(tp.topic, tp.partition): tp.offset for tp in found}
-    except KafkaException:
-        return None
-    finally:
-        consumer.close()
-
-
-def _ranges(partitions: list[int]) -> str:
-    """[0, 1, 2, 5] -> "0-2,5"."""
-    runs: list[list[int]] = []
-    for p in partitions:
-        if runs and runs[-1][1] + 1 == p:
-            runs[-1][1] = p
-        else:
-            runs.append([p, p])
-    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 def _stop_on_signals(stop: threading.Event) -> dict[int, Any]:
