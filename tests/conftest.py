@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,91 @@ def bootstrap() -> Iterator[str]:
         yield address
     finally:
         kafka_local.stop()
+
+
+@dataclass(frozen=True)
+class SecureBroker:
+    """The SASL_SSL broker (`kafka_local start --secure`) as its super user: SCRAM-SHA-512
+    over TLS, its CA, and the StandardAuthorizer (only `username` is a super user)."""
+
+    bootstrap: str
+    ca_location: str
+    username: str
+    password: str
+    mechanism: str = "SCRAM-SHA-512"
+
+    def client_config(self, **overrides: Any) -> dict[str, Any]:
+        """librdkafka settings for a client of this broker; `overrides` (dotted names with
+        `_` for `.`: sasl_username="alice") replace the super user's."""
+        config: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap,
+            "security.protocol": "SASL_SSL",
+            "sasl.mechanism": self.mechanism,
+            "sasl.username": self.username,
+            "sasl.password": self.password,
+            "ssl.ca.location": self.ca_location,
+        }
+        config.update({k.replace("_", "."): v for k, v in overrides.items()})
+        return config
+
+    def env(self) -> dict[str, str]:
+        """The AUDITWATCH_* variables that point auditwatch (a subprocess) at this broker."""
+        return {
+            "AUDITWATCH_BOOTSTRAP": self.bootstrap,
+            "AUDITWATCH_SECURITY_PROTOCOL": "SASL_SSL",
+            "AUDITWATCH_SASL_MECHANISM": self.mechanism,
+            "AUDITWATCH_SASL_USERNAME": self.username,
+            "AUDITWATCH_SASL_PASSWORD": self.password,
+            "AUDITWATCH_SSL_CA_LOCATION": self.ca_location,
+        }
+
+
+def _secure_broker_of(bootstrap: str) -> SecureBroker:
+    """The credentials of the secure broker at `bootstrap`: the AUDITWATCH_* variables when
+    they name it (client.env sourced), else the files of the secure run dir."""
+    from streams.ops import kafka_local
+
+    env = os.environ
+    if env.get("AUDITWATCH_BOOTSTRAP") == bootstrap and env.get("AUDITWATCH_SASL_USERNAME"):
+        password = env.get("AUDITWATCH_SASL_PASSWORD") or ""
+        if not password and env.get("AUDITWATCH_SASL_PASSWORD_FILE"):
+            password = Path(env["AUDITWATCH_SASL_PASSWORD_FILE"]).read_text().strip()
+        return SecureBroker(
+            bootstrap=bootstrap,
+            ca_location=env.get("AUDITWATCH_SSL_CA_LOCATION", ""),
+            username=env["AUDITWATCH_SASL_USERNAME"],
+            password=password,
+            mechanism=env.get("AUDITWATCH_SASL_MECHANISM", "SCRAM-SHA-512"),
+        )
+    config = kafka_local.secure_client_config()
+    return SecureBroker(
+        bootstrap=bootstrap,
+        ca_location=config["ssl.ca.location"],
+        username=config["sasl.username"],
+        password=config["sasl.password"],
+        mechanism=config["sasl.mechanism"],
+    )
+
+
+@pytest.fixture(scope="session")
+def secure_broker() -> Iterator[SecureBroker]:
+    """$AUDITWATCH_SECURE_BOOTSTRAP when set (CI starts it; client.env sets it), else the
+    secure local broker, started here (and stopped at the end) if it is not running."""
+    env = os.environ.get("AUDITWATCH_SECURE_BOOTSTRAP")
+    if env:
+        yield _secure_broker_of(env)
+        return
+    from streams.ops import kafka_local
+
+    running = kafka_local.status(secure=True)
+    if running:
+        yield _secure_broker_of(running)
+        return
+    address = kafka_local.start(secure=True)
+    try:
+        yield _secure_broker_of(address)
+    finally:
+        kafka_local.stop(secure=True)
 
 
 class Stack:

@@ -14,12 +14,22 @@ Usage::
     python -m streams.ops.kafka_local start    # prints 127.0.0.1:PORT on stdout
     python -m streams.ops.kafka_local status
     python -m streams.ops.kafka_local stop
+    python -m streams.ops.kafka_local start --secure   # a second broker: SASL_SSL, SCRAM, ACLs
+
+``--secure`` runs a separate broker (its own run dir and ports; the plaintext one is never
+touched) whose client listener is SASL_SSL with SCRAM-SHA-512, the user ``admin`` created at
+format time as the only super user of the StandardAuthorizer, and a CA and broker certificate
+made at first start with the ``cryptography`` package. Its run dir holds ``client.env``, the
+``AUDITWATCH_*`` variables that point every auditwatch client at it::
+
+    set -a; . .run/kafka-secure/client.env; set +a
 
 Environment:
 
 - ``AUDITWATCH_CACHE_DIR``: jar directory (default ``<repo>/.cache/kafka/4.0.2/libs``).
 - ``AUDITWATCH_RUN_DIR``: runtime directory (default ``<repo>/.run/kafka``).
 - ``AUDITWATCH_KAFKA_PORT``: force the broker port instead of 9092-or-a-free-one.
+- ``AUDITWATCH_SECURE_RUN_DIR``: the secure broker's run dir (default ``<repo>/.run/kafka-secure``).
 - ``AUDITWATCH_BOOTSTRAP``: an existing broker; wins in :func:`bootstrap_from_env_or_file`.
 """
 
@@ -30,6 +40,7 @@ import base64
 import contextlib
 import fcntl
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -51,6 +62,8 @@ __all__ = [
     "fetch_jars",
     "main",
     "run_dir",
+    "secure_client_config",
+    "secure_client_env",
     "start",
     "status",
     "stop",
@@ -61,6 +74,12 @@ SCALA_VERSION = "2.13"
 HOST = "127.0.0.1"
 DEFAULT_BROKER_PORT = 9092
 DEFAULT_CONTROLLER_PORT = 9093
+# The secure broker's preferred ports: stable across restarts when free, so a shell that
+# sourced client.env keeps working.
+SECURE_BROKER_PORT = 9094
+SECURE_CONTROLLER_PORT = 9095
+SECURE_ADMIN = "admin"
+SCRAM_MECHANISM = "SCRAM-SHA-512"
 # Logged by kafka.server.KafkaRaftServer once the controller and broker are both up.
 STARTED_MARKER = "Kafka Server started"
 JVM_OPTS = (
@@ -104,12 +123,12 @@ def cache_dir() -> Path:
     return REPO_ROOT / ".cache" / "kafka" / KAFKA_VERSION / "libs"
 
 
-def run_dir() -> Path:
+def run_dir(*, secure: bool = False) -> Path:
     """Directory holding the broker's data, configuration, pid, log and bootstrap file."""
-    env = os.environ.get("AUDITWATCH_RUN_DIR")
+    env = os.environ.get("AUDITWATCH_SECURE_RUN_DIR" if secure else "AUDITWATCH_RUN_DIR")
     if env:
         return Path(env).expanduser().resolve()
-    return REPO_ROOT / ".run" / "kafka"
+    return REPO_ROOT / ".run" / ("kafka-secure" if secure else "kafka")
 
 
 def _info(message: str) -> None:
@@ -262,8 +281,14 @@ def _forced_port() -> int | None:
     return port
 
 
-def _choose_ports(forced: int | None) -> tuple[int, int]:
-    """Broker and controller ports: 9092/9093 when free, otherwise free ephemeral ones."""
+def _choose_ports(forced: int | None, *, secure: bool = False) -> tuple[int, int]:
+    """Broker and controller ports: 9092/9093 (the secure broker: 9094/9095) when free,
+    otherwise free ephemeral ones."""
+    preferred, preferred_controller = (
+        (SECURE_BROKER_PORT, SECURE_CONTROLLER_PORT)
+        if secure
+        else (DEFAULT_BROKER_PORT, DEFAULT_CONTROLLER_PORT)
+    )
     if forced is not None:
         if not _port_free(forced):
             raise KafkaLocalError(
@@ -271,13 +296,13 @@ def _choose_ports(forced: int | None) -> tuple[int, int]:
                 "the variable to let a free port be chosen"
             )
         broker = forced
-    elif _port_free(DEFAULT_BROKER_PORT):
-        broker = DEFAULT_BROKER_PORT
+    elif _port_free(preferred):
+        broker = preferred
     else:
         broker = _ephemeral_port(set())
-        _info(f"port {DEFAULT_BROKER_PORT} is in use; the broker will listen on {HOST}:{broker}")
-    if broker != DEFAULT_CONTROLLER_PORT and _port_free(DEFAULT_CONTROLLER_PORT):
-        controller = DEFAULT_CONTROLLER_PORT
+        _info(f"port {preferred} is in use; the broker will listen on {HOST}:{broker}")
+    if broker != preferred_controller and _port_free(preferred_controller):
+        controller = preferred_controller
     else:
         controller = _ephemeral_port({broker})
     return broker, controller
@@ -390,15 +415,24 @@ def _recv_exactly(conn: socket.socket, size: int) -> bytes:
     return bytes(chunks)
 
 
-def _healthy(bootstrap: str, timeout: float = 5.0) -> bool:
-    """The broker answers a metadata request (not just a bound port) and lists itself."""
+def _healthy(bootstrap: str, timeout: float = 5.0, security: dict[str, str] | None = None) -> bool:
+    """The broker answers a metadata request (not just a bound port) and lists itself;
+    `security` holds the librdkafka settings of the secure broker's listener."""
     try:
         from confluent_kafka import KafkaException
         from confluent_kafka.admin import AdminClient
     except ImportError:
+        if security:
+            # Without a client that speaks TLS and SASL, a TCP handshake is all we can check.
+            with contextlib.suppress(OSError):
+                host, _, port = bootstrap.rpartition(":")
+                socket.create_connection((host, int(port)), timeout=timeout).close()
+                return True
+            return False
         return _api_versions_ok(bootstrap, timeout)
     admin = AdminClient(
         {
+            **(security or {}),
             "bootstrap.servers": bootstrap,
             # Connection-refused chatter during startup polling is expected, not news.
             "log_level": 0,
@@ -451,6 +485,226 @@ log.cleaner.backoff.ms=1000
 """
 
 
+# ------------------------------------------------------------------------ the secure broker
+# Files in the secure run dir: admin.password (the super user's SCRAM password, chosen at
+# format time), tls/ca.pem (what clients trust), tls/broker.p12 (the broker's key and
+# certificate; its password is in server.properties), client.env (for `set -a; . client.env`).
+_CERT_DAYS = 3650
+
+
+def _secure_server_properties(
+    rd: Path, broker_port: int, controller_port: int, admin_password: str, store_password: str
+) -> str:
+    tls = rd / "tls"
+    base = _server_properties(rd, broker_port, controller_port)
+    plain_listeners = (
+        f"listeners=PLAINTEXT://{HOST}:{broker_port},CONTROLLER://{HOST}:{controller_port}\n"
+        f"advertised.listeners=PLAINTEXT://{HOST}:{broker_port}\n"
+        "inter.broker.listener.name=PLAINTEXT\n"
+        "controller.listener.names=CONTROLLER\n"
+        "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT\n"
+    )
+    assert plain_listeners in base
+    jaas = (
+        "org.apache.kafka.common.security.scram.ScramLoginModule required "
+        f'username="{SECURE_ADMIN}" password="{admin_password}";'
+    )
+    secure_listeners = f"""\
+listeners=SASL_SSL://{HOST}:{broker_port},CONTROLLER://{HOST}:{controller_port}
+advertised.listeners=SASL_SSL://{HOST}:{broker_port}
+inter.broker.listener.name=SASL_SSL
+controller.listener.names=CONTROLLER
+# The controller listener stays plaintext, bound to loopback, for this node only.
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL
+sasl.enabled.mechanisms={SCRAM_MECHANISM}
+sasl.mechanism.inter.broker.protocol={SCRAM_MECHANISM}
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={jaas}
+ssl.keystore.type=PKCS12
+ssl.keystore.location={tls / "broker.p12"}
+ssl.keystore.password={store_password}
+ssl.key.password={store_password}
+# The broker is also a client of its own listener (transaction markers).
+ssl.truststore.type=PEM
+ssl.truststore.location={tls / "ca.pem"}
+ssl.client.auth=none
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+# ANONYMOUS is only ever the principal of the plaintext controller listener (this node
+# talking to itself on loopback); every client of the SASL_SSL listener is authenticated.
+super.users=User:{SECURE_ADMIN};User:ANONYMOUS
+"""
+    return base.replace(plain_listeners, secure_listeners)
+
+
+def _secret(path: Path) -> str:
+    """The secret stored in `path`, made (random, owner-only file) if there is none."""
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        text = ""
+    if text:
+        return text
+    import secrets
+
+    text = secrets.token_urlsafe(24)
+    path.touch(mode=0o600)
+    path.write_text(text + "\n")
+    return text
+
+
+def _make_certificates(tls: Path, store_password: str) -> None:
+    """A CA and a broker certificate for 127.0.0.1 and localhost, unless already there. The
+    CA's key is never written: nothing else is ever signed with it."""
+    if (tls / "ca.pem").is_file() and (tls / "broker.p12").is_file():
+        return
+    try:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.serialization import pkcs12
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    except ImportError:
+        raise KafkaLocalError(
+            "the secure broker makes its certificates with the `cryptography` package: "
+            "`pip install 'cryptography>=42'` (part of the dev extra)"
+        ) from None
+    import datetime
+    import ipaddress
+
+    tls.mkdir(parents=True, exist_ok=True)
+    tls.chmod(0o700)
+    now = datetime.datetime.now(datetime.UTC)
+    valid_from = now - datetime.timedelta(minutes=5)  # a clock a little behind still trusts it
+    valid_to = now + datetime.timedelta(days=_CERT_DAYS)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "auditwatch local test CA")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(valid_from)
+        .not_valid_after(valid_to)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(valid_from)
+        .not_valid_after(valid_to)
+        .add_extension(
+            # Clients check the host name (librdkafka's default) against these.
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address(HOST)), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    store = pkcs12.serialize_key_and_certificates(
+        b"broker",
+        key,
+        cert,
+        [ca_cert],
+        serialization.BestAvailableEncryption(store_password.encode()),
+    )
+    (tls / "broker.p12").touch(mode=0o600)
+    (tls / "broker.p12").write_bytes(store)
+    _write_atomically(tls / "ca.pem", ca_cert.public_bytes(serialization.Encoding.PEM).decode())
+
+
+def secure_client_env(rd: Path | None = None) -> dict[str, str]:
+    """The environment that points auditwatch's clients at the secure broker of `rd` (the
+    secure run dir by default) as its super user: what client.env holds."""
+    rd = rd or run_dir(secure=True)
+    bootstrap = _read_bootstrap(rd) or _configured_bootstrap(rd)
+    if bootstrap is None:
+        raise KafkaLocalError(f"no secure broker configured in {rd}; run `start --secure`")
+    return {
+        "AUDITWATCH_BOOTSTRAP": bootstrap,
+        "AUDITWATCH_SECURE_BOOTSTRAP": bootstrap,
+        "AUDITWATCH_SECURITY_PROTOCOL": "SASL_SSL",
+        "AUDITWATCH_SASL_MECHANISM": SCRAM_MECHANISM,
+        "AUDITWATCH_SASL_USERNAME": SECURE_ADMIN,
+        "AUDITWATCH_SASL_PASSWORD_FILE": str(rd / "admin.password"),
+        "AUDITWATCH_SSL_CA_LOCATION": str(rd / "tls" / "ca.pem"),
+    }
+
+
+def secure_client_config(rd: Path | None = None) -> dict[str, str]:
+    """librdkafka settings of the secure broker's super user (bootstrap included)."""
+    rd = rd or run_dir(secure=True)
+    env = secure_client_env(rd)
+    return {
+        "bootstrap.servers": env["AUDITWATCH_BOOTSTRAP"],
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": SCRAM_MECHANISM,
+        "sasl.username": SECURE_ADMIN,
+        "sasl.password": (rd / "admin.password").read_text().strip(),
+        "ssl.ca.location": env["AUDITWATCH_SSL_CA_LOCATION"],
+    }
+
+
+def _write_client_env(rd: Path) -> None:
+    lines = [
+        "# Written by streams/ops/kafka_local.py start --secure: the secure broker's address",
+        "# and super user for every auditwatch client. In a shell: set -a; . THIS_FILE; set +a",
+    ]
+    lines += [f"{k}={shlex.quote(v)}" for k, v in secure_client_env(rd).items()]
+    _write_atomically(rd / "client.env", "\n".join(lines) + "\n")
+
+
+def _prepare_secure(rd: Path, broker_port: int, controller_port: int) -> list[str]:
+    """Write the secure broker's configuration and certificates; the storage format options
+    that create its super user."""
+    rd.chmod(0o700)  # the admin password and the key store are in here
+    if not (rd / "admin.password").is_file():
+        # A SCRAM user exists from format time on: new credentials need fresh storage.
+        shutil.rmtree(rd / "data", ignore_errors=True)
+    admin_password = _secret(rd / "admin.password")
+    store_password = _secret(rd / "tls.password")
+    _make_certificates(rd / "tls", store_password)
+    (rd / "server.properties").touch(mode=0o600)
+    (rd / "server.properties").write_text(
+        _secure_server_properties(rd, broker_port, controller_port, admin_password, store_password)
+    )
+    return ["--add-scram", f"{SCRAM_MECHANISM}=[name={SECURE_ADMIN},password={admin_password}]"]
+
+
+def _security_of(rd: Path, secure: bool) -> dict[str, str] | None:
+    if not secure:
+        return None
+    config = secure_client_config(rd)
+    del config["bootstrap.servers"]
+    return config
+
+
 LOG4J2_PROPERTIES = """\
 # Written by streams/ops/kafka_local.py. WARN and above, plus the readiness line
 # "Kafka Server started" that start() waits for.
@@ -477,7 +731,7 @@ def _random_cluster_id() -> str:
             return cluster_id
 
 
-def _format_storage(java: str, libs: Path, rd: Path) -> None:
+def _format_storage(java: str, libs: Path, rd: Path, extra: list[str] | None = None) -> None:
     data = rd / "data"
     if (data / "meta.properties").is_file():
         return
@@ -495,6 +749,7 @@ def _format_storage(java: str, libs: Path, rd: Path) -> None:
         "--config",
         str(rd / "server.properties"),
         "--ignore-formatted",
+        *(extra or []),
     ]
     done = subprocess.run(
         cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False, cwd=rd
@@ -524,7 +779,7 @@ def _configured_bootstrap(rd: Path) -> str | None:
     except FileNotFoundError:
         return None
     for line in lines:
-        if line.startswith("advertised.listeners=PLAINTEXT://"):
+        if line.startswith("advertised.listeners=") and "://" in line:
             return line.partition("//")[2].strip()
     return None
 
@@ -563,7 +818,9 @@ def _launch(java: str, libs: Path, rd: Path) -> subprocess.Popen[bytes]:
     return proc
 
 
-def _wait_ready(pid: int, bootstrap: str, rd: Path, deadline: float) -> None:
+def _wait_ready(
+    pid: int, bootstrap: str, rd: Path, deadline: float, security: dict[str, str] | None = None
+) -> None:
     """Block until the broker logged its start and answers metadata; raise if it died."""
     log = rd / "broker.log"
     started = False
@@ -580,7 +837,7 @@ def _wait_ready(pid: int, bootstrap: str, rd: Path, deadline: float) -> None:
             with contextlib.suppress(FileNotFoundError):
                 started = STARTED_MARKER in log.read_text(errors="replace")
         remaining = deadline - time.monotonic()
-        if started and _healthy(bootstrap, timeout=max(1.0, min(5.0, remaining))):
+        if started and _healthy(bootstrap, max(1.0, min(5.0, remaining)), security):
             return
         if remaining <= 0:
             what = "answered metadata" if started else f"logged {STARTED_MARKER!r}"
@@ -591,16 +848,19 @@ def _wait_ready(pid: int, bootstrap: str, rd: Path, deadline: float) -> None:
         time.sleep(0.2)
 
 
-def start(*, timeout: float = 90) -> str:
+def start(*, timeout: float = 90, secure: bool = False) -> str:
     """Start the broker (or reuse the healthy one from this run dir); return its bootstrap.
 
     The first start formats storage with a random cluster id. Raises KafkaLocalError when Java
     or Maven is missing, the broker dies while starting (with the tail of broker.log), or it is
     not ready within ``timeout`` seconds (the half-started broker is then stopped).
+    ``secure``: the SASL_SSL broker of its own run dir (see the module's docstring), which
+    also writes client.env there.
     """
     began = time.monotonic()
     deadline = began + timeout
-    rd = run_dir()
+    rd = run_dir(secure=secure)
+    hint = " --secure" if secure else ""
     rd.mkdir(parents=True, exist_ok=True)
     with _locked(rd / ".lock"):
         pid = _running_pid(rd)
@@ -609,39 +869,46 @@ def start(*, timeout: float = 90) -> str:
             if bootstrap is None:
                 raise KafkaLocalError(
                     f"a broker (pid {pid}) runs from {rd} but its address is unknown; "
-                    "run `python -m streams.ops.kafka_local stop` and start again"
+                    f"run `python -m streams.ops.kafka_local stop{hint}` and start again"
                 )
-            forced = _forced_port()
+            forced = None if secure else _forced_port()
             if forced is not None and bootstrap != f"{HOST}:{forced}":
                 raise KafkaLocalError(
                     f"AUDITWATCH_KAFKA_PORT={forced}, but the broker from {rd} already listens "
                     f"on {bootstrap}; run `python -m streams.ops.kafka_local stop` first"
                 )
             try:
-                _wait_ready(pid, bootstrap, rd, deadline)
+                _wait_ready(pid, bootstrap, rd, deadline, _security_of(rd, secure))
             except TimeoutError as exc:
                 raise KafkaLocalError(
                     f"{exc}\nThe running broker is not healthy; "
-                    "run `python -m streams.ops.kafka_local stop` and start again."
+                    f"run `python -m streams.ops.kafka_local stop{hint}` and start again."
                 ) from None
             _write_atomically(rd / "bootstrap", f"{bootstrap}\n")
+            if secure:
+                _write_client_env(rd)
             return bootstrap
 
         _forget(rd)
         java = _java()
         libs = fetch_jars()
-        forced = _forced_port()
+        # The plaintext broker's port variable would put the secure one on the same port.
+        forced = None if secure else _forced_port()
         (rd / "log4j2.properties").write_text(LOG4J2_PROPERTIES)
         for attempt in range(1, _BIND_ATTEMPTS + 1):
-            broker_port, controller_port = _choose_ports(forced)
+            broker_port, controller_port = _choose_ports(forced, secure=secure)
             bootstrap = f"{HOST}:{broker_port}"
-            (rd / "server.properties").write_text(
-                _server_properties(rd, broker_port, controller_port)
-            )
-            _format_storage(java, libs, rd)
+            format_options: list[str] = []
+            if secure:
+                format_options = _prepare_secure(rd, broker_port, controller_port)
+            else:
+                (rd / "server.properties").write_text(
+                    _server_properties(rd, broker_port, controller_port)
+                )
+            _format_storage(java, libs, rd, format_options)
             proc = _launch(java, libs, rd)
             try:
-                _wait_ready(proc.pid, bootstrap, rd, deadline)
+                _wait_ready(proc.pid, bootstrap, rd, deadline, _security_of(rd, secure))
             except KafkaLocalError:
                 _forget(rd)
                 lost_race = "Address already in use" in _log_tail(rd / "broker.log")
@@ -656,17 +923,20 @@ def start(*, timeout: float = 90) -> str:
                     raise KafkaLocalError(f"{exc}\n(gave up after {timeout:.0f} s)") from None
                 raise
             _write_atomically(rd / "bootstrap", f"{bootstrap}\n")
-            _info(f"broker ready at {bootstrap} in {time.monotonic() - began:.1f} s")
+            if secure:
+                _write_client_env(rd)
+            what = "secure broker (SASL_SSL)" if secure else "broker"
+            _info(f"{what} ready at {bootstrap} in {time.monotonic() - began:.1f} s")
             return bootstrap
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
-def stop(*, timeout: float = 30) -> bool:
+def stop(*, timeout: float = 30, secure: bool = False) -> bool:
     """Stop the broker from this run dir: SIGTERM, then SIGKILL after ``timeout`` seconds.
 
     Returns True if a broker was running. Data stays in the run dir for the next start.
     """
-    rd = run_dir()
+    rd = run_dir(secure=secure)
     if not rd.is_dir():
         return False
     with _locked(rd / ".lock"):
@@ -685,13 +955,13 @@ def stop(*, timeout: float = 30) -> bool:
         return True
 
 
-def status() -> str | None:
+def status(*, secure: bool = False) -> str | None:
     """The bootstrap address if the broker from this run dir is running and healthy."""
-    rd = run_dir()
+    rd = run_dir(secure=secure)
     if _running_pid(rd) is None:
         return None
     bootstrap = _read_bootstrap(rd)
-    if bootstrap is None or not _healthy(bootstrap):
+    if bootstrap is None or not _healthy(bootstrap, security=_security_of(rd, secure)):
         return None
     return bootstrap
 
@@ -742,6 +1012,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         description="Start the broker in the background, wait until it serves metadata, and "
         "print HOST:PORT on stdout. Reuses a healthy broker from the same run dir.",
     )
+    secure_help = (
+        "the second, secure broker (run dir .run/kafka-secure, ports 9094/9095 when free): a "
+        "SASL_SSL listener with SCRAM-SHA-512, super user admin, StandardAuthorizer; it "
+        "writes client.env there (`set -a; . .run/kafka-secure/client.env; set +a`)"
+    )
+    start_cmd.add_argument("--secure", action="store_true", help=secure_help)
     start_cmd.add_argument(
         "--timeout",
         type=float,
@@ -759,11 +1035,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         default=30,
         help="seconds to wait after SIGTERM before SIGKILL (default: %(default)s)",
     )
-    commands.add_parser(
+    stop_cmd.add_argument("--secure", action="store_true", help="the secure broker")
+    status_cmd = commands.add_parser(
         "status",
         help="print the bootstrap address if the broker is running and healthy (exit 1 if not)",
         description="Exit 0 and print HOST:PORT if the broker answers metadata, else exit 1.",
     )
+    status_cmd.add_argument("--secure", action="store_true", help="the secure broker")
     return parser
 
 
@@ -774,12 +1052,12 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
         if args.command == "fetch":
             print(fetch_jars())
         elif args.command == "start":
-            print(start(timeout=args.timeout))
+            print(start(timeout=args.timeout, secure=args.secure))
         elif args.command == "stop":
-            if not stop(timeout=args.timeout):
+            if not stop(timeout=args.timeout, secure=args.secure):
                 _info("no broker running")
         elif args.command == "status":
-            bootstrap = status()
+            bootstrap = status(secure=args.secure)
             if bootstrap is None:
                 _info("not running")
                 return 1
