@@ -166,31 +166,29 @@ def encode_archive(
     archived_at_ms: int,
     schema_id: int = FIXED_IDS["archive_record"],
 ) -> bytes:
-    if avro_write.FAST:
-        return avro_write.archive_record(
-            _HEADER.pack(MAGIC, schema_id),
-            event,
-            original_format,
-            original_sha256,
-            topic,
-            partition,
-            offset,
-            archived_at_ms,
-        )
-    return _wire(
-        schema_id,
-        parsed("archive_record"),
-        {
-            "event": event.to_avro(),
-            "event_id_derived": event.event_id_derived,
-            "original_format": original_format,
-            "original_sha256": original_sha256,
-            "original_topic": topic,
-            "original_partition": partition,
-            "original_offset": offset,
-            "archived_at": archived_at_ms,
-        },
+    # Keyword arguments named as the schema's fields: the generated writer fills a field it is
+    # not given with its default, so a field added to archive_record.avsc needs only its line
+    # here. Passed directly rather than as a dict: that costs 0.6 us of the 4.6 per record.
+    write = avro_write.archive_record or _fastavro_archive
+    return write(
+        _HEADER.pack(MAGIC, schema_id),
+        event=event,
+        event_id_derived=event.event_id_derived,
+        original_format=original_format,
+        original_sha256=original_sha256,
+        original_topic=topic,
+        original_partition=partition,
+        original_offset=offset,
+        archived_at=archived_at_ms,
     )
+
+
+def _fastavro_archive(header: bytes, *, event: AuditEvent, **fields: Any) -> bytes:
+    """The archive record by fastavro, for bundled schemas the generated writer cannot write."""
+    buf = io.BytesIO()
+    buf.write(header)
+    fastavro.schemaless_writer(buf, parsed("archive_record"), {"event": event.to_avro(), **fields})
+    return buf.getvalue()
 
 
 def encode_dead_letter(

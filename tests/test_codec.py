@@ -511,19 +511,6 @@ def test_the_archive_record_is_written_by_hand_for_the_bundled_layout() -> None:
     assert avro_write.FAST
 
 
-def test_an_edited_schema_falls_back_to_fastavro(monkeypatch: pytest.MonkeyPatch) -> None:
-    from schemas import avro_write
-
-    def edited(name: str) -> dict[str, Any]:
-        schema = copy.deepcopy(schema_json(name))
-        if name == "archive_record":
-            schema["fields"].insert(2, {"name": "note", "type": "string", "default": ""})
-        return schema
-
-    monkeypatch.setattr(avro_write, "schema_json", edited)
-    assert not avro_write.layout_matches()
-
-
 def test_an_archive_digest_of_the_wrong_size_is_refused() -> None:
     with pytest.raises(ValueError, match="33 bytes, not 32"):
         encode_archive(
