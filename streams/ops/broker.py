@@ -39,6 +39,32 @@ class BrokerUnreachable(RuntimeError):
         super().__init__(f"cannot reach the Kafka broker at {address}: {reason}; {source}")
 
 
+class BrokerAuthenticationFailed(BrokerUnreachable):
+    """The broker answered but refused the credentials (or the TLS handshake failed): said as
+    such, with the user, the address and where the settings come from."""
+
+    def __init__(self, address: str, reason: str, source: str) -> None:
+        self.address = address
+        self.reason = reason
+        self.source = source
+        head, _, detail = reason.partition(": ")
+        RuntimeError.__init__(self, f"{head} at {address}: {detail}; {source}")
+
+
+_AUTH_FAILED = "authentication failed for user"
+_TLS_FAILED = "TLS handshake failed"
+
+
+def credentials_source() -> str:
+    """Where the SASL user, password and CA come from, as the settings to change."""
+    return (
+        "the user and password are kafka.security.username and password (or password_file) "
+        "in the config file, else $AUDITWATCH_SASL_USERNAME and $AUDITWATCH_SASL_PASSWORD "
+        "(or $AUDITWATCH_SASL_PASSWORD_FILE); the CA is kafka.security.ssl_ca_location or "
+        "$AUDITWATCH_SSL_CA_LOCATION"
+    )
+
+
 def address_source(cfg: Config) -> str:
     """Where the bootstrap address came from, as the setting an operator would change."""
     if cfg.kafka.bootstrap_servers:
@@ -76,7 +102,7 @@ def _plain(text: str) -> str:
     return " ".join(text.split())
 
 
-def _reason(errors: list[Any]) -> tuple[str, bool]:
+def _reason(errors: list[Any], cfg: Config | None = None) -> tuple[str, bool]:
     """(why, final) from the errors librdkafka reported: `final` once waiting longer cannot
     help a one-shot command (every bootstrap broker refused, a name that does not resolve,
     something that is not Kafka, failed authentication)."""
@@ -88,7 +114,15 @@ def _reason(errors: list[Any]) -> tuple[str, bool]:
     lowered = detail.lower()
     if KafkaError._RESOLVE in codes or "failed to resolve" in lowered:
         return f"the host name does not resolve ({detail})", True
-    if KafkaError._AUTHENTICATION in codes or KafkaError._SSL in codes or "sasl" in lowered:
+    if KafkaError._AUTHENTICATION in codes or "sasl authentication" in lowered:
+        user = cfg.kafka.sasl_username() if cfg is not None else None
+        # librdkafka's "SASL authentication error: Authentication failed during
+        # authentication due to invalid credentials with SASL mechanism SCRAM-SHA-512"
+        detail = detail.removeprefix("SASL authentication error: ")
+        return f"{_AUTH_FAILED} {user or '(none)'}: {detail}", True
+    if KafkaError._SSL in codes:
+        return f"{_TLS_FAILED}: {detail.removeprefix('SSL handshake failed: ')}", True
+    if "sasl" in lowered:
         return (
             f"authentication or TLS failed ({detail}; check security.protocol, sasl.* and "
             "ssl.* under kafka.librdkafka)",
@@ -135,7 +169,7 @@ def probe(cfg: Config, timeout_s: float = CHECK_TIMEOUT_S) -> str | None:
         except KafkaException as e:
             reason = _plain(e.args[0].str()) if e.args else str(e)
         admin.poll(0)  # hands over the errors reported meanwhile (error_cb)
-        why, final = _reason(errors)
+        why, final = _reason(errors, cfg)
         if final or time.monotonic() >= deadline:
             break
     why = why or reason
@@ -147,8 +181,11 @@ def probe(cfg: Config, timeout_s: float = CHECK_TIMEOUT_S) -> str | None:
 def require_broker(cfg: Config, timeout_s: float = CHECK_TIMEOUT_S) -> None:
     """For one-shot commands: raise BrokerUnreachable unless the broker answers."""
     why = probe(cfg, timeout_s)
-    if why is not None:
-        raise BrokerUnreachable(cfg.kafka.bootstrap(), why, address_source(cfg))
+    if why is None:
+        return
+    if why.startswith((_AUTH_FAILED, _TLS_FAILED)):
+        raise BrokerAuthenticationFailed(cfg.kafka.bootstrap(), why, credentials_source())
+    raise BrokerUnreachable(cfg.kafka.bootstrap(), why, address_source(cfg))
 
 
 def wait_for_broker(

@@ -37,6 +37,151 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN", "OAUTHBEARER"]
+
+# Each setting of SecuritySettings that the environment can give when the config file does not.
+SECURITY_ENV = {
+    "protocol": "AUDITWATCH_SECURITY_PROTOCOL",
+    "sasl_mechanism": "AUDITWATCH_SASL_MECHANISM",
+    "username": "AUDITWATCH_SASL_USERNAME",
+    "password": "AUDITWATCH_SASL_PASSWORD",
+    "password_file": "AUDITWATCH_SASL_PASSWORD_FILE",
+    "ssl_ca_location": "AUDITWATCH_SSL_CA_LOCATION",
+    "ssl_certificate_location": "AUDITWATCH_SSL_CERTIFICATE_LOCATION",
+    "ssl_key_location": "AUDITWATCH_SSL_KEY_LOCATION",
+    "ssl_key_password": "AUDITWATCH_SSL_KEY_PASSWORD",
+}
+
+
+class SecuritySettings(_Model):
+    """TLS and SASL for every Kafka client auditwatch makes. A setting left out here is taken
+    from its environment variable (SECURITY_ENV: `AUDITWATCH_SECURITY_PROTOCOL`...), so a
+    whole deployment or test run can be switched by environment; the file wins."""
+
+    protocol: SecurityProtocol | None = Field(
+        None,
+        description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL. Unset: "
+        "$AUDITWATCH_SECURITY_PROTOCOL, then PLAINTEXT.",
+    )
+    sasl_mechanism: SaslMechanism | None = Field(
+        None,
+        description="SCRAM-SHA-512, SCRAM-SHA-256, PLAIN or OAUTHBEARER. Unset: "
+        "$AUDITWATCH_SASL_MECHANISM, then SCRAM-SHA-512.",
+    )
+    username: str | None = Field(None, description="SASL user. Unset: $AUDITWATCH_SASL_USERNAME.")
+    password: SecretStr | None = Field(
+        None,
+        description="SASL password; prefer password_file or $AUDITWATCH_SASL_PASSWORD(_FILE) "
+        "over a password in the file.",
+    )
+    password_file: str | None = Field(
+        None,
+        description="A file holding the SASL password (e.g. a mounted Kubernetes secret), read "
+        "when a client is made. Unset: $AUDITWATCH_SASL_PASSWORD_FILE.",
+    )
+    ssl_ca_location: str | None = Field(
+        None,
+        description="PEM file of the CA(s) that signed the brokers' certificates. Unset: "
+        "$AUDITWATCH_SSL_CA_LOCATION, then the system's trust store.",
+    )
+    ssl_certificate_location: str | None = Field(
+        None, description="Client certificate (PEM) for brokers that require mutual TLS."
+    )
+    ssl_key_location: str | None = Field(None, description="The client certificate's key.")
+    ssl_key_password: SecretStr | None = None
+    ssl_verify_hostname: bool = Field(
+        True, description="Check that the broker's certificate names the host connected to."
+    )
+    oauthbearer: dict[str, str] = Field(
+        default_factory=dict,
+        description="OAUTHBEARER: librdkafka's sasl.oauthbearer.* settings without the prefix "
+        "(method: oidc, client.id, client.secret, token.endpoint.url, scope, extensions).",
+    )
+
+    @model_validator(mode="after")
+    def _one_password(self) -> SecuritySettings:
+        if self.password is not None and self.password_file:
+            raise ValueError("set password or password_file, not both")
+        return self
+
+    def effective(self) -> SecuritySettings:
+        """These settings with the environment's filling the ones left out. Raises ConfigError
+        naming the variable when one holds something that is not a valid setting."""
+        update: dict[str, Any] = {}
+        for name, var in SECURITY_ENV.items():
+            value = os.environ.get(var, "").strip()
+            if getattr(self, name) is None and value:
+                update[name] = value
+        if not update:
+            return self
+        if "password" in update and self.password_file:
+            del update["password"]  # the file's own setting wins over the environment
+        if "password_file" in update and (self.password is not None or "password" in update):
+            del update["password_file"]
+        try:
+            return SecuritySettings.model_validate({**self.model_dump(), **update})
+        except ValidationError as e:
+            bad = [
+                f"${SECURITY_ENV[str(err['loc'][0])]}: {err['msg']}"
+                for err in e.errors()
+                if err["loc"] and err["loc"][0] in SECURITY_ENV
+            ]
+            raise ConfigError(
+                "invalid Kafka security setting in the environment: " + "; ".join(bad or [str(e)])
+            ) from None
+
+    def password_value(self) -> str | None:
+        """The SASL password, read from password_file when that is where it is."""
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if not self.password_file:
+            return None
+        try:
+            return Path(self.password_file).read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise ConfigError(
+                f"kafka.security.password_file: cannot read {self.password_file}: {e.strerror}"
+            ) from None
+
+    def librdkafka(self) -> dict[str, Any]:
+        """librdkafka's settings for these (the environment's included); none for PLAINTEXT.
+        Raises ConfigError when a SASL protocol lacks its user or password."""
+        s = self.effective()
+        protocol = s.protocol or "PLAINTEXT"
+        out: dict[str, Any] = {}
+        if protocol != "PLAINTEXT":
+            out["security.protocol"] = protocol
+        if protocol.endswith("SSL"):
+            for name in ("ssl_ca_location", "ssl_certificate_location", "ssl_key_location"):
+                value = getattr(s, name)
+                if value:
+                    out[name.replace("_", ".")] = value
+            if s.ssl_key_password is not None:
+                out["ssl.key.password"] = s.ssl_key_password.get_secret_value()
+            if not s.ssl_verify_hostname:
+                out["ssl.endpoint.identification.algorithm"] = "none"
+        if protocol.startswith("SASL"):
+            mechanism = s.sasl_mechanism or "SCRAM-SHA-512"
+            out["sasl.mechanism"] = mechanism
+            if mechanism == "OAUTHBEARER":
+                out.update({f"sasl.oauthbearer.{k}": v for k, v in s.oauthbearer.items()})
+            else:
+                password = s.password_value()
+                if not s.username or password is None:
+                    missing = "username" if not s.username else "password"
+                    raise ConfigError(
+                        f"kafka.security: {protocol} with {mechanism} needs a {missing}: "
+                        f"kafka.security.{missing}"
+                        + (" or password_file" if missing == "password" else "")
+                        + f", or ${SECURITY_ENV[missing]}"
+                        + ("(_FILE)" if missing == "password" else "")
+                    )
+                out["sasl.username"] = s.username
+                out["sasl.password"] = password
+        return out
+
+
 class KafkaSettings(_Model):
     bootstrap_servers: str | None = Field(
         None,
@@ -111,9 +256,13 @@ class KafkaSettings(_Model):
         "each), written to the partition's state and its changelog at each commit; 0 writes "
         "every event's state through instead.",
     )
+    security: SecuritySettings = Field(
+        default_factory=SecuritySettings,
+        description="TLS and SASL for every client (workers, produce, alerts, webhook, tools).",
+    )
     librdkafka: dict[str, str | int | float | bool] = Field(
         default_factory=dict,
-        description="Extra librdkafka settings for every client (security.protocol, sasl.*...).",
+        description="Extra librdkafka settings for every client; they win over all others.",
     )
 
     def bootstrap(self) -> str:
@@ -137,8 +286,14 @@ class KafkaSettings(_Model):
         return {
             "bootstrap.servers": self.bootstrap(),
             "logger": logging.getLogger("auditwatch.librdkafka"),
+            **self.security.librdkafka(),
             **self.librdkafka,
         }
+
+    def sasl_username(self) -> str | None:
+        """The SASL user the clients authenticate as, if any (for messages)."""
+        s = self.security.effective()
+        return s.username if (s.protocol or "").startswith("SASL") else None
 
 
 class TopicSettings(_Model):
@@ -497,12 +652,15 @@ class Config(_Model):
         return self.topics.peers or f"{self.kafka.consumer_group}.peers"
 
     def masked(self) -> dict[str, Any]:
-        """The effective config for logs and `config check`: secrets masked by SecretStr, and
-        librdkafka values that look like secrets masked too."""
+        """The effective config for logs and `config check`: security settings with the
+        environment's filled in, secrets masked by SecretStr, and librdkafka and oauthbearer
+        values that look like secrets masked too."""
         d = self.model_dump(mode="json")
-        for k in list(d["kafka"]["librdkafka"]):
-            if any(word in k for word in _SECRET_WORDS):
-                d["kafka"]["librdkafka"][k] = "**********"
+        d["kafka"]["security"] = self.kafka.security.effective().model_dump(mode="json")
+        for section in (d["kafka"]["librdkafka"], d["kafka"]["security"]["oauthbearer"]):
+            for k in list(section):
+                if any(word in k for word in _SECRET_WORDS):
+                    section[k] = "**********"
         return d
 
 
@@ -549,6 +707,9 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             node = node.setdefault(p, {})
         node[leaf] = value
     try:
-        return Config.model_validate(data)
+        cfg = Config.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_format(e, source)) from None
+    # Security settings from the environment are checked now, not when a client is made.
+    cfg.kafka.security.librdkafka()
+    return cfg
