@@ -87,6 +87,14 @@ def _decode_avro(value: bytes, resolver: SchemaResolver) -> Any:
     except (
         Exception
     ) as e:  # fastavro raises EOFError, ValueError, IndexError, SchemaResolutionError...
+        why = _incompatibility(writer, reader) if writer is not reader else ""
+        if why:
+            raise RejectedInput(
+                "incompatible_schema",
+                f"schema id {schema_id}: its writer schema cannot be read as the bundled "
+                f"AuditEvent: {why} ({type(e).__name__}: {e})",
+                "decode",
+            ) from None
         raise RejectedInput(
             "avro_decode_error", f"schema id {schema_id}: {type(e).__name__}: {e}", "decode"
         ) from None
@@ -97,6 +105,37 @@ def _decode_avro(value: bytes, resolver: SchemaResolver) -> Any:
             "decode",
         )
     return record
+
+
+# id(writer schema) -> (that schema, why it cannot be read as the event, "" when it can). The
+# schema is kept so that its id is not reused; the resolvers keep theirs for good anyway.
+_EXPLAINED: dict[int, tuple[Any, str]] = {}
+
+
+def _incompatibility(writer: Any, reader: Any) -> str:
+    """Why records of `writer` cannot be read with `reader` ("" when they can), worked out
+    once per writer schema and only for a record that failed to read: a writer that is
+    incompatible only in what most records never use (an enum symbol the reader lacks) still
+    has its other records read."""
+    hit = _EXPLAINED.get(id(writer))
+    if hit is not None and hit[0] is writer:
+        return hit[1]
+    from schemas import compat  # the avro package: only on this rare path
+
+    try:
+        problems = compat.incompatibilities(
+            compat.from_fastavro(reader), compat.from_fastavro(writer)
+        )
+    except compat.SchemaParseError:
+        problems = []
+    # Another record altogether (one of our output records, say) is not a version of the
+    # event: its records stay an avro_decode_error.
+    if any(p.kind == "name_mismatch" and "." not in p.path for p in problems):
+        problems = []
+    why = "; ".join(str(p) for p in problems)
+    if len(_EXPLAINED) < 1024:
+        _EXPLAINED[id(writer)] = (writer, why)
+    return why
 
 
 def decode_event(

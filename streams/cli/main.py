@@ -39,6 +39,10 @@ DEFERRED_COMMANDS = {
     ),
     "deadletter": ("streams.cli.deadletter", "inspect dead letters by reason; re-send fixed ones"),
     "explain": ("streams.cli.explain", "show what auditwatch has learned about a machine"),
+    "schema": (
+        "streams.cli.schema",
+        "check a new Avro schema against the bundled one (reader/writer compatibility)",
+    ),
 }
 
 
@@ -936,6 +940,7 @@ anything is sent; 130 interrupted.""",
     # The SRE tuning loop: each command lives in its own module.
     for name in ("config", "backtest", "deadletter", "explain"):
         sub.add_deferred(name)
+    sub.add_deferred("schema")
     return parser
 
 
