@@ -60,6 +60,30 @@ def bootstrap() -> Iterator[str]:
         kafka_local.stop()
 
 
+def security_from_env() -> dict[str, Any]:
+    """librdkafka's TLS and SASL settings from the AUDITWATCH_* variables (none when they are
+    unset): for the clients a test builds by hand, so that a run with the secure broker's
+    client.env sourced talks SASL_SSL to it like everything else."""
+    from streams.ops.config import SecuritySettings
+
+    return SecuritySettings().librdkafka()
+
+
+def raw_client_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
+    """Settings for a client a test builds by hand: `bootstrap`, the environment's security
+    settings, then `extra` (librdkafka names)."""
+    return {"bootstrap.servers": bootstrap, **security_from_env(), **extra}
+
+
+def plaintext_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For a test with a plaintext broker of its own: drop the AUDITWATCH_* security variables
+    (a SASL_SSL test run sets them) for the test and the processes it starts."""
+    from streams.ops.config import SECURITY_ENV
+
+    for var in SECURITY_ENV.values():
+        monkeypatch.delenv(var, raising=False)
+
+
 @dataclass(frozen=True)
 class SecureBroker:
     """The SASL_SSL broker (`kafka_local start --secure`) as its super user: SCRAM-SHA-512

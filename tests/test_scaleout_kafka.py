@@ -40,7 +40,7 @@ from streams.ops.config import KafkaSettings
 from streams.processor import KEY_SEP, event_id_of
 from streams.runtime.routing import murmur2_partition
 from streams.tools.replay import replay
-from tests.conftest import Stack, wait_until
+from tests.conftest import Stack, plaintext_only, wait_until
 from tests.test_metrics_kafka import scrape, value, worker_url
 from tests.traffic import BASE_MS, fan_out
 
@@ -596,6 +596,7 @@ def private_broker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     # A fixed port: clients must find the restarted broker where they left it, and the
     # shared broker's 9092 must not be taken by accident.
     monkeypatch.setenv("AUDITWATCH_RUN_DIR", str(tmp_path / "broker"))
+    plaintext_only(monkeypatch)
     monkeypatch.setenv("AUDITWATCH_KAFKA_PORT", str(free_port()))
     try:
         bootstrap = kafka_local.start(timeout=90)
