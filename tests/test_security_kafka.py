@@ -4,10 +4,13 @@ SCRAM-SHA-512 over TLS with a CA made at its first start, the StandardAuthorizer
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +20,14 @@ import yaml
 from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from schemas.codec import TransientSchemaError
 from streams.cli.config import check as config_check
-from streams.ops.config import SECURITY_ENV, ConfigError, load_config
+from streams.ops import kafka_local
+from streams.ops.config import SECURITY_ENV, ConfigError, SchemaRegistrySettings, load_config
+from streams.ops.registry import RegistrySchemas
 from streams.tools.reading import pipeline_lag
 from tests.conftest import ROOT, SecureBroker, Stack, wait_until
+from tests.registry_stub import RegistryStub
 from tests.traffic import scenario
 
 pytestmark = pytest.mark.kafka
@@ -231,3 +238,25 @@ def test_security_settings_come_from_the_environment_unless_the_file_sets_them(
     monkeypatch.setenv("AUDITWATCH_SECURITY_PROTOCOL", "TLS")
     with pytest.raises(ConfigError, match=r"\$AUDITWATCH_SECURITY_PROTOCOL"):
         load_config(None)
+
+
+def test_the_schema_registry_client_trusts_the_configured_ca(tmp_path: Path) -> None:
+    """An https registry whose certificate a private CA signed: found with ssl_ca_location,
+    refused (a transient error, retried) without it."""
+    ca_pem, key_pem, cert_pem = kafka_local.make_test_pki()
+    (tmp_path / "ca.pem").write_bytes(ca_pem)
+    (tmp_path / "server.pem").write_bytes(cert_pem + key_pem)
+    RegistryStub.known = {7}
+    server = ThreadingHTTPServer(("127.0.0.1", 0), RegistryStub)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "server.pem")
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{server.server_address[1]}"
+    try:
+        trusted = SchemaRegistrySettings(url=url, ssl_ca_location=str(tmp_path / "ca.pem"))
+        assert RegistrySchemas(trusted).writer_schema(7) is not None
+        with pytest.raises(TransientSchemaError, match=r"(?i)certificate"):
+            RegistrySchemas(SchemaRegistrySettings(url=url)).writer_schema(7)
+    finally:
+        server.shutdown()

@@ -333,6 +333,13 @@ class TopicSettings(_Model):
 class SchemaRegistrySettings(_Model):
     url: str
     basic_auth_user_info: SecretStr | None = None
+    ssl_ca_location: str | None = Field(
+        None, description="https: PEM of the CA that signed the registry's certificate."
+    )
+    ssl_certificate_location: str | None = Field(
+        None, description="https: client certificate (PEM) for a registry requiring mutual TLS."
+    )
+    ssl_key_location: str | None = Field(None, description="The client certificate's key.")
 
 
 class InputSettings(_Model):

@@ -551,16 +551,13 @@ def _secret(path: Path) -> str:
     return text
 
 
-def _make_certificates(tls: Path, store_password: str) -> None:
-    """A CA and a broker certificate for 127.0.0.1 and localhost, unless already there. The
-    CA's key is never written: nothing else is ever signed with it."""
-    if (tls / "ca.pem").is_file() and (tls / "broker.p12").is_file():
-        return
+def make_test_pki() -> tuple[bytes, bytes, bytes]:
+    """(CA certificate, server key, server certificate), PEM, for a server on 127.0.0.1 or
+    localhost: the secure broker's, and a test's HTTPS server's. No password on the key."""
     try:
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes, serialization
         from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.hazmat.primitives.serialization import pkcs12
         from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
     except ImportError:
         raise KafkaLocalError(
@@ -570,8 +567,6 @@ def _make_certificates(tls: Path, store_password: str) -> None:
     import datetime
     import ipaddress
 
-    tls.mkdir(parents=True, exist_ok=True)
-    tls.chmod(0o700)
     now = datetime.datetime.now(datetime.UTC)
     valid_from = now - datetime.timedelta(minutes=5)  # a clock a little behind still trusts it
     valid_to = now + datetime.timedelta(days=_CERT_DAYS)
@@ -627,16 +622,41 @@ def _make_certificates(tls: Path, store_password: str) -> None:
         )
         .sign(ca_key, hashes.SHA256())
     )
+    return (
+        ca_cert.public_bytes(serialization.Encoding.PEM),
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+        cert.public_bytes(serialization.Encoding.PEM),
+    )
+
+
+def _make_certificates(tls: Path, store_password: str) -> None:
+    """A CA and a broker certificate, unless already there. The CA's key is never written:
+    nothing else is ever signed with it."""
+    if (tls / "ca.pem").is_file() and (tls / "broker.p12").is_file():
+        return
+    ca_pem, key_pem, cert_pem = make_test_pki()
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    tls.mkdir(parents=True, exist_ok=True)
+    tls.chmod(0o700)
+    key: PrivateKeyTypes = serialization.load_pem_private_key(key_pem, None)
     store = pkcs12.serialize_key_and_certificates(
         b"broker",
-        key,
-        cert,
-        [ca_cert],
+        key,  # type: ignore[arg-type]
+        x509.load_pem_x509_certificate(cert_pem),
+        [x509.load_pem_x509_certificate(ca_pem)],
         serialization.BestAvailableEncryption(store_password.encode()),
     )
     (tls / "broker.p12").touch(mode=0o600)
     (tls / "broker.p12").write_bytes(store)
-    _write_atomically(tls / "ca.pem", ca_cert.public_bytes(serialization.Encoding.PEM).decode())
+    _write_atomically(tls / "ca.pem", ca_pem.decode())
 
 
 def secure_client_env(rd: Path | None = None) -> dict[str, str]:

@@ -22,6 +22,11 @@ class RegistrySchemas:
         conf: dict[str, Any] = {"url": settings.url}
         if settings.basic_auth_user_info is not None:
             conf["basic.auth.user.info"] = settings.basic_auth_user_info.get_secret_value()
+        # https to the registry; getattr: tests hand in stand-ins with only the two above.
+        for name in ("ssl_ca_location", "ssl_certificate_location", "ssl_key_location"):
+            value = getattr(settings, name, None)
+            if value:
+                conf[name.replace("_", ".")] = value
         self._client = SchemaRegistryClient(conf)
         self._cache: dict[int, Any] = {}
 
