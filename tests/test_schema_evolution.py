@@ -584,3 +584,13 @@ def test_an_incompatible_writer_schema_is_a_dead_letter_naming_the_field(
     with pytest.raises(RejectedInput) as e:
         _decode(resolver, _written(OLDER)[:-3])
     assert e.value.reason == "avro_decode_error"
+
+
+def test_the_benchmark_times_both_writers_on_identical_bytes() -> None:
+    from bench.archive_writer import measure
+    from bench.perf import cli
+
+    figures = measure(number=50, repeat=1)
+    assert set(figures) == {"generated", "fastavro"} and all(v > 0 for v in figures.values())
+    assert avro_write.archive_record is not None  # restored after timing the fallback
+    assert cli.ARCHIVE_WRITER == "generated"  # what `make bench` records as archive_writer

@@ -55,6 +55,7 @@ from typing import Any
 import yaml
 
 from bench.perf.dataset import DEFAULT_CACHE, ROOT, Dataset, DatasetParams, generate
+from schemas.avro_write import ARCHIVE_WRITER
 
 PHASES = ("ceiling", "auditwatch", "faust", "replay", "state", "restore", "latency", "eos")
 OPTIONAL = ("floor", "eos_run", "pair")
@@ -665,6 +666,7 @@ def main(argv: list[str] | None = None) -> int:
         + (["profile"] if args.profile else [])
     )
     budget = Budget(args.budget, planned)
+    _log(f"archive writer: {ARCHIVE_WRITER}")
     dataset = generate(params, args.cache_dir, log=_log)
     bootstrap, started_broker = _broker()
     try:
@@ -707,6 +709,9 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_end": os.getloadavg()[0],
     }
     report["git"] = _git()
+    # Which archive writer the workers ran: the one generated from archive_record.avsc, or
+    # fastavro's (several times slower) for a schema the generator does not cover.
+    report["archive_writer"] = ARCHIVE_WRITER
     report["started_at"] = started_at.isoformat(timespec="seconds")
     report["seconds"] = round(time.monotonic() - started, 1)
     report.update(out)
