@@ -26,6 +26,7 @@ IEEE 754.
 from __future__ import annotations
 
 import keyword
+import logging
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import fields as dataclass_fields
@@ -33,6 +34,8 @@ from typing import Any
 
 from schemas.event import AuditEvent
 from schemas.registry import schema_json, strip_logical_types
+
+log = logging.getLogger(__name__)
 
 
 class Unsupported(Exception):
@@ -280,14 +283,19 @@ def bundled_archive_writer() -> Callable[..., bytes] | None:
     archive = strip_logical_types(schema_json("archive_record"))
     try:
         writer: Callable[..., bytes] = compile_writer(archive, {_full_name(event, None): event})
-    except Unsupported:
+    except Unsupported as e:
+        log.warning(
+            "archive records are written by fastavro, several times slower: the writer "
+            "generated from archive_record.avsc does not cover %s",
+            e,
+        )
         return None
     return writer
 
 
 # None when the bundled schemas use something the generator does not write: `schemas.codec`
-# then falls back to fastavro's schemaless writer, and `ARCHIVE_WRITER` says so (bench/perf
-# records it), so the slower path is never silent.
+# then falls back to fastavro's schemaless writer, with a warning, and `ARCHIVE_WRITER` says
+# so (bench/perf records it): the slower path is never silent.
 archive_record: Callable[..., bytes] | None = bundled_archive_writer()
 ARCHIVE_WRITER = "generated" if archive_record is not None else "fastavro"
 FAST = archive_record is not None

@@ -147,7 +147,7 @@ def test_an_evolved_schema_keeps_a_generated_writer_identical_to_fastavro(
 
 
 def test_a_schema_the_generator_cannot_write_falls_back_to_fastavro_byte_for_byte(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     event_schema, archive_schema = _evolved(
         archive_fields=[{"name": "either", "type": ["string", "long"], "default": "x"}]
@@ -156,6 +156,8 @@ def test_a_schema_the_generator_cannot_write_falls_back_to_fastavro_byte_for_byt
         compile_writer(archive_schema, {"dev.auditwatch.AuditEvent": event_schema})
     _use_schemas(monkeypatch, event_schema, archive_schema)
     assert avro_write.bundled_archive_writer() is None
+    assert "written by fastavro" in caplog.text
+    assert "ArchiveRecord.either: a union other than null and one type" in caplog.text
     # What encode_archive writes then is what the generated writer writes for the bundled
     # schemas (and is written by fastavro).
     monkeypatch.undo()
@@ -594,3 +596,24 @@ def test_the_benchmark_times_both_writers_on_identical_bytes() -> None:
     assert set(figures) == {"generated", "fastavro"} and all(v > 0 for v in figures.values())
     assert avro_write.archive_record is not None  # restored after timing the fallback
     assert cli.ARCHIVE_WRITER == "generated"  # what `make bench` records as archive_writer
+
+
+def test_the_processor_archives_evolved_events_and_dead_letters_unreadable_ones(
+    resolver: RegistrySchemas,
+) -> None:
+    from schemas.codec import decode_wire
+    from streams.ops.config import Config
+    from streams.processor import MemoryStore, Origin, Processor
+
+    processor = Processor(Config(), resolver, clock=lambda: _NOW_MS)
+    store = MemoryStore()
+    origin = Origin("audit.events", 0, 7)
+    (archived,) = processor.handle(_written(NEWER, tenant="acme"), None, origin, store)
+    assert archived.kind == "archive"
+    assert decode_wire(archived.value, "archive_record")["event"]["machine_id"] == "payments-api"
+    value = _written(NEWER, event_id="e-8", outcome="TIMEOUT")
+    (dead,) = processor.handle(value, None, origin, store)
+    assert dead.kind == "deadletter"
+    record = decode_wire(dead.value, "dead_letter")
+    assert record["reason"] == "incompatible_schema" and record["value"] == value
+    assert "symbol TIMEOUT is not among the reader's" in record["message"]
