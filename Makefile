@@ -56,3 +56,20 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 .PHONY: bench
 bench: $(BENCH_STAMP)
 	$(PY) -m bench.perf $(BENCH_ARGS)
+
+# Fuzz the decoders (tests/fuzz/): our mutation fuzzer over every target, then atheris
+# (coverage-guided, every target from one process) when it installs. Longer runs:
+# make fuzz FUZZ_INPUTS=20000000 FUZZ_SECONDS=3600. Keep a crash under tests/fuzz/regressions/.
+FUZZ_INPUTS ?= 5000000
+FUZZ_SECONDS ?= 600
+FUZZ_STAMP := $(VENV)/.fuzz-installed
+$(FUZZ_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,fuzz]' || \
+		echo "atheris did not install: the mutation fuzzer only"
+	touch $(FUZZ_STAMP)
+
+.PHONY: fuzz
+fuzz: $(FUZZ_STAMP)
+	AUDITWATCH_FUZZ_INPUTS=$(FUZZ_INPUTS) AUDITWATCH_FUZZ_SEED=$${FUZZ_SEED:-$$(date +%s)} \
+		AUDITWATCH_ATHERIS_RUNS=100000000 AUDITWATCH_ATHERIS_SECONDS=$(FUZZ_SECONDS) \
+		$(PY) -m pytest -q -s -p no:cacheprovider -o timeout=0 tests/fuzz/test_fuzz.py

@@ -86,6 +86,54 @@ class Alert:
         return out
 
 
+_STATE_TYPES: dict[str, tuple[type, ...]] = {
+    "alert_id": (str,),
+    "status": (str,),
+    "severity": (str,),
+    "machine_id": (str,),
+    "group": (str,),
+    "detector": (str,),
+    "summary": (str,),
+    "event_time": (str,),
+    "config_version": (str,),
+    "score": (int, float),
+    "observed": (dict,),
+    "expected": (dict,),
+    "event_ids": (list,),
+}
+_OPTIONAL_STATE_TYPES: dict[str, tuple[type, ...]] = {
+    "first_event_time": (str,),
+    "last_event_time": (str,),
+    "hint": (str,),
+    "acknowledged_by": (str,),
+    "snoozed_until": (str,),
+    "repeat_count": (int,),
+    "sequence": (int,),
+}
+REQUIRED_STATE_FIELDS = ("alert_id", "status", "severity")
+
+
+def check_state(value: Any) -> dict[str, Any]:
+    """`value` (an alerts-topic record, parsed) if it has the shape `Alert.to_json` writes:
+    an object with `REQUIRED_STATE_FIELDS`, and every field it has of its type. ValueError
+    otherwise, so a reader dead-letters or skips a record written by something else instead
+    of failing on it (a list where a severity should be is unhashable, a number has no
+    upper())."""
+    if not isinstance(value, dict):
+        raise ValueError(f"an alert state is a JSON object, not {type(value).__name__}")
+    missing = [k for k in REQUIRED_STATE_FIELDS if k not in value]
+    if missing:
+        raise ValueError(f"an alert state needs {', '.join(missing)}")
+    for types, optional in ((_STATE_TYPES, False), (_OPTIONAL_STATE_TYPES, True)):
+        for name, allowed in types.items():
+            if name not in value or (optional and value[name] is None):
+                continue
+            v = value[name]
+            if isinstance(v, bool) or not isinstance(v, allowed):
+                raise ValueError(f"alert state field {name!r} is a {type(v).__name__}")
+    return value
+
+
 def state_identity(value: dict[str, Any], raw: bytes) -> tuple[Any, ...]:
     """What makes an alert state itself, to drop one read twice: (alert_id, status,
     sequence); the record's bytes for a state without a sequence."""

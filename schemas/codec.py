@@ -174,8 +174,15 @@ def decode_event(
     try:
         event = event_from_mapping(record, limits, now_ms)
     except InvalidEvent as e:
-        raise RejectedInput(e.reason, e.message, "validate") from None
+        raise RejectedInput(e.reason, e.message, "validate", _given_id(record)) from None
     return Decoded(event, original)
+
+
+def _given_id(record: Any) -> str | None:
+    """The event_id of a record that decoded but failed validation, for its dead letter (an
+    Avro one has no text to recover it from later); only an id validation would accept."""
+    given = record.get("event_id") if isinstance(record, dict) else None
+    return given if isinstance(given, str) and 0 < len(given) <= 256 else None
 
 
 def sha256(data: bytes) -> bytes:
@@ -270,7 +277,18 @@ def encode_dead_letter(
 
 
 def decode_wire(value: bytes, name: str) -> dict[str, Any]:
-    """Read one of our own output records (archive_record, dead_letter) by its bundled id."""
+    """Read one of our own output records (archive_record, dead_letter) by its bundled id.
+    ValueError for bytes that are not one, whatever fastavro raised (EOFError, IndexError...
+    for a damaged record), so a reader has one exception to handle."""
+    try:
+        return _decode_wire(value, name)
+    except ValueError:
+        raise
+    except Exception as e:
+        raise ValueError(f"not a readable {name} record: {type(e).__name__}: {e}") from None
+
+
+def _decode_wire(value: bytes, name: str) -> dict[str, Any]:
     if len(value) < 5 or value[0] != MAGIC:
         raise ValueError(f"not Avro wire format: {value[:8]!r}")
     record = fastavro.schemaless_reader(io.BytesIO(value[5:]), parsed(name), None)

@@ -155,12 +155,19 @@ def parse_timestamp_us(value: Any) -> int:
     if isinstance(value, int):
         return value * 1000
     if isinstance(value, float):
-        if not math.isfinite(value):
-            raise InvalidEvent("bad_timestamp", f"timestamp is not a number: {value!r}")
+        # Finite is not enough: 1e306 millis overflows to infinity once scaled to micros.
+        if not math.isfinite(value * 1000):
+            raise InvalidEvent("bad_timestamp", f"timestamp is not a number in range: {value!r}")
         return round(value * 1000)
     if isinstance(value, str):
         text = value.strip()
         if text.isascii() and text.isdigit():
+            # int() refuses more than 4300 digits with a ValueError; 20 are already far
+            # outside any plausible time (validation then says so).
+            if len(text) > 20:
+                raise InvalidEvent(
+                    "bad_timestamp", f"timestamp of {len(text)} digits is not epoch milliseconds"
+                )
             return int(text) * 1000
         m = _RFC3339.match(text)
         if m is None:

@@ -297,7 +297,10 @@ def read_fix_file(path: str) -> dict[str, bytes]:
         elif isinstance(d.get("value_text"), str):
             fixes[d["id"]] = d["value_text"].encode()
         elif isinstance(d.get("value_b64"), str):
-            fixes[d["id"]] = base64.b64decode(d["value_b64"])
+            try:
+                fixes[d["id"]] = base64.b64decode(d["value_b64"])
+            except ValueError:  # binascii.Error (padding, length), or text that is not ASCII
+                raise UsageError(f"{path}:{n}: value_b64 is not base64") from None
         else:
             raise UsageError(f'{path}:{n}: needs "value", "value_text" or "value_b64"')
     return fixes

@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 import orjson
 from confluent_kafka import Consumer, KafkaError, Producer
 
-from schemas.alert import SEVERITIES, SEVERITY_RANK, Recent, state_identity
+from schemas.alert import SEVERITIES, SEVERITY_RANK, Recent, check_state, state_identity
 from schemas.codec import encode_dead_letter
 from streams.ops.broker import wait_for_broker
 from streams.ops.config import Config, WebhookSettings, worst_case_delivery_s
@@ -324,7 +324,7 @@ def _handle(
 ) -> bool:
     """Deliver or dead-letter one alert state; False if stopped before either."""
     try:
-        alert = orjson.loads(msg.value())
+        alert = check_state(orjson.loads(msg.value()))
         key = idempotency_key(alert)
         body = payload(alert)
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:

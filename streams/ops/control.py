@@ -68,8 +68,26 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
+# The latest time a control record may name (9999-12-31T23:59:59.999Z): past it, or before
+# 1970, no RFC 3339 text exists for it, so a record with one could not even be shown.
+_MAX_MS = 253_402_300_799_999
+
+
+def _ms(text: Any) -> int:
+    ms = parse_timestamp_us(text) // 1000
+    if not 0 <= ms <= _MAX_MS:
+        raise ValueError(f"time {text!r} is outside 1970 .. 9999")
+    return ms
+
+
 def _ms_or_none(text: Any) -> int | None:
-    return None if text is None else parse_timestamp_us(text) // 1000
+    return None if text is None else _ms(text)
+
+
+def _name_or_none(value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"a name must be a string, not {type(value).__name__}")
+    return value
 
 
 def _rfc_or_none(ms: int | None) -> str | None:
@@ -135,10 +153,10 @@ class ControlRecord:
             alert_id=d["alert_id"],
             action=d["action"],
             by=str(d.get("by") or ""),
-            at_ms=parse_timestamp_us(d["at"]) // 1000,
-            acknowledged_by=d.get("acknowledged_by"),
+            at_ms=_ms(d["at"]),
+            acknowledged_by=_name_or_none(d.get("acknowledged_by")),
             acknowledged_at_ms=_ms_or_none(d.get("acknowledged_at")),
-            snoozed_by=d.get("snoozed_by"),
+            snoozed_by=_name_or_none(d.get("snoozed_by")),
             snoozed_until_ms=_ms_or_none(d.get("snoozed_until")),
             aspect=aspect,
         )

@@ -85,7 +85,11 @@ def parse_csv_map(spec: str | None) -> dict[str, str]:
 
 
 def _csv_rows(f: IO[bytes], mapping: dict[str, str]) -> Iterator[tuple[int, dict[str, object]]]:
-    reader = csv.DictReader(io.TextIOWrapper(f, encoding="utf-8", newline=""))
+    # Bytes that are not UTF-8 are kept (as lone surrogates) rather than stopping the whole
+    # file: `_csv_value` gives such a row to the processor as it was, to be dead-lettered.
+    reader = csv.DictReader(
+        io.TextIOWrapper(f, encoding="utf-8", errors="surrogateescape", newline="")
+    )
     column_of = {name: mapping.get(name, name) for name in EVENT_FIELDS}
     mapped_columns = set(column_of.values())
     for row in reader:
@@ -101,6 +105,20 @@ def _csv_rows(f: IO[bytes], mapping: dict[str, str]) -> Iterator[tuple[int, dict
         if attrs:
             event["attributes"] = attrs
         yield reader.line_num, event
+
+
+def _csv_value(event: dict[str, object]) -> bytes:
+    """The JSON text of a CSV row's event; for a row with bytes that are not UTF-8 (which JSON
+    cannot carry), its cells as they were, comma-separated: not JSON, so dead-lettered, with
+    every original byte in the dead letter."""
+    try:
+        return orjson.dumps(event)
+    except orjson.JSONEncodeError:
+        cells = [str(v) for k, v in event.items() if k != "attributes"]
+        attrs = event.get("attributes")
+        if isinstance(attrs, dict):
+            cells += [str(v) for v in attrs.values()]
+        return ",".join(cells).encode("utf-8", "surrogateescape")
 
 
 # --- JSON documents ------------------------------------------------------------------------
@@ -574,7 +592,7 @@ def read_records(
                         yield RawRecord(line.rstrip(b"\r\n"), p, n, original)
             elif fmt == "csv":
                 for n, event in _csv_rows(f, csv_map or {}):
-                    yield RawRecord(orjson.dumps(event), p, n, original)
+                    yield RawRecord(_csv_value(event), p, n, original)
             elif k8s is not None:
                 for n, record in _json_records(f, "items"):
                     yield from k8s.feed(record, p, n)
