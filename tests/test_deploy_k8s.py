@@ -163,6 +163,75 @@ def test_resources_and_security() -> None:
     assert pod["terminationGracePeriodSeconds"] >= 30
 
 
+# --- the digest CronJobs (`auditwatch report`) ---------------------------------------------
+
+
+def cronjobs() -> dict[str, dict[str, Any]]:
+    """The CronJobs by the period their digest covers."""
+    out = {}
+    for docs in manifests().values():
+        for d in docs:
+            if d["kind"] == "CronJob":
+                (c,) = d["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+                out[c["args"][c["args"].index("--period") + 1]] = d
+    return out
+
+
+def test_digest_cronjobs_run_daily_and_weekly_after_the_period() -> None:
+    from datetime import UTC, datetime
+
+    from streams.tools.digest import period_ending
+
+    jobs = cronjobs()
+    assert sorted(jobs) == ["day", "week"]
+    for period, job in jobs.items():
+        spec = job["spec"]
+        minute, hour, dom, month, dow = spec["schedule"].split()
+        assert (dom, month, dow) == ("*", "*", "*" if period == "day" else "1")
+        assert spec["timeZone"] in ("Etc/UTC", "UTC"), "periods are UTC days and ISO weeks"
+        assert spec["concurrencyPolicy"] == "Forbid"
+        # Run at the scheduled moment, the digest reports the period that has just ended.
+        ran = datetime(2026, 12, 7, int(hour), int(minute), tzinfo=UTC)  # a Monday
+        assert period_ending(period, ran).end == ran.replace(hour=0, minute=0)
+        assert int(hour) * 60 + int(minute) >= 10, "give late events a few minutes"
+        # Exit 2 (usage, config) fails the job at once; exit 1 (broker) is retried.
+        rules = spec["jobTemplate"]["spec"]["podFailurePolicy"]["rules"]
+        assert any(r["action"] == "FailJob" and r["onExitCodes"]["values"] == [2] for r in rules)
+
+
+def test_digest_cronjobs_share_the_workers_image_and_config() -> None:
+    from streams.cli.main import build_parser
+
+    config_map = resource("ConfigMap")["metadata"]["name"]
+    claims = {
+        d["metadata"]["name"]
+        for docs in manifests().values()
+        for d in docs
+        if d["kind"] == "PersistentVolumeClaim"
+    }
+    uid = re.findall(r"^\s*USER\s+(\d+)", DOCKERFILE.read_text(), re.M)[-1]
+    jobs = cronjobs()
+    assert len(jobs) == 2
+    for job in jobs.values():
+        pod = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        (c,) = pod["containers"]
+        assert c["image"] == container()["image"]
+        args = build_parser().parse_args(c["args"])  # the real command line: it parses
+        assert args.command == "report" and args.out and args.config
+        mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        config_volume = volumes[mounts[str(Path(args.config).parent)]]
+        assert config_volume["configMap"]["name"] == config_map
+        assert Path(args.config).name in resource("ConfigMap")["data"]
+        # The digests go to a claim of their own, which outlives the job's pod.
+        out_volume = volumes[mounts[args.out]]
+        assert out_volume["persistentVolumeClaim"]["claimName"] in claims
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert str(pod["securityContext"]["runAsUser"]) == uid
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True
+        assert "memory" in c["resources"]["limits"]
+
+
 def test_compose_publishes_the_metrics_port() -> None:
     compose = yaml.safe_load(COMPOSE.read_text())
     service = compose["services"]["auditwatch"]

@@ -358,9 +358,13 @@ def test_report_renders_every_plot_offline_in_chromium(browser: DevTools, tmp_pa
         assert [row[0] for row in shown] == [row[0][:19].replace("T", " ") for row in expected]
         assert all(r["height"] > 5 for r in t["rows"]), t
 
-    metrics = browser.send("Page.getLayoutMetrics")
-    size = metrics["cssContentSize"]
-    shot = browser.send(
+    keep_screenshot(browser, report, "backtest-report")
+
+
+def keep_screenshot(dt: DevTools, page: Path, name: str) -> None:
+    """A full-page screenshot of what is loaded, and the page, into the artifacts as NAME.*."""
+    size = dt.send("Page.getLayoutMetrics")["cssContentSize"]
+    shot = dt.send(
         "Page.captureScreenshot",
         timeout=60,
         format="png",
@@ -370,8 +374,8 @@ def test_report_renders_every_plot_offline_in_chromium(browser: DevTools, tmp_pa
     png = base64.b64decode(shot["data"])
     assert png.startswith(b"\x89PNG") and len(png) > 20_000
     out = artifacts_dir()
-    (out / "backtest-report.png").write_bytes(png)
-    shutil.copy(report, out / "backtest-report.html")
+    (out / f"{name}.png").write_bytes(png)
+    shutil.copy(page, out / f"{name}.html")
 
 
 def test_the_harness_sees_requests_and_errors(browser: DevTools, tmp_path: Path) -> None:

@@ -39,6 +39,10 @@ DEFERRED_COMMANDS = {
     ),
     "deadletter": ("streams.cli.deadletter", "inspect dead letters by reason; re-send fixed ones"),
     "explain": ("streams.cli.explain", "show what auditwatch has learned about a machine"),
+    "report": (
+        "streams.cli.digest",
+        "write a day's or a week's digest per machine and group (HTML and JSON)",
+    ),
     "schema": (
         "streams.cli.schema",
         "check a new Avro schema against the bundled one (reader/writer compatibility)",
@@ -940,6 +944,7 @@ anything is sent; 130 interrupted.""",
     # The SRE tuning loop: each command lives in its own module.
     for name in ("config", "backtest", "deadletter", "explain"):
         sub.add_deferred(name)
+    sub.add_deferred("report")
     sub.add_deferred("schema")
     return parser
 
