@@ -43,6 +43,10 @@ DEFERRED_COMMANDS = {
         "streams.cli.digest",
         "write a day's or a week's digest per machine and group (HTML and JSON)",
     ),
+    "acls": (
+        "streams.cli.acls",
+        "print or apply the Kafka ACLs of each role (producer, worker, on-call...)",
+    ),
     "schema": (
         "streams.cli.schema",
         "check a new Avro schema against the bundled one (reader/writer compatibility)",
@@ -945,6 +949,7 @@ anything is sent; 130 interrupted.""",
     for name in ("config", "backtest", "deadletter", "explain"):
         sub.add_deferred(name)
     sub.add_deferred("report")
+    sub.add_deferred("acls")
     sub.add_deferred("schema")
     return parser
 
