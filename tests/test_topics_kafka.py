@@ -25,7 +25,10 @@ def topic_config(stack: Stack, topic: str) -> dict[str, str]:
 def test_topics_create_is_idempotent_and_reports_drift(stack: Any, capsys: Any) -> None:
     s: Stack = stack()
     assert main(["topics", "create", "--config", str(s.config_path)]) == 0
-    assert capsys.readouterr().out.count("created") == 8
+    assert capsys.readouterr().out.count("created") == 9
+
+    ledger = topic_config(s, f"{s.cfg.kafka.consumer_group}.ledger")
+    assert ledger["cleanup.policy"] == "compact" and ledger["retention.ms"] == "-1"
 
     archive = topic_config(s, s.cfg.topics.archive)
     assert archive["cleanup.policy"] == "compact"
@@ -35,7 +38,7 @@ def test_topics_create_is_idempotent_and_reports_drift(stack: Any, capsys: Any) 
     assert dead["retention.ms"] == "-1"
 
     assert main(["topics", "create", "--config", str(s.config_path)]) == 0
-    assert capsys.readouterr().out.count("ok ") == 8
+    assert capsys.readouterr().out.count("ok ") == 9
 
     admin = AdminClient(s.cfg.kafka.client_config())
     res = ConfigResource(

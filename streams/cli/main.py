@@ -39,6 +39,10 @@ DEFERRED_COMMANDS = {
     ),
     "deadletter": ("streams.cli.deadletter", "inspect dead letters by reason; re-send fixed ones"),
     "explain": ("streams.cli.explain", "show what auditwatch has learned about a machine"),
+    "compliance": (
+        "streams.cli.compliance",
+        "prove the audit record is kept and complete: topic configs, ledger reconciliation",
+    ),
     "report": (
         "streams.cli.digest",
         "write a day's or a week's digest per machine and group (HTML and JSON)",
@@ -948,6 +952,7 @@ anything is sent; 130 interrupted.""",
     # The SRE tuning loop: each command lives in its own module.
     for name in ("config", "backtest", "deadletter", "explain"):
         sub.add_deferred(name)
+    sub.add_deferred("compliance")
     sub.add_deferred("report")
     sub.add_deferred("acls")
     sub.add_deferred("schema")

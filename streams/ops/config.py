@@ -316,6 +316,11 @@ class TopicSettings(_Model):
         description="Internal, compacted: peer-group knowledge every worker reads in full. "
         "Unset: `<consumer_group>.peers`.",
     )
+    ledger: str | None = Field(
+        None,
+        description="Internal, compacted: what became of every record each input partition "
+        "read (`auditwatch compliance check` reconciles it). Unset: `<consumer_group>.ledger`.",
+    )
     control: str = Field(
         "audit.control",
         description="On-call decisions (`auditwatch alerts ack/snooze`), keyed by alert_id, "

@@ -11,6 +11,10 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from streams.ops.config import Config
 
 
+def ledger_topic(cfg: Config) -> str:
+    return cfg.topics.ledger or f"{cfg.kafka.consumer_group}.ledger"
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     role: str
@@ -99,6 +103,15 @@ def topic_specs(
             1,
             t.replication_factor,
             {"cleanup.policy": "compact", "retention.ms": "-1", "compression.type": "lz4"},
+        ),
+        # Internal: the per-partition ledger (streams.runtime.ledger), one record per input
+        # topic and partition, compacted to the latest counts; part of the audit record.
+        TopicSpec(
+            "ledger",
+            ledger_topic(cfg),
+            1,
+            t.replication_factor,
+            {"cleanup.policy": "compact", "retention.ms": "-1"},
         ),
         # On-call's ack/snooze per alert_id: compaction keeps each alert's latest decision,
         # and every worker reads the whole topic at start.

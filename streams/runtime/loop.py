@@ -45,6 +45,7 @@ from streams.ops.config import Config
 from streams.ops.logs import CURRENT
 from streams.ops.metrics import Telemetry
 from streams.ops.reload import ConfigReloader
+from streams.ops.topics import ledger_topic
 from streams.processor import Processor
 from streams.runtime.commit import AtLeastOnce, ExactlyOnce, Rewind
 from streams.runtime.peers import PeerReader, PeerTable
@@ -114,6 +115,8 @@ class Worker:
         self.repartition_topic = t.detect
         self.state_topic = cfg.state_topic
         self.peers_topic = cfg.peers_topic
+        # None until start() has seen the topic (a deployment from before the ledger has none).
+        self.ledger_topic: str | None = ledger_topic(cfg)
         self.outputs = {
             "archive": t.archive,
             "deadletter": t.deadletter,
@@ -217,6 +220,14 @@ class Worker:
                 raise TopicLayoutError(f"topic {name} does not exist (`auditwatch topics create`)")
             counts[name] = len(topic.partitions)
         n = counts[self.events_topic]
+        ledger = meta.get(self.ledger_topic) if self.ledger_topic else None
+        if ledger is None or ledger.error is not None:
+            log.warning(
+                "no ledger topic %s (`auditwatch topics create` makes it): the per-partition "
+                "counts are kept in the state but not published for `compliance check`",
+                self.ledger_topic,
+            )
+            self.ledger_topic = None
         archive = meta.get(self.outputs["archive"])
         self.archive_aligned = (
             archive is not None and archive.error is None and len(archive.partitions) == n
@@ -441,6 +452,7 @@ class Worker:
             dirty = [p for p in core.working.dirty_partitions() if p in tasks]
             core.flush(lambda p: tasks[p].store, dirty)
         produce = self.policy.produce
+        self._ledger(produce)
         for p, task in tasks.items():
             for key, value in task.state.drain():
                 produce(self.state_topic, key, value, p, None)
@@ -461,6 +473,20 @@ class Worker:
         for task in tasks.values():
             task.state.seen.flush()
         return True
+
+    def _ledger(self, produce: Callable[..., None]) -> None:
+        """Each task's changed ledger counts: into its state (the changelog's last record of
+        this commit) and onto the ledger topic, with the same commit."""
+        topics = {"input": self.events_topic, "repartition": self.repartition_topic}
+        extra = {
+            "guarantee": self.cfg.kafka.processing_guarantee,
+            "writer": self.writer,
+            "committed_at_ms": int(time.time() * 1000),
+        }
+        for p, task in self.tasks.items():
+            for key, value in task.ledger.changed(task.state, p, topics, extra):
+                if self.ledger_topic is not None:
+                    produce(self.ledger_topic, key, value, 0, None)
 
     def rewind(self, why: str) -> None:
         """Go back to the last commit: every owned partition's offsets and state, and the

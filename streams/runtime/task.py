@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 from schemas.event import AuditEvent
 from streams.ops.metrics import Telemetry
 from streams.processor import Origin, Output, Processor, SplitStore, archive_key
+from streams.runtime.ledger import Counts, Ledger
 from streams.runtime.peers import PeerTable
 from streams.runtime.routing import Router, forwarded_origin, is_seed, origin_header
 from streams.runtime.state import PartitionState
@@ -30,6 +31,8 @@ class Prepared(NamedTuple):
     fmt: str
     now: int
     seed: bool
+    # The ledger counts to charge its outcome to; None for a replay counted already.
+    counts: Counts | None = None
 
 
 # emit(role, key, value, partition, headers): role is an output kind ("archive",
@@ -43,6 +46,7 @@ class Task:
         "clock_ms",
         "detected",
         "emit",
+        "ledger",
         "partition",
         "processor",
         "repartition_topic",
@@ -81,6 +85,8 @@ class Task:
         self.archive_partition = archive_partition
         # The latest event time this task has detected on (the silence clock's source).
         self.clock_ms = -1
+        # What became of each record read, restored with the state (streams.runtime.ledger).
+        self.ledger = Ledger(state)
 
     def process(self, msg: Any) -> None:
         """One record on its own (the worker prepares a whole batch first: run_once)."""
@@ -101,11 +107,17 @@ class Task:
         forwarded = topic == self.repartition_topic
         headers = msg.headers() if forwarded else None
         origin = (forwarded_origin(headers) if forwarded else None) or Origin(topic, p, offset)
+        side = self.ledger.repartition if forwarded else self.ledger.input
+        counts = side if side.take(offset) else None
         processor = self.processor
         decoded = processor.decode(value, key, origin)
         emit = self.emit
         if isinstance(decoded, Output):
             emit(decoded.kind, decoded.key, decoded.value, -1, None)
+            if counts is not None:
+                counts.deadlettered += 1
+                if forwarded:
+                    counts.origin(origin.partition)[1] += 1
             return None
         event, fmt, now = decoded
         machine_id = event.machine_id
@@ -113,18 +125,16 @@ class Task:
             # Its machine's state is in another task: one trip through the repartition topic.
             processor.metrics["events_in"] -= 1
             processor.metrics["forwarded"] += 1
-            emit(
-                "forward",
-                machine_id.encode(),
-                value or b"",
-                self.router.partition(machine_id),
-                [origin_header(origin)],
-            )
+            to = self.router.partition(machine_id)
+            emit("forward", machine_id.encode(), value or b"", to, [origin_header(origin)])
+            if counts is not None:
+                counts.forwarded += 1
+                counts.forwarded_to[to] = counts.forwarded_to.get(to, 0) + 1
             return None
         # History from `auditwatch seed` is learned like live traffic, in its place among the
         # partition's records, but never alerted on, and already in the archive.
         seed = bool(forwarded and headers and is_seed(headers))
-        return Prepared(msg, event, value, key, origin, fmt, now, seed)
+        return Prepared(msg, event, value, key, origin, fmt, now, seed, counts)
 
     def seen_ids(self, items: list[Prepared]) -> None:
         """Look up the event ids of prepared records at once (the dedupe's disk reads)."""
@@ -135,7 +145,10 @@ class Task:
         processor = self.processor
         emit = self.emit
         event = item.event
+        counts = item.counts
         if item.seed:
+            if counts is not None:
+                counts.seeded += 1
             processor.detect(event, self.store, item.origin, learn_only=True, source=self.partition)
             return
         outputs, new = processor.admit(
@@ -149,6 +162,17 @@ class Task:
                 self.archive_partition if out.kind == "archive" else -1,
                 None,
             )
+        if counts is not None:
+            # Counted before detection, which cannot undo the outcome.
+            outcome = 0 if new else 1 if outputs else 2
+            if outcome == 0:
+                counts.archived += 1
+            elif outcome == 1:
+                counts.deadlettered += 1
+            else:
+                counts.duplicates += 1
+            if counts.role == "repartition":
+                counts.origin(item.origin.partition)[outcome] += 1
         if not new:
             return
         ts = event.timestamp_ms
