@@ -33,6 +33,14 @@ _RFC3339 = re.compile(
     r"(Z|z|[+-]\d{2}:?\d{2})$"
 )
 
+# Fields that name who acted (the archive key joins machine_id and event_id with U+001F).
+# A control character (Unicode Cc) or a line or paragraph separator in one of them forges
+# key boundaries and log lines, and no real identity has one: the event is invalid. Format
+# characters (Cf: zero-width space, bidi overrides) are let through, because a machine id
+# made with them imitates another and the new_identity detector pages it, naming whom.
+IDENTITY_FIELDS = ("machine_id", "event_id", "source_ip", "identity_type", "source")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
 
 class InvalidEvent(ValueError):
     """An event that decoded but is not acceptable; `reason` is the dead-letter reason code."""
@@ -226,6 +234,23 @@ def _optional_str(d: Mapping[str, Any], name: str, limits: Limits) -> str | None
     return value
 
 
+def _refuse_control(ev: AuditEvent) -> None:
+    """Raise for the first identity field with a control character (see IDENTITY_FIELDS);
+    the message names the code point, never the raw value, which would carry it into logs."""
+    for name in IDENTITY_FIELDS:
+        value = getattr(ev, name)
+        m = _CONTROL.search(value) if value else None
+        if m is not None:
+            ch = m.group()
+            kind = {"\u2028": "line separator", "\u2029": "paragraph separator"}.get(
+                ch, "control character"
+            )
+            raise InvalidEvent(
+                "invalid_field",
+                f"{name} contains {kind} U+{ord(ch):04X} at position {m.start()}",
+            )
+
+
 def event_from_mapping(d: Any, limits: Limits, now_ms: int) -> AuditEvent:
     """Validate a decoded event (Avro record or JSON object) and build the typed event.
 
@@ -296,6 +321,16 @@ def event_from_mapping(d: Any, limits: Limits, now_ms: int) -> AuditEvent:
         source=_optional_str(d, "source", limits),
         attributes=attributes,
     )
+    # isprintable is False for any control character: one C-level pass per field is the
+    # whole cost of a clean event.
+    if not (
+        machine_id.isprintable()
+        and (given_id is None or given_id.isprintable())
+        and (ev.source_ip is None or ev.source_ip.isprintable())
+        and (ev.identity_type is None or ev.identity_type.isprintable())
+        and (ev.source is None or ev.source.isprintable())
+    ):
+        _refuse_control(ev)
     if given_id:
         return ev
     return AuditEvent(
