@@ -17,7 +17,9 @@ from streams.cli.acls import principals_from_args
 from streams.cli.errors import UsageError
 from streams.cli.main import main
 from streams.ops.acls import (
+    COMPLIANCE_GROUP_PREFIX,
     CONTROL_GROUP_PREFIX,
+    DIGEST_GROUP_PREFIX,
     READER_GROUP_PREFIX,
     ROLES,
     WORKER_TOPIC_OPS,
@@ -136,12 +138,24 @@ def _group_id_of(monkeypatch: pytest.MonkeyPatch, module: Any, make: Any) -> str
 
 
 def test_the_group_acls_name_the_groups_the_code_uses(monkeypatch: pytest.MonkeyPatch) -> None:
+    import confluent_kafka
+
+    from streams.ops import compliance
     from streams.runtime import state
-    from streams.tools import reading
+    from streams.tools import digest, reading
 
     cfg = Config()
     group = _group_id_of(monkeypatch, reading, lambda: reading._consumer(cfg, "read_committed"))
     assert group.startswith(READER_GROUP_PREFIX)
+    # These two import Consumer inside the function that makes it.
+    group = _group_id_of(monkeypatch, confluent_kafka, lambda: compliance._consumer(cfg))
+    assert group.startswith(COMPLIANCE_GROUP_PREFIX)
+    group = _group_id_of(
+        monkeypatch,
+        confluent_kafka,
+        lambda: next(iter(digest.scan_topic(cfg, "t", None, digest.Progress(None)))),
+    )
+    assert group.startswith(DIGEST_GROUP_PREFIX)
     restore = _group_id_of(monkeypatch, state, lambda: state.restore_consumer({}, "aw"))
     roles = by_role(cfg)
     assert restore == "aw.restore"

@@ -11,7 +11,9 @@ import os
 import secrets
 import subprocess
 import sys
+import threading
 import uuid
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,18 +29,22 @@ from confluent_kafka.admin import (
     UserScramCredentialDeletion,
     UserScramCredentialUpsertion,
 )
+from pydantic import SecretStr
 
 from schemas.codec import decode_wire
 from streams.cli.main import main
+from streams.cli.webhook import run_webhook
 from streams.ops.acls import ROLES, Acl, acl_set, apply_acls, held_by, principal_filter
 from streams.ops.config import SECURITY_ENV, Config, load_config
 from streams.ops.topics import ensure_topics
 from streams.processor import event_id_of
 from streams.runtime.routing import murmur2_partition
 from streams.runtime.state import read_partitions, restore_consumer
-from streams.tools.reading import read_topic
+from streams.tools.reading import group_lag, read_topic
 from tests.conftest import ROOT, SecureBroker, plaintext_only, wait_until
 from tests.test_pipeline_kafka import avro
+from tests.test_webhook_kafka import Receiver, server  # noqa: F401 - the fixture
+from tests.test_webhook_kafka import alert as webhook_alert
 from tests.traffic import BASE_MS, steady
 
 pytestmark = pytest.mark.kafka
@@ -307,10 +313,10 @@ def test_a_producer_writes_events_and_can_neither_read_alerts_nor_write_the_arch
     assert d.topic_error("producer", t.archive).code() == DENIED
     assert d.topic_error("producer", t.events) is None
     # Nobody but the worker writes the archive; the admin reads it, and it is empty.
-    for role in ("oncall", "webhook", "auditor"):
+    for role in [r for r in ROLES if r not in ("producer", "worker")]:
         refused = d.produce(role, t.archive, [(None, b"x")], idempotent=False)
         assert [e.code() for e in refused] == [DENIED], role
-    assert d.read("auditor", t.archive) == []
+    assert d.read("admin", t.archive) == []
 
 
 def history_and_a_new_resource(machine: str) -> list[dict[str, Any]]:
@@ -357,11 +363,11 @@ def test_the_worker_runs_exactly_once_with_exactly_its_set_and_on_call_works_wit
     assert producer.flush(30) == 0
 
     def archived() -> set[str]:
-        return {event_id_of(m.key()) for m in d.read("auditor", t.archive)}
+        return {event_id_of(m.key()) for m in d.read("admin", t.archive)}
 
     ids = {e["event_id"] for e in events}
     wait_until(lambda: archived() >= ids, timeout=120, what="every event archived")
-    dead = wait_until(lambda: d.read("auditor", t.deadletter), what="the dead letter")
+    dead = wait_until(lambda: d.read("admin", t.deadletter), what="the dead letter")
     assert [decode_wire(m.value(), "dead_letter")["reason"] for m in dead] == ["json_decode_error"]
 
     def page() -> dict[str, Any] | None:
@@ -387,6 +393,16 @@ def test_the_worker_runs_exactly_once_with_exactly_its_set_and_on_call_works_wit
     assert "json_decode_error" in capsys.readouterr().out
     refused = d.produce("oncall", t.archive, [(None, b"x")], idempotent=False)
     assert [e.code() for e in refused] == [DENIED]
+
+    # The auditor proves the record is kept and complete; the reporter writes the day's digest
+    # (the page and its acknowledgement read from the alerts and control topics).
+    assert main(["compliance", "check", "--quiet", "--config", str(d.config_path("auditor"))]) == 0
+    digest = d.root / "digest.json"
+    reporter = ["--config", str(d.config_path("reporter")), "--quiet"]
+    day = ["--period", "day", "--end", "2026-01-02T00:00:00Z", "--json", str(digest)]
+    assert main(["report", *day, *reporter]) == 0
+    pages = orjson.loads(digest.read_bytes())["pages"]
+    assert [(p["alert_id"], p["acknowledged_by"]) for p in pages] == [(alert["alert_id"], "alice")]
 
     assert d.worker is not None and d.worker.poll() is None
     assert "AUTHORIZATION_FAILED" not in d.worker_log()
@@ -422,7 +438,7 @@ def test_a_worker_missing_one_of_its_acls_says_so_and_archives_nothing(
     wait_until(
         lambda: says in d.worker_log().lower(), timeout=60, what=f"the worker to log {says!r}"
     )
-    assert d.read("auditor", d.cfg.topics.archive) == []
+    assert d.read("admin", d.cfg.topics.archive) == []
 
 
 def test_the_state_readers_need_their_group_even_though_they_join_none(deployment: Any) -> None:
@@ -505,3 +521,33 @@ def test_acls_apply_on_a_broker_without_an_authorizer_says_so(
     config.write_text(yaml.safe_dump({"kafka": {"bootstrap_servers": bootstrap}}))
     assert main(["acls", "apply", "--role", "producer", "--config", str(config)]) == 1
     assert "has no authorizer" in capsys.readouterr().err
+
+
+def test_the_webhook_sink_reads_alerts_in_its_group_and_dead_letters_with_its_set(
+    deployment: Any,
+    server: tuple[str, Receiver],  # noqa: F811 - the imported fixture
+) -> None:
+    base, receiver = server
+    d: Deployment = deployment()
+    d.create()
+    t = d.cfg.topics
+    states = [webhook_alert(0, "opened", "high"), webhook_alert(1, "escalated", "critical")]
+    messages = [(a["alert_id"].encode(), orjson.dumps(a)) for a in states]
+    assert d.produce("admin", t.alerts, messages) == [None, None]
+    cfg = d.config("webhook")
+    # The endpoint refuses (400, not retried): each state is dead-lettered by the sink.
+    settings = cfg.webhook.model_copy(update={"url": SecretStr(base + "/bad")})
+    stop = threading.Event()
+    stats: Counter[str] = Counter()
+    thread = threading.Thread(target=run_webhook, args=(cfg, settings, stop, stats))
+    thread.start()
+    try:
+        wait_until(lambda: stats["dead_lettered"] == 2, what="both states dead-lettered")
+    finally:
+        stop.set()
+        thread.join(30)
+    assert receiver.requests["/bad"] == 2
+    letters = [decode_wire(m.value(), "dead_letter") for m in d.read("admin", t.deadletter)]
+    assert sorted(x["event_id"] for x in letters) == sorted(a["alert_id"] for a in states)
+    # It committed what it handled, in its own group.
+    assert group_lag(d.cfg, cfg.webhook.consumer_group, t.alerts) == 0

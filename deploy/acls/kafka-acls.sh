@@ -68,7 +68,7 @@ acl --allow-principal User:auditwatch-worker --allow-host '*' --operation Read -
 acl --allow-principal User:auditwatch-worker --allow-host '*' --operation Describe --group auditwatch.restore --resource-pattern-type literal
 # the input-quiet watch's reader (assigns by hand, never commits)
 acl --allow-principal User:auditwatch-worker --allow-host '*' --operation Describe --group auditwatch-watch --resource-pattern-type literal
-# the control topic's reader, a throwaway group per start (assigns by hand)
+# the control topic's readers use a throwaway group each (assign by hand, never commit); librdkafka still looks up its coordinator
 acl --allow-principal User:auditwatch-worker --allow-host '*' --operation Describe --group auditwatch-control- --resource-pattern-type prefixed
 # exactly-once: the transactional producer `<consumer_group>-<instance id>`; unused at-least-once, granted so that switching the guarantee needs no ACL change
 acl --allow-principal User:auditwatch-worker --allow-host '*' --operation Write --transactional-id auditwatch- --resource-pattern-type prefixed
@@ -84,9 +84,9 @@ acl --allow-principal User:auditwatch-oncall --allow-host '*' --operation Write 
 acl --allow-principal User:auditwatch-oncall --allow-host '*' --operation Read --topic audit.deadletter --resource-pattern-type literal
 # `deadletter list` shows which dead letters were redriven
 acl --allow-principal User:auditwatch-oncall --allow-host '*' --operation Read --topic audit.deadletter.redriven --resource-pattern-type literal
-# the CLI's topic readers use a throwaway group each (assign by hand, never commit)
+# the CLI's topic readers use a throwaway group each (assign by hand, never commit); librdkafka still looks up its coordinator
 acl --allow-principal User:auditwatch-oncall --allow-host '*' --operation Describe --group auditwatch-reader- --resource-pattern-type prefixed
-# `auditwatch alerts` shows each alert's acknowledgement through the control topic's reader (a throwaway group, assigns by hand)
+# `auditwatch alerts` shows acknowledgements through the control topic's reader: they use a throwaway group each (assign by hand, never commit); librdkafka still looks up its coordinator
 acl --allow-principal User:auditwatch-oncall --allow-host '*' --operation Describe --group auditwatch-control- --resource-pattern-type prefixed
 
 # ---- webhook: User:auditwatch-webhook
@@ -98,15 +98,33 @@ acl --allow-principal User:auditwatch-webhook --allow-host '*' --operation Read 
 acl --allow-principal User:auditwatch-webhook --allow-host '*' --operation Write --topic audit.deadletter --resource-pattern-type literal
 
 # ---- auditor: User:auditwatch-auditor
-# read the audit record
+# producer completeness and gaps; reconciliation
 acl --allow-principal User:auditwatch-auditor --allow-host '*' --operation Read --topic audit.archive --resource-pattern-type literal
-# read the refused input, part of the record
+# dead-letter rate; reconciliation
 acl --allow-principal User:auditwatch-auditor --allow-host '*' --operation Read --topic audit.deadletter --resource-pattern-type literal
-# reconcile each input partition's ledger
+# each input partition's ledger
 acl --allow-principal User:auditwatch-auditor --allow-host '*' --operation Read --topic auditwatch.ledger --resource-pattern-type literal
-# verify the archive is kept (compaction, no deletion by age)
+# reconciliation: forwarded events processed or still waiting
+acl --allow-principal User:auditwatch-auditor --allow-host '*' --operation Read --topic audit.detect --resource-pattern-type literal
+# reconciliation: the input's end offsets (no Read: the check needs no event)
+acl --allow-principal User:auditwatch-auditor --allow-host '*' --operation Describe --topic audit.events --resource-pattern-type literal
+# check the topic keeps the audit record (compaction, retention, replication)
 acl --allow-principal User:auditwatch-auditor --allow-host '*' --operation DescribeConfigs --topic audit.archive --resource-pattern-type literal
-# verify the dead letters are kept as long as the archive
+# check the topic keeps the audit record (compaction, retention, replication)
 acl --allow-principal User:auditwatch-auditor --allow-host '*' --operation DescribeConfigs --topic audit.deadletter --resource-pattern-type literal
-# the CLI's topic readers use a throwaway group each (assign by hand, never commit)
-acl --allow-principal User:auditwatch-auditor --allow-host '*' --operation Describe --group auditwatch-reader- --resource-pattern-type prefixed
+# check the topic keeps the audit record (compaction, retention, replication)
+acl --allow-principal User:auditwatch-auditor --allow-host '*' --operation DescribeConfigs --topic auditwatch.ledger --resource-pattern-type literal
+# the compliance check's readers use a throwaway group each (assign by hand, never commit); librdkafka still looks up its coordinator
+acl --allow-principal User:auditwatch-auditor --allow-host '*' --operation Describe --group auditwatch-compliance- --resource-pattern-type prefixed
+
+# ---- reporter: User:auditwatch-reporter
+# events per machine and group, new resources
+acl --allow-principal User:auditwatch-reporter --allow-host '*' --operation Read --topic audit.archive --resource-pattern-type literal
+# the pages of the period
+acl --allow-principal User:auditwatch-reporter --allow-host '*' --operation Read --topic audit.alerts --resource-pattern-type literal
+# which pages were acknowledged, and when
+acl --allow-principal User:auditwatch-reporter --allow-host '*' --operation Read --topic audit.control --resource-pattern-type literal
+# the digest's readers use a throwaway group each (assign by hand, never commit); librdkafka still looks up its coordinator
+acl --allow-principal User:auditwatch-reporter --allow-host '*' --operation Describe --group auditwatch-digest- --resource-pattern-type prefixed
+# the CLI's topic readers use a throwaway group each (assign by hand, never commit); librdkafka still looks up its coordinator
+acl --allow-principal User:auditwatch-reporter --allow-host '*' --operation Describe --group auditwatch-reader- --resource-pattern-type prefixed

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from typing import Any
 
 from streams.cli.errors import UsageError
@@ -127,15 +128,21 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "acls",
         help=HELP,
-        description="The Kafka ACLs each role needs, derived from the config (topic names, "
-        "consumer groups, transactional ids), and nothing more: producer (writes the input "
-        "topic only), worker (`auditwatch run`: its topics, group and transactional ids; the "
-        "only writer of the archive), oncall (reads alerts and dead letters, writes the "
-        "control topic), webhook (reads alerts in its group, dead-letters what it cannot "
-        "deliver), auditor (reads the archive and dead letters and their configs). Topics "
-        "are created by an admin (`auditwatch topics create`), not by any role. `show` "
-        "prints the set with the reason for each ACL; `apply` creates the missing ones on "
-        "the broker as the config's principal, which must be allowed to manage ACLs.",
+        # Raw, for the examples below; the description is wrapped here instead.
+        description=textwrap.fill(
+            "The Kafka ACLs each role needs, derived from the config (topic names, "
+            "consumer groups, transactional ids), and nothing more: producer (writes the input "
+            "topic only), worker (`auditwatch run`: its topics, group and transactional ids; the "
+            "only writer of the archive), oncall (reads alerts and dead letters, writes the "
+            "control topic), webhook (reads alerts in its group, dead-letters what it cannot "
+            "deliver), auditor (`compliance check`: reads the archive, dead letters, ledger and "
+            "repartition topic and their configs), reporter (`report`: reads the archive, alerts "
+            "and the control topic). Topics "
+            "are created by an admin (`auditwatch topics create`), not by any role. `show` "
+            "prints the set with the reason for each ACL; `apply` creates the missing ones on "
+            "the broker as the config's principal, which must be allowed to manage ACLs.",
+            width=90,
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
         "  auditwatch acls show --format yaml\n"

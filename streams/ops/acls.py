@@ -11,7 +11,10 @@ Roles and what they run:
   control topic and dead letters, writes only the control topic.
 - `webhook`: `auditwatch webhook`: reads alerts in its group, dead-letters the states it could
   not deliver.
-- `auditor`: reads the archive and the dead letters and their topic configs.
+- `auditor`: `auditwatch compliance check`: reads the archive, the dead letters, the ledger
+  and the repartition topic, and the configs of the topics that keep the audit record.
+- `reporter`: `auditwatch report` (the digest CronJob): reads the archive, alerts and the
+  control topic.
 
 Creating topics, redriving dead letters and seeding baselines are administration: they run
 with an admin principal, and no role here can create or alter a topic.
@@ -36,7 +39,7 @@ import yaml
 
 from streams.ops.config import Config
 
-ROLES = ("producer", "worker", "oncall", "webhook", "auditor")
+ROLES = ("producer", "worker", "oncall", "webhook", "auditor", "reporter")
 
 ResourceType = Literal["topic", "group", "transactional-id"]
 PatternType = Literal["literal", "prefixed"]
@@ -47,6 +50,8 @@ PatternType = Literal["literal", "prefixed"]
 # proves it (a reader without the ACL fails with GROUP_AUTHORIZATION_FAILED).
 READER_GROUP_PREFIX = "auditwatch-reader-"
 CONTROL_GROUP_PREFIX = "auditwatch-control-"
+COMPLIANCE_GROUP_PREFIX = "auditwatch-compliance-"
+DIGEST_GROUP_PREFIX = "auditwatch-digest-"
 
 # Kafka's names for operations, as kafka-acls.sh and the Java client spell them.
 OPERATIONS = ("Read", "Write", "Describe", "DescribeConfigs")
@@ -217,15 +222,7 @@ def _worker(cfg: Config, p: str) -> list[Acl]:
             "Describe",
             "the input-quiet watch's reader (assigns by hand, never commits)",
         ),
-        _acl(
-            r,
-            p,
-            "group",
-            CONTROL_GROUP_PREFIX,
-            "Describe",
-            "the control topic's reader, a throwaway group per start (assigns by hand)",
-            "prefixed",
-        ),
+        _throwaway_group(r, p, CONTROL_GROUP_PREFIX, "the control topic's readers"),
         _acl(
             r,
             p,
@@ -240,16 +237,21 @@ def _worker(cfg: Config, p: str) -> list[Acl]:
     return acls
 
 
-def _reader_group(role: str, p: str) -> Acl:
+def _throwaway_group(role: str, p: str, prefix: str, who: str) -> Acl:
     return _acl(
         role,
         p,
         "group",
-        READER_GROUP_PREFIX,
+        prefix,
         "Describe",
-        "the CLI's topic readers use a throwaway group each (assign by hand, never commit)",
+        f"{who} use a throwaway group each (assign by hand, never commit); librdkafka still "
+        "looks up its coordinator",
         "prefixed",
     )
+
+
+def _reader_group(role: str, p: str) -> Acl:
+    return _throwaway_group(role, p, READER_GROUP_PREFIX, "the CLI's topic readers")
 
 
 def _oncall(cfg: Config, p: str) -> list[Acl]:
@@ -269,15 +271,11 @@ def _oncall(cfg: Config, p: str) -> list[Acl]:
             "`deadletter list` shows which dead letters were redriven",
         ),
         _reader_group(r, p),
-        _acl(
+        _throwaway_group(
             r,
             p,
-            "group",
             CONTROL_GROUP_PREFIX,
-            "Describe",
-            "`auditwatch alerts` shows each alert's acknowledgement through the control "
-            "topic's reader (a throwaway group, assigns by hand)",
-            "prefixed",
+            "`auditwatch alerts` shows acknowledgements through the control topic's reader: they",
         ),
     ]
 
@@ -309,31 +307,55 @@ def _webhook(cfg: Config, p: str) -> list[Acl]:
 def _auditor(cfg: Config, p: str) -> list[Acl]:
     t = cfg.topics
     r = "auditor"
-    ledger = topic_names(cfg).get("ledger")
-    return [
-        _acl(r, p, "topic", t.archive, "Read", "read the audit record"),
-        _acl(r, p, "topic", t.deadletter, "Read", "read the refused input, part of the record"),
+    topics = topic_names(cfg)
+    kept = [t.archive, t.deadletter, *([topics["ledger"]] if "ledger" in topics else [])]
+    acls = [
+        _acl(r, p, "topic", t.archive, "Read", "producer completeness and gaps; reconciliation"),
+        _acl(r, p, "topic", t.deadletter, "Read", "dead-letter rate; reconciliation"),
+    ]
+    if "ledger" in topics:
+        acls.append(_acl(r, p, "topic", topics["ledger"], "Read", "each input partition's ledger"))
+    acls += [
+        _acl(
+            r,
+            p,
+            "topic",
+            t.detect,
+            "Read",
+            "reconciliation: forwarded events processed or still waiting",
+        ),
+        _acl(
+            r,
+            p,
+            "topic",
+            t.events,
+            "Describe",
+            "reconciliation: the input's end offsets (no Read: the check needs no event)",
+        ),
         *(
-            [_acl(r, p, "topic", ledger, "Read", "reconcile each input partition's ledger")]
-            if ledger
-            else []
+            _acl(
+                r,
+                p,
+                "topic",
+                name,
+                "DescribeConfigs",
+                "check the topic keeps the audit record (compaction, retention, replication)",
+            )
+            for name in kept
         ),
-        _acl(
-            r,
-            p,
-            "topic",
-            t.archive,
-            "DescribeConfigs",
-            "verify the archive is kept (compaction, no deletion by age)",
-        ),
-        _acl(
-            r,
-            p,
-            "topic",
-            t.deadletter,
-            "DescribeConfigs",
-            "verify the dead letters are kept as long as the archive",
-        ),
+        _throwaway_group(r, p, COMPLIANCE_GROUP_PREFIX, "the compliance check's readers"),
+    ]
+    return acls
+
+
+def _reporter(cfg: Config, p: str) -> list[Acl]:
+    t = cfg.topics
+    r = "reporter"
+    return [
+        _acl(r, p, "topic", t.archive, "Read", "events per machine and group, new resources"),
+        _acl(r, p, "topic", t.alerts, "Read", "the pages of the period"),
+        _acl(r, p, "topic", t.control, "Read", "which pages were acknowledged, and when"),
+        _throwaway_group(r, p, DIGEST_GROUP_PREFIX, "the digest's readers"),
         _reader_group(r, p),
     ]
 
@@ -344,6 +366,7 @@ _ROLE_ACLS = {
     "oncall": _oncall,
     "webhook": _webhook,
     "auditor": _auditor,
+    "reporter": _reporter,
 }
 
 
