@@ -268,6 +268,11 @@ SEEDS = {
     "alert_state": alerts,
     "fix_file": fix_files,
     "dead_letter_record": dead_letters,
+    "rejected_event_id": lambda: [
+        *json_events()[:3],
+        json_events()[0][:60],
+        b'{"machine_id": "x", "event_id": "e-\\"1\\"",}',
+    ],
 }
 
 

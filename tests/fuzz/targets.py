@@ -34,6 +34,7 @@ from streams.cli import deadletter, webhook
 from streams.cli.errors import UsageError
 from streams.ops import control
 from streams.ops.config import WebhookSettings
+from streams.processor import recover_event_id
 from streams.tools import readers
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -270,6 +271,14 @@ def dead_letter_record(data: bytes) -> None:
         return
 
 
+def rejected_event_id(data: bytes) -> None:
+    """`recover_event_id`: the id a rejected message carried, for its dead letter. It runs on
+    the dead-letter path itself, so it may not raise at all; str of 1..256 or None."""
+    found = recover_event_id(data, LIMITS.max_value_bytes)
+    if found is not None and not (isinstance(found, str) and 0 < len(found) <= 256):
+        raise ContractBroken(f"recovered event_id {found!r}")
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "event_json": event_json,
     "event_auto": event_auto,
@@ -284,6 +293,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "alert_state": alert_state,
     "fix_file": fix_file,
     "dead_letter_record": dead_letter_record,
+    "rejected_event_id": rejected_event_id,
 }
 
 NAMES = tuple(TARGETS)
