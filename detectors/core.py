@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
+from detectors.authenticity import finding as spoofed_finding
 from detectors.base import Finding, Seen
 from detectors.capacity import MachineIndex
 from detectors.combined import CombinedWindow
@@ -194,6 +195,8 @@ class DetectionCore:
         tells the stores apart in memory): the machine's baselines, its peer group, and the
         silence watch list, which may yield alerts for other, silent machines. `source` names
         the upstream stream the event came through (an input partition), for the clock."""
+        if event.unverified:
+            return self._spoofed(event, kv, partition)
         state = self._load(kv, partition, event.machine_id)
         since = self.watching_since_ms
         if since is None or event.timestamp_ms < since:
@@ -213,6 +216,31 @@ class DetectionCore:
         if not alerts:
             return alerts
         return self._storms.apply(self.config, self.config_version, event, alerts, partition)
+
+    def _spoofed(self, event: AuditEvent, kv: KeyValue, partition: Any) -> list[Alert]:
+        """A signing machine's event that did not verify (`detectors.authenticity`): one
+        finding, judged at the machine's trusted time; no detector runs, nothing is learned,
+        no clock moves, since the event's content and time are only its sender's word."""
+        state = self._load(kv, partition, event.machine_id)
+        if state is not None:
+            trusted_ms = state.last_ms
+        else:
+            clock = self._watches.get(kv, partition).clock_ms
+            trusted_ms = clock if clock > 0 else event.timestamp_ms
+            state = MachineState.new(trusted_ms)
+        anchored = replace(event, ts_us=trusted_ms * 1000)
+        group = self._groups.of(event)
+        cfg = self.config_for(event.machine_id, group)
+        found = spoofed_finding(event)
+        if cfg.suppressions and self.suppressed(event.machine_id, found, trusted_ms):
+            self.suppressed_findings += 1
+            return []
+        alert = self._incidents.episode(cfg, anchored, group, state, found)
+        self._save(kv, partition, event.machine_id, state)
+        self._track(anchored, kv, partition)
+        if alert is None:
+            return []
+        return self._storms.apply(self.config, self.config_version, anchored, [alert], partition)
 
     def _track(self, event: AuditEvent, kv: KeyValue, partition: Any) -> None:
         """Capacity: evict the least recently seen machines beyond the cap."""

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from detectors.authenticity import HINT as SPOOFED_HINT
 from detectors.base import Finding
 from detectors.capacity import StormWindow
 from schemas.alert import SEVERITY_RANK, Alert, AlertControl, Scalar, severity_for
@@ -43,6 +44,7 @@ HINTS = {
     "storm": "Many machines at once: look for the common cause.",
     "combined": "Several signals moved together (rate, new resources, failures, writes): "
     "check the machine's recent accesses as a whole for a leaked credential in slow use.",
+    "spoofed_identity": SPOOFED_HINT,
     "new_identity": "Check who deployed this identity and whether it belongs to a known "
     "workload; an unknown identity touching sensitive resources is a red flag.",
 }

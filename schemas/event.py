@@ -77,6 +77,18 @@ class AuditEvent:
     source: str | None = None
     attributes: Mapping[str, str] = field(default_factory=dict)
     event_id_derived: bool = False
+    # Signed events (schemas.signing): the key that signed and the signature, as sent.
+    key_id: str | None = None
+    signature: str | None = None
+    # The signature check's verdict (a `schemas.signing.Verdict` value) for a machine with a
+    # configured key; None when it was not checked. Set by the processor, not sent.
+    verification: str | None = None
+
+    @property
+    def unverified(self) -> bool:
+        """A signing machine's event whose signature did not verify: its content, time
+        included, is the sender's word only."""
+        return self.verification is not None and self.verification != "verified"
 
     @property
     def timestamp_ms(self) -> int:
@@ -87,8 +99,10 @@ class AuditEvent:
         return datetime.fromtimestamp(self.ts_us / 1_000_000, tz=UTC)
 
     def to_avro(self) -> dict[str, Any]:
-        """The record for the (logical-type-stripped) AuditEvent schema."""
-        return {
+        """The record for the (logical-type-stripped) AuditEvent schema. `key_id` and
+        `signature` only when signed: Avro writes their default (null) when absent, and the
+        JSON of an unsigned event stays as it was."""
+        out = {
             "event_id": self.event_id,
             "timestamp": self.timestamp_ms,
             "machine_id": self.machine_id,
@@ -100,6 +114,10 @@ class AuditEvent:
             "source": self.source,
             "attributes": dict(self.attributes),
         }
+        if self.key_id is not None or self.signature is not None:
+            out["key_id"] = self.key_id
+            out["signature"] = self.signature
+        return out
 
     def to_json(self) -> dict[str, Any]:
         """The JSON form: like Avro, but the timestamp as RFC 3339 UTC with milliseconds."""
@@ -128,20 +146,23 @@ def format_rfc3339_ms(ms: int) -> str:
 
 
 def _canonical_bytes(ev: AuditEvent, ts_us: int) -> bytes:
-    return orjson.dumps(
-        [
-            "v1",
-            ts_us,
-            ev.machine_id,
-            ev.resource,
-            ev.operation,
-            ev.outcome,
-            ev.source_ip,
-            ev.identity_type,
-            ev.source,
-            sorted(ev.attributes.items()),
-        ]
-    )
+    fields: list[Any] = [
+        "v1",
+        ts_us,
+        ev.machine_id,
+        ev.resource,
+        ev.operation,
+        ev.outcome,
+        ev.source_ip,
+        ev.identity_type,
+        ev.source,
+        sorted(ev.attributes.items()),
+    ]
+    if ev.key_id is not None or ev.signature is not None:
+        # Only when signed, so an unsigned event keeps the id and digest it always had; a
+        # forged copy of a signed event's id then differs in content and is not taken for it.
+        fields.append([ev.key_id, ev.signature])
+    return orjson.dumps(fields)
 
 
 def derive_event_id(ev: AuditEvent) -> str:
@@ -320,6 +341,8 @@ def event_from_mapping(d: Any, limits: Limits, now_ms: int) -> AuditEvent:
         identity_type=_optional_str(d, "identity_type", limits),
         source=_optional_str(d, "source", limits),
         attributes=attributes,
+        key_id=_optional_str(d, "key_id", limits),
+        signature=_optional_str(d, "signature", limits),
     )
     # isprintable is False for any control character: one C-level pass per field is the
     # whole cost of a clean event.
@@ -345,4 +368,6 @@ def event_from_mapping(d: Any, limits: Limits, now_ms: int) -> AuditEvent:
         source=ev.source,
         attributes=attributes,
         event_id_derived=True,
+        key_id=ev.key_id,
+        signature=ev.signature,
     )

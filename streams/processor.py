@@ -13,7 +13,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import orjson
@@ -32,6 +32,7 @@ from schemas.codec import (
     sha256,
 )
 from schemas.event import AuditEvent
+from schemas.signing import verify
 from streams.ops.config import Config
 from streams.tools.readers import RawRecord
 
@@ -194,6 +195,8 @@ class Processor:
         self.limits = cfg.input.limits()
         self.fmt = cfg.input.format
         self.core = DetectionCore(cfg.detectors.build())
+        # None when no machine signs: then no event is checked (see `authenticate`).
+        self.keyring = cfg.signing.keyring()
         self.clock = clock
         self.sleep = sleep
         self.metrics: Counter[str] = Counter()
@@ -263,6 +266,25 @@ class Processor:
             self.metrics["key_mismatch"] += 1
         return event, fmt, now
 
+    def authenticate(self, event: AuditEvent) -> AuditEvent:
+        """The event marked with its signature's verdict when its machine signs (schemas.
+        signing); callers call it once per event, and only when `keyring` is set."""
+        assert self.keyring is not None
+        verdict = verify(event, self.keyring)
+        if verdict is None:
+            return event
+        self.metrics[f"signatures.{verdict.value}"] += 1
+        if not verdict.ok:
+            # INFO, as dead letters are: a flood of forged events must not flood the log too.
+            log.info(
+                "unverified event %s of %s (key id %s): %s",
+                event.event_id,
+                event.machine_id,
+                event.key_id,
+                verdict.value,
+            )
+        return replace(event, verification=verdict.value)
+
     def admit(
         self,
         event: AuditEvent,
@@ -326,6 +348,8 @@ class Processor:
         if isinstance(decoded, Output):
             return [decoded], None
         event, fmt, now = decoded
+        if self.keyring is not None:
+            event = self.authenticate(event)
         outputs, new = self.admit(
             event, value, key, origin, store, original_format or fmt, now, archive
         )

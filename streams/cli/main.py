@@ -305,6 +305,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
         (["format", "csv_map"], not args.synthetic, "event FILES"),
         (["labels_out"], args.out is not None, "--out"),
         (["rate", "topic", "encoding", "delivery_timeout", "failed_out"], not args.out, "sending"),
+        (["sign_key", "key_id", "sign_algorithm"], not args.out, "sending"),
     ):
         misplaced = sorted("--" + o.replace("_", "-") for o in given.intersection(only))
         if misplaced and not allowed:
@@ -351,6 +352,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
             if not Path(name).is_file() or not os.access(name, os.R_OK):
                 raise UsageError(f"{name}: not a readable file")
         records = _file_events(args.files, args.format or "jsonl", csv_map)
+    sign_key = _sign_key(args)
     # After the usage checks: a bad option is a usage error whether or not a broker answers.
     _require_broker(cfg)
     timeout_s = delivery_timeout_s(cfg, args.delivery_timeout)
@@ -365,6 +367,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
             topic=args.topic,
             timeout_s=timeout_s,
             failed_out=failed_out,
+            sign_key=sign_key,
         )
     finally:
         if failed_out is not None:
@@ -394,6 +397,24 @@ def cmd_produce(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 1 if stats.skipped or stats.not_delivered else 0
+
+
+def _sign_key(args: argparse.Namespace) -> Any:
+    """produce's signing key (schemas.signing.Key) from --sign-key and --key-id, or None."""
+    if args.sign_key is None and args.key_id is None and args.sign_algorithm is None:
+        return None
+    if args.sign_key is None or not args.key_id:
+        raise UsageError("--sign-key FILE and --key-id ID go together")
+    from schemas.signing import signing_key_from_bytes
+
+    try:
+        with open(args.sign_key, "rb") as f:
+            data = f.read()
+        return signing_key_from_bytes(data, args.key_id, args.sign_algorithm)
+    except OSError as e:
+        raise UsageError(f"--sign-key {args.sign_key}: {e.strerror}") from None
+    except ValueError as e:
+        raise UsageError(f"--sign-key {args.sign_key}: {e}") from None
 
 
 def _parse_time(text: str | None) -> int | None:
@@ -805,6 +826,20 @@ anything is sent; 130 interrupted.""",
         metavar="FILE",
         help="write the events not delivered here, JSON lines in input order, to send again "
         "(the processor archives an event sent twice once)",
+    )
+    p.add_argument(
+        "--sign-key",
+        metavar="FILE",
+        help="sign each event (README: Signed events) with this key: an HMAC-SHA256 secret "
+        "(the file's bytes, less a trailing line break) or an Ed25519 PEM private key; "
+        "with --key-id",
+    )
+    p.add_argument("--key-id", metavar="ID", help="the key id sent with each signed event")
+    p.add_argument(
+        "--sign-algorithm",
+        choices=["hmac-sha256", "ed25519"],
+        help="the --sign-key's algorithm (default: ed25519 for a PEM private key, else "
+        "hmac-sha256)",
     )
     p.add_argument(
         "--synthetic",

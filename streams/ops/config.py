@@ -11,7 +11,7 @@ import os
 import re
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import (
@@ -28,6 +28,10 @@ from detectors.combined import CombinedParams
 from detectors.config import DetectorConfig, Override, Suppression
 from detectors.rate import RateParams
 from schemas.event import Limits
+
+if TYPE_CHECKING:
+    from schemas.signing import Key as SigningKey
+    from schemas.signing import Keyring
 
 # Settings whose name contains one of these are never printed.
 _SECRET_WORDS = ("password", "secret", "key", "token", "user_info", "userinfo")
@@ -646,6 +650,91 @@ def worst_case_delivery_s(w: WebhookSettings) -> float:
     return w.max_attempts * w.timeout_s + (w.max_attempts - 1) * w.max_backoff_s
 
 
+class SigningKeySettings(_Model):
+    """One key of a signing machine (schemas.signing). Secrets come from a file or an
+    environment variable, never from the config itself."""
+
+    key_id: str = Field(min_length=1, max_length=256)
+    algorithm: Literal["hmac-sha256", "ed25519"]
+    secret_file: str | None = Field(
+        None,
+        description="hmac-sha256: a file holding the shared secret (one trailing line "
+        "break is not part of it).",
+    )
+    secret_env: str | None = Field(
+        None, description="hmac-sha256: an environment variable holding the shared secret."
+    )
+    public_key_file: str | None = Field(
+        None, description="ed25519: the machine's public key, PEM or 32 bytes in base64."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SigningKeySettings:
+        given = [n for n in ("secret_file", "secret_env", "public_key_file") if getattr(self, n)]
+        hmac = ("secret_file", "secret_env")
+        wanted = ("public_key_file",) if self.algorithm == "ed25519" else hmac
+        if len(given) != 1 or given[0] not in wanted:
+            raise ValueError(
+                f"key {self.key_id!r} ({self.algorithm}) needs exactly one of {' or '.join(wanted)}"
+            )
+        self.load()  # a missing file or variable is refused at start, not at the first event
+        return self
+
+    def load(self) -> SigningKey:
+        from schemas.signing import Key, public_key_from_bytes, secret_from_bytes
+
+        where = self.secret_file or self.public_key_file
+        try:
+            if self.secret_env:
+                value = os.environ.get(self.secret_env)
+                if not value:
+                    raise ValueError(f"environment variable {self.secret_env} is unset or empty")
+                return Key(self.key_id, self.algorithm, secret=value.encode())
+            assert where is not None
+            data = Path(where).read_bytes()
+            if self.algorithm == "hmac-sha256":
+                return Key(self.key_id, self.algorithm, secret=secret_from_bytes(data))
+            return Key(self.key_id, self.algorithm, public=public_key_from_bytes(data))
+        except OSError as e:
+            raise ValueError(f"key {self.key_id!r}: cannot read {where}: {e.strerror}") from None
+        except ValueError as e:
+            # Never the secret itself: the messages above and cryptography's name none.
+            raise ValueError(f"key {self.key_id!r}: {e}") from None
+
+
+class SigningSettings(_Model):
+    """Producer authenticity (schemas.signing): the machines that sign, each with its keys
+    (several during a rotation). Only these machines' events are checked; a machine id may be
+    a glob (`payments-api-*`)."""
+
+    keys: dict[str, list[SigningKeySettings]] = Field(default_factory=dict)
+
+    @field_validator("keys", mode="before")
+    @classmethod
+    def _one_key_alone(cls, v: Any) -> Any:
+        # `machine: {key_id: ...}` for the usual single key, a list during a rotation.
+        if isinstance(v, dict):
+            return {m: [k] if isinstance(k, dict) else k for m, k in v.items()}
+        return v
+
+    @model_validator(mode="after")
+    def _distinct_ids(self) -> SigningSettings:
+        for machine, keys in self.keys.items():
+            ids = [k.key_id for k in keys]
+            if not keys or len(set(ids)) != len(ids):
+                raise ValueError(f"machine {machine!r} needs one or more keys with distinct ids")
+        return self
+
+    def keyring(self) -> Keyring | None:
+        """The keys, read from their files and variables; None when no machine signs (then
+        nothing is checked, at no cost per event)."""
+        if not self.keys:
+            return None
+        from schemas.signing import Keyring
+
+        return Keyring({m: [k.load() for k in keys] for m, keys in self.keys.items()})
+
+
 class Config(_Model):
     kafka: KafkaSettings = KafkaSettings()
     topics: TopicSettings = TopicSettings()
@@ -654,6 +743,7 @@ class Config(_Model):
     http: HttpSettings = HttpSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     webhook: WebhookSettings = WebhookSettings()
+    signing: SigningSettings = SigningSettings()
 
     @property
     def state_topic(self) -> str:

@@ -134,6 +134,9 @@ class Task:
         # History from `auditwatch seed` is learned like live traffic, in its place among the
         # partition's records, but never alerted on, and already in the archive.
         seed = bool(forwarded and headers and is_seed(headers))
+        if processor.keyring is not None and not seed:
+            # Here, once the event stays in this task: a forwarded one is checked where it lands.
+            event = processor.authenticate(event)
         return Prepared(msg, event, value, key, origin, fmt, now, seed, counts)
 
     def seen_ids(self, items: list[Prepared]) -> None:
@@ -176,7 +179,9 @@ class Task:
         if not new:
             return
         ts = event.timestamp_ms
-        self.clock_ms = max(self.clock_ms, ts)
+        if event.verification is None or not event.unverified:
+            # A forged event's time is its sender's: it moves no clock.
+            self.clock_ms = max(self.clock_ms, ts)
         alerts = processor.detect(event, self.store, item.origin, source=self.partition)
         if self.detected is not None:
             self.detected(item.msg.timestamp()[1])

@@ -23,6 +23,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from schemas.codec import decode_wire, encode_event_avro
 from schemas.event import InvalidEvent, Limits, event_from_mapping, format_rfc3339_ms
+from schemas.signing import Key, sign_record
 from streams.ops.config import Config
 
 # Producing history is allowed: only the far future is refused, as the processor does.
@@ -90,9 +91,18 @@ def to_avro_record(event: dict[str, Any], now_ms: int) -> dict[str, Any]:
     return record
 
 
-def encode(event: dict[str, Any], encoding: str, now_ms: int) -> tuple[bytes, bytes]:
-    """(key, value) for one event in its JSON form."""
+def encode(
+    event: dict[str, Any], encoding: str, now_ms: int, sign_key: Key | None = None
+) -> tuple[bytes, bytes]:
+    """(key, value) for one event in its JSON form, signed with `sign_key` when given."""
     key = str(event.get("machine_id", "")).encode()
+    if sign_key is not None:
+        try:
+            event = sign_record(event, sign_key)
+        except InvalidEvent:
+            if encoding != "json":
+                raise
+            # Sent as read, unsigned: the processor dead-letters it with the reason.
     if encoding == "json":
         return key, orjson.dumps(event)
     return key, encode_event_avro(to_avro_record(event, now_ms))
@@ -135,6 +145,7 @@ def produce_events(
     topic: str | None = None,
     timeout_s: float = DEFAULT_DELIVERY_TIMEOUT_S,
     failed_out: IO[bytes] | None = None,
+    sign_key: Key | None = None,
 ) -> ProduceStats:
     """Send records' events at up to `rate` events/s (None: as fast as the broker takes them)
     and wait for every delivery report.
@@ -143,7 +154,8 @@ def produce_events(
     stderr. A delivery that fails for a reason other than the message itself (the broker or
     topic not taking events for `timeout_s`) stops the sending: the records after it are read
     and counted as unsent rather than queued behind a broker that is not answering. Every
-    event not delivered is written to `failed_out` as a JSON line, in input order."""
+    event not delivered is written to `failed_out` as a JSON line, in input order. With
+    `sign_key`, each event is sent with its key_id and signature (schemas.signing)."""
     topic = topic or cfg.topics.events
     producer = make_producer(cfg, **{"message.timeout.ms": max(1, round(timeout_s * 1000))})
     stats = ProduceStats()
@@ -186,7 +198,7 @@ def produce_events(
                 _skip(stats, record.where, record.problem or "not an event")
                 continue
             try:
-                key, value = encode(record.event, encoding, int(time.time() * 1000))
+                key, value = encode(record.event, encoding, int(time.time() * 1000), sign_key)
             except InvalidEvent as e:
                 _skip(stats, record.where, f"{e.reason}: {e.message}")
                 continue
