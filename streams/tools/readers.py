@@ -84,7 +84,9 @@ def parse_csv_map(spec: str | None) -> dict[str, str]:
     return mapping
 
 
-def _csv_rows(f: IO[bytes], mapping: dict[str, str]) -> Iterator[tuple[int, dict[str, object]]]:
+def _csv_rows(
+    f: IO[bytes], mapping: dict[str, str]
+) -> Iterator[tuple[int, dict[str, object] | _Unparsed]]:
     # Bytes that are not UTF-8 are kept (as lone surrogates) rather than stopping the whole
     # file: `_csv_value` gives such a row to the processor as it was, to be dead-lettered.
     reader = csv.DictReader(
@@ -92,7 +94,16 @@ def _csv_rows(f: IO[bytes], mapping: dict[str, str]) -> Iterator[tuple[int, dict
     )
     column_of = {name: mapping.get(name, name) for name in EVENT_FIELDS}
     mapped_columns = set(column_of.values())
-    for row in reader:
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            # A field past the csv module's limit (128 Ki characters): that record is
+            # reported, the reader goes on with the next one.
+            yield reader.line_num + 1, _Unparsed(f"unreadable CSV record: {e}".encode())
+            continue
         event: dict[str, object] = {}
         for name, column in column_of.items():
             value = row.get(column)
@@ -107,10 +118,12 @@ def _csv_rows(f: IO[bytes], mapping: dict[str, str]) -> Iterator[tuple[int, dict
         yield reader.line_num, event
 
 
-def _csv_value(event: dict[str, object]) -> bytes:
+def _csv_value(event: dict[str, object] | _Unparsed) -> bytes:
     """The JSON text of a CSV row's event; for a row with bytes that are not UTF-8 (which JSON
     cannot carry), its cells as they were, comma-separated: not JSON, so dead-lettered, with
     every original byte in the dead letter."""
+    if isinstance(event, _Unparsed):
+        return event.raw
     try:
         return orjson.dumps(event)
     except orjson.JSONEncodeError:
@@ -195,7 +208,31 @@ def _unmapped_bytes(record: Any) -> bytes:
     """The bytes of a record that is not an object: its own text, for the dead letter."""
     if isinstance(record, _Unparsed):
         return record.raw
-    return orjson.dumps(record)
+    return _dumps(record)
+
+
+# orjson reads JSON nested up to 1024 levels but writes at most 254.
+_MAX_DEPTH = 200
+
+
+def _dumps(value: Any) -> bytes:
+    """JSON text of a decoded record (or of the event mapped from one, which copies its
+    timestamp value as it is). Past `_MAX_DEPTH` levels the rest is replaced by a note: such
+    a value is never a valid event or time, so its record is dead-lettered all the same."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return orjson.dumps(_cut(value, _MAX_DEPTH))
+
+
+def _cut(value: Any, depth: int) -> Any:
+    if not isinstance(value, dict | list):
+        return value
+    if depth == 0:
+        return f"(nested deeper than {_MAX_DEPTH} levels)"
+    if isinstance(value, dict):
+        return {k: _cut(v, depth - 1) for k, v in value.items()}
+    return [_cut(v, depth - 1) for v in value]
 
 
 def _text(value: Any) -> str | None:
@@ -549,7 +586,7 @@ class _K8sStages:
         if not isinstance(record, dict):
             yield RawRecord(_unmapped_bytes(record), path, n, "K8S_AUDIT")
             return
-        raw = RawRecord(orjson.dumps(k8s_audit_event(record)), path, n, "K8S_AUDIT")
+        raw = RawRecord(_dumps(k8s_audit_event(record)), path, n, "K8S_AUDIT")
         audit_id = _text(record.get("auditID"))
         stage = record.get("stage")
         if audit_id is None or stage is None or stage in K8S_FINAL_STAGES:
@@ -599,7 +636,7 @@ def read_records(
             else:
                 for n, record in _json_records(f, "Records"):
                     value = (
-                        orjson.dumps(cloudtrail_event(record))
+                        _dumps(cloudtrail_event(record))
                         if isinstance(record, dict)
                         else _unmapped_bytes(record)
                     )
