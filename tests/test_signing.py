@@ -511,3 +511,61 @@ def test_without_keys_nothing_is_checked() -> None:
     out = processor.handle(orjson.dumps(_event(1)), None, ORIGIN, MemoryStore())
     assert _verification(out) == [None]
     assert not any(k.startswith("signatures.") for k in processor.metrics)
+
+
+class _SeedMsg:
+    """A seed record as `auditwatch seed` writes it to the repartition topic."""
+
+    def __init__(self, topic: str, offset: int, value: bytes) -> None:
+        self._topic, self._offset, self._value = topic, offset, value
+
+    def topic(self) -> str:
+        return self._topic
+
+    def offset(self) -> int:
+        return self._offset
+
+    def value(self) -> bytes:
+        return self._value
+
+    def key(self) -> bytes:
+        return b"payments-api"
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        from streams.runtime.routing import SEED_HEADER
+
+        return [(SEED_HEADER, b"1")]
+
+    def timestamp(self) -> tuple[int, int]:
+        return 1, NOW_MS
+
+
+def test_seeded_history_that_does_not_verify_is_not_learned(tmp_path: Path) -> None:
+    """`seed` (from files or from the archive, where forged events are kept unverified) goes
+    through the same check: only verified history of a signing machine is learned."""
+    from detectors.state import MACHINE, _decode_state
+    from streams.runtime.peers import PeerTable
+    from streams.runtime.routing import Router
+    from streams.runtime.state import PartitionState
+    from streams.runtime.task import Task
+
+    processor = keyed_processor(tmp_path)
+    emitted: list[str] = []
+    task = Task(
+        0,
+        PartitionState(0),
+        PeerTable("w"),
+        processor,
+        Router("murmur2", 1),
+        processor.cfg.topics.detect,
+        lambda role, *_: emitted.append(role),
+        None,
+    )
+    history = [sign_record(_event(i), hmac_key()) for i in range(3)]
+    history += [{**_event(10 + i), "key_id": "k1", "signature": "AAAA"} for i in range(5)]
+    for offset, e in enumerate(history):
+        task.process(_SeedMsg(processor.cfg.topics.detect, offset, orjson.dumps(e)))
+    state = task.store.get(MACHINE, "payments-api")
+    assert state is not None and _decode_state(state).n == 3
+    assert emitted == []  # seeding archives nothing and pages nothing
+    assert processor.metrics["signatures.bad_signature"] == 5

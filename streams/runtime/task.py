@@ -134,8 +134,9 @@ class Task:
         # History from `auditwatch seed` is learned like live traffic, in its place among the
         # partition's records, but never alerted on, and already in the archive.
         seed = bool(forwarded and headers and is_seed(headers))
-        if processor.keyring is not None and not seed:
+        if processor.keyring is not None:
             # Here, once the event stays in this task: a forwarded one is checked where it lands.
+            # Seeded history too: what does not verify must not be learned.
             event = processor.authenticate(event)
         return Prepared(msg, event, value, key, origin, fmt, now, seed, counts)
 
@@ -152,7 +153,10 @@ class Task:
         if item.seed:
             if counts is not None:
                 counts.seeded += 1
-            processor.detect(event, self.store, item.origin, learn_only=True, source=self.partition)
+            if event.verification is None or not event.unverified:
+                processor.detect(
+                    event, self.store, item.origin, learn_only=True, source=self.partition
+                )
             return
         outputs, new = processor.admit(
             event, item.value, item.key, item.origin, self.store, item.fmt, item.now
