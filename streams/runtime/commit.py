@@ -1,8 +1,8 @@
 """The two commit policies: how outputs, changelog records and input offsets become durable.
 
 - `AtLeastOnce` (the default): outputs are produced as they are made; at a commit the
-  changelog and peer records are produced, the producer is flushed, and only when the broker
-  has acknowledged every record are the input offsets committed. A crash or a failed
+  broker first acknowledges every output, then the changelog and peer records are produced
+  and acknowledged, and only then are the input offsets committed. A crash or a failed
   delivery re-processes from the last committed offsets: outputs may repeat, nothing is lost.
 - `ExactlyOnce`: one transactional producer per worker, its `transactional.id` stable across
   restarts (so a new incarnation fences the old one and aborts its open transaction). Outputs,
@@ -69,7 +69,25 @@ class AtLeastOnce:
     def poll(self) -> None:
         self.producer.poll(0)
 
+    def settle(self) -> None:
+        """Wait until the broker has acknowledged every output produced so far.
+
+        Called before a commit's changelog records are produced: the changelog holds the
+        event ids the task has seen, so an id acknowledged there before its archive record
+        would make the replay after a crash take the event for a duplicate and never archive
+        it (the producer orders records per partition only)."""
+        self._flush()
+
     def commit(self, consumer: Any, offsets: list[TopicPartition]) -> None:
+        self._flush()
+        if not offsets:
+            return
+        try:
+            consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as e:
+            raise Rewind(f"offset commit failed: {e.args[0]}") from None
+
+    def _flush(self) -> None:
         deadline = time.monotonic() + self.delivery_timeout_s + 10
         waited = 0
         while self.producer.flush(1.0) > 0:
@@ -81,12 +99,6 @@ class AtLeastOnce:
         if self.failed:
             n, self.failed = self.failed, 0
             raise Rewind(f"{n} records not delivered ({self.last_error})")
-        if not offsets:
-            return
-        try:
-            consumer.commit(offsets=offsets, asynchronous=False)
-        except KafkaException as e:
-            raise Rewind(f"offset commit failed: {e.args[0]}") from None
 
     def abort(self) -> None:
         """Nothing to undo: what was produced stays produced (at-least-once)."""
@@ -146,6 +158,9 @@ class ExactlyOnce:
 
     def poll(self) -> None:
         self.producer.poll(0)
+
+    def settle(self) -> None:
+        """Nothing to wait for: outputs and changelog become visible together or not at all."""
 
     def commit(self, consumer: Any, offsets: list[TopicPartition]) -> None:
         if not offsets and not self.open:

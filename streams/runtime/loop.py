@@ -451,6 +451,11 @@ class Worker:
         if core.working is not None:
             dirty = [p for p in core.working.dirty_partitions() if p in tasks]
             core.flush(lambda p: tasks[p].store, dirty)
+        try:
+            self.policy.settle()
+        except Rewind as e:
+            self.rewind(str(e))
+            return False
         produce = self.policy.produce
         self._ledger(produce)
         for p, task in tasks.items():
