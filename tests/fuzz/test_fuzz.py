@@ -106,7 +106,10 @@ def test_a_million_fuzzed_inputs_and_no_escape(quiet_logs: None) -> None:
         stats = fuzz(name, target, runs, seed=int(os.environ.get("AUDITWATCH_FUZZ_SEED", "0")))
         done += stats.inputs
         crashes += stats.crashes
-        lines.append(f"{name:20s} {stats.inputs:9,d} inputs {stats.per_second:9,.0f}/s")
+        lines.append(
+            f"{name:20s} {stats.inputs:9,d} inputs {stats.per_second:9,.0f}/s "
+            f"({stats.per_cpu_second:,.0f}/s of CPU)"
+        )
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     # CPU time is what the run costs on a core of its own; wall time includes the neighbours'.
     total = f"{'total':20s} {done:9,d} inputs in {elapsed:.1f} s ({cpu:.1f} s of CPU)"
