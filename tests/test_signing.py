@@ -569,3 +569,20 @@ def test_seeded_history_that_does_not_verify_is_not_learned(tmp_path: Path) -> N
     assert state is not None and _decode_state(state).n == 3
     assert emitted == []  # seeding archives nothing and pages nothing
     assert processor.metrics["signatures.bad_signature"] == 5
+
+
+def test_authenticate_keeps_every_field_of_the_event(tmp_path: Path) -> None:
+    """It rebuilds the event field by field (cheaper than dataclasses.replace): a field added
+    to AuditEvent and not carried over fails here."""
+    import dataclasses
+
+    processor = keyed_processor(tmp_path)
+    signed = sign_record(
+        {**VECTOR_EVENT, "event_id": None, "source": "x", "source_ip": "10.0.0.1"}, hmac_key()
+    )
+    event = validated(signed)
+    out = processor.authenticate(event)
+    assert out.verification == "verified"
+    for f in dataclasses.fields(AuditEvent):
+        if f.name != "verification":
+            assert getattr(out, f.name) == getattr(event, f.name) != f.default, f.name
