@@ -586,3 +586,27 @@ def test_authenticate_keeps_every_field_of_the_event(tmp_path: Path) -> None:
     for f in dataclasses.fields(AuditEvent):
         if f.name != "verification":
             assert getattr(out, f.name) == getattr(event, f.name) != f.default, f.name
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        (["--key-id", "k1"], "go together"),
+        (["--sign-key", "KEY"], "go together"),
+        (["--sign-key", "MISSING", "--key-id", "k1"], "No such file"),
+        (["--sign-key", "KEY", "--key-id", "k1", "--sign-algorithm", "ed25519"], "PEM"),
+    ],
+)
+def test_produce_signing_usage_errors_exit_2_before_sending(
+    extra: list[str], says: str, tmp_path: Path, capsys: Any
+) -> None:
+    from streams.cli.main import main
+
+    events = tmp_path / "e.jsonl"
+    events.write_bytes(orjson.dumps(_event(1)) + b"\n")
+    (tmp_path / "KEY").write_bytes(b"secret\n")
+    config = tmp_path / "unreachable.yaml"
+    config.write_text("kafka: {bootstrap_servers: '127.0.0.1:1'}\n")
+    argv = [str(tmp_path / a) if a in ("KEY", "MISSING") else a for a in extra]
+    assert main(["produce", str(events), *argv, "--config", str(config)]) == 2
+    assert says in capsys.readouterr().err
