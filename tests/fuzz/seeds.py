@@ -268,6 +268,7 @@ SEEDS = {
     "alert_state": alerts,
     "fix_file": fix_files,
     "dead_letter_record": dead_letters,
+    "processor_handle": lambda: json_events() + avro_events() + [b"k" + json_events()[0]],
     "rejected_event_id": lambda: [
         *json_events()[:3],
         json_events()[0][:60],

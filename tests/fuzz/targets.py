@@ -33,8 +33,8 @@ from schemas.registry import schema_json, strip_logical_types
 from streams.cli import deadletter, webhook
 from streams.cli.errors import UsageError
 from streams.ops import control
-from streams.ops.config import WebhookSettings
-from streams.processor import recover_event_id
+from streams.ops.config import Config, WebhookSettings
+from streams.processor import MemoryStore, Origin, Processor, recover_event_id
 from streams.tools import readers
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -279,6 +279,41 @@ def rejected_event_id(data: bytes) -> None:
         raise ContractBroken(f"recovered event_id {found!r}")
 
 
+class _Pipeline:
+    """One processor and its partition's state, kept across inputs as a worker keeps them, so
+    fuzzed events also meet the dedupe index and the detectors' state of earlier ones."""
+
+    def __init__(self) -> None:
+        self.processor = Processor(Config(), BUNDLED, clock=lambda: NOW_MS)
+        self.origin = Origin("audit.events", 0, 0)
+        self.store = MemoryStore()
+
+    def handle(self, data: bytes) -> None:
+        if len(self.store.seen) > 50_000:  # bounded memory, as a fuzz run may be long
+            self.store = MemoryStore()
+        key = data[:8] if data[:1] == b"k" else None
+        for out in self.processor.handle(data, key, self.origin, self.store):
+            if out.kind == "deadletter":
+                reason = decode_wire(out.value, "dead_letter")["reason"]
+                if reason not in REASONS:
+                    raise ContractBroken(f"dead letter with reason {reason!r}")
+            elif out.kind not in ("archive", "alert"):
+                raise ContractBroken(f"output of kind {out.kind!r}")
+
+
+_PIPELINE: _Pipeline | None = None
+
+
+def processor_handle(data: bytes) -> None:
+    """A message through the processor as the runtime hands it one (`Processor.handle`:
+    decode, validate, dedupe, archive, detect): archive records, dead letters with a
+    documented reason and alert states, nothing raised."""
+    global _PIPELINE  # noqa: PLW0603 (built on first use: a Config is costly to import)
+    if _PIPELINE is None:
+        _PIPELINE = _Pipeline()
+    _PIPELINE.handle(data)
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "event_json": event_json,
     "event_auto": event_auto,
@@ -294,6 +329,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "fix_file": fix_file,
     "dead_letter_record": dead_letter_record,
     "rejected_event_id": rejected_event_id,
+    "processor_handle": processor_handle,
 }
 
 NAMES = tuple(TARGETS)

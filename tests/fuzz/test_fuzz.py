@@ -46,6 +46,7 @@ WEIGHTS = {
     "fix_file": 8,
     "dead_letter_record": 6,
     "rejected_event_id": 8,
+    "processor_handle": 8,
 }
 
 
