@@ -177,6 +177,41 @@ class OnePass:
             task.state.seen.flush()
 
 
+def broker_credentials(cfg: Config) -> Any:
+    """kafka.security in faust's (aiokafka's) terms, from the same librdkafka settings every
+    other client gets; None for plaintext."""
+    import ssl
+
+    import faust
+
+    conf = cfg.kafka.client_config()
+    protocol = str(conf.get("security.protocol", "PLAINTEXT")).upper()
+    if protocol == "PLAINTEXT":
+        return None
+    context = None
+    if protocol.endswith("SSL"):
+        context = ssl.create_default_context(cafile=conf.get("ssl.ca.location"))
+        if conf.get("ssl.certificate.location"):
+            context.load_cert_chain(
+                conf["ssl.certificate.location"],
+                conf.get("ssl.key.location"),
+                conf.get("ssl.key.password"),
+            )
+        if conf.get("ssl.endpoint.identification.algorithm") == "none":
+            context.check_hostname = False
+    if not protocol.startswith("SASL"):
+        return faust.SSLCredentials(context)
+    mechanism = conf.get("sasl.mechanism", "SCRAM-SHA-512")
+    if mechanism == "OAUTHBEARER":
+        raise SystemExit("the faust peer does not do OAUTHBEARER")
+    return faust.SASLCredentials(
+        username=conf["sasl.username"],
+        password=conf["sasl.password"],
+        ssl_context=context,
+        mechanism=mechanism,
+    )
+
+
 def build_app(
     cfg: Config,
     *,
@@ -198,6 +233,7 @@ def build_app(
     app = faust.App(
         cfg.kafka.consumer_group,
         broker=f"kafka://{cfg.kafka.bootstrap()}",
+        broker_credentials=broker_credentials(cfg),
         datadir=datadir,
         topic_partitions=cfg.topics.partitions,
         topic_replication_factor=cfg.topics.replication_factor,

@@ -69,6 +69,17 @@ def security_from_env() -> dict[str, Any]:
     return SecuritySettings().librdkafka()
 
 
+def security_settings_from_env() -> dict[str, str]:
+    """The kafka.security keys the AUDITWATCH_* variables give, as a config file would say
+    them (empty when none is set)."""
+    from streams.ops.config import SECURITY_ENV
+
+    given = {name: os.environ[var] for name, var in SECURITY_ENV.items() if os.environ.get(var)}
+    if "password" in given:
+        given.pop("password_file", None)  # one of the two, as the settings themselves ask
+    return given
+
+
 def raw_client_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
     """Settings for a client a test builds by hand: `bootstrap`, the environment's security
     settings, then `extra` (librdkafka names)."""
@@ -196,6 +207,11 @@ class Stack:
                 )
             },
         }
+        security = security_settings_from_env()
+        if security:
+            # Written out, so that a worker started with a stripped environment (a test of
+            # what the worker does with the broker away) still talks SASL_SSL in such a run.
+            data["kafka"]["security"] = security
         for dotted, value in settings.items():
             node = data
             *parents, leaf = dotted.split("__")

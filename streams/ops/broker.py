@@ -124,15 +124,15 @@ def _reason(errors: list[Any], cfg: Config | None = None) -> tuple[str, bool]:
         return f"{_TLS_FAILED}: {detail.removeprefix('SSL handshake failed: ')}", True
     if "sasl" in lowered:
         return (
-            f"authentication or TLS failed ({detail}; check security.protocol, sasl.* and "
-            "ssl.* under kafka.librdkafka)",
+            f"authentication or TLS failed ({detail}; check kafka.security or "
+            "$AUDITWATCH_SECURITY_PROTOCOL and $AUDITWATCH_SASL_*)",
             True,
         )
     if KafkaError._BAD_MSG in codes or "invalid response size" in lowered:
         # librdkafka read the first bytes of an HTTP or TLS answer as a Kafka frame size.
         return (
             "something answers there that does not speak the Kafka protocol (an HTTP port? "
-            "a TLS listener: set security.protocol under kafka.librdkafka)",
+            "a TLS listener: set kafka.security.protocol or $AUDITWATCH_SECURITY_PROTOCOL)",
             True,
         )
     if "connection refused" in lowered:
