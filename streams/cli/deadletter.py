@@ -336,14 +336,12 @@ def precheck(cfg: Config, value: bytes, resolver: Any) -> str | None:
 def precheck_alert(value: bytes) -> str | None:
     """Why the webhook sink would dead-letter `value` again at once (not an alert state), or
     None. Whether the endpoint now accepts it only the sink can tell."""
+    from schemas.alert import check_state
+
     try:
-        alert = orjson.loads(value)
-    except orjson.JSONDecodeError as e:
+        check_state(orjson.loads(value))
+    except ValueError as e:  # orjson.JSONDecodeError included
         return f"not an alert state: {e}"
-    if not isinstance(alert, dict) or not all(
-        isinstance(alert.get(k), str) for k in ("alert_id", "status", "severity")
-    ):
-        return "not an alert state: needs alert_id, status and severity"
     return None
 
 
