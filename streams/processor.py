@@ -96,6 +96,8 @@ def archive_key(event: AuditEvent) -> str:
 _EVENT_ID_FIELD = re.compile(rb'"event_id"\s*:\s*("(?:[^"\\]|\\.)*")')
 _MAX_EVENT_ID_CHARS = 256  # the longest event_id validation accepts (schemas.event)
 _UNPARSED = object()
+# The longest exception text a decoder_error dead letter carries.
+_MAX_ERROR_CHARS = 500
 
 
 def recover_event_id(value: bytes | None, max_bytes: int) -> str | None:
@@ -200,6 +202,9 @@ class Processor:
         self.clock = clock
         self.sleep = sleep
         self.metrics: Counter[str] = Counter()
+        # Where decoders raised unexpectedly, by exception type and raising line (see
+        # `_decoder_error`).
+        self._decoder_bugs: set[tuple[str, str, int] | None] = set()
 
     def dead_letter(
         self, e: RejectedInput, key: bytes | None, value: bytes | None, origin: Origin
@@ -262,9 +267,38 @@ class Processor:
         except RejectedInput as e:
             log.info("dead letter %s at %s: %s", e.reason, origin, e.message)
             return self.dead_letter(e, key, value, origin)
+        except Exception as e:
+            # A decoder bug, not a rejection: the message must still end up somewhere (archive
+            # or dead letters, as the ledger counts), never lost past its offset.
+            return self.dead_letter(self._decoder_error(e, origin), key, value, origin)
         if key is not None and key != event.machine_id.encode():
             self.metrics["key_mismatch"] += 1
         return event, fmt, now
+
+    def _decoder_error(self, e: Exception, origin: Origin) -> RejectedInput:
+        """The `decoder_error` rejection of a message a decoder raised on. The traceback is
+        logged once per place it was raised from: one bug met by a flood of messages must not
+        flood the log too (the rest are at INFO, like other dead letters)."""
+        text = f"{type(e).__name__}: {e}"
+        if len(text) > _MAX_ERROR_CHARS:
+            text = text[:_MAX_ERROR_CHARS] + "..."
+        tb = e.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        where = (type(e).__name__, tb.tb_frame.f_code.co_filename, tb.tb_lineno) if tb else None
+        if where not in self._decoder_bugs:
+            self._decoder_bugs.add(where)
+            log.warning(
+                "decoder failed unexpectedly at %s (dead-lettered as decoder_error; a bug to "
+                "report: later ones from the same place are logged at INFO)",
+                origin,
+                exc_info=e,
+            )
+        else:
+            log.info("dead letter decoder_error at %s: %s", origin, text)
+        return RejectedInput(
+            "decoder_error", f"the decoder failed unexpectedly (a bug): {text}", "decode"
+        )
 
     def authenticate(self, event: AuditEvent) -> AuditEvent:
         """The event marked with its signature's verdict when its machine signs (schemas.
