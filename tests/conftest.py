@@ -60,6 +60,23 @@ def bootstrap() -> Iterator[str]:
         kafka_local.stop()
 
 
+@pytest.fixture(scope="session")
+def plaintext_bootstrap(bootstrap: str) -> str:
+    """A broker without TLS, SASL or an authorizer: `bootstrap` in a plaintext run; in a
+    SASL_SSL run (the secure broker's client.env sourced) the local plaintext broker, and the
+    test is skipped when none runs."""
+    from streams.ops.config import SecuritySettings
+
+    if SecuritySettings().effective().protocol in (None, "PLAINTEXT"):
+        return bootstrap
+    from streams.ops import kafka_local
+
+    running = kafka_local.status()
+    if running is None:
+        pytest.skip("a SASL_SSL run and no local plaintext broker")
+    return running
+
+
 def security_from_env() -> dict[str, Any]:
     """librdkafka's TLS and SASL settings from the AUDITWATCH_* variables (none when they are
     unset): for the clients a test builds by hand, so that a run with the secure broker's

@@ -260,3 +260,9 @@ def test_the_schema_registry_client_trusts_the_configured_ca(tmp_path: Path) -> 
             RegistrySchemas(SchemaRegistrySettings(url=url)).writer_schema(7)
     finally:
         server.shutdown()
+
+
+def test_plaintext_bootstrap_speaks_plaintext(plaintext_bootstrap: str) -> None:
+    """The fixture for tests that need a broker without security, whatever the run's mode."""
+    admin = AdminClient({"bootstrap.servers": plaintext_bootstrap, "log_level": 0})
+    assert admin.list_topics(timeout=10).brokers
