@@ -536,11 +536,53 @@ def _oncall(a: dict[str, Any], control: Any) -> str:
     return ", ".join(parts)
 
 
+# What the table and the filters read of an alert state besides check_state's required fields.
+_SHOWN_FIELDS = ("machine_id", "detector", "summary", "event_time", "score")
+
+
+def _alert_state(value: bytes | None) -> tuple[dict[str, Any], int]:
+    """An alerts-topic record as (the alert state, its event time in us); ValueError for a
+    record that is not one `alerts` can show (not JSON, not an object, fields missing or of
+    the wrong type, an event time that does not parse)."""
+    from schemas.alert import check_state
+    from schemas.event import parse_timestamp_us
+
+    a = check_state(orjson.loads(value or b""))
+    missing = [k for k in _SHOWN_FIELDS if k not in a]
+    if missing:
+        raise ValueError(f"no {', '.join(missing)}")
+    return a, parse_timestamp_us(a["event_time"])
+
+
+class _Skipped:
+    """Records of the alerts topic that are not alert states: the first one named on stderr,
+    then a count at the end (a corrupt or foreign record must not stop the listing)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def add(self, msg: Any, why: Exception) -> None:
+        self.count += 1
+        if self.count == 1:
+            print(
+                f"warning: skipping {msg.topic()}[{msg.partition()}]@{msg.offset()}: not an "
+                f"alert state ({why})",
+                file=sys.stderr,
+            )
+
+    def summary(self) -> None:
+        if self.count:
+            print(
+                f"warning: skipped {self.count} record(s) of the alerts topic that are not "
+                "alert states",
+                file=sys.stderr,
+            )
+
+
 def cmd_alerts(args: argparse.Namespace) -> int:
     from fnmatch import fnmatchcase
 
     from schemas.alert import SEVERITY_RANK, Recent, state_identity
-    from schemas.event import parse_timestamp_us
     from streams.ops.control import ControlReader
     from streams.tools.reading import read_topic
 
@@ -570,18 +612,23 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         board = LiveAlerts()
         live = Live(board.table(), console=console, refresh_per_second=4)
         live.start()
+    skipped = _Skipped()
     try:
         # A state written again (a worker re-processing after a crash) is shown once.
         shown = Recent()
         for msg in read_topic(cfg, cfg.topics.alerts, follow=args.follow):
-            a = orjson.loads(msg.value())
+            try:
+                a, event_us = _alert_state(msg.value())
+            except ValueError as e:
+                skipped.add(msg, e)
+                continue
             if not shown.add(state_identity(a, msg.value())):
                 continue
-            if SEVERITY_RANK.get(a.get("severity"), 0) < min_rank:
+            if SEVERITY_RANK.get(a["severity"], 0) < min_rank:
                 continue
             if machines and not any(fnmatchcase(a["machine_id"], g) for g in machines):
                 continue
-            if since_ms is not None and parse_timestamp_us(a["event_time"]) // 1000 < since_ms:
+            if since_ms is not None and event_us // 1000 < since_ms:
                 continue
             if args.json:
                 sys.stdout.write(orjson.dumps(a).decode() + "\n")
@@ -595,7 +642,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
                 console.print(_alert_line(a, _oncall(a, control)), soft_wrap=True)
             else:
                 row = format_alert_row(a, _oncall(a, control))
-                rows.append((parse_timestamp_us(a["event_time"]), row))
+                rows.append((event_us, row))
     except KeyboardInterrupt:
         return 0
     finally:
@@ -603,6 +650,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
             live.stop()
         if control is not None:
             control.stop()
+        skipped.summary()
     if console is not None and not args.follow:
         # The topic interleaves partitions (and workers): the table reads in event time, ties
         # in the order the states were written.
