@@ -4,15 +4,21 @@ on it."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from confluent_kafka import Producer
 
+from schemas.codec import BundledSchemas
 from streams.cli.main import main
+from streams.ops.config import Config
+from streams.processor import MemoryStore, Origin, Processor
 from tests.conftest import Stack
 from tests.test_alerts_truth import alert_state
+from tests.test_compliance import _value
+from tests.test_compliance_kafka import run_check
 
 
 def _produce(s: Stack, topic: str, values: list[bytes]) -> None:
@@ -57,3 +63,45 @@ def test_alerts_skips_records_that_are_not_alert_states_and_counts_them(
         assert all(a["alert_id"] in out for a in good), out
         assert "skipping" in err and "[0]@1" in err and "not an alert state" in err, err
         assert "skipped 4 record(s)" in err, err
+
+
+def _outputs() -> tuple[bytes, bytes]:
+    """(an archive record, a dead letter) as a worker writes them."""
+    processor = Processor(Config(), BundledSchemas())
+    origin = Origin(Config().topics.events, 0, 0)
+    (archived,) = processor.handle(_value(0), b"m1", origin, MemoryStore())
+    (dead,) = processor.handle(b"\x07 not an event", b"m1", origin, MemoryStore())
+    assert (archived.kind, dead.kind) == ("archive", "deadletter")
+    return archived.value, dead.value
+
+
+@pytest.mark.kafka
+def test_deadletter_list_and_compliance_check_skip_damaged_records_and_say_so(
+    stack: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    s: Stack = stack()
+    s.create_topics()
+    archived, dead = _outputs()
+    # Cut short: the Avro body ends inside a field (what a bad disk or a foreign writer leaves).
+    _produce(s, s.cfg.topics.archive, [archived[:12], archived])
+    _produce(s, s.cfg.topics.deadletter, [dead, dead[:9]])
+    capsys.readouterr()
+    assert main(["deadletter", "list", "--config", str(s.config_path)]) == 0
+    out = capsys.readouterr().out
+    assert "1 dead letters in" in out, out
+    assert f"1 damaged record(s) in {s.cfg.topics.deadletter} skipped" in out and "0@1" in out
+    capsys.readouterr()
+    assert main(["deadletter", "list", "--json", "--config", str(s.config_path)]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 1 and "1 damaged record(s)" in err, (out, err)
+
+    rc, report = run_check(s, tmp_path, capsys)
+    assert rc == 1, report["_stdout"]
+    damaged = {f["subject"]: f["message"] for f in report["findings"] if f["area"] == "records"}
+    assert set(damaged) == {s.cfg.topics.archive, s.cfg.topics.deadletter}, report["findings"]
+    assert damaged[s.cfg.topics.archive].startswith("1 damaged record(s)")
+    assert "[0]@0" in damaged[s.cfg.topics.archive]
+    assert "[0]@1" in damaged[s.cfg.topics.deadletter]
+    # The readable records are still counted.
+    assert report["producers"]["events"] == 1 and report["deadletters"]["total"] == 1
+    assert "damaged record(s)" in report["_stdout"]

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import logging
 import sys
 import time
 from collections import Counter
@@ -42,6 +43,8 @@ from typing import Any
 import orjson
 
 from streams.ops.config import Config, load_config
+
+log = logging.getLogger("auditwatch.deadletter")
 
 LEDGER_SUFFIX = ".redriven"
 REDRIVE_HEADER = "auditwatch-redrive"
@@ -139,8 +142,10 @@ def read_ledger(cfg: Config) -> dict[str, dict[str, Any]]:
     return out
 
 
-def read_dead_letters(cfg: Config) -> list[DeadLetter]:
-    """Every record of the dead-letter topic, with its redrive state, oldest first."""
+def read_dead_letters(cfg: Config, damaged: list[str] | None = None) -> list[DeadLetter]:
+    """Every record of the dead-letter topic, with its redrive state, oldest first. A record
+    that is not a readable dead letter is skipped: its id (`PARTITION@OFFSET`) and why go into
+    `damaged` when given, else into a warning; one damaged record must not hide the rest."""
     from schemas.codec import decode_wire
     from streams.tools.reading import read_topic
 
@@ -148,8 +153,15 @@ def read_dead_letters(cfg: Config) -> list[DeadLetter]:
     sent_to = {entry.get("sent_to"): dl_id for dl_id, entry in ledger.items()}
     out: list[DeadLetter] = []
     for msg in read_topic(cfg, cfg.topics.deadletter):
-        d = decode_wire(msg.value(), "dead_letter")
         dl_id = f"{msg.partition()}@{msg.offset()}"
+        try:
+            d = decode_wire(msg.value() or b"", "dead_letter")
+        except ValueError as e:
+            if damaged is not None:
+                damaged.append(f"{dl_id} ({e})")
+            else:
+                log.warning("skipping damaged dead-letter record %s: %s", dl_id, e)
+            continue
         dl = DeadLetter(
             id=dl_id,
             reason=d["reason"],
@@ -245,16 +257,31 @@ def _require_topic(cfg: Config) -> None:
         )
 
 
+def render_damaged(cfg: Config, damaged: list[str]) -> str:
+    """The summary line of the records of the dead-letter topic that could not be read."""
+    shown = "; ".join(damaged[:5]) + ("; ..." if len(damaged) > 5 else "")
+    return (
+        f"{len(damaged)} damaged record(s) in {cfg.topics.deadletter} skipped (not readable "
+        f"as dead letters): {shown}"
+    )
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     _require_topic(cfg)
-    dls = select(read_dead_letters(cfg), args.reason, _since(args.since))
+    damaged: list[str] = []
+    dls = select(read_dead_letters(cfg, damaged), args.reason, _since(args.since))
     if args.json:
         shown = dls[-args.limit :] if args.limit > 0 else dls
         for d in shown:
             sys.stdout.write(orjson.dumps(d.to_json()).decode() + "\n")
+        if damaged:
+            # stdout stays one dead letter per line for whoever parses it.
+            print("warning: " + render_damaged(cfg, damaged), file=sys.stderr)
         return 0
     print(render_list(cfg, dls, args.limit))
+    if damaged:
+        print(render_damaged(cfg, damaged))
     return 0
 
 

@@ -63,7 +63,7 @@ Progress = Callable[[str, int, int | None], None]
 
 @dataclass
 class Finding:
-    area: str  # topics, reconciliation, producers, deadletters
+    area: str  # topics, reconciliation, producers, deadletters, records (damaged ones)
     subject: str  # a topic, a partition, a machine
     message: str
 
@@ -388,11 +388,50 @@ def producer_stats(
     return completeness, gaps
 
 
-def _decoded(
-    cfg: Config, topic: str, since_ms: int, progress: Progress | None
-) -> Iterator[dict[str, Any]]:
-    from schemas.codec import decode_wire
+class Damaged:
+    """Records of the archive or dead-letter topic that do not decode: skipped by the scans
+    (one must not stop the check) and reported as findings, since an output record nobody can
+    read is an audit problem. By topic, each record once however many scans met it."""
 
+    def __init__(self) -> None:
+        self.records: dict[str, dict[tuple[int, int], str]] = {}
+
+    def read(self, msg: Any, name: str) -> dict[str, Any] | None:
+        """The decoded record, or None (noted) for a damaged one."""
+        from schemas.codec import decode_wire
+
+        try:
+            return decode_wire(msg.value() or b"", name)
+        except ValueError as e:
+            where = (msg.partition(), msg.offset())
+            self.records.setdefault(msg.topic(), {}).setdefault(where, str(e))
+            return None
+
+    def findings(self) -> list[Finding]:
+        out = []
+        for topic, records in sorted(self.records.items()):
+            places = sorted(records)
+            shown = "; ".join(f"[{p}]@{o}: {records[(p, o)]}" for p, o in places[:3])
+            more = f"; and {len(places) - 3} more" if len(places) > 3 else ""
+            out.append(
+                Finding(
+                    "records",
+                    topic,
+                    f"{len(places)} damaged record(s) that do not decode, skipped by this "
+                    f"check: {shown}{more}",
+                )
+            )
+        return out
+
+
+def _decoded(
+    cfg: Config,
+    topic: str,
+    since_ms: int,
+    progress: Progress | None,
+    damaged: Damaged | None = None,
+) -> Iterator[dict[str, Any]]:
+    damaged = damaged if damaged is not None else Damaged()
     seen: set[bytes] = set()
     for msg in scan(cfg, topic, since_ms, progress):
         key = msg.key()
@@ -400,19 +439,24 @@ def _decoded(
             if key in seen:  # an at-least-once re-send, or not compacted yet
                 continue
             seen.add(key)
-        yield decode_wire(msg.value(), "archive_record")
+        rec = damaged.read(msg, "archive_record")
+        if rec is not None:
+            yield rec
 
 
 def deadletter_stats(
-    cfg: Config, since_ms: int, archived: int, progress: Progress | None
+    cfg: Config,
+    since_ms: int,
+    archived: int,
+    progress: Progress | None,
+    damaged: Damaged | None = None,
 ) -> dict[str, Any]:
-    from schemas.codec import decode_wire
-
+    damaged = damaged if damaged is not None else Damaged()
     reasons: Counter[str] = Counter()
     origins: set[tuple[Any, Any, Any]] = set()
     for msg in scan(cfg, cfg.topics.deadletter, since_ms, progress):
-        d = decode_wire(msg.value(), "dead_letter")
-        if d["stage"] == "webhook":  # alert states, not input
+        d = damaged.read(msg, "dead_letter")
+        if d is None or d["stage"] == "webhook":  # webhook: alert states, not input
             continue
         origin = (d["topic"], d["partition"], d["offset"])
         if d["partition"] is not None and origin in origins:
@@ -592,10 +636,10 @@ def _row(rec: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _archive_origins(cfg: Config, progress: Progress | None) -> dict[int, dict[int, int]]:
+def _archive_origins(
+    cfg: Config, progress: Progress | None, damaged: Damaged
+) -> dict[int, dict[int, int]]:
     """Input partition -> {origin offset: distinct archive keys} over the whole archive."""
-    from schemas.codec import decode_wire
-
     events = cfg.topics.events
     seen: set[int] = set()
     out: dict[int, dict[int, int]] = defaultdict(dict)
@@ -605,8 +649,8 @@ def _archive_origins(cfg: Config, progress: Progress | None) -> dict[int, dict[i
         if h in seen:
             continue
         seen.add(h)
-        rec = decode_wire(msg.value(), "archive_record")
-        if rec["original_topic"] != events or rec["original_partition"] is None:
+        rec = damaged.read(msg, "archive_record")
+        if rec is None or rec["original_topic"] != events or rec["original_partition"] is None:
             continue
         row = out[rec["original_partition"]]
         off = rec["original_offset"]
@@ -614,14 +658,19 @@ def _archive_origins(cfg: Config, progress: Progress | None) -> dict[int, dict[i
     return out
 
 
-def _deadletter_origins(cfg: Config, progress: Progress | None) -> dict[int, set[int]]:
-    from schemas.codec import decode_wire
-
+def _deadletter_origins(
+    cfg: Config, progress: Progress | None, damaged: Damaged
+) -> dict[int, set[int]]:
     events = cfg.topics.events
     out: dict[int, set[int]] = defaultdict(set)
     for msg in scan(cfg, cfg.topics.deadletter, None, progress):
-        d = decode_wire(msg.value(), "dead_letter")
-        if d["topic"] == events and d["partition"] is not None and d["offset"] is not None:
+        d = damaged.read(msg, "dead_letter")
+        if (
+            d is not None
+            and d["topic"] == events
+            and d["partition"] is not None
+            and d["offset"] is not None
+        ):
             out[d["partition"]].add(d["offset"])
     return out
 
@@ -693,10 +742,11 @@ def check(
         for msg in t["findings"]:
             report.findings.append(Finding("topics", t["topic"], msg))
     exists = {t["role"]: t["exists"] for t in topics}
+    damaged = Damaged()
 
     if exists["archive"]:
         completeness, gaps = producer_stats(
-            _decoded(cfg, cfg.topics.archive, since_ms, progress), gap_factor, min_gap_s
+            _decoded(cfg, cfg.topics.archive, since_ms, progress, damaged), gap_factor, min_gap_s
         )
     else:
         completeness, gaps = producer_stats(iter(()), gap_factor, min_gap_s)
@@ -716,7 +766,9 @@ def check(
             )
         )
     if exists["deadletter"]:
-        report.deadletters = deadletter_stats(cfg, since_ms, completeness["events"], progress)
+        report.deadletters = deadletter_stats(
+            cfg, since_ms, completeness["events"], progress, damaged
+        )
         report.deadletters["max_rate"] = max_deadletter_rate
         if report.deadletters["rate"] > max_deadletter_rate:
             report.warnings.append(
@@ -730,13 +782,14 @@ def check(
 
     if exists["ledger"]:
         ledger = read_ledger(cfg)
-        archive = _archive_origins(cfg, progress) if exists["archive"] else {}
-        dls = _deadletter_origins(cfg, progress) if exists["deadletter"] else {}
+        archive = _archive_origins(cfg, progress, damaged) if exists["archive"] else {}
+        dls = _deadletter_origins(cfg, progress, damaged) if exists["deadletter"] else {}
         waiting = _waiting(cfg, ledger, progress)
         ends = _end_offsets(cfg, cfg.topics.events)
         report.reconciliation, found, warned = reconcile(cfg, ledger, archive, dls, waiting, ends)
         report.findings.extend(found)
         report.warnings.extend(warned)
+    report.findings.extend(damaged.findings())
     return report
 
 
