@@ -5,22 +5,30 @@ signature verdicts as Prometheus metrics."""
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from detectors.core import DetectionCore
 from schemas import codec
 from schemas.codec import BundledSchemas, decode_wire
+from schemas.signing import sign_record
 from streams.ops.config import Config
-from streams.processor import Processor
+from streams.ops.metrics import Telemetry
+from streams.processor import MemoryStore, Origin, Processor
 from streams.runtime.peers import PeerTable
 from streams.runtime.routing import Router
 from streams.runtime.state import PartitionState
 from streams.runtime.task import Task
 from tests.test_compliance import _value
+from tests.test_signing import _event as signed_event
+from tests.test_signing import hmac_key, keyed_processor
 
 
 class Msg:
@@ -117,3 +125,36 @@ def test_a_detector_bug_on_one_event_leaves_it_archived_and_the_next_detected(
     assert "e0" in logged.getMessage() and logged.exc_info is not None
     # The next events were detected on: the machine's baselines were learned from them.
     assert task.store.get(b"m", "m1") is not None
+
+
+def _signature_samples(processor: Processor) -> dict[str, float]:
+    families = text_string_to_metric_families(Telemetry(Config(), processor).scrape().decode())
+    (family,) = [f for f in families if f.name == "auditwatch_signatures"]
+    assert all(s.name == "auditwatch_signatures_total" for s in family.samples)
+    return {s.labels["verdict"]: s.value for s in family.samples}
+
+
+def test_signature_verdicts_are_exported_as_prometheus_counters(tmp_path: Path) -> None:
+    processor = keyed_processor(tmp_path)
+    assert _signature_samples(processor) == {
+        "verified": 0,
+        "missing": 0,
+        "unknown_key_id": 0,
+        "bad_signature": 0,
+    }
+    store = MemoryStore()
+    origin = Origin("t", 0, 0)
+    for i in range(3):
+        signed = orjson.dumps(sign_record(signed_event(i), hmac_key()))
+        processor.handle(signed, b"payments-api", origin, store)
+    forged = {**signed_event(10), "key_id": "k1", "signature": base64.b64encode(bytes(32)).decode()}
+    processor.handle(orjson.dumps(forged), b"payments-api", origin, store)
+    processor.handle(orjson.dumps(signed_event(11)), b"payments-api", origin, store)
+    assert _signature_samples(processor) == {
+        "verified": 3,
+        "missing": 1,
+        "unknown_key_id": 0,
+        "bad_signature": 1,
+    }
+    # Without keys nothing is checked, and no verdict series is exported.
+    assert _signature_samples(Processor(Config(), BundledSchemas())) == {}

@@ -358,6 +358,7 @@ class _Collector:
             if key.startswith("alerts."):
                 states.add_metric([key.split(".", 1)[1]], n)
         yield states
+        yield _signatures(m, t.processor.keyring is not None)
         pages = CounterMetricFamily(
             "auditwatch_pages",
             "Pages (opened or escalated, severity medium or above), by detector and severity.",
@@ -459,6 +460,27 @@ class _Collector:
         )
         info.add_metric([core.config_version, t.cfg.kafka.consumer_group], 1.0)
         yield info
+
+
+def _signatures(m: dict[str, int], signing: bool) -> Metric:
+    """Signature verdicts of the events of signing machines (schemas.signing). With keys
+    configured every verdict is there from the start, at 0: an alert on a rise of forged
+    events then needs no series to appear first."""
+    from schemas.signing import Verdict
+
+    counts = dict.fromkeys((v.value for v in Verdict), 0) if signing else {}
+    for key, n in m.items():
+        if key.startswith("signatures."):
+            counts[key.split(".", 1)[1]] = n
+    family = CounterMetricFamily(
+        "auditwatch_signatures",
+        "Events of signing machines by their signature's verdict (verified, missing, "
+        "unknown_key_id, bad_signature: all but verified are archived as unverified).",
+        labels=["verdict"],
+    )
+    for verdict, n in sorted(counts.items()):
+        family.add_metric([verdict], n)
+    return family
 
 
 def _runtime(w: Any) -> Iterator[Metric]:
