@@ -266,3 +266,28 @@ def test_plaintext_bootstrap_speaks_plaintext(plaintext_bootstrap: str) -> None:
     """The fixture for tests that need a broker without security, whatever the run's mode."""
     admin = AdminClient({"bootstrap.servers": plaintext_bootstrap, "log_level": 0})
     assert admin.list_topics(timeout=10).brokers
+
+
+def test_a_broker_whose_pid_file_is_gone_is_still_found(tmp_path: Path) -> None:
+    """A start that trusted a missing pid file would launch a second broker on the same data
+    and corrupt its metadata log (seen on the shared secure broker): the running one is
+    found by its command line instead, and its pid file written back."""
+    rd = tmp_path / "run"
+    rd.mkdir()
+    stand_in = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time; time.sleep(60)",
+            "kafka.Kafka",
+            str(rd / "server.properties"),
+        ]
+    )
+    try:
+        assert not (rd / "broker.pid").exists()
+        assert kafka_local._running_pid(rd) == stand_in.pid
+        assert (rd / "broker.pid").read_text().strip() == str(stand_in.pid)
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+    assert kafka_local._running_pid(rd) is None

@@ -354,9 +354,25 @@ def _running_pid(rd: Path) -> int | None:
     try:
         pid = int((rd / "broker.pid").read_text().strip())
     except (FileNotFoundError, ValueError):
-        return None
-    if _pid_alive(pid) and _is_our_broker(pid, rd):
+        pid = 0
+    if pid and _pid_alive(pid) and _is_our_broker(pid, rd):
         return pid
+    found = _scan_for_broker(rd)
+    if found is not None:
+        _write_atomically(rd / "broker.pid", f"{found}\n")
+    return found
+
+
+def _scan_for_broker(rd: Path) -> int | None:
+    """A broker running from rd whose pid file is gone or wrong, found by its command line: a
+    second broker started on the same data directory corrupts its metadata log."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return None
+    for entry in proc.iterdir():
+        pid = int(entry.name) if entry.name.isdigit() else 0
+        if pid and _is_our_broker(pid, rd) and _pid_alive(pid):
+            return pid
     return None
 
 
