@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from streams.ops.config import Config
@@ -13,6 +13,48 @@ from streams.ops.config import Config
 
 def ledger_topic(cfg: Config) -> str:
     return cfg.topics.ledger or f"{cfg.kafka.consumer_group}.ledger"
+
+
+def client_principal(cfg: Config) -> str:
+    """The Kafka principal our clients act as, as ACLs name it (as far as the config tells:
+    a TLS client's principal is its certificate's subject, mapped by the broker)."""
+    client = cfg.kafka.client_config()
+    user = client.get("sasl.username")
+    if user:
+        return f"User:{user}"
+    protocol = str(client.get("security.protocol", "plaintext")).lower()
+    if protocol == "ssl" and client.get("ssl.certificate.location"):
+        return f"the principal of the certificate {client['ssl.certificate.location']}"
+    return "User:ANONYMOUS"
+
+
+class TopicAuthorizationError(RuntimeError):
+    """The broker refused an operation on some of our topics: an ACL problem, said so with
+    the topics, the operation and the principal (Kafka's own text names none of them)."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        operation: str,
+        topics: list[str],
+        why: str = "",
+        role: str | None = None,
+    ) -> None:
+        self.operation = operation
+        self.topics = topics
+        self.why = why
+        self.principal = client_principal(cfg)
+        see = f"auditwatch acls show --role {role}" if role else "auditwatch acls show"
+        super().__init__(
+            f"not authorized: {self.principal} may not {operation} topic(s) "
+            f"{', '.join(topics)} at {cfg.kafka.bootstrap()} (TOPIC_AUTHORIZATION_FAILED, "
+            f"an ACL problem){why}; the ACLs needed: `{see}` (an admin applies them with "
+            "`auditwatch acls apply`)"
+        )
+
+
+def _denied(e: KafkaException) -> bool:
+    return bool(e.args) and e.args[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
 
 
 @dataclass(frozen=True)
@@ -179,20 +221,40 @@ def ensure_topics(
             ],
             request_timeout=timeout,
         )
+        refused: list[str] = []
         for name, fut in futures.items():
             try:
                 fut.result()
                 reports[name] = TopicReport(name, True, [])
             except KafkaException as e:
+                if _denied(e):
+                    refused.append(name)
                 # Someone else created it between our listing and our request.
-                if e.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                elif e.args[0].name() != "TOPIC_ALREADY_EXISTS":
                     raise
+        if refused:
+            raise TopicAuthorizationError(
+                cfg,
+                "Create",
+                refused,
+                # Unlisted is not necessarily missing: without Describe (which Read and Write
+                # imply) a topic is hidden from the principal, and a create is refused too.
+                ": either they do not exist (an admin creates them: `auditwatch topics create`)"
+                " or the principal may not see them (no Describe, Read or Write on them)",
+            )
     present = [s for s in specs if s.name not in reports]
     if present:
         resources = [ConfigResource(ConfigResource.Type.TOPIC, s.name) for s in present]
         meta = admin.list_topics(timeout=timeout).topics
+        denied: list[str] = []
         for s, res in zip(present, resources, strict=True):
-            actual = _describe(admin, res, timeout)
+            try:
+                actual = _describe(admin, res, timeout)
+            except KafkaException as e:
+                if not _denied(e):
+                    raise
+                denied.append(s.name)
+                continue
             diffs = [
                 f"{k}={actual.get(k)!r}, expected {v!r}"
                 for k, v in s.config.items()
@@ -202,4 +264,6 @@ def ensure_topics(
             if n != s.partitions:
                 diffs.append(f"partitions={n}, expected {s.partitions}")
             reports[s.name] = TopicReport(s.name, False, diffs)
+        if denied:
+            raise TopicAuthorizationError(cfg, "DescribeConfigs", denied)
     return [reports[s.name] for s in specs]

@@ -45,7 +45,7 @@ from streams.ops.config import Config
 from streams.ops.logs import CURRENT
 from streams.ops.metrics import Telemetry
 from streams.ops.reload import ConfigReloader
-from streams.ops.topics import ledger_topic
+from streams.ops.topics import client_principal, ledger_topic
 from streams.processor import Processor
 from streams.runtime.commit import AtLeastOnce, ExactlyOnce, Rewind
 from streams.runtime.peers import PeerReader, PeerTable
@@ -59,6 +59,8 @@ log = logging.getLogger("auditwatch.runtime")
 _PEERS_EVERY_S = 0.5
 _PROGRESS_EVERY_S = 30.0
 _ERROR_LOG_EVERY_S = 10.0
+# How often a worker refused its consumer group says so again (at ERROR) while it waits.
+_GROUP_REFUSED_EVERY_S = 60.0
 
 
 def default_instance_id(cfg: Config) -> str:
@@ -135,6 +137,9 @@ class Worker:
         self.restores = 0
         self.began = self.last_commit = time.monotonic()
         self._last_error_log = 0.0
+        # While the broker refuses the consumer group: when that was last logged, and why.
+        self._group_refused_at: float | None = None
+        self._group_refused_why: str | None = None
         self._stopping = False
         if k.working_copy_machines > 0:
             self.core.keep_working_copy(k.working_copy_machines)
@@ -299,6 +304,12 @@ class Worker:
             self.committed.pop((topic, p), None)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._group_refused_why is not None:
+            group = self.cfg.kafka.consumer_group
+            log.info("joined consumer group %s: its ACL is in place now", group)
+            if self.telemetry.waiting == self._group_refused_why:
+                self.telemetry.set_waiting(None)
+            self._group_refused_at = self._group_refused_why = None
         self._add_tasks(sorted({tp.partition for tp in partitions}))
         log.info("assigned partitions %s", sorted(self.tasks))
 
@@ -352,6 +363,9 @@ class Worker:
                 if now - progress_at >= _PROGRESS_EVERY_S:
                     last_in = self._progress(now - progress_at, last_in)
                     progress_at = now
+                if self._group_refused_at is not None:
+                    # librdkafka may report the refusal once and then retry quietly.
+                    self._group_refused()
         finally:
             self.close()
 
@@ -427,12 +441,35 @@ class Worker:
     def _consumer_error(self, err: KafkaError) -> None:
         if err.code() == KafkaError._PARTITION_EOF:
             return
+        if err.code() == KafkaError.GROUP_AUTHORIZATION_FAILED:
+            self._group_refused()
+            return
         if _fatal(err):
             raise _ConsumerFatal(err.str())
         now = time.monotonic()
         if now - self._last_error_log >= _ERROR_LOG_EVERY_S:
             self._last_error_log = now
             log.warning("kafka: %s (bootstrap %s); retrying", err.str(), self.cfg.kafka.bootstrap())
+
+    def _group_refused(self) -> None:
+        """The broker refuses this worker its consumer group: no partitions, no processing,
+        until an admin grants the ACL (librdkafka keeps asking; the worker joins as soon as it
+        is granted, so it waits rather than exits). Loud: an ERROR every minute, and /readyz
+        not ready with the reason."""
+        group = self.cfg.kafka.consumer_group
+        why = (
+            f"not authorized to join consumer group {group} (Group authorization failed, "
+            f"GROUP_AUTHORIZATION_FAILED): {client_principal(self.cfg)} needs Read on group "
+            f"{group} (`auditwatch acls show --role worker`; an admin applies it with "
+            "`auditwatch acls apply`); no partitions are processed until then"
+        )
+        now = time.monotonic()
+        self._group_refused_why = why
+        self.telemetry.set_waiting(why)
+        last = self._group_refused_at
+        if last is None or now - last >= _GROUP_REFUSED_EVERY_S:
+            self._group_refused_at = now
+            log.error("%s; retrying", why)
 
     # ---- commit and recovery ---------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from streams.ops.config import Config
 from streams.ops.control import ControlReader
 from streams.ops.metrics import InputWatch, Telemetry, start_http
 from streams.ops.reload import ConfigReloader
-from streams.ops.topics import ensure_topics
+from streams.ops.topics import TopicAuthorizationError, ensure_topics
 from streams.processor import Processor
 from streams.runtime.loop import Worker
 
@@ -119,6 +119,9 @@ def _wait_for_kafka(cfg: Config, stop: threading.Event, telemetry: Telemetry) ->
             return False
         try:
             reports = ensure_topics(cfg)
+        except TopicAuthorizationError as e:
+            # Waiting would not help until an admin changes the ACLs: stop, saying which.
+            raise TopicAuthorizationError(cfg, e.operation, e.topics, e.why, "worker") from None
         except KafkaException as e:
             err = e.args[0]
             if not (err.retriable() or err.name() in _LOST):

@@ -11,6 +11,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from streams.ops.config import Config
+from streams.ops.topics import TopicAuthorizationError
 
 
 def _consumer(cfg: Config, isolation: str) -> Consumer:
@@ -47,14 +48,24 @@ def _end_offsets(
     return ends
 
 
-def topic_metadata(consumer: Any, topic: str, deadline: float) -> Any:
+def topic_metadata(consumer: Any, topic: str, deadline: float, cfg: Config | None = None) -> Any:
     """The topic's metadata, waiting until `deadline` (time.monotonic()) for a topic created a
-    moment ago to reach every broker; RuntimeError naming the fix if it never shows up."""
+    moment ago to reach every broker; RuntimeError naming the fix if it never shows up, and at
+    once if the broker refuses the client the topic (an ACL problem, not a missing topic:
+    waiting would not help; `cfg` names the principal)."""
     while True:
         meta = consumer.list_topics(topic, timeout=max(0.1, deadline - time.monotonic())).topics
         found = meta.get(topic)
         if found is not None and found.error is None and found.partitions:
             return found
+        denied = KafkaError.TOPIC_AUTHORIZATION_FAILED
+        if found is not None and found.error is not None and found.error.code() == denied:
+            if cfg is not None:
+                raise TopicAuthorizationError(cfg, "Read", [topic])
+            raise RuntimeError(
+                f"not authorized to read topic {topic!r} (TOPIC_AUTHORIZATION_FAILED, an "
+                "ACL problem; `auditwatch acls show` lists the ACLs each role needs)"
+            )
         if time.monotonic() > deadline:
             raise RuntimeError(f"topic {topic!r} does not exist (run `auditwatch topics create`)")
         time.sleep(0.2)
@@ -74,7 +85,7 @@ def read_topic(
     consumer = _consumer(cfg, isolation)
     try:
         deadline = time.monotonic() + timeout
-        meta = topic_metadata(consumer, topic, deadline)
+        meta = topic_metadata(consumer, topic, deadline, cfg)
         parts = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions]
         ends = {} if follow else _end_offsets(consumer, parts, deadline)
         consumer.assign(parts)
