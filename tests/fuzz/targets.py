@@ -297,6 +297,10 @@ class _Pipeline:
                 reason = decode_wire(out.value, "dead_letter")["reason"]
                 if reason not in REASONS:
                     raise ContractBroken(f"dead letter with reason {reason!r}")
+                if reason == "decoder_error":
+                    # The runtime's guard caught a decoder's exception: for the fuzzer, an
+                    # escape all the same.
+                    raise ContractBroken("a decoder raised (dead-lettered as decoder_error)")
             elif out.kind not in ("archive", "alert"):
                 raise ContractBroken(f"output of kind {out.kind!r}")
 
