@@ -519,11 +519,11 @@ def test_acls_apply_is_idempotent_and_prune_leaves_exactly_the_set(
 
 
 def test_acls_apply_on_a_broker_without_an_authorizer_says_so(
-    bootstrap: str, tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+    plaintext_bootstrap: str, tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     plaintext_only(monkeypatch)
     config = tmp_path / "plain.yaml"
-    config.write_text(yaml.safe_dump({"kafka": {"bootstrap_servers": bootstrap}}))
+    config.write_text(yaml.safe_dump({"kafka": {"bootstrap_servers": plaintext_bootstrap}}))
     assert main(["acls", "apply", "--role", "producer", "--config", str(config)]) == 1
     assert "has no authorizer" in capsys.readouterr().err
 

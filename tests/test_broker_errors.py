@@ -324,7 +324,12 @@ def test_run_stops_on_a_wrong_topic_layout_with_one_line_not_a_traceback(
     s.create_topics()
     log = s.root / "layout.log"
     proc = start(["run", "--config", str(s.config_path)], log, dead_env())
-    rc = proc.wait(120)
+    try:
+        rc = proc.wait(120)
+    finally:
+        if proc.poll() is None:  # a worker that did not stop must not outlive the test
+            proc.kill()
+            proc.wait()
     text = log.read_text()
     assert rc == 1, text
     assert "Traceback" not in text, text
