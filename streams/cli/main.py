@@ -149,7 +149,9 @@ def _require_broker(cfg: Config) -> None:
 def cmd_kafka(args: argparse.Namespace) -> int:
     from streams.ops import kafka_local
 
-    return kafka_local.main([args.action])
+    # fetch is the same jars for both brokers.
+    secure = args.secure and args.action != "fetch"
+    return kafka_local.main([args.action, *(["--secure"] if secure else [])])
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
@@ -789,6 +791,13 @@ def build_parser() -> argparse.ArgumentParser:
         "single-node KRaft broker on loopback.",
     )
     p.add_argument("action", choices=["fetch", "start", "stop", "status"])
+    p.add_argument(
+        "--secure",
+        action="store_true",
+        help="the second, SASL_SSL broker (SCRAM-SHA-512 over TLS with its own CA, and the "
+        "StandardAuthorizer) in .run/kafka-secure; it writes client.env there: "
+        "`set -a; . .run/kafka-secure/client.env; set +a` points auditwatch at it",
+    )
     p.set_defaults(func=cmd_kafka)
 
     p = sub.add_parser(
