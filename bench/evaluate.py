@@ -51,6 +51,7 @@ from typing import Any
 
 import orjson
 
+from bench.seeds import REPORTING_SEEDS, TUNING_SEEDS
 from schemas.alert import PAGE_RANK, SEVERITY_RANK
 from schemas.event import format_rfc3339_ms, parse_timestamp_us
 from streams.ops.config import Config, ConfigError, load_config
@@ -526,6 +527,164 @@ def evaluate(
     }
 
 
+# -- the second, independent scenario suite ------------------------------------------------
+
+DEFAULT_SCENARIOS_OUT = Path("eval/results_scenarios.json")
+# 16 days (14 of history, so weekly jobs have run twice; 2 scored) per seed, at half the
+# generator's rate: about 300,000 events a seed, so five seeds replay in a few minutes on two
+# cores (the rate_scale 1.0 scenario is twice that and twice as long to replay).
+SCENARIO_DEFAULTS: dict[str, Any] = {
+    "days": 16.0,
+    "history_days": 14.0,
+    "rate_scale": 0.5,
+    "per_kind": 5,
+}
+ALL_FALSE_PAGES_SHOWN = 40  # false pages printed; results_scenarios.json has them all
+
+
+def scenario_seeds(tuning: bool) -> tuple[str, tuple[int, ...]]:
+    """The scenario suite's seed set: the reporting seeds, or with `tuning` the tuning ones."""
+    return ("tuning", TUNING_SEEDS) if tuning else ("reporting", REPORTING_SEEDS)
+
+
+def _tagged(seed: int, machine: object) -> str:
+    # Every seed's fleet has the same machine names over the same days, so pooling the seeds
+    # for one score needs the seed in the machine id.
+    return f"s{seed}/{machine}"
+
+
+def evaluate_scenarios(
+    seeds: Sequence[int],
+    cfg: Config,
+    scratch: Path,
+    *,
+    config_file: str | None = None,
+    top: int = 10,
+    log: Any = None,
+    seed_set: str = "reporting",
+    **sizes: Any,
+) -> dict[str, Any]:
+    """Generate one `bench.scenarios` scenario per seed, replay each with `cfg`, pool the
+    pages and labels of all seeds (machine ids prefixed "s<seed>/") and score them with
+    `score`: the results document of the scenario suite. Scratch: the last seed's events,
+    every seed's pages and episodes."""
+    from bench.scenarios import Scenario, ScenarioConfig
+
+    def say(msg: str) -> None:
+        if log is not None:
+            print(msg, file=log, flush=True)
+
+    params = {**SCENARIO_DEFAULTS, **sizes}
+    scratch.mkdir(parents=True, exist_ok=True)
+    episodes: list[Episode] = []
+    alerts: list[dict[str, Any]] = []
+    machine_hours = 0.0
+    per_seed: list[dict[str, Any]] = []
+    warmup_end_ms = 0
+    events_path = scratch / "events.jsonl"
+    for seed in seeds:
+        sc = ScenarioConfig(seed=seed, **params)
+        warmup_end_ms = sc.history_end_ms  # the same for every seed: one start, one length
+        scenario = Scenario(sc)
+        with (scratch / f"episodes_{seed}.jsonl").open("wb") as f:
+            for ep in scenario.episodes:
+                f.write(orjson.dumps(asdict(ep)) + b"\n")
+        t0 = time.perf_counter()
+        spans = ActivitySpans(sc.history_end_ms)
+        with events_path.open("wb") as f:
+            for ev in scenario:
+                f.write(orjson.dumps(ev) + b"\n")
+                spans.add(ev["machine_id"], ev["timestamp"])
+        gen_s = time.perf_counter() - t0
+        pages_path = scratch / f"pages_{seed}.jsonl"
+        t0 = time.perf_counter()
+        with pages_path.open("wb") as out:
+            result = replay(cfg, [str(events_path)], out)
+        replay_s = time.perf_counter() - t0
+        say(f"scenario seed {seed}: {result.events:,} events replayed in {replay_s:.0f} s")
+        seed_alerts = [orjson.loads(line) for line in pages_path.read_bytes().splitlines() if line]
+        seed_score = score(
+            scenario.episodes,
+            seed_alerts,
+            warmup_end_ms=sc.history_end_ms,
+            machine_hours=spans.hours(),
+        )
+        per_seed.append(
+            {
+                "seed": seed,
+                "machines": len(scenario.machines),
+                "events": result.events,
+                "dead_letters": dict(result.dead_letters),
+                "generate_seconds": round(gen_s, 1),
+                "replay_seconds": round(replay_s, 1),
+                **{k: v for k, v in seed_score.overall_json().items() if k not in ("pages",)},
+            }
+        )
+        episodes += [
+            Episode(
+                e.kind,
+                _tagged(seed, e.machine_id),
+                e.start_ms,
+                e.end_ms,
+                e.malicious,
+                e.description,
+            )
+            for e in scenario.episodes
+        ]
+        for a in seed_alerts:
+            a["machine_id"] = _tagged(seed, a.get("machine_id"))
+            alerts.append(a)
+        machine_hours += spans.hours()
+
+    s = score(episodes, alerts, warmup_end_ms=warmup_end_ms, machine_hours=machine_hours)
+    overall = s.overall_json()
+    overall["events"] = sum(p["events"] for p in per_seed)
+    overall["replay_seconds"] = round(sum(p["replay_seconds"] for p in per_seed), 1)
+    false_list = [
+        {
+            "machine_id": str(v.alert.get("machine_id")),
+            "detector": v.alert.get("detector"),
+            "event_time": v.alert.get("event_time"),
+            "status": v.alert.get("status"),
+            "severity": v.alert.get("severity"),
+            "benign_kinds": sorted({e.kind for e in v.benign}),
+            "summary": v.alert.get("summary"),
+        }
+        for v in s.verdicts
+        if not v.true
+    ]
+    by_pair = Counter((f["machine_id"], str(f["detector"])) for f in false_list)
+    report = false_page_report(s, top)
+    report["by_machine_and_detector"] = [
+        {"machine_id": m, "detector": d, "false_pages": n}
+        for (m, d), n in sorted(by_pair.items(), key=lambda kv: (-kv[1], kv[0]))
+    ]
+    report["all"] = false_list
+    return {
+        "config": {
+            "suite": "bench.scenarios",
+            "seed_set": seed_set,
+            "seeds": list(seeds),
+            "scenario": {
+                **params,
+                "start": format_rfc3339_ms(DEFAULT_START_MS),
+                "scored_from": format_rfc3339_ms(warmup_end_ms),
+            },
+            "detection": {
+                "config_file": config_file,
+                "config_version": cfg.detectors.build().version(),
+            },
+            "scoring": "bench.evaluate.score, as the synthetic suite; seeds pooled",
+        },
+        "kinds": [k.to_json() for k in s.kinds],
+        "overall": overall,
+        "per_seed": per_seed,
+        "targets": check_targets(s),
+        "false_pages": report,
+        "missed": missed_report(s),
+    }
+
+
 # -- the report ----------------------------------------------------------------------------
 
 
@@ -541,6 +700,28 @@ def _ttd(x: float | None) -> str:
 
 def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _target_lines(targets: dict[str, dict[str, Any]]) -> list[str]:
+    lines = []
+    for name, t in targets.items():
+        value = _fmt(t["value"], ".3g")
+        lines.append(
+            f"  {name:<36}{value:>8} {t['op']} {t['target']:<6g} {'pass' if t['pass'] else 'FAIL'}"
+        )
+    return lines
+
+
+def _missed_lines(missed: list[dict[str, Any]], where: str, width: int) -> list[str]:
+    if not missed:
+        return []
+    lines = ["", f"missed malicious episodes ({len(missed)}; all in {where})"]
+    for e in missed[:MISSED_SHOWN]:
+        lines.append(
+            f"  {e['kind']:<16}{_clip(e['machine_id'], width):<{width + 1}}"
+            f"{e['start'][5:16].replace('T', ' ')} {e['description']}"
+        )
+    return lines
 
 
 def render(doc: dict[str, Any]) -> str:
@@ -581,12 +762,8 @@ def render(doc: dict[str, Any]) -> str:
         f" false pages per 1000 machine-hours ({ov['machine_hours']:,.0f} machine-hours)",
         "",
         "targets",
+        *_target_lines(doc["targets"]),
     ]
-    for name, t in doc["targets"].items():
-        value = _fmt(t["value"], ".3g")
-        lines.append(
-            f"  {name:<36}{value:>8} {t['op']} {t['target']:<6g} {'pass' if t['pass'] else 'FAIL'}"
-        )
     fp = doc["false_pages"]
     if fp["top_machines"]:
         by_det = ", ".join(f"{d} {n}" for d, n in fp["by_detector"].items())
@@ -608,14 +785,63 @@ def render(doc: dict[str, Any]) -> str:
                 f"{str(sample['event_time'])[5:16].replace('T', ' ')} {sample['severity']} "
                 f"{sample['summary']}"
             )
-    missed = doc["missed"]
-    if missed:
-        lines += ["", f"missed malicious episodes ({len(missed)}; all in results.json)"]
-        for e in missed[:MISSED_SHOWN]:
+    lines += _missed_lines(doc["missed"], "results.json", 39)
+    return "\n".join(lines)
+
+
+def render_scenarios(doc: dict[str, Any]) -> str:
+    """The scenario suite's results document as a plain-text report."""
+    c, ov = doc["config"], doc["overall"]
+    lines = [
+        f"scenario suite (bench.scenarios): {c['seed_set']} seeds "
+        f"{', '.join(str(x) for x in c['seeds'])}; {c['scenario']['days']:g} days each, "
+        f"{c['scenario']['history_days']:g} of history, "
+        f"rate_scale {c['scenario']['rate_scale']:g}; "
+        f"detection config {c['detection']['config_version']}",
+        f"{ov['events']:,} events replayed in {ov['replay_seconds']:.0f} s",
+        "",
+        f"{'kind':<18}{'episodes':>9}{'paged':>7}{'recall':>8}{'median TTD':>12}",
+    ]
+    for k in doc["kinds"]:
+        label = k["kind"] if k["malicious"] else f"{k['kind']} (benign)"
+        lines.append(
+            f"{_clip(label, 17):<18}{k['episodes']:>9}{k['detected']:>7}"
+            f"{_fmt(k['recall'], '.2f'):>8}{_ttd(k['median_ttd_s']):>12}"
+        )
+    lines += [
+        "",
+        f"pages after warm-up: {ov['pages_after_warmup']}: {ov['true_pages']} true, "
+        f"{ov['false_pages']} false; recall {_fmt(ov['recall'], '.2f')}; page precision "
+        f"{_fmt(ov['precision'], '.2f')}; "
+        f"{_fmt(ov['false_pages_per_1000_machine_hours'], '.2f')} false pages per 1000 "
+        f"machine-hours ({ov['machine_hours']:,.0f} machine-hours)",
+        "",
+        "targets",
+        *_target_lines(doc["targets"]),
+    ]
+    fp = doc["false_pages"]
+    if fp["all"]:
+        lines += [
+            "",
+            "false pages by detector: "
+            + ", ".join(f"{d} {n}" for d, n in fp["by_detector"].items()),
+            "false pages by benign episode they fell in: "
+            + ", ".join(f"{d} {n}" for d, n in fp["by_benign_kind"].items()),
+            "",
+            "false pages by machine and detector",
+        ]
+        for row in fp["by_machine_and_detector"]:
             lines.append(
-                f"  {e['kind']:<16}{_clip(e['machine_id'], 39):<40}"
-                f"{e['start'][5:16].replace('T', ' ')} {e['description']}"
+                f"  {_clip(row['machine_id'], 45):<46}{row['detector']:<16}{row['false_pages']:>4}"
             )
+        lines += ["", f"false pages ({len(fp['all'])}; all in the results file)"]
+        for f in fp["all"][:ALL_FALSE_PAGES_SHOWN]:
+            lines.append(
+                f"  {str(f['event_time'])[5:16].replace('T', ' ')} {_clip(f['machine_id'], 40):<41}"
+                f"{f['detector']:<15}{','.join(f['benign_kinds']) or '-':<14}"
+                f"{_clip(str(f['summary']), 90)}"
+            )
+    lines += _missed_lines(doc["missed"], "the results file", 45)
     return "\n".join(lines)
 
 
@@ -649,6 +875,25 @@ def main(argv: list[str] | None = None) -> int:
         help="changes per benign kind (%(default)s)",
     )
     p.add_argument("--top", type=int, default=10, help="machines listed by false pages")
+    p.add_argument(
+        "--suite",
+        choices=("both", "synthetic", "scenarios"),
+        default="both",
+        help="the synthetic suite, the independent scenario suite, or both (%(default)s)",
+    )
+    p.add_argument(
+        "--scenarios-out",
+        type=Path,
+        default=DEFAULT_SCENARIOS_OUT,
+        help="the scenario suite's results JSON (%(default)s)",
+    )
+    p.add_argument(
+        "--tuning",
+        action="store_true",
+        help="run the scenario suite on the tuning seeds "
+        f"({', '.join(map(str, TUNING_SEEDS))}) instead of the reporting seeds "
+        f"({', '.join(map(str, REPORTING_SEEDS))}); tune detectors on these only",
+    )
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config)
@@ -664,13 +909,34 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    t0 = time.perf_counter()
-    doc = evaluate(sc, cfg, args.scratch, config_file=args.config, top=args.top, log=sys.stderr)
-    doc["overall"]["total_seconds"] = round(time.perf_counter() - t0, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
-    print(render(doc))
-    print(f"\nwrote {args.out} (events, episodes and pages in {args.scratch}/)")
+    if args.suite in ("both", "synthetic"):
+        t0 = time.perf_counter()
+        doc = evaluate(sc, cfg, args.scratch, config_file=args.config, top=args.top, log=sys.stderr)
+        doc["overall"]["total_seconds"] = round(time.perf_counter() - t0, 1)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
+        print(render(doc))
+        print(f"\nwrote {args.out} (events, episodes and pages in {args.scratch}/)")
+    if args.suite in ("both", "scenarios"):
+        seed_set, seeds = scenario_seeds(args.tuning)
+        scratch = args.scratch / "scenarios"
+        t0 = time.perf_counter()
+        sdoc = evaluate_scenarios(
+            seeds,
+            cfg,
+            scratch,
+            config_file=args.config,
+            top=args.top,
+            log=sys.stderr,
+            seed_set=seed_set,
+        )
+        sdoc["overall"]["total_seconds"] = round(time.perf_counter() - t0, 1)
+        args.scenarios_out.parent.mkdir(parents=True, exist_ok=True)
+        args.scenarios_out.write_bytes(orjson.dumps(sdoc, option=orjson.OPT_INDENT_2) + b"\n")
+        if args.suite == "both":
+            print()
+        print(render_scenarios(sdoc))
+        print(f"\nwrote {args.scenarios_out} (episodes and pages in {scratch}/)")
     return 0
 
 
