@@ -29,9 +29,10 @@ Labelled kinds. Malicious (each injected `per_kind` times per seed, in the score
 rate_burst, fan_out, failure_spike, new_identity, off_hours, operation_shift, silence (the
 names of `streams.tools.synthetic`, so per-kind rows and the silence target line up).
 Benign (must not page; each labelled at least `per_kind` times per seed in the scored days):
-cron_job (a cron machine's scored day), ci_night_run, nightly_batch, weekly_batch, admin_tool
-(a session), autoscale (a scaled-out instance's life), pod_churn (a rollout's new and old
-pods), new_replica (a pod or instance added to a known group). A scheduled run or a machine
+cron_job (a cron machine's scored day), ci_workday (a runner's working day), ci_night_run,
+nightly_batch, weekly_batch, admin_tool (a session), autoscale (a scaled-out instance's life),
+pod_churn (a rollout's new and old pods), new_replica (a pod or instance added to a known
+group). A scheduled run or a machine
 that stops is labelled until `_SETTLE_MS` after its last event, so the quiet after it counts
 as the benign change it is.
 """
@@ -39,6 +40,7 @@ as the benign change it is.
 from __future__ import annotations
 
 import random
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +59,7 @@ DAY_MIN = 1440
 MALICIOUS_KINDS = ANOMALY_KINDS
 BENIGN_KINDS = (
     "cron_job",
+    "ci_workday",
     "ci_night_run",
     "nightly_batch",
     "weekly_batch",
@@ -205,6 +208,15 @@ class Scenario:
             raise ValueError(f"no free slot on {machine}; lower per_kind")
         return start
 
+    def _slot_among(
+        self, machines: list[str], length_ms: int, lo_h: float, hi_h: float
+    ) -> tuple[str, int]:
+        for name in self.rng.sample(machines, len(machines)):
+            start = self._try_slot(name, length_ms, lo_h, hi_h)
+            if start is not None:
+                return name, start
+        raise ValueError(f"no free slot among {len(machines)} machines; lower per_kind")
+
     def _try_slot(self, machine: str, length_ms: int, lo_h: float, hi_h: float) -> int | None:
         """A start in the scored days, between lo_h and hi_h o'clock, ending an hour before
         the scenario does, and clear of the machine's other injections."""
@@ -292,8 +304,12 @@ class Scenario:
         # consumers numbered after the existing ones
         live = {m.name.rsplit("-", 2)[0]: m for m in self.machines if m.name in self.targets_always}
 
+        # The families that carry injections have at least `per_kind` machines, so each
+        # injection of a kind can land on a machine that kind has not touched yet: a second
+        # burst on a machine measures what the first one taught its baseline, not detection.
+        targets = max(3, k)
         consumers = []
-        for i in range(1, 4):
+        for i in range(1, targets + 1):
             name = f"ledger-consumer-{i}"
             rate = self._zeros() + 2.5
             self._add(
@@ -332,7 +348,7 @@ class Scenario:
             else:
                 base = consumers[0]
                 proto = next(m for m in self.machines if m.name == base)
-                name = f"ledger-consumer-{3 + j}"
+                name = f"ledger-consumer-{targets + j}"
                 rate = self._zeros()
                 rate[self._minute(t) :] = 2.5
                 self._add(
@@ -351,7 +367,7 @@ class Scenario:
         hour = (minute % DAY_MIN) / 60.0
         weekday = (minute // DAY_MIN) % 7
         rs = self._hash()
-        for _ in range(3):
+        for _ in range(targets):
             rate = np.where((weekday < 5) & (hour >= 8) & (hour < 18), 1.5, 0.0)
             name = self._pod("backoffice-web", rs)
             res = [
@@ -365,7 +381,7 @@ class Scenario:
 
         # read-only clients
         readers = []
-        for i in range(1, 4):
+        for i in range(1, targets + 1):
             name = f"report-reader-{i}"
             res = [f"postgres://warehouse-db/public.sales_{m:02d}" for m in range(1, 13)]
             res += [f"s3://reports-bucket/monthly/{m:02d}.parquet" for m in range(1, 13)]
@@ -473,6 +489,10 @@ class Scenario:
                 if d % 7 < 5:
                     t = self._day_start(d) + int(rng.uniform(8, 9.5) * HOUR_MS)
                     end = self._day_start(d) + 18 * HOUR_MS
+                    if d >= first_scored:
+                        self._label(
+                            "ci_workday", r, t, end + _SETTLE_MS, "CI jobs in working hours"
+                        )
                     while t < end:
                         length = rng.randint(4, 15)
                         ci_job(r, t, length)
@@ -484,9 +504,8 @@ class Scenario:
                         rng.randint(5, 20),
                     )
         for _ in range(k):
-            r = rng.choice(runners)
             length = rng.randint(5, 20)
-            t = self._scored_slot(r, length * MINUTE_MS, -2, 5)
+            r, t = self._slot_among(runners, length * MINUTE_MS, -2, 5)
             ci_job(r, t, length)
             self._label(
                 "ci_night_run", r, t, t + length * MINUTE_MS + _SETTLE_MS, "a CI run at night"
@@ -582,9 +601,8 @@ class Scenario:
                         rng.randint(2, 20),
                     )
         for _ in range(k):
-            tool = rng.choice(tools)
             minutes = rng.randint(2, 20)
-            t = self._scored_slot(tool, minutes * MINUTE_MS, 9, 21)
+            tool, t = self._slot_among(tools, minutes * MINUTE_MS, 9, 21)
             session(tool, t, minutes)
             self._label(
                 "admin_tool",
@@ -616,34 +634,39 @@ class Scenario:
         by_name = {m.name: m for m in self.machines}
         always = self.targets_always
 
+        touched: dict[str, set[str]] = defaultdict(set)
+
         def window(
-            minutes_lo: int, minutes_hi: int, pool: list[str], lo_h: float, hi_h: float
+            kind: str, minutes_lo: int, minutes_hi: int, pool: list[str], lo_h: float, hi_h: float
         ) -> tuple[_Machine, int, int]:
             length = rng.randint(minutes_lo, minutes_hi) * MINUTE_MS
-            for name in rng.sample(pool, len(pool)):
+            # machines this kind has not touched yet first (a stable sort keeps the shuffle)
+            candidates = sorted(rng.sample(pool, len(pool)), key=lambda n: n in touched[kind])
+            for name in candidates:
                 start = self._try_slot(name, length, lo_h, hi_h)
                 if start is not None:
+                    touched[kind].add(name)
                     return by_name[name], start, start + length
             raise ValueError(f"no free slot among {len(pool)} machines; lower per_kind")
 
         # Silence first: only the consumers (busy day and night, well above the rate the
         # silence detector watches) qualify, and the other kinds then take what is left.
         for _ in range(k):
-            m, s, e = window(60, 120, consumers, 8, 18)
+            m, s, e = window("silence", 60, 120, consumers, 8, 18)
             m.rate[self._minute(s) : self._minute(e)] = 0.0
             self._label("silence", m.name, s, e, "an always-active machine stops")
         # Bursts and failure spikes are made strong enough in absolute numbers for the
         # documented per-minute gates (rate: at least 20 events in a minute; failures: 5 in a
         # minute), at the default rate_scale: below them the detectors do not page by design.
         for _ in range(k):
-            m, s, e = window(10, 20, always, 0, 24)
+            m, s, e = window("rate_burst", 10, 20, always, 0, 24)
             a, b = self._minute(s), self._minute(e)
             m.rate[a:b] = m.rate[a:b] * 10 + 60
             self._label(
                 "rate_burst", m.name, s, e, "ten times the usual rate on the usual resources"
             )
         for _ in range(k):
-            m, s, e = window(10, 20, always, 0, 24)
+            m, s, e = window("fan_out", 10, 20, always, 0, 24)
             a, b = self._minute(s), self._minute(e)
             m.rate[a:b] += 5
             m.alter.append((s, e, "fan_out"))
@@ -651,18 +674,18 @@ class Scenario:
                 "fan_out", m.name, s, e, "reads across databases and buckets it never touched"
             )
         for _ in range(k):
-            m, s, e = window(10, 20, always, 7, 20)
+            m, s, e = window("failure_spike", 10, 20, always, 7, 20)
             # a dependency fails and the client retries
             m.rate[self._minute(s) : self._minute(e)] += 30
             m.alter.append((s, e, "failure_spike"))
             self._label("failure_spike", m.name, s, e, "retries, 60% of them failed or denied")
         for _ in range(k):
-            m, s, e = window(15, 30, readers, 8, 20)
+            m, s, e = window("operation_shift", 15, 30, readers, 8, 20)
             m.rate[self._minute(s) : self._minute(e)] += 1
             m.alter.append((s, e, "operation_shift"))
             self._label("operation_shift", m.name, s, e, "a read-only client deletes")
         for _ in range(k):
-            m, s, e = window(20, 40, office, -3.5, 4.5)
+            m, s, e = window("off_hours", 20, 40, office, -3.5, 4.5)
             m.rate[self._minute(s) : self._minute(e)] = 2.0
             self._label("off_hours", m.name, s, e, "an office-hours application busy at night")
         for i in range(k):

@@ -123,3 +123,11 @@ def test_seeds_are_pooled_under_their_own_machine_ids(tmp_path: Path) -> None:
     assert sum(r["false_pages"] for r in fp["by_machine_and_detector"]) == len(fp["all"])
     for page in fp["all"]:
         assert page["machine_id"].startswith(("s1/", "s2/"))
+
+
+@pytest.mark.parametrize("seed", REPORTING_SEEDS)
+def test_each_injection_of_a_kind_is_on_a_machine_of_its_own(seed: int) -> None:
+    # A repeat on one machine would measure what the first injection taught the baseline.
+    malicious = [e for e in Scenario(_config(seed)).episodes if e.malicious]
+    pairs = Counter((e.kind, e.machine_id) for e in malicious)
+    assert max(pairs.values()) == 1
