@@ -37,17 +37,16 @@ class AtLeastOnce:
         self.delivery_timeout_s = delivery_timeout_s
         self.failed = 0
         self.last_error: KafkaError | None = None
-        self.producer = Producer(
-            {
-                **config,
-                "enable.idempotence": True,
-                # Only failures call back: a Python callback per record would cost more than
-                # the rest of the produce.
-                "delivery.report.only.error": True,
-                "on_delivery": self._delivered,
-                "message.timeout.ms": int(delivery_timeout_s * 1000),
-            }
-        )
+        self.config = {
+            **config,
+            "enable.idempotence": True,
+            # Only failures call back: a Python callback per record would cost more than
+            # the rest of the produce.
+            "delivery.report.only.error": True,
+            "on_delivery": self._delivered,
+            "message.timeout.ms": int(delivery_timeout_s * 1000),
+        }
+        self.producer = Producer(self.config)
 
     def _delivered(self, err: KafkaError | None, _msg: Any) -> None:
         if err is not None:
@@ -65,6 +64,12 @@ class AtLeastOnce:
             except BufferError:
                 # The local queue is full: serve delivery reports until there is room.
                 producer.poll(0.05)
+            except KafkaException as e:
+                # A producer in an error state refuses records: counted as undelivered, so
+                # the commit rewinds instead of the worker exiting.
+                self.failed += 1
+                self.last_error = e.args[0]
+                return
 
     def poll(self) -> None:
         self.producer.poll(0)
@@ -101,8 +106,15 @@ class AtLeastOnce:
             raise Rewind(f"{n} records not delivered ({self.last_error})")
 
     def abort(self) -> None:
-        """Nothing to undo: what was produced stays produced (at-least-once)."""
+        """Nothing to undo: what was produced stays produced (at-least-once). A producer left
+        in a fatal state (an idempotence failure) would refuse every record from now on: it
+        is replaced."""
         self.failed = 0
+        err, self.last_error = self.last_error, None
+        if err is not None and err.fatal():
+            log.warning("the producer failed fatally (%s); starting a new one", err)
+            self.producer.flush(0)
+            self.producer = Producer(self.config)
 
     def close(self, timeout_s: float = 30.0) -> int:
         return int(self.producer.flush(timeout_s))
@@ -122,6 +134,9 @@ class ExactlyOnce:
         }
         self.timeout_s = int(self.config["transaction.timeout.ms"]) / 1000
         self.open = False
+        # Set when the open transaction can no longer commit (librdkafka refused a record: an
+        # abortable or fatal error after a broker outage); the commit then aborts and rewinds.
+        self.doomed: KafkaError | None = None
         self.producer = self._start()
 
     def _start(self) -> Producer:
@@ -145,16 +160,22 @@ class ExactlyOnce:
     def produce(
         self, topic: str, key: bytes | None, value: bytes | None, partition: int, headers: Any
     ) -> None:
+        if self.doomed is not None:
+            return  # the transaction is lost already: its records would be aborted anyway
         producer = self.producer
-        if not self.open:
-            producer.begin_transaction()
-            self.open = True
-        while True:
-            try:
-                producer.produce(topic, value, key, partition, headers=headers)
-                return
-            except BufferError:
-                producer.poll(0.05)
+        try:
+            if not self.open:
+                producer.begin_transaction()
+                self.open = True
+            while True:
+                try:
+                    producer.produce(topic, value, key, partition, headers=headers)
+                    return
+                except BufferError:
+                    producer.poll(0.05)
+        except KafkaException as e:
+            self.doomed = e.args[0]
+            log.warning("the transaction cannot commit (%s); rewinding at the commit", e.args[0])
 
     def poll(self) -> None:
         self.producer.poll(0)
@@ -163,6 +184,10 @@ class ExactlyOnce:
         """Nothing to wait for: outputs and changelog become visible together or not at all."""
 
     def commit(self, consumer: Any, offsets: list[TopicPartition]) -> None:
+        if self.doomed is not None:
+            err = self.doomed
+            self.abort()
+            raise Rewind(f"transaction not committed: {err}")
         if not offsets and not self.open:
             return
         producer = self.producer
@@ -197,6 +222,7 @@ class ExactlyOnce:
 
     def abort(self) -> None:
         """Abort the open transaction; a producer that cannot (fenced, fatal) is replaced."""
+        self.doomed = None
         if not self.open:
             return
         self.open = False
