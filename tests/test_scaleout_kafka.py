@@ -472,8 +472,21 @@ def test_survivor_takes_over_a_sigkilled_worker(
         sender = threading.Thread(target=send_paced, args=(s, traffic.live))
         sender.start()
         try:
+
+            def in_transaction() -> bool:
+                """Exactly-once: the victim has archive records in an open transaction (past
+                the last stable offset), so the kill lands inside it and aborts them."""
+                if not eos:
+                    return True
+                try:
+                    written = view.ends(view.archive)
+                    stable = view.ends(view.archive, stable=True)
+                except KafkaException:
+                    return False
+                return any(written[p] > stable[p] for p in mine)
+
             progress = wait_until(
-                lambda: (x := victim_progress()) >= 0.1 and x,
+                lambda: (x := victim_progress()) >= 0.1 and in_transaction() and x,
                 timeout=60,
                 interval=0.02,
                 what="the victim to be part-way through the live phase",
