@@ -42,7 +42,7 @@ class Unsupported(Exception):
     """The schema uses a construct the generator does not write; fastavro writes it instead."""
 
 
-def _varint(z: int) -> bytes:
+def _varint_slow(z: int) -> bytes:
     out = bytearray()
     while z > 0x7F:
         out.append((z & 0x7F) | 0x80)
@@ -53,13 +53,48 @@ def _varint(z: int) -> bytes:
 
 # Lengths, partitions and small offsets come from this table rather than the loop.
 _SMALL = 1 << 14
-_LONGS = tuple(_varint(n << 1) for n in range(_SMALL))
+_LONGS = tuple(_varint_slow(n << 1) for n in range(_SMALL))
+# A larger number 14 bits at a time: each 14-bit group that more bits follow is two bytes
+# with the continuation bit set (_GROUPS), the last group its plain varint (_LAST). Every
+# archive record has two timestamps (6 bytes each) and most an offset past the table: the
+# byte-at-a-time loop took 1.2 us for a timestamp, this 0.3.
+_LAST = tuple(_varint_slow(z) for z in range(_SMALL))
+_GROUPS = tuple(bytes(((z & 0x7F) | 0x80, (z >> 7) | 0x80)) for z in range(_SMALL))
+
+
+def _varint(z: int) -> bytes:
+    """The varint of a non-negative `z`."""
+    if z < _SMALL:
+        return _LAST[z]
+    out = _GROUPS[z & 0x3FFF]
+    z >>= 14
+    while z >= _SMALL:
+        out += _GROUPS[z & 0x3FFF]
+        z >>= 14
+    return out + _LAST[z]
+
+
+# The varints of the high bits of recent large numbers: a batch's timestamps, processing
+# times and offsets share them (the high bits of a millisecond time move every 8 s), so a
+# large number costs one lookup, one dict hit and one concatenation (0.5 us, not 1.2).
+_TAILS: dict[int, bytes] = {}
 
 
 def _long(n: int) -> bytes:
     if 0 <= n < _SMALL:
         return _LONGS[n]
-    return _varint((n << 1) ^ (n >> 63))
+    z = (n << 1) ^ (n >> 63)
+    if z < _SMALL:
+        return _LAST[z]
+    hi = z >> 14
+    if hi < _SMALL:
+        return _GROUPS[z & 0x3FFF] + _LAST[hi]
+    tail = _TAILS.get(hi)
+    if tail is None:
+        if len(_TAILS) >= 4096:
+            _TAILS.clear()
+        tail = _TAILS[hi] = _varint(hi)
+    return _GROUPS[z & 0x3FFF] + tail
 
 
 _FLOAT = struct.Struct("<f").pack

@@ -17,8 +17,17 @@ import fastavro
 import orjson
 
 from schemas import avro_write
-from schemas.event import AuditEvent, InvalidEvent, Limits, event_from_mapping
-from schemas.registry import EARLIER_LAYOUTS, FIXED_IDS, NAME_BY_ID, earlier_parsed, parsed
+from schemas.event import OUTCOMES, AuditEvent, InvalidEvent, Limits, event_from_mapping
+from schemas.frozen import fast_init
+from schemas.registry import (
+    EARLIER_LAYOUTS,
+    FIXED_IDS,
+    NAME_BY_ID,
+    earlier_parsed,
+    parsed,
+    schema_json,
+    strip_logical_types,
+)
 
 MAGIC = 0
 _HEADER = struct.Struct(">bI")
@@ -53,10 +62,20 @@ class BundledSchemas:
     registry."""
 
     def writer_schema(self, schema_id: int) -> Any | None:
-        name = NAME_BY_ID.get(schema_id)
-        return None if name is None else parsed(name)
+        schema = _BY_ID.get(schema_id)
+        if schema is None:
+            name = NAME_BY_ID.get(schema_id)
+            if name is None:
+                return None
+            schema = _BY_ID[schema_id] = parsed(name)
+        return schema
 
 
+# The bundled schemas by fixed id, parsed on first use (once per event otherwise).
+_BY_ID: dict[int, Any] = {}
+
+
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Decoded:
     event: AuditEvent
@@ -76,7 +95,11 @@ def _decode_avro(value: bytes, resolver: SchemaResolver) -> Any:
     writer = resolver.writer_schema(schema_id)
     if writer is None:
         raise RejectedInput("unknown_schema_id", f"schema id {schema_id} is not known", "decode")
-    reader = parsed("audit_event")
+    reader = _BY_ID.get(_EVENT_ID) or _BUNDLED.writer_schema(_EVENT_ID)
+    if writer is reader and _FAST_READ and type(value) is bytes:
+        record = _read_event(value, schema_id in _BOTH_LAYOUTS)
+        if record is not None:
+            return record
     try:
         if writer is reader:
             return _read_bundled(value, schema_id, reader)
@@ -154,6 +177,205 @@ def _read_bundled(value: bytes, schema_id: int, reader: Any) -> Any:
         raise (e if flip else first) from None
     _Layouts.earlier_first = not flip
     return record
+
+
+# The event's fields in the order the bundled schema writes them (the earlier layout stops
+# after attributes): `_read_event` is written for exactly this layout and is used only while
+# audit_event.avsc still says so.
+_EVENT_LAYOUT = [
+    ("event_id", ["null", "string"]),
+    ("timestamp", "long"),
+    ("machine_id", "string"),
+    ("resource", "string"),
+    ("operation", "string"),
+    ("outcome", {"type": "enum", "symbols": list(OUTCOMES)}),
+    ("source_ip", ["null", "string"]),
+    ("identity_type", ["null", "string"]),
+    ("source", ["null", "string"]),
+    ("attributes", {"type": "map", "values": "string"}),
+    ("key_id", ["null", "string"]),
+    ("signature", ["null", "string"]),
+]
+
+
+def _layout_of(schema: dict[str, Any]) -> list[tuple[str, Any]]:
+    def shape(t: Any) -> Any:
+        t = strip_logical_types(t) if isinstance(t, dict) else t
+        if isinstance(t, dict) and t.get("type") == "enum":
+            return {"type": "enum", "symbols": t["symbols"]}
+        if isinstance(t, dict) and t.get("type") == "map":
+            return {"type": "map", "values": t["values"]}
+        if isinstance(t, dict) and t.get("type") in ("long", "string"):
+            return t["type"]
+        return t
+
+    return [(f["name"], shape(f["type"])) for f in schema["fields"]]
+
+
+_EVENT_ID = FIXED_IDS["audit_event"]
+_BUNDLED = BundledSchemas()
+_FAST_READ = _layout_of(schema_json("audit_event")) == _EVENT_LAYOUT
+# Ids whose values may be either layout (schemas.registry.EARLIER_LAYOUTS).
+_BOTH_LAYOUTS = frozenset(i for i, (name, _) in EARLIER_LAYOUTS.items() if name == "audit_event")
+_OUTCOME_AT = tuple(OUTCOMES)
+
+
+def _read_event(value: bytes, either_layout: bool) -> dict[str, Any] | None:
+    """The event record of a wire-format value under the bundled AuditEvent schema, read
+    field by field in Python: what fastavro's reader returns, in half its time (its per-call
+    schema handling, not the reading, is most of its 7 us). None for anything out of the
+    ordinary (a varint past 9 bytes, a union or enum index out of range or not in its
+    shortest form, a map in blocks with byte sizes, text that is not UTF-8, bytes missing or
+    left over): fastavro then reads it, and words the error, as before.
+
+    When every byte after the timestamp is ASCII (the usual case), every length is one byte
+    and the text is sliced from one decoded string rather than decoded field by field. A
+    short read moves `pos` past the end, which no later field nor the final check lets
+    through."""
+    try:
+        b = value[5]
+        if b == 0:
+            event_id = None
+            pos = 6
+        elif b == 2:
+            event_id, pos = _text_at(value, 6, None)
+        else:
+            return None
+        timestamp, pos = _long_at(value, pos)
+        rest = value[pos:]
+        text = rest.decode("ascii") if rest.isascii() else None
+        fields: list[str | None] = []
+        pos = _read_into(rest, text, 0, _SHAPE, fields.append)
+        machine_id, resource, operation, outcome, source_ip, identity_type, source = fields
+        attributes: dict[str, str] = {}
+        while True:
+            count, pos = _long_at(rest, pos)
+            if count == 0:
+                break
+            # A negative count is followed by the block's size; a count larger than the bytes
+            # left is damage (and would build a huge shape): fastavro's to read and word.
+            if count < 0 or 2 * count > len(rest) - pos:
+                return None
+            for _ in range(count):
+                b = rest[pos]
+                if b < 0x80 and not b & 1 and text is not None:
+                    start = pos + 1
+                    pos = start + (b >> 1)
+                    k = text[start:pos]
+                else:
+                    k, pos = _text_at(rest, pos, text)
+                b = rest[pos]
+                if b < 0x80 and not b & 1 and text is not None:
+                    start = pos + 1
+                    pos = start + (b >> 1)
+                    attributes[k] = text[start:pos]
+                else:
+                    attributes[k], pos = _text_at(rest, pos, text)
+        record = {
+            "event_id": event_id,
+            "timestamp": timestamp,
+            "machine_id": machine_id,
+            "resource": resource,
+            "operation": operation,
+            "outcome": outcome,
+            "source_ip": source_ip,
+            "identity_type": identity_type,
+            "source": source,
+            "attributes": attributes,
+        }
+        end = len(rest)
+        if pos == end and either_layout:
+            return record
+        for name in ("key_id", "signature"):
+            b = rest[pos]
+            if b == 0:
+                record[name] = None
+                pos += 1
+            elif b == 2:
+                record[name], pos = _text_at(rest, pos + 1, text)
+            else:
+                return None
+    except (_Unusual, IndexError, UnicodeDecodeError):
+        return None
+    return record if pos == end else None
+
+
+class _Unusual(Exception):
+    pass
+
+
+# What `_read_event` reads first: machine_id, resource, operation (strings), the outcome
+# (an enum: None), source_ip, identity_type, source (nullable strings: True).
+_SHAPE = (False, False, False, None, True, True, True)
+
+
+def _read_into(
+    rest: bytes, text: str | None, pos: int, shape: tuple[bool | None, ...], add: Any
+) -> int:
+    """Read the strings (False), nullable strings (True) and outcomes (None) of `shape` from
+    pos on, each passed to `add`; the position after them. A string shorter than 64 bytes of
+    an ASCII value is read here, the others by `_text_at`."""
+    for nullable in shape:
+        b = rest[pos]
+        if nullable is None:
+            if b > 4 or b & 1:
+                raise _Unusual
+            add(_OUTCOME_AT[b >> 1])
+            pos += 1
+            continue
+        if nullable:
+            if b == 0:
+                add(None)
+                pos += 1
+                continue
+            if b != 2:
+                raise _Unusual
+            pos += 1
+            b = rest[pos]
+        if b < 0x80 and not b & 1 and text is not None:
+            start = pos + 1
+            pos = start + (b >> 1)
+            add(text[start:pos])
+        else:
+            field, pos = _text_at(rest, pos, text)
+            add(field)
+    return pos
+
+
+def _long_at(value: bytes, pos: int) -> tuple[int, int]:
+    """(the zigzag varint at pos, the position after it)."""
+    b = value[pos]
+    if b < 0x80:
+        return (b >> 1) ^ -(b & 1), pos + 1
+    z = b & 0x7F
+    shift = 7
+    pos += 1
+    while True:
+        b = value[pos]
+        pos += 1
+        z |= (b & 0x7F) << shift
+        if b < 0x80:
+            return (z >> 1) ^ -(z & 1), pos
+        shift += 7
+        if shift > 56:
+            raise _Unusual
+
+
+def _text_at(value: bytes, pos: int, text: str | None) -> tuple[str, int]:
+    """(the string at pos, the position after it); sliced from `text`, the value decoded as
+    ASCII, when there is one."""
+    b = value[pos]
+    if b < 0x80:
+        n = (b >> 1) ^ -(b & 1)
+        pos += 1
+    else:
+        n, pos = _long_at(value, pos)
+    if n < 0:
+        raise _Unusual
+    stop = pos + n
+    if stop > len(value):
+        raise _Unusual
+    return (value[pos:stop].decode() if text is None else text[pos:stop]), stop
 
 
 def _read_whole(value: bytes, writer: Any, reader: Any) -> Any:

@@ -32,6 +32,7 @@ from schemas.codec import (
     sha256,
 )
 from schemas.event import AuditEvent
+from schemas.frozen import fast_init
 from schemas.signing import verify
 from streams.ops.config import Config
 from streams.tools.readers import RawRecord
@@ -43,6 +44,7 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Origin:
     """Where a message came from: a topic partition offset, or a file and line."""
@@ -58,6 +60,7 @@ class Origin:
         return f"{self.topic}[{self.partition}]@{self.offset}"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Output:
     kind: str  # archive, deadletter or alert
