@@ -131,9 +131,20 @@ class AuditEvent:
     def content_digest(self) -> bytes:
         """16 bytes identifying the event's archived content (millisecond precision, event_id
         excluded): two events with one event_id and equal digests are the same event re-sent."""
-        return hashlib.blake2b(
-            _canonical_bytes(self, self.timestamp_ms * 1000), digest_size=16
-        ).digest()
+        canonical = _canonical(
+            self.ts_us // 1000 * 1000,
+            self.machine_id,
+            self.resource,
+            self.operation,
+            self.outcome,
+            self.source_ip,
+            self.identity_type,
+            self.source,
+            self.attributes,
+            self.key_id,
+            self.signature,
+        )
+        return hashlib.blake2b(canonical, digest_size=16).digest()
 
 
 @lru_cache(maxsize=4096)
@@ -358,9 +369,15 @@ def _well_formed(d: dict[str, Any], limits: Limits, now_ms: int) -> AuditEvent |
     """The event of a well-formed record, built in one pass with no datetime; None for any
     record the full checks (`_checked`) might refuse or build differently, so those keep
     their exact reason and message. Accepts only what `_checked` accepts, and builds what it
-    builds (tests/test_event.py compares the two on hostile records)."""
-    get = d.get
-    ts = get("timestamp")
+    builds (tests/test_fast_paths.py compares the two on hostile records)."""
+    try:
+        ts = d["timestamp"]
+        machine_id = d["machine_id"]
+        resource = d["resource"]
+        operation = d["operation"]
+        outcome = d["outcome"]
+    except KeyError:
+        return None
     if type(ts) is int:
         ts_us = ts * 1000
     elif type(ts) is str and not ts.isdigit():
@@ -377,10 +394,6 @@ def _well_formed(d: dict[str, Any], limits: Limits, now_ms: int) -> AuditEvent |
     ):
         return None
     most = limits.max_field_chars
-    machine_id = get("machine_id")
-    resource = get("resource")
-    operation = get("operation")
-    outcome = get("outcome")
     if (
         type(machine_id) is not str
         or type(resource) is not str
@@ -394,16 +407,24 @@ def _well_formed(d: dict[str, Any], limits: Limits, now_ms: int) -> AuditEvent |
     outcome = _OUTCOME_BY_UPPER.get(outcome) or _OUTCOME_BY_UPPER.get(outcome.upper())
     if outcome is None:
         return None
+    get = d.get
     given = get("event_id")
     source_ip = get("source_ip")
     identity_type = get("identity_type")
     source = get("source")
     key_id = get("key_id")
     signature = get("signature")
-    for v in (source_ip, identity_type, source, key_id, signature):
-        if v is not None and (type(v) is not str or len(v) > most):
-            return None
-    if given is not None and (type(given) is not str or len(given) > 256):
+    if (
+        (given is not None and (type(given) is not str or len(given) > 256))
+        or (source_ip is not None and (type(source_ip) is not str or len(source_ip) > most))
+        or (
+            identity_type is not None
+            and (type(identity_type) is not str or len(identity_type) > most)
+        )
+        or (source is not None and (type(source) is not str or len(source) > most))
+        or (key_id is not None and (type(key_id) is not str or len(key_id) > most))
+        or (signature is not None and (type(signature) is not str or len(signature) > most))
+    ):
         return None
     if not (
         machine_id.isprintable()
