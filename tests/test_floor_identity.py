@@ -22,7 +22,6 @@ from typing import Any
 
 import fastavro
 import orjson
-import pytest
 
 from schemas.codec import BundledSchemas, encode_event_avro
 from schemas.registry import earlier_parsed
@@ -216,11 +215,10 @@ def test_outputs_are_byte_identical_to_the_code_before_the_speed_up() -> None:
         assert a == b, f"output {i} differs"
 
 
-@pytest.mark.parametrize("n", [0])
-def test_the_corpus_covers_every_path(n: int) -> None:
+def test_the_corpus_covers_every_path() -> None:
     got = run(corpus())["metrics"]
     for name in ("archived", "duplicates", "conflicting_duplicates", "key_mismatch"):
-        assert got[name] > n, name
+        assert got[name] > 0, name
     reasons = {k for k in got if k.startswith("deadlettered.")}
     assert len(reasons) >= 10, reasons
 
