@@ -422,8 +422,7 @@ class DetectionCore:
         seen.warm = own_warm or peer_warm
 
         # Each scores the event, then learns it. The order is part of the behaviour: the
-        # combined score reads what the operation and resource detectors noted, and a
-        # machine's findings open its episodes in this order.
+        # combined score reads what the operation and resource detectors noted.
         for detect in (
             self._access_rate,
             self._off_hours,
@@ -439,6 +438,10 @@ class DetectionCore:
         state.n += 1
         state.last_ms = max(state.last_ms, ts)
         self.last_findings = findings
+        if len(findings) > 1:
+            # The event's findings join one incident: the strongest opens it and pages, the
+            # others are its evidence.
+            findings = sorted(findings, key=lambda f: -f.score)
         for f in findings:
             if cfg.suppressions and self.suppressed(event.machine_id, f, ts):
                 self.suppressed_findings += 1

@@ -6,15 +6,29 @@ Imports: the standard library and `detectors.base`.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from detectors.base import Detector, Finding, Seen
+
+if TYPE_CHECKING:
+    from detectors.config import DetectorConfig
+
+
+def learning_pause_ms(cfg: DetectorConfig) -> int:
+    """How long the ratio does not learn from its own open episode: as long as the rate model
+    takes to call a one-sided deviation a new normal (`adapt_after` intervals, 12 minutes by
+    default), so a failure spike and the retry burst it causes become normal, if they last,
+    on one clock. A spike is scored against the ratio from before it; failures that last
+    longer are learned as they always were (clipped, so only gradually)."""
+    return cfg.rate.adapt_after * cfg.rate.interval_s * 1000
 
 
 class FailureRatio(Detector):
     """Failures and denials in the current interval against the machine's usual ratio. Owns
     `MachineState.fail`: `[interval, accesses in it, failures in it, learned failure ratio,
     intervals learned]`. The ratio is learned from each interval as it closes (the next
-    interval's first event closes it), so `learn` has nothing to add."""
+    interval's first event closes it), so `learn` has nothing to add; intervals of its own
+    open episode are not learned, for a bounded time (`learning_pause_ms`)."""
 
     __slots__ = ()
     name = "failure_ratio"
@@ -25,7 +39,11 @@ class FailureRatio(Detector):
         interval = seen.ts // (cfg.rate.interval_s * 1000)
         cur, n, f, p, learned = state.fail
         if interval > cur:
-            if cur >= 0 and n > 0:
+            if (
+                cur >= 0
+                and n > 0
+                and not self._paused(seen, (cur + 1) * cfg.rate.interval_s * 1000)
+            ):
                 # Weight by accesses (a busy interval says more) but cap it, and clip what is
                 # learned so a failure storm does not become the new normal.
                 a = min(0.5, 0.02 * n) if learned else 1.0
@@ -58,6 +76,16 @@ class FailureRatio(Detector):
             },
             {"ratio": round(p, 4)},
         )
+
+    @staticmethod
+    def _paused(seen: Seen, end_ms: int) -> bool:
+        """True when the interval ending at `end_ms` fell in the machine's open failure_ratio
+        episode, within `learning_pause_ms` of its first finding: what the machine is paged
+        for does not teach its "usual" ratio."""
+        ep = seen.state.episodes.get("failure_ratio")
+        if ep is None or ep.first_ms >= end_ms:
+            return False
+        return end_ms - ep.first_ms <= learning_pause_ms(seen.cfg)
 
     # Everything it learns is learned in `score` as intervals close: running it is scoring it,
     # one call fewer per event than `Detector.run`.

@@ -2,8 +2,17 @@
 
 One (machine, detector) has at most one open episode: findings within a cooldown of its last
 one update it (escalated when their severity rises, else at most one 'updated' state per
-`update_every_s`), and it is resolved once the machine's stream moves a cooldown past it, so
-one incident is one page. Storm control caps the pages of a store per event-time minute.
+`update_every_s`), and it is resolved once the machine's stream moves a cooldown past it.
+
+A machine's episodes that overlap in time are one incident (a failure spike and the retry
+burst it causes): an episode that opens while another of the machine is open joins its
+incident, and every state carries the incident's id. The incident pages once: its first state
+at page severity is a page and says `opened` (even when that alert opened below page severity
+earlier), and only a state that raises the incident's severity pages again. Every other
+state of the incident is evidence: not a page, and an alert that never paged is written at
+`low` severity at most (its score keeps what it found), so nothing that selects states by
+status and severity (a webhook, a chat rule) pages for it. Storm control caps the pages of a
+store per event-time minute.
 
 The episodes are part of the machine's state (`MachineState.episodes`); storm windows are
 kept per store in memory.
@@ -21,7 +30,14 @@ from typing import TYPE_CHECKING, Any
 from detectors.authenticity import HINT as SPOOFED_HINT
 from detectors.base import Finding
 from detectors.capacity import StormWindow
-from schemas.alert import SEVERITY_RANK, Alert, AlertControl, Scalar, severity_for
+from schemas.alert import (
+    PAGE_RANK,
+    SEVERITY_RANK,
+    Alert,
+    AlertControl,
+    Scalar,
+    severity_for,
+)
 from schemas.event import AuditEvent, format_rfc3339_ms
 
 if TYPE_CHECKING:
@@ -80,6 +96,13 @@ class Episode:
     expected: dict[str, Scalar] = field(default_factory=dict)
     # Alert states written so far: the next one's sequence number.
     states: int = 0
+    # The incident it belongs to (the alert_id of the incident's first episode).
+    incident_id: str = ""
+    # The highest severity (rank) this alert has paged at; -1: it never paged.
+    paged: int = -1
+    # The highest severity (rank) its incident has paged at, as this episode knows it; the
+    # incident's level is the highest of its open episodes'.
+    incident_paged: int = -1
 
     def to_list(self) -> list[Any]:
         return [
@@ -94,11 +117,20 @@ class Episode:
             self.observed,
             self.expected,
             self.states,
+            self.incident_id,
+            self.paged,
+            self.incident_paged,
         ]
 
     @classmethod
     def from_list(cls, v: list[Any]) -> Episode:
-        return cls(*v)
+        ep = cls(*v)
+        if len(v) <= 11:
+            # Written before incidents: its own incident, and one at page severity paged.
+            rank = SEVERITY_RANK[ep.severity]
+            ep.incident_id = ep.alert_id
+            ep.paged = ep.incident_paged = rank if rank >= PAGE_RANK else -1
+        return ep
 
 
 def with_baseline(cfg: DetectorConfig, f: Finding, state: MachineState) -> Finding:
@@ -157,15 +189,20 @@ class Incidents:
             ep.severity = severity if status == "escalated" else ep.severity
             ep.score = max(ep.score, f.score)
             ep.last_emit_ms = ts
+            status, shown = incident_view(state, ep, status)
             control = self.control(ep.alert_id) if self.control is not None else None
-            if status == "escalated" and control is not None and control.silenced:
+            if status in ("opened", "escalated") and control is not None and control.silenced:
                 # Acknowledged or snoozed: the higher severity is recorded, nobody is paged.
                 status = "updated"
             f = with_baseline(cfg, f, state)
             ep.observed, ep.expected = dict(f.observed), dict(f.expected)
-            return self.alert(event.machine_id, group, f.detector, status, ep, f, ts, control)
+            return self.alert(
+                event.machine_id, group, f.detector, status, ep, f, ts, control, shown
+            )
+        alert_id = self.alert_id(event.machine_id, f.detector, event.event_id)
+        incident_id, level = open_incident(state, ts - cfg.cooldown_s * 1000)
         ep = Episode(
-            alert_id=self.alert_id(event.machine_id, f.detector, event.event_id),
+            alert_id=alert_id,
             first_ms=ts,
             last_ms=ts,
             last_emit_ms=ts,
@@ -173,11 +210,14 @@ class Incidents:
             severity=severity,
             score=f.score,
             event_ids=[event.event_id],
+            incident_id=incident_id or alert_id,
+            incident_paged=level,
         )
         state.episodes[f.detector] = ep
+        status, shown = incident_view(state, ep, "opened")
         f = with_baseline(cfg, f, state)
         ep.observed, ep.expected = dict(f.observed), dict(f.expected)
-        return self.alert(event.machine_id, group, f.detector, "opened", ep, f, ts)
+        return self.alert(event.machine_id, group, f.detector, status, ep, f, ts, None, shown)
 
     def resolve_quiet(
         self,
@@ -197,6 +237,7 @@ class Incidents:
             if ts - ep.last_ms > cooldown and detector != keep:
                 del state.episodes[detector]
                 resolved_at = ep.last_ms + cooldown
+                _, shown = incident_view(state, ep, "resolved")
                 out.append(
                     self.alert(
                         machine_id,
@@ -226,6 +267,8 @@ class Incidents:
                             state,
                         ),
                         resolved_at,
+                        None,
+                        shown,
                     )
                 )
         return out
@@ -240,20 +283,29 @@ class Incidents:
         f: Finding,
         ts: int,
         control: AlertControl | None = None,
+        severity: str | None = None,
     ) -> Alert:
+        """The alert state; `severity` is the one to write when not the episode's own (an
+        incident's evidence, see `incident_view`)."""
         if control is None and status != "opened" and self.control is not None:
             control = self.control(ep.alert_id)
         ep.states += 1
+        summary = f.summary
+        if severity is not None and severity != ep.severity:
+            summary = (
+                f"(evidence of incident {ep.incident_id}, which has paged; "
+                f"{ep.severity} on its own) {summary}"
+            )
         return Alert(
             alert_id=ep.alert_id,
             status=status,
             machine_id=machine_id,
             group=group,
             detector=detector,
-            severity=ep.severity,
+            severity=severity or ep.severity,
             score=round(max(ep.score, f.score) if status != "resolved" else ep.score, 1),
             event_time=format_rfc3339_ms(ts),
-            summary=f.summary,
+            summary=summary,
             observed=f.observed,
             expected=f.expected,
             event_ids=list(ep.event_ids),
@@ -265,7 +317,63 @@ class Incidents:
             sequence=ep.states,
             acknowledged_by=control.acknowledged_by if control is not None else None,
             snoozed_until=control.snoozed_until if control is not None else None,
+            incident_id=ep.incident_id or ep.alert_id,
         )
+
+
+# What an incident's evidence is written at when it never paged: below a page, so whatever
+# selects alert states by status and severity does not page for it.
+EVIDENCE_SEVERITY = "low"
+
+
+def open_incident(state: MachineState, since_ms: int) -> tuple[str, int]:
+    """The incident of the machine's episodes open since `since_ms` (the one opened first) and
+    the highest severity rank it has paged at; ("", -1) when none is open."""
+    first: Episode | None = None
+    for ep in state.episodes.values():
+        if ep.last_ms >= since_ms and (first is None or ep.first_ms < first.first_ms):
+            first = ep
+    if first is None:
+        return "", -1
+    incident = first.incident_id or first.alert_id
+    level = max(
+        ep.incident_paged
+        for ep in state.episodes.values()
+        if (ep.incident_id or ep.alert_id) == incident
+    )
+    return incident, level
+
+
+def incident_view(state: MachineState, ep: Episode, status: str) -> tuple[str, str]:
+    """The status and severity to write for `ep`'s next state, `status` being what its own
+    episode says. A state at page severity that raises its incident's paged level pages: as
+    `opened` when its alert has not paged before (the first state on-call sees of an alert is
+    always `opened`), else `escalated`. Any other would-be page is the incident's evidence:
+    an escalation that raises nothing is an update, and an alert that never paged is written
+    at `EVIDENCE_SEVERITY`."""
+    rank = SEVERITY_RANK[ep.severity]
+    incident = ep.incident_id or ep.alert_id
+    if status in ("opened", "escalated") and rank >= PAGE_RANK:
+        level = max(
+            (
+                e.incident_paged
+                for e in state.episodes.values()
+                if (e.incident_id or e.alert_id) == incident
+            ),
+            default=-1,
+        )
+        if rank > max(level, ep.incident_paged):
+            status = "opened" if ep.paged < 0 else "escalated"
+            ep.paged = ep.incident_paged = rank
+            for e in state.episodes.values():
+                if (e.incident_id or e.alert_id) == incident:
+                    e.incident_paged = max(e.incident_paged, rank)
+            return status, ep.severity
+        if status == "escalated":
+            status = "updated"
+    if ep.paged < 0 and rank >= PAGE_RANK:
+        return status, EVIDENCE_SEVERITY
+    return status, ep.severity
 
 
 class StormControl:

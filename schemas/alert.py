@@ -53,6 +53,10 @@ class Alert:
     sequence: int | None = None
     acknowledged_by: str | None = None
     snoozed_until: str | None = None
+    # The incident the alert belongs to: the alert_id of the incident's first alert (its own
+    # for that one). Findings of one machine that overlap in time are one incident, which
+    # pages once; the others are its evidence. None for alerts outside any incident (storm).
+    incident_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -82,6 +86,7 @@ class Alert:
             "sequence": self.sequence,
             "acknowledged_by": self.acknowledged_by,
             "snoozed_until": self.snoozed_until,
+            "incident_id": self.incident_id,
         }
         return out
 
@@ -107,6 +112,7 @@ _OPTIONAL_STATE_TYPES: dict[str, tuple[type, ...]] = {
     "hint": (str,),
     "acknowledged_by": (str,),
     "snoozed_until": (str,),
+    "incident_id": (str,),
     "repeat_count": (int,),
     "sequence": (int,),
 }

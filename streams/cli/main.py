@@ -487,6 +487,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _of_incident(a: dict[str, Any]) -> str:
+    """' of incident <id>' for an incident's evidence (its own alert leads its incident)."""
+    incident = a.get("incident_id")
+    return f" of incident {incident}" if incident and incident != a["alert_id"] else ""
+
+
 def format_alert_row(a: dict[str, Any], oncall: str = "") -> list[str]:
     return [
         a["event_time"].replace("T", " ")[:19],
@@ -496,7 +502,7 @@ def format_alert_row(a: dict[str, Any], oncall: str = "") -> list[str]:
         a["detector"],
         f"{a['score']:.0f}",
         a["summary"],
-        a["alert_id"],
+        a["alert_id"] + _of_incident(a),
         oncall,
     ]
 
@@ -674,6 +680,7 @@ def _alert_line(a: dict[str, Any], oncall: str = "") -> str:
     style = _STYLE.get(sev)
     # Whoever is paged needs the first step too; a resolved state asks for nothing.
     hint = a.get("hint") if a["status"] != "resolved" else None
+    ids_tail = f" ({oncall})" if oncall else ""
     return (
         (f"[{style}]{level}[/]" if style else level)
         + " "
@@ -681,7 +688,7 @@ def _alert_line(a: dict[str, Any], oncall: str = "") -> str:
             f"{a['event_time'][:19].replace('T', ' ')} UTC {a['status']:9} {a['detector']:13} "
             f"{a['machine_id']}: {a['summary']} " + (f"what to check: {hint} " if hint else "")
         )
-        + f"[dim]{escape(str(a['alert_id']) + (' (' + oncall + ')' if oncall else ''))}[/]"
+        + f"[dim]{escape(str(a['alert_id']) + _of_incident(a) + ids_tail)}[/]"
     )
 
 

@@ -104,7 +104,9 @@ def slack_text(a: dict[str, Any]) -> str:
         lines.append(f"snoozed until {a['snoozed_until']}")
     if a.get("hint") and a["status"] != "resolved":
         lines.append(f"what to check: {a['hint']}")
-    lines.append(f"alert `{a['alert_id']}` (config {a.get('config_version')})")
+    incident = a.get("incident_id")
+    part_of = f", incident `{incident}`" if incident and incident != a["alert_id"] else ""
+    lines.append(f"alert `{a['alert_id']}`{part_of} (config {a.get('config_version')})")
     return "\n".join(lines)
 
 
