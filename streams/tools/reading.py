@@ -14,7 +14,7 @@ from streams.ops.config import Config
 from streams.ops.topics import TopicAuthorizationError
 
 
-def _consumer(cfg: Config, isolation: str, group_prefix: str) -> Consumer:
+def _consumer(cfg: Config, isolation: str, group_prefix: str = "auditwatch-reader-") -> Consumer:
     return Consumer(
         {
             **cfg.kafka.client_config(),
