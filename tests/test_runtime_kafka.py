@@ -384,6 +384,7 @@ def startup_timeline(log: Path) -> str:
     return "\n".join(lines)
 
 
+@pytest.mark.serial  # resumes within 10 s: measured alone
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("guarantee", GUARANTEES)
 def test_sigkilled_worker_restarts_on_its_state_within_seconds(

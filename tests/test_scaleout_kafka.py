@@ -594,6 +594,7 @@ def test_survivor_takes_over_a_sigkilled_worker(
 # ---------------------------------------------------------------- 2. the broker restarts
 
 
+@pytest.mark.serial  # samples the worker's pace around the restart: measured alone
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("guarantee", ["at-least-once", "exactly-once"])
 def test_worker_rides_out_a_broker_restart(
