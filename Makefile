@@ -19,8 +19,13 @@ demo: $(STAMP)
 	$(VENV)/bin/auditwatch demo
 
 # Uses $$AUDITWATCH_BOOTSTRAP or the local broker, starting (and then stopping) one if needed.
+# Three processes (pytest-xdist; worksteal: a worker that runs out takes queued tests from the
+# others): most Kafka tests wait on the broker or on workers they start, not on this CPU. Tests
+# marked `serial` (they bound wall-clock time) run after, alone. Exit status: the first failure.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 3 --dist worksteal -m 'not serial'; parallel=$$?; \
+	$(PY) -m pytest -q -m serial; serial=$$?; \
+	if [ $$parallel -ne 0 ]; then exit $$parallel; fi; exit $$serial
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -41,6 +42,50 @@ def wait_until(
         time.sleep(interval)
 
 
+def _xdist_worker() -> bool:
+    """Whether this process is one of several pytest-xdist workers. Its session ends before
+    the others' do, so it must not stop a broker it started: the controller does that (see
+    pytest_unconfigure). kafka_local starts a broker under a lock, so the first worker to
+    need one starts it and the others reuse it."""
+    return "PYTEST_XDIST_WORKER" in os.environ
+
+
+def _xdist_controller(config: pytest.Config) -> bool:
+    return bool(config.getoption("numprocesses", None)) and not hasattr(config, "workerinput")
+
+
+_ENV_OF = {False: "AUDITWATCH_BOOTSTRAP", True: "AUDITWATCH_SECURE_BOOTSTRAP"}
+_RUNNING_BEFORE = pytest.StashKey[dict[bool, bool]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if _xdist_controller(config):
+        from streams.ops import kafka_local
+
+        config.stash[_RUNNING_BEFORE] = {
+            secure: bool(os.environ.get(var)) or kafka_local.status(secure=secure) is not None
+            for secure, var in _ENV_OF.items()
+        }
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The controller of an xdist run stops the local brokers its workers started."""
+    before = config.stash.get(_RUNNING_BEFORE, None)
+    if before is None:
+        return
+    from streams.ops import kafka_local
+
+    for secure, was_running in before.items():
+        if not was_running and kafka_local.status(secure=secure) is not None:
+            kafka_local.stop(secure=secure)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow tests first (a stable sort: every xdist worker collects the same order), so that
+    a minutes-long test does not start last and leave the other workers idle at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def bootstrap() -> Iterator[str]:
     env = os.environ.get("AUDITWATCH_BOOTSTRAP")
@@ -53,7 +98,12 @@ def bootstrap() -> Iterator[str]:
     if running:
         yield running
         return
-    address = kafka_local.start()
+    # A JVM starting next to a loaded test run (several xdist workers) may need more than
+    # kafka_local's default 90 s; a fixture that gives up fails every test of that worker.
+    address = kafka_local.start(timeout=240)
+    if _xdist_worker():
+        yield address
+        return
     try:
         yield address
     finally:
@@ -190,11 +240,62 @@ def secure_broker() -> Iterator[SecureBroker]:
     if running:
         yield _secure_broker_of(running)
         return
-    address = kafka_local.start(secure=True)
+    address = kafka_local.start(secure=True, timeout=240)
+    if _xdist_worker():
+        yield _secure_broker_of(address)
+        return
     try:
         yield _secure_broker_of(address)
     finally:
         kafka_local.stop(secure=True)
+
+
+def free_port() -> int:
+    from streams.ops import kafka_local
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((kafka_local.HOST, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def private_broker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A broker of this test's own (own run dir, own fixed port), so that stopping or
+    restarting it disturbs no other test running at the same time. Stopped at the end
+    whatever happens."""
+    from streams.ops import kafka_local
+
+    # A fixed port: clients must find the restarted broker where they left it, and the
+    # shared broker's 9092 must not be taken by accident.
+    monkeypatch.setenv("AUDITWATCH_RUN_DIR", str(tmp_path / "broker"))
+    plaintext_only(monkeypatch)
+    monkeypatch.setenv("AUDITWATCH_KAFKA_PORT", str(free_port()))
+    try:
+        bootstrap = kafka_local.start(timeout=90)
+        hand_out_a_producer_id(bootstrap)
+        yield bootstrap
+    finally:
+        kafka_local.stop(timeout=30)
+
+
+def hand_out_a_producer_id(bootstrap: str) -> None:
+    """Have a new broker hand out its first producer id. Until it has a block of them from
+    its controller it answers "coordinator load in progress", and meanwhile an at-least-once
+    worker goes on reading, its idempotent producer holding the archive records back: the
+    worker's progress would then show all at once instead of step by step. (An exactly-once
+    worker waits for its producer id before it reads.)"""
+    from confluent_kafka import Producer
+
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "transactional.id": f"private-broker-warm-up-{uuid.uuid4().hex[:8]}",
+            "log_level": 2,
+        }
+    )
+    producer.init_transactions(60)
+    producer.flush(10)
 
 
 class Stack:

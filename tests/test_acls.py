@@ -147,12 +147,13 @@ def test_the_group_acls_name_the_groups_the_code_uses(monkeypatch: pytest.Monkey
     cfg = Config()
     group = _group_id_of(monkeypatch, reading, lambda: reading._consumer(cfg, "read_committed"))
     assert group.startswith(READER_GROUP_PREFIX)
-    # These two import Consumer inside the function that makes it.
+    # This one imports Consumer inside the function that makes it.
     group = _group_id_of(monkeypatch, confluent_kafka, lambda: compliance._consumer(cfg))
     assert group.startswith(COMPLIANCE_GROUP_PREFIX)
+    # The digest reads through streams.tools.reading with a prefix of its own.
     group = _group_id_of(
         monkeypatch,
-        confluent_kafka,
+        reading,
         lambda: next(iter(digest.scan_topic(cfg, "t", None, digest.Progress(None)))),
     )
     assert group.startswith(DIGEST_GROUP_PREFIX)

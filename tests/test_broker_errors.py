@@ -24,6 +24,10 @@ from streams.ops.logs import LibrdkafkaFilter
 from tests.conftest import ROOT, Stack, wait_until
 from tests.test_control_kafka import Forwarder
 
+# Bounds of seconds on a CLI that starts, fails and exits: measured alone (`make test`'s
+# serial pass), not next to two other test processes.
+pytestmark = pytest.mark.serial
+
 DEAD = "127.0.0.1:1"  # port 1: nothing listens, the connection is refused at once
 
 ONE_SHOT = [

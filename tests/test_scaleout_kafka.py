@@ -17,20 +17,19 @@ from __future__ import annotations
 
 import io
 import signal
-import socket
 import subprocess
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from schemas.alert import PAGE_RANK, SEVERITY_RANK
@@ -40,7 +39,7 @@ from streams.ops.config import KafkaSettings
 from streams.processor import KEY_SEP, event_id_of
 from streams.runtime.routing import murmur2_partition
 from streams.tools.replay import replay
-from tests.conftest import Stack, plaintext_only, wait_until
+from tests.conftest import Stack, wait_until
 from tests.test_metrics_kafka import scrape, value, worker_url
 from tests.traffic import BASE_MS, fan_out
 
@@ -595,47 +594,7 @@ def test_survivor_takes_over_a_sigkilled_worker(
 # ---------------------------------------------------------------- 2. the broker restarts
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((kafka_local.HOST, 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-@pytest.fixture
-def private_broker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A broker of this test's own (own run dir, own fixed port), so that restarting it
-    disturbs no other test. Stopped at the end whatever happens."""
-    # A fixed port: clients must find the restarted broker where they left it, and the
-    # shared broker's 9092 must not be taken by accident.
-    monkeypatch.setenv("AUDITWATCH_RUN_DIR", str(tmp_path / "broker"))
-    plaintext_only(monkeypatch)
-    monkeypatch.setenv("AUDITWATCH_KAFKA_PORT", str(free_port()))
-    try:
-        bootstrap = kafka_local.start(timeout=90)
-        hand_out_a_producer_id(bootstrap)
-        yield bootstrap
-    finally:
-        kafka_local.stop(timeout=30)
-
-
-def hand_out_a_producer_id(bootstrap: str) -> None:
-    """Have a new broker hand out its first producer id. Until it has a block of them from
-    its controller it answers "coordinator load in progress", and meanwhile an at-least-once
-    worker goes on reading, its idempotent producer holding the archive records back: the
-    worker's progress would then show all at once instead of step by step. (An exactly-once
-    worker waits for its producer id before it reads.)"""
-    producer = Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            "transactional.id": f"scaleout-warm-up-{uuid.uuid4().hex[:8]}",
-            "log_level": 2,
-        }
-    )
-    producer.init_transactions(60)
-    producer.flush(10)
-
-
+@pytest.mark.serial  # samples the worker's pace around the restart: measured alone
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("guarantee", ["at-least-once", "exactly-once"])
 def test_worker_rides_out_a_broker_restart(

@@ -51,10 +51,20 @@ def run(
 # A small bound and frequent flushes: states are dropped and read back from the stores often,
 # as on a worker with more machines than its bound. No flush until the end: the stores hold
 # nothing the working copy changed, so any read that bypasses it shows.
-@pytest.mark.parametrize("flush_every", [97, 10**9])
-def test_working_copy_pages_and_stores_exactly_as_writing_through(flush_every: int) -> None:
+@pytest.fixture(scope="module")
+def written_through() -> tuple[list[AuditEvent], list[bytes], PartitionedDetection]:
+    """The events and the reference run (every state written through), which do not depend
+    on the flush interval: made once for both of them."""
     evs = events()
     through, plain = run(evs, working_copy=0)
+    return evs, through, plain
+
+
+@pytest.mark.parametrize("flush_every", [97, 10**9])
+def test_working_copy_pages_and_stores_exactly_as_writing_through(
+    flush_every: int, written_through: tuple[list[AuditEvent], list[bytes], PartitionedDetection]
+) -> None:
+    evs, through, plain = written_through
     kept, live = run(evs, working_copy=5, flush_every=flush_every)
     assert kept == through
     detectors = Counter(a.split(b'"detector":"')[1].split(b'"')[0] for a in through)

@@ -36,7 +36,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -192,68 +191,24 @@ def scan_topic(
     """The messages of `topic` from the first one written at or after `from_ms` (all of them
     for None) to the end offsets seen when reading starts, partition by partition as they
     come (read_committed)."""
-    from confluent_kafka import Consumer, KafkaError, TopicPartition
+    from streams.tools.reading import read_range
 
-    from streams.tools.reading import topic_metadata
-
-    consumer = Consumer(
-        {
-            **cfg.kafka.client_config(),
-            # A throwaway group: never commits, never joins the processor's group.
-            "group.id": f"auditwatch-digest-{uuid.uuid4().hex[:12]}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "isolation.level": "read_committed",
-            "enable.partition.eof": True,
-        }
-    )
     done = 0
     try:
-        deadline = time.monotonic() + timeout
-        parts = sorted(topic_metadata(consumer, topic, deadline).partitions)
-        found: dict[int, int] = {}
-        if from_ms is not None:
-            asked = [TopicPartition(topic, p, max(from_ms, 0)) for p in parts]
-            for tp in consumer.offsets_for_times(asked, timeout=timeout):
-                found[tp.partition] = tp.offset  # -1: nothing written that late
-        starts: dict[int, int] = {}
-        ends: dict[int, int] = {}
-        for p in parts:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
-            start = found.get(p, low)
-            start = high if start < 0 else max(start, low)
-            if start < high:
-                starts[p], ends[p] = start, high
-        progress.begin(topic, sum(ends[p] - starts[p] for p in ends))
-        if not ends:
-            return
-        consumer.assign([TopicPartition(topic, p, starts[p]) for p in ends])
-        deadline = time.monotonic() + timeout
-        while ends:
-            batch = consumer.consume(num_messages=2000, timeout=0.5)
-            if not batch and time.monotonic() > deadline:
-                raise TimeoutError(f"reading {topic} did not reach its end offsets {ends}")
-            for msg in batch:
-                p = msg.partition()
-                if msg.error() is not None:
-                    if msg.error().code() == KafkaError._PARTITION_EOF:
-                        # read_committed: the last offsets may be transaction markers, never
-                        # delivered; the end of the partition means it is done.
-                        if p in ends and msg.offset() >= ends[p]:
-                            del ends[p]
-                        continue
-                    raise RuntimeError(f"reading {topic}: {msg.error()}")
-                deadline = time.monotonic() + timeout
-                if p not in ends or msg.offset() >= ends[p]:
-                    continue
-                if msg.offset() + 1 >= ends[p]:
-                    del ends[p]
-                done += 1
-                yield msg
+        for msg in read_range(
+            cfg,
+            topic,
+            from_ms=from_ms,
+            timeout=timeout,
+            group_prefix="auditwatch-digest-",
+            batch=2000,
+            on_start=lambda _skipped, total: progress.begin(topic, total),
+        ):
+            done += 1
+            yield msg
             progress.update(done)
     finally:
         progress.end(done)
-        consumer.close()
 
 
 def archive_slack_ms(cfg: Config) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
@@ -14,12 +14,13 @@ from streams.ops.config import Config
 from streams.ops.topics import TopicAuthorizationError
 
 
-def _consumer(cfg: Config, isolation: str) -> Consumer:
+def _consumer(cfg: Config, isolation: str, group_prefix: str = "auditwatch-reader-") -> Consumer:
     return Consumer(
         {
             **cfg.kafka.client_config(),
             # A throwaway group: readers never commit, and never disturb the processor's group.
-            "group.id": f"auditwatch-reader-{uuid.uuid4().hex[:12]}",
+            # Each tool keeps its own prefix: `auditwatch acls` grants them by prefix.
+            "group.id": f"{group_prefix}{uuid.uuid4().hex[:12]}",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "isolation.level": isolation,
@@ -28,24 +29,17 @@ def _consumer(cfg: Config, isolation: str) -> Consumer:
     )
 
 
-def _end_offsets(
-    consumer: Consumer, parts: list[TopicPartition], deadline: float
-) -> dict[int, int]:
-    """High watermarks of the non-empty partitions. A topic created a moment ago may not have
-    its partition leaders yet, so transient errors are retried until the deadline."""
-    ends: dict[int, int] = {}
-    for tp in parts:
-        while True:
-            try:
-                low, high = consumer.get_watermark_offsets(tp, timeout=5.0)
-                break
-            except KafkaException:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-        if high > low:
-            ends[tp.partition] = high
-    return ends
+def _watermarks(consumer: Consumer, tp: TopicPartition, deadline: float) -> tuple[int, int]:
+    """A partition's low and high watermarks. A topic created a moment ago may not have its
+    partition leaders yet, so transient errors are retried until the deadline."""
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(tp, timeout=5.0)
+            return low, high
+        except KafkaException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def topic_metadata(consumer: Any, topic: str, deadline: float, cfg: Config | None = None) -> Any:
@@ -71,6 +65,101 @@ def topic_metadata(consumer: Any, topic: str, deadline: float, cfg: Config | Non
         time.sleep(0.2)
 
 
+def read_range(
+    cfg: Config,
+    topic: str,
+    *,
+    from_ms: int | None = None,
+    stop_after_ms: int | None = None,
+    follow: bool = False,
+    isolation: str = "read_committed",
+    timeout: float = 30.0,
+    stop: threading.Event | None = None,
+    group_prefix: str = "auditwatch-reader-",
+    batch: int = 1,
+    on_start: Callable[[int, int], None] | None = None,
+    on_stopped_early: Callable[[int], None] | None = None,
+) -> Iterator[Any]:
+    """Yield the messages of `topic`, each partition from its first record written at or
+    after `from_ms` (Kafka's time index; None: from the beginning) to the end offset it had
+    when reading started (read_committed: only committed transactions count), partitions
+    interleaved as they come. With `follow` there is no end: every partition from the
+    beginning, until `stop` is set.
+
+    `stop_after_ms` ends a partition early at its first record written after it (the record
+    is not yielded, the partition is paused); `on_stopped_early(n)` is told the n records of
+    the range it leaves unread. `on_start(skipped, total)` is told, before the first
+    message, the records before the starts and the number in the range. `batch` > 1 fetches
+    that many at a time (faster for a long range, but a quiet topic waits out the 0.5 s
+    poll; not for `follow`). A range with no message for `timeout` s raises TimeoutError."""
+    consumer = _consumer(cfg, isolation, group_prefix)
+    try:
+        deadline = time.monotonic() + timeout
+        parts = sorted(topic_metadata(consumer, topic, deadline, cfg).partitions)
+        if follow:
+            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        found: dict[int, int] = {}
+        if from_ms is not None and not follow:
+            # A negative time asks offsets_for_times for the log end (-1) or start (-2).
+            asked = [TopicPartition(topic, p, max(from_ms, 0)) for p in parts]
+            for tp in consumer.offsets_for_times(asked, timeout=timeout):
+                found[tp.partition] = tp.offset  # -1: nothing written that late
+        starts: dict[int, int] = {}
+        ends: dict[int, int] = {}  # partition -> end offset, while it has records left to read
+        skipped = 0
+        for p in [] if follow else parts:
+            low, high = _watermarks(consumer, TopicPartition(topic, p), deadline)
+            start = found.get(p, low)
+            start = high if start < 0 else max(start, low)
+            skipped += start - low
+            if start < high:
+                starts[p], ends[p] = start, high
+        if on_start is not None:
+            on_start(skipped, sum(ends[p] - starts[p] for p in ends))
+        if not follow:
+            if not ends:
+                return
+            consumer.assign([TopicPartition(topic, p, starts[p]) for p in ends])
+        deadline = time.monotonic() + timeout
+        while (follow or ends) and not (stop is not None and stop.is_set()):
+            if batch > 1:
+                msgs = consumer.consume(num_messages=batch, timeout=0.5)
+            else:
+                msg = consumer.poll(0.5)
+                msgs = [] if msg is None else [msg]
+            if not msgs:
+                if not follow and time.monotonic() > deadline:
+                    raise TimeoutError(f"reading {topic} did not reach its end offsets {ends}")
+                continue
+            for msg in msgs:
+                p = msg.partition()
+                if msg.error() is not None:
+                    if msg.error().code() == KafkaError._PARTITION_EOF:
+                        # With read_committed the last offsets may be transaction markers
+                        # that are never delivered: reaching EOF means the partition is done.
+                        if p in ends and msg.offset() >= ends[p]:
+                            del ends[p]
+                        continue
+                    raise RuntimeError(f"reading {topic}: {msg.error()}")
+                deadline = time.monotonic() + timeout
+                if follow:
+                    yield msg
+                    continue
+                if p not in ends or msg.offset() >= ends[p]:
+                    continue
+                if stop_after_ms is not None and msg.timestamp()[1] > stop_after_ms:
+                    left = ends.pop(p) - msg.offset()
+                    consumer.pause([TopicPartition(topic, p)])
+                    if on_stopped_early is not None:
+                        on_stopped_early(left)
+                    continue
+                if msg.offset() + 1 >= ends[p]:
+                    del ends[p]
+                yield msg
+    finally:
+        consumer.close()
+
+
 def read_topic(
     cfg: Config,
     topic: str,
@@ -82,35 +171,7 @@ def read_topic(
 ) -> Iterator[Any]:
     """Yield every message of `topic` from the beginning. Without `follow`, stop at the end
     offsets seen when reading started (read_committed: only committed transactions count)."""
-    consumer = _consumer(cfg, isolation)
-    try:
-        deadline = time.monotonic() + timeout
-        meta = topic_metadata(consumer, topic, deadline, cfg)
-        parts = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions]
-        ends = {} if follow else _end_offsets(consumer, parts, deadline)
-        consumer.assign(parts)
-        while (follow or ends) and not (stop is not None and stop.is_set()):
-            msg = consumer.poll(0.5)
-            if msg is None:
-                if not follow and time.monotonic() > deadline:
-                    raise TimeoutError(f"reading {topic} did not reach its end offsets {ends}")
-                continue
-            if msg.error() is not None:
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    # With read_committed the last offsets may be transaction markers that
-                    # are never delivered: reaching EOF means the partition is done.
-                    if msg.offset() >= ends.get(msg.partition(), 0):
-                        ends.pop(msg.partition(), None)
-                    continue
-                raise RuntimeError(f"reading {topic}: {msg.error()}")
-            deadline = time.monotonic() + timeout
-            if not follow and msg.offset() >= ends.get(msg.partition(), -1):
-                continue
-            yield msg
-            if not follow and msg.offset() + 1 >= ends.get(msg.partition(), 0):
-                ends.pop(msg.partition(), None)
-    finally:
-        consumer.close()
+    return read_range(cfg, topic, follow=follow, isolation=isolation, timeout=timeout, stop=stop)
 
 
 _TRANSIENT = {

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
@@ -20,7 +19,7 @@ from schemas.codec import encode_event_avro
 from schemas.event import AuditEvent, event_from_mapping
 from streams.ops.config import Config
 from streams.processor import MemoryStore, Processor
-from streams.tools.reading import topic_metadata
+from streams.tools.reading import read_range, topic_metadata
 
 
 @dataclass
@@ -84,86 +83,40 @@ def events_from_archive(
     backfill of old logs) is left out unless `slack_ms` is raised. `stats.not_read` counts
     the records skipped at both ends. Progress goes to `progress` when it is a terminal
     (rich's bar); None silences it."""
-    from confluent_kafka import Consumer, KafkaError, TopicPartition
-
     from schemas.codec import decode_wire
 
     slack = archive_slack_ms(cfg) if slack_ms is None else slack_ms
     if slack < 0:
         raise ValueError(f"the archive slack must be 0 or more, not {slack} ms")
-    topic = cfg.topics.archive
-    consumer = Consumer(
-        {
-            **cfg.kafka.client_config(),
-            # A throwaway group: this reader never commits and never joins the processor's.
-            "group.id": f"auditwatch-archive-reader-{uuid.uuid4().hex[:12]}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "isolation.level": "read_committed",
-            "enable.partition.eof": True,
-        }
-    )
     bar = _ArchiveProgress(progress)
     done = 0  # records read or passed over since the seek: the progress bar's count
+
+    def started(skipped: int, total: int) -> None:
+        stats.not_read += skipped
+        bar.begin(total)
+
+    def stopped_early(left: int) -> None:
+        # Archived after until + slack: that partition has nothing more of the range.
+        nonlocal done
+        stats.not_read += left
+        done += left
+        bar.advance(done)
+
     try:
-        deadline = time.monotonic() + timeout
-        meta = topic_metadata(consumer, topic, deadline)
-        parts = sorted(meta.partitions)
-        found: dict[int, int] = {}
-        if since_ms is not None:
-            for tp in consumer.offsets_for_times(
-                [TopicPartition(topic, p, since_ms - slack) for p in parts], timeout=timeout
-            ):
-                # Offset -1: nothing archived that late, so nothing of the range there.
-                found[tp.partition] = tp.offset
-        starts: dict[int, int] = {}
-        ends: dict[int, int] = {}  # partition -> end offset, while it still has records to read
-        for p in parts:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
-            start = found.get(p, low)
-            start = high if start < 0 else max(start, low)
-            stats.not_read += start - low
-            if start < high:
-                starts[p], ends[p] = start, high
-        bar.begin(sum(ends[p] - starts[p] for p in ends))
-        if not ends:
-            return []
-        consumer.assign([TopicPartition(topic, p, starts[p]) for p in ends])
-        stop_ms = None if until_ms is None else until_ms + slack
         seen: set[str] = set()
         found_events: list[tuple[int, str, int, int, AuditEvent]] = []
-        deadline = time.monotonic() + timeout
-        while ends:
-            msg = consumer.poll(0.5)
-            if msg is None:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"reading {topic} did not reach its end offsets {ends}")
-                continue
-            p = msg.partition()
-            if msg.error() is not None:
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    # read_committed: the last offsets may be transaction markers, never
-                    # delivered; the end of the partition means it is done.
-                    if p in ends and msg.offset() >= ends[p]:
-                        del ends[p]
-                    continue
-                raise RuntimeError(f"reading {topic}: {msg.error()}")
-            deadline = time.monotonic() + timeout
-            if p not in ends or msg.offset() >= ends[p]:
-                continue
-            _, archived_ms = msg.timestamp()
-            if stop_ms is not None and archived_ms > stop_ms:
-                # Archived after until + slack: this partition has nothing more of the range.
-                left = ends.pop(p) - msg.offset()
-                stats.not_read += left
-                done += left
-                consumer.pause([TopicPartition(topic, p)])
-                bar.advance(done)
-                continue
+        for msg in read_range(
+            cfg,
+            cfg.topics.archive,
+            from_ms=None if since_ms is None else since_ms - slack,
+            stop_after_ms=None if until_ms is None else until_ms + slack,
+            timeout=timeout,
+            group_prefix="auditwatch-archive-reader-",
+            on_start=started,
+            on_stopped_early=stopped_early,
+        ):
             stats.read += 1
             done += 1
-            if msg.offset() + 1 >= ends[p]:
-                del ends[p]
             if done % PROGRESS_EVERY == 0:
                 bar.advance(done)
             archived = decode_wire(msg.value(), "archive_record")
@@ -193,7 +146,6 @@ def events_from_archive(
         return [f[4] for f in found_events]
     finally:
         bar.end(done)
-        consumer.close()
 
 
 def _or(value: int | None) -> int:
