@@ -24,8 +24,15 @@ class MachineIndex:
     last_seen: OrderedDict[str, int] = field(default_factory=OrderedDict)
 
     def touch(self, machine: str, ts_ms: int) -> None:
-        self.last_seen[machine] = max(ts_ms, self.last_seen.get(machine, ts_ms))
-        self.last_seen.move_to_end(machine)
+        seen = self.last_seen
+        last = seen.get(machine)
+        if last is None:
+            seen[machine] = ts_ms  # a new key goes to the end already
+            return
+        # A late event must not make the machine look idle for longer than it is.
+        if ts_ms > last:
+            seen[machine] = ts_ms
+        seen.move_to_end(machine)
 
     def over(self, limit: int) -> list[str]:
         """Machines to evict so that at most `limit` remain."""

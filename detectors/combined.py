@@ -20,8 +20,10 @@ import math
 import zlib
 from collections import OrderedDict
 from collections.abc import Hashable
+from copy import copy
 from dataclasses import dataclass, replace
 from operator import attrgetter
+from random import Random
 from typing import Any
 
 import numpy as np
@@ -76,19 +78,46 @@ def features(
     }
 
 
-class _Model:
-    """A river HalfSpaceTrees whose learned masses round-trip through bytes."""
+def _twin(node: Any, twins: dict[int, Any]) -> Any:
+    """A copy of a river tree node and everything below it (`twins`: original id -> copy)."""
+    twin = object.__new__(type(node))
+    attrs = twin.__dict__
+    attrs.update(node.__dict__)
+    children = attrs.get("children")
+    if children is not None:
+        attrs["children"] = tuple(_twin(c, twins) for c in children)
+    twins[id(node)] = twin
+    return twin
 
-    def __init__(self, p: CombinedParams) -> None:
-        self.hst = HalfSpaceTrees(
-            n_trees=p.n_trees,
-            height=p.height,
-            window_size=p.window_size,
-            limits=dict(_LIMITS),
-            seed=p.seed,
-        )
-        # The trees are built on the first learn_one; build them now so masses can be loaded.
-        self.hst.learn_one(dict.fromkeys(FEATURES, 0.5))
+
+class _Model:
+    """A river HalfSpaceTrees whose learned masses round-trip through bytes. `like`: a model
+    of the same parameters whose trees are copied rather than drawn again (the same seed and
+    limits draw the same trees; copying them costs a fraction of drawing them, and a worker
+    meets a group it has no model for yet on many of its first windows)."""
+
+    def __init__(self, p: CombinedParams, like: _Model | None = None) -> None:
+        if like is None:
+            self.hst = HalfSpaceTrees(
+                n_trees=p.n_trees,
+                height=p.height,
+                window_size=p.window_size,
+                limits=dict(_LIMITS),
+                seed=p.seed,
+            )
+            # The trees are built on the first learn_one; build them now so masses can be
+            # loaded.
+            self.hst.learn_one(dict.fromkeys(FEATURES, 0.5))
+        else:
+            src = like.hst
+            hst = self.hst = object.__new__(HalfSpaceTrees)
+            hst.__dict__.update(src.__dict__)
+            hst.limits = copy(src.limits)
+            hst.rng = Random()
+            hst.rng.setstate(src.rng.getstate())
+            twins: dict[int, Any] = {}
+            hst.trees = [_twin(t, twins) for t in src.trees]
+            hst._tree_nodes = [[twins[id(n)] for n in nodes] for nodes in src._tree_nodes]
         self.nodes = [node for nodes in self.hst._tree_nodes for node in nodes]
         self.learned = 0
         self.narrow = p.window_size <= 255
@@ -151,6 +180,7 @@ class CombinedModels:
         self.cache_size = cache_size
         self._cache: OrderedDict[str, tuple[bytes | None, _Model]] = OrderedDict()
         self._spare: _Model | None = None
+        self._template: _Model | None = None
 
     def _model(self, group: str, blob: bytes | None) -> _Model:
         hit = self._cache.get(group)
@@ -160,8 +190,14 @@ class CombinedModels:
                 return hit[1]
             model = hit[1]
         else:
-            # Building the trees costs milliseconds; evicted models are reused.
-            model = self._spare or _Model(self.params)
+            # Building the trees costs milliseconds; evicted models are reused, and new ones
+            # copy the trees of the first.
+            spare = self._spare
+            if spare is None:
+                if self._template is None:
+                    self._template = _Model(self.params)
+                spare = _Model(self.params, self._template)
+            model = spare
             self._spare = None
         model.load(blob)
         self._cache[group] = (blob, model)

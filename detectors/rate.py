@@ -270,8 +270,11 @@ class _Model:
             self.gmean,
             self.gvar,
         ]
-        for v, k in zip(self.prof, self.prof_n, strict=True):
-            out += (v, k)
+        # Per slot (value, observations), interleaved by slice assignment: a worker dumps
+        # every changed machine's model at each commit.
+        out += self.prof * 2
+        out[10::2] = self.prof
+        out[11::2] = self.prof_n  # (a count of another length raises, as zip(strict) did)
         out += self.dow
         return out
 
@@ -404,7 +407,9 @@ class _Model:
             # The profile learns the value itself, clipped at a few of the series' standard
             # deviations, on its own clock: `profile_days` of memory, starting from
             # `profile_prior_days` of weight on its first value.
-            z = self._zero_plan()  # the same constants, worked out once
+            z = self.plan  # the same constants, worked out once (see _zero_plan)
+            if z.interval_s != self.interval_s:
+                z = self._zero_plan()
             k = self.prof_n[slot]
             r = max(1.0 / (k + 1 + z.prior), z.r_floor)
             old = prof[slot]
@@ -1263,8 +1268,17 @@ class AccessRate(Detector):
         """The recent peak, decaying with a half-life of `rate_peak_half_life_s`, excluding the
         current interval; the event counted into the current one."""
         cfg, state, ts = seen.cfg, seen.state, seen.ts
-        peak = recent_peak(cfg, state.peak, ts)
         interval = ts // (cfg.rate.interval_s * 1000)
+        stored = state.peak
+        if stored and interval <= stored[0]:
+            # Still in (or late for) the current interval: the peak stands as stored, and a
+            # stored peak was rounded here already (rounding it again is a no-op, and costs
+            # as much as the rest of this detector's learning).
+            pk = stored[2]
+            count = stored[1] + 1 if interval == stored[0] else stored[1]
+            state.peak = [stored[0], count, pk if type(pk) is float else round(float(pk), 3)]
+            return
+        peak = recent_peak(cfg, stored, ts)
         current, count = (state.peak[0], state.peak[1]) if state.peak else (interval, 0)
         if interval > current:
             current, count = interval, 0

@@ -340,3 +340,26 @@ def test_windows_too_quiet_to_judge_are_not_learned() -> None:
         c.send(T0 + 300 * 7 * MIN + j * 10_000)
     c.send(T0 + 301 * 7 * MIN)
     assert kv.get(COMBINED, "cron-job") is not None
+
+
+def test_a_group_model_copied_from_the_first_scores_as_one_built_from_scratch() -> None:
+    # A worker's second and later groups copy the first group's trees instead of drawing
+    # them again: the copy must be the same model (same splits, masses its own), so that
+    # which group a worker met first changes no score.
+    p = CombinedParams(window_size=20, min_events=5)
+    rng = random.Random(11)
+    xs = [features(rng.randrange(5, 40), 10.0, rng.randrange(3), 0.0, 1, 0, 0) for _ in range(70)]
+    models, kv = CombinedModels(p), MemoryKV()
+    for x in xs[:30]:
+        models.score_and_learn(kv, "first", x)
+    assert models._template is not None
+    copied = [models.score_and_learn(kv, "second", x) for x in xs]
+    built, kv_built = CombinedModels(p), MemoryKV()
+    alone = [built.score_and_learn(kv_built, "second", x) for x in xs]
+    assert copied == alone
+    assert kv.get(COMBINED, "second") == kv_built.get(COMBINED, "second")
+    # The groups' masses are their own: learning one did not move the other's.
+    again, kv_again = CombinedModels(p), MemoryKV()
+    for x in xs[:30]:
+        again.score_and_learn(kv_again, "first", x)
+    assert kv.get(COMBINED, "first") == kv_again.get(COMBINED, "first")

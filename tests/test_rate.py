@@ -516,3 +516,47 @@ def test_series_scales_see_a_persistent_deviation() -> None:
     multi = scores_of(xs, repeat_intervals=1)
     point = scores_of(xs, scales=(1,), repeat_intervals=1)
     assert max(multi[3000:3100]) > max(point[3000:3100]) + 0.05
+
+
+def test_recent_peak_state_is_the_decayed_peak_of_the_intervals_before() -> None:
+    # AccessRate.learn skips the decay and the rounding while an event stays in (or comes
+    # late for) the current interval; the state must be what the full rule gives every time.
+    from detectors.base import Seen
+    from detectors.config import DetectorConfig
+    from detectors.rate import AccessRate, recent_peak
+    from detectors.state import MachineState
+    from schemas.event import AuditEvent
+
+    cfg = DetectorConfig()
+    iv_ms = cfg.rate.interval_s * 1000
+    rng = random.Random(5)
+    state = MachineState.new(T0)
+    ts = T0
+    expected: list[Any] = []
+    highest = 0.0
+    for _ in range(3000):
+        # Mostly forward by up to three intervals, sometimes a late event.
+        ts = max(T0, ts + rng.choice([0, 1, 7, 900, 30_000, 61_000, 150_000, -70_000]))
+        event = AuditEvent(
+            event_id="e",
+            ts_us=ts * 1000,
+            machine_id="m",
+            resource="r",
+            operation="GET",
+            outcome="SUCCESS",
+        )
+        seen = Seen(event, ts, "g", cfg, state, None, None, state.rate_baseline(cfg.rate))
+        # The full rule: decay since the stored interval, the count of the current one.
+        peak = recent_peak(cfg, expected, ts)
+        interval = ts // iv_ms
+        current, count = (expected[0], expected[1]) if expected else (interval, 0)
+        if interval > current:
+            current, count = interval, 0
+        if interval >= current:
+            count += 1
+        expected = [current, count, round(peak, 3)]
+        AccessRate().learn(seen, None)
+        assert state.peak == expected
+        assert [type(v) for v in state.peak] == [type(v) for v in expected]
+        highest = max(highest, expected[2])
+    assert highest >= 5  # busy intervals were seen, and their peak decayed in between
