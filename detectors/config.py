@@ -59,6 +59,8 @@ class DetectorConfig:
     rate: RateParams = field(default_factory=RateParams)
     warmup_s: int = 3600  # per machine, in event time
     warmup_events: int = 50
+    # What needs a daily cycle of history pages only after this much (detectors.maturity).
+    mature_after_s: int = 86_400
     resource_depth: int = 2
     max_resources: int = 1000
     resource_horizon_s: int = 30 * 86400

@@ -24,9 +24,10 @@ from detectors.config import DetectorConfig
 from detectors.failure import FailureRatio
 from detectors.identity import GroupNames, NewIdentity
 from detectors.incidents import Incidents, StormControl
+from detectors.maturity import NEEDS, as_info, learning_until
 from detectors.off_hours import OffHours
 from detectors.operations import NewOperation
-from detectors.peers import KeyValue, PeerGroup
+from detectors.peers import KeyValue, PeerGroup, store_first_seen
 from detectors.rate import AccessRate, RateBaseline
 from detectors.resources import NewResource
 from detectors.silence import (
@@ -442,12 +443,42 @@ class DetectionCore:
             # The event's findings join one incident: the strongest opens it and pages, the
             # others are its evidence.
             findings = sorted(findings, key=lambda f: -f.score)
-        for f in findings:
-            if cfg.suppressions and self.suppressed(event.machine_id, f, ts):
+        for found_ in findings:
+            if cfg.suppressions and self.suppressed(event.machine_id, found_, ts):
                 self.suppressed_findings += 1
                 continue
+            f = found_
+            if f.detector in NEEDS:
+                f = self._mature(f, ts, cfg, state, peers, kv)
             anchor = event if f.anchor is None else f.anchor
             alert = incidents.episode(cfg, anchor, group, state, f)
             if alert is not None:
                 alerts.append(alert)
         return state, alerts
+
+    def _mature(
+        self,
+        f: Finding,
+        ts: int,
+        cfg: DetectorConfig,
+        state: MachineState,
+        peers: PeerGroup | None,
+        kv: KeyValue | None,
+    ) -> Finding:
+        """`f` as it may be published (`detectors.maturity`): as found, or as info while
+        what it needs is still being learned."""
+        since = self.watching_since_ms
+        deployment = since if since is not None else state.first_ms
+        if kv is not None:
+            deployment = store_first_seen(kv, ts, since)
+        group = peers.first_ms if peers is not None and peers.known else state.first_ms
+        cycle = cfg.mature_after_s * 1000
+        until = learning_until(f, ts, deployment, state.first_ms, group, cycle)
+        if until is not None:
+            return as_info(f, until)
+        recorded = state.episodes.get(f.detector)
+        if recorded is not None and recorded.severity == "info":
+            # Only learning records are open (a fan-out's first new resources): the page
+            # opens an episode of its own, so the first state on-call sees is `opened`.
+            del state.episodes[f.detector]
+        return f

@@ -55,6 +55,11 @@ class PeerGroup:
     def members(self) -> int:
         return self._meta[1] if self._meta is not None else 0
 
+    @property
+    def first_ms(self) -> int:
+        """When the group's first member was seen (0 for a group nobody knows)."""
+        return self._meta[0] if self._meta is not None else 0
+
     def warm(self, ts_ms: int, warmup_ms: int) -> bool:
         return self._meta is not None and ts_ms - self._meta[0] >= warmup_ms
 

@@ -25,6 +25,7 @@ CONFIG = DetectorConfig(
     rate=RateParams(min_count=10**9),  # keep access_rate out of these scenarios
     warmup_s=60,
     warmup_events=5,
+    mature_after_s=0,  # as with history behind it: maturity is test_maturity's
     fanout_window_s=300,
     cooldown_s=600,
     update_every_s=60,

@@ -44,7 +44,8 @@ def test_idle_machines_expire_after_the_horizon() -> None:
 
 
 def test_a_flood_of_new_identities_is_one_rollup_not_thousands_of_pages() -> None:
-    cfg = replace(DetectorConfig(), warmup_s=60, warmup_events=1)
+    # A deployment past its first daily cycle, where a new identity pages (detectors.maturity).
+    cfg = replace(DetectorConfig(), warmup_s=60, warmup_events=1, mature_after_s=0)
     core = DetectionCore(cfg)
     store = MemoryStore()
     for k in range(5):  # the store has watched one known service for a while

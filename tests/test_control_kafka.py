@@ -270,6 +270,7 @@ def test_alerts_filters(stack: Any, capsys: Any) -> None:
                 ("payments-api-2", "high"),
                 ("ingest-worker-1", "critical"),
                 ("payments-api-1", "low"),
+                ("nightly-export", "info"),
             ]
         )
     ]
@@ -290,7 +291,10 @@ def test_alerts_filters(stack: Any, capsys: Any) -> None:
                     "event_time": at,
                     "summary": f"{machine} did something.",
                     "observed": {},
-                    "expected": {},
+                    # What a detector still learning records instead of a page.
+                    "expected": (
+                        {"learning_until": "2026-01-02T00:00:00.000Z"} if severity == "info" else {}
+                    ),
                     "event_ids": ["e"],
                     "config_version": "v",
                 }
@@ -305,7 +309,18 @@ def test_alerts_filters(stack: Any, capsys: Any) -> None:
         out = capsys.readouterr().out.splitlines()
         return sorted(json.loads(line)["alert_id"][-1] for line in out)
 
+    # On-call's default view leaves out the info records of what is still learning...
     assert ids() == ["0", "1", "2", "3"]
+    assert ids("--min-severity", "info") == ["0", "1", "2", "3", "4"]
+    # ...and says what is learning and until when.
+    capsys.readouterr()
+    assert main(["alerts", *cfg]) == 0
+    table = capsys.readouterr().out
+    assert "nightly-export" not in table
+    assert (
+        "still learning, recorded as info, not paged; --min-severity info lists them: "
+        "new_resource (1 machines) until 2026-01-02 00:00 UTC"
+    ) in table
     assert ids("--machine", "payments-api-*") == ["0", "1", "3"]
     assert ids("--machine", "ingest-*", "--machine", "payments-api-2") == ["1", "2"]
     assert ids("--min-severity", "high") == ["1", "2"]

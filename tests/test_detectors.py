@@ -212,6 +212,7 @@ CONFIG = DetectorConfig(
     rate=NO_RATE,
     warmup_s=60,
     warmup_events=5,
+    mature_after_s=0,  # as with history behind it: maturity is test_maturity's
     fanout_window_s=300,
     cooldown_s=600,
     update_every_s=60,
@@ -410,6 +411,7 @@ def test_alert_ids_change_with_config() -> None:
         rate=NO_RATE,
         warmup_s=60,
         warmup_events=5,
+        mature_after_s=0,
         fanout_window_s=300,
         cooldown_s=601,
         update_every_s=60,
@@ -428,6 +430,7 @@ def test_config_version_is_stable() -> None:
             rate=RateParams(min_count=10**9),
             warmup_s=60,
             warmup_events=5,
+            mature_after_s=0,
             fanout_window_s=300,
             cooldown_s=600,
             update_every_s=60,

@@ -188,7 +188,8 @@ def test_one_storm_does_not_become_the_new_normal(warm_client: Client) -> None:
 
 # --- operations -------------------------------------------------------------------------
 
-OP_CONFIG = DetectorConfig(rate=NO_RATE, warmup_s=60, warmup_events=5)
+# Judged as a deployment with history behind it would be: maturity is test_maturity's.
+OP_CONFIG = DetectorConfig(rate=NO_RATE, warmup_s=60, warmup_events=5, mature_after_s=0)
 
 
 def with_history(
@@ -302,7 +303,8 @@ def test_operation_classes(operation: str, destructive: bool, write: bool) -> No
 
 # --- peer groups ------------------------------------------------------------------------
 
-PEER_CONFIG = DetectorConfig(rate=NO_RATE, warmup_s=3600, warmup_events=50)
+# Judged as a deployment with history behind it would be: maturity is test_maturity's.
+PEER_CONFIG = DetectorConfig(rate=NO_RATE, warmup_s=3600, warmup_events=50, mature_after_s=0)
 # What every payments-api replica does each minute.
 TRAFFIC = (
     ("postgres://payments-db/public.payments", "SELECT"),
@@ -506,7 +508,13 @@ UNTIL = T0 + 3600 * S
 
 def warm_orders(suppressions: tuple[Suppression, ...]) -> tuple[Client, int]:
     core = DetectionCore(
-        DetectorConfig(rate=NO_RATE, warmup_s=60, warmup_events=5, suppressions=suppressions)
+        DetectorConfig(
+            rate=NO_RATE,
+            warmup_s=60,
+            warmup_events=5,
+            mature_after_s=0,
+            suppressions=suppressions,
+        )
     )
     c = Client(core, "orders-api-7d9f8b6c4-x2k9p")
     for k in range(10):

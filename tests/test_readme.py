@@ -237,9 +237,16 @@ def test_demo_pages_every_injected_anomaly_and_warns_of_nothing(
     assert "kafka-local" not in log, log[-4000:]
     injected = re.findall(r"^injecting \S+ on (\S+):", log, re.MULTILINE)
     assert len(injected) >= 3, log[-4000:]
-    # A page line names its machine as `MACHINE: summary`.
+    # A page line names its machine as `MACHINE: summary`, marked injected or not.
     unpaged = [m for m in injected if f" {m}: " not in done.stdout]
     assert not unpaged, done.stdout
+    page_lines = [line for line in done.stdout.splitlines() if line.strip()]
+    assert all(line.startswith(("[injected ", "[NOT injected]")) for line in page_lines)
+    for m in injected:
+        assert any(line.startswith("[injected ") and f" {m}: " in line for line in page_lines)
+    assert re.search(r"^demo done: \d+ pages, .*every one paged", log, re.MULTILINE), log[-4000:]
+    # A fresh deployment: what needs a daily cycle is still learning, and the demo says so.
+    assert re.search(r"^learning: new_identity until \d{4}-", log, re.MULTILINE), log[-4000:]
     # GETPID ("coordinator load in progress") is librdkafka's retry while the broker loads its
     # transaction state; it is handled apart from this test.
     noisy = [

@@ -95,6 +95,9 @@ def test_replay_in_several_processes_keeps_one_clock(
     # started: new to a worker that has been watching since the start, as in one process.
     early = steady("orders-api-1", ["postgres://db/public.orders"], BASE_MS, 3 * 3600, 10_000)
     cfg = load_config()
+    # Hours, not a day, of watching: a new identity pages only with maturity off.
+    detectors = cfg.detectors.model_copy(update={"mature_after_s": 0})
+    cfg = cfg.model_copy(update={"detectors": detectors})
     split = PartitionedDetection(Processor(cfg, BundledSchemas()), cfg.topics.partitions)
     now = BASE_MS + 4 * 3_600_000
 

@@ -621,6 +621,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         live = Live(board.table(), console=console, refresh_per_second=4)
         live.start()
     skipped = _Skipped()
+    learning = _Learning()
     try:
         # A state written again (a worker re-processing after a crash) is shown once.
         shown = Recent()
@@ -632,6 +633,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
                 continue
             if not shown.add(state_identity(a, msg.value())):
                 continue
+            learning.note(a)
             if SEVERITY_RANK.get(a["severity"], 0) < min_rank:
                 continue
             if machines and not any(fnmatchcase(a["machine_id"], g) for g in machines):
@@ -664,7 +666,43 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         # in the order the states were written.
         rows.sort(key=lambda tr: tr[0])
         _print_table(console, [row for _, row in rows])
+        line = learning.line(hidden=min_rank > SEVERITY_RANK["info"])
+        if line:
+            console.print(line, soft_wrap=True, markup=False, highlight=False)
     return 0
+
+
+class _Learning:
+    """What the detectors are still learning, from the info records they wrote instead of
+    pages (`detectors.maturity`: `expected.learning_until`): machines and until when, per
+    detector."""
+
+    def __init__(self) -> None:
+        self.machines: dict[str, set[str]] = {}
+        self.until: dict[str, str] = {}
+
+    def note(self, a: dict[str, Any]) -> None:
+        expected = a.get("expected")
+        until = expected.get("learning_until") if isinstance(expected, dict) else None
+        if not isinstance(until, str) or a.get("status") != "opened":
+            return
+        detector = str(a.get("detector", ""))
+        self.machines.setdefault(detector, set()).add(str(a.get("machine_id", "")))
+        self.until[detector] = max(self.until.get(detector, until), until)
+
+    def line(self, hidden: bool) -> str | None:
+        if not self.machines:
+            return None
+
+        def at(until: str) -> str:
+            return until[:16].replace("T", " ") + " UTC"
+
+        parts = [
+            f"{d} ({len(self.machines[d])} machines) until {at(self.until[d])}"
+            for d in sorted(self.machines)
+        ]
+        shown = "; --min-severity info lists them" if hidden else ""
+        return f"still learning, recorded as info, not paged{shown}: " + ", ".join(parts)
 
 
 _STYLE = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "cyan", "info": "dim"}
@@ -1010,7 +1048,11 @@ anything is sent; 130 interrupted.""",
     )
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument(
-        "--min-severity", default="info", choices=["info", "low", "medium", "high", "critical"]
+        "--min-severity",
+        default="low",
+        choices=["info", "low", "medium", "high", "critical"],
+        help="the least severity shown (low: info records of what the detectors are still "
+        "learning are only counted, in a line after the table)",
     )
     p.add_argument(
         "--since",

@@ -477,6 +477,7 @@ class CombinedSettings(_Model):
 class DetectorSettings(_Model):
     warmup_s: int = Field(3600, ge=0)
     warmup_events: int = Field(50, ge=0)
+    mature_after_s: int = Field(86_400, ge=0)
     resource_depth: int = Field(2, ge=0)
     max_resources: int = Field(1000, ge=1)
     resource_horizon_days: float = Field(30, gt=0)
@@ -513,6 +514,7 @@ class DetectorSettings(_Model):
             rate=RateParams(**self.rate.model_dump()),
             warmup_s=self.warmup_s,
             warmup_events=self.warmup_events,
+            mature_after_s=self.mature_after_s,
             resource_depth=self.resource_depth,
             max_resources=self.max_resources,
             resource_horizon_s=int(self.resource_horizon_days * 86400),
