@@ -190,12 +190,13 @@ class OffHours(Detector):
             return None
         day = ts - ts % 86_400_000
         peak = max(rate.expected_at(day + h * 3_600_000) for h in range(24))
-        # Idle as the run started: the rate model learns a session as it goes on, and within
-        # minutes an office tool busy at night would be "usually busy at this hour".
+        # Idle as the run started where neither was ever active around this time: the rate
+        # model learns a session as it goes on, and within minutes an office tool busy at night
+        # would be "usually busy at this hour". Where they were, the model knows this hour.
         start_rate = state.off[6] / 1e6
-        if start_rate > cfg.off_hours_max_share * peak:
-            return None
         expected_now = rate.expected_at(ts)
+        if (expected_now if days_near else start_rate) > cfg.off_hours_max_share * peak:
+            return None
         full = (
             count > before
             and count >= cfg.off_hours_min_events
