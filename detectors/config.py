@@ -84,8 +84,14 @@ class DetectorConfig:
     off_hours_spread: int = 2  # windows either side that also count as "this time of day"
     # A dense burst pages before the window fills: this many events, at a Poisson tail
     # probability at most off_hours_burst_p given this time of day's learned rate.
-    off_hours_burst_events: int = 3
+    off_hours_burst_events: int = 2
     off_hours_burst_p: float = 1e-3
+    # Schedules (detectors.schedule): no off hours before the machine or its group has been
+    # seen active in this many windows of earlier days (all times of day together), and
+    # activity around a time of day active on an earlier day, up to this many times the most
+    # seen there, is the schedule.
+    off_hours_min_active_windows: int = 24
+    off_hours_schedule_ratio: float = 1.0
     combined: CombinedParams | None = field(default_factory=CombinedParams)  # None: off
     silence_min_active_hours: int = 6  # only machines busy most of the day are watched
     silence_max_skew_s: int = 3600  # a source this far behind the others counts as idle

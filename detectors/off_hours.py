@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from detectors import schedule
 from detectors.base import Detector, Finding, Seen
 from detectors.rate import poisson_tail
 from schemas.event import format_rfc3339_ms
@@ -25,6 +26,9 @@ if TYPE_CHECKING:
 
 _BURST_GAP_MS = 10_000  # off-hours accesses closer than this count as one
 _RUN_GAP_MS = 300_000  # and a run of them ends after this much quiet
+# Busiest windows around this time of day from this many times the window rule's ratio up
+# are a machine (or group) busy in bursts here: not Poisson, left to the window rule.
+_BURSTY = 3
 _SCAN_EVENTS = 8  # latest spaced off-hours accesses kept as candidate starts of a burst
 # state.off: [window, count in it, fired, run start ms, spaced accesses, last spaced ms,
 # learned rate x 1e6 and busiest nearby window at the run's start, busiest nearby window
@@ -61,6 +65,24 @@ def _run_start(
     return [ts, 0, ts - _BURST_GAP_MS, rate_e6, before, before]
 
 
+def _learn_window(state: MachineState, peers: PeerGroup | None, slots: int, window_ms: int) -> None:
+    """Teach the window that closes (state.off) to the busiest windows and the schedules. A
+    window the machine was paged in is not taught to its group: one member's off-hours
+    session would otherwise make the same hour ordinary for every other member. The machine
+    itself learns it, so activity that comes back on later days becomes its schedule."""
+    absolute, count, paged = state.off[0], state.off[1], state.off[2]
+    slot = absolute % slots
+    day = absolute * window_ms // schedule.DAY_MS
+    state.hmax[slot] = max(state.hmax[slot], count)
+    state.sched = schedule.note(state.sched, slots, day, slot)
+    if peers is None or paged or count <= 1:
+        return
+    peers.note_window(slot, slots, count)
+    group = peers.schedule()
+    if not schedule.earlier(group, slots, day + 1, slot) & 1:
+        peers.save_schedule(schedule.note(list(group), slots, day, slot))
+
+
 class OffHours(Detector):
     """Activity at a time of day when the machine is normally (nearly) idle, well above
     anything it has done at that time before: a business-hours service busy at night, even at
@@ -73,7 +95,7 @@ class OffHours(Detector):
 
     __slots__ = ()
     name = "off_hours"
-    owns = ("off", "hmax")
+    owns = ("off", "hmax", "sched")
 
     def score(self, seen: Seen) -> Finding | None:
         if not seen.warm:
@@ -108,13 +130,19 @@ class OffHours(Detector):
             )
             if run:
                 run[5] = _busiest_near(state, peers, near)
+            paged = 0
             if state.off:
-                prev = state.off[0] % slots
-                state.hmax[prev] = max(state.hmax[prev], state.off[1])
-                if peers is not None and state.off[1] > 1:
-                    peers.note_window(prev, slots, state.off[1])
-            # A new run: the window that closed is not its own, so it counts.
-            state.off = [window, 0, 0, *(run or _run_start(ts, rate, state, peers, near))]
+                paged = state.off[2]
+                _learn_window(state, peers, slots, window_ms)
+            # A new run: the window that closed is not its own, so it counts. A run that has
+            # paged stays paged: one page for one run, and what it does next is not taught to
+            # the group either.
+            state.off = [
+                window,
+                0,
+                paged if run else 0,
+                *(run or _run_start(ts, rate, state, peers, near)),
+            ]
         elif window < state.off[0]:
             return None  # a late event: its window is closed
         state.off[1] += 1
@@ -133,11 +161,41 @@ class OffHours(Detector):
             or rate.n < 86_400 // cfg.rate.interval_s
         ):
             return None
-        before = _busiest_near(state, peers, _near(window, slots, spread))
+        near = _near(window, slots, spread)
+        before = _busiest_near(state, peers, near)
+        today = ts // schedule.DAY_MS
+        own = state.sched
+        group = peers.schedule() if peers is not None and peers.members > 1 else []
+        # An idle time of day means something only next to activity at other times: a tool
+        # used in a few short sessions a week has no idle hours to speak of yet.
+        if (
+            max(
+                schedule.active_windows(own, slots, today),
+                schedule.active_windows(group, slots, today),
+            )
+            < cfg.off_hours_min_active_windows
+        ):
+            return None
+        days_near = max(
+            schedule.active_days(own, slots, today, near),
+            schedule.active_days(group, slots, today, near),
+        )
+        # Its schedule: the machine or its group was active around this time on earlier
+        # days, at about this level (a job at the minute it always runs, a CI pool's night
+        # runs): the window, or the run if it crossed into it, has no more accesses than the
+        # busiest window around here before the run. Busier than that, the rules below judge
+        # it against what was seen here.
+        before0, before_here = state.off[7], state.off[8]
+        if days_near and max(count, spaced) <= cfg.off_hours_schedule_ratio * before_here:
+            return None
         day = ts - ts % 86_400_000
         peak = max(rate.expected_at(day + h * 3_600_000) for h in range(24))
+        # Idle as the run started where neither was ever active around this time: the rate
+        # model learns a session as it goes on, and within minutes an office tool busy at night
+        # would be "usually busy at this hour". Where they were, the model knows this hour.
+        start_rate = state.off[6] / 1e6
         expected_now = rate.expected_at(ts)
-        if expected_now > cfg.off_hours_max_share * peak:
+        if (expected_now if days_near else start_rate) > cfg.off_hours_max_share * peak:
             return None
         full = (
             count > before
@@ -146,22 +204,30 @@ class OffHours(Detector):
         )
         # The window rule waits for a window's worth of evidence; at an office tool's daytime
         # pace (about one access a minute) that is a quarter of an hour. Against the learned
-        # rate for this time of day (at least one an hour), a few accesses spread over a
-        # minute or two are already as unlikely. Accesses closer than _BURST_GAP_MS count
-        # once: one action often makes several calls (retries, a page load), and a Poisson
-        # test on them would see a burst in a single click.
+        # rate for this time of day, a few accesses spread over a minute or two are already
+        # as unlikely. Accesses closer than _BURST_GAP_MS count once: one action often makes
+        # several calls (retries, a page load), and a Poisson test on them would see a burst
+        # in a single click.
         first_ms = state.off[3]
         # The rate to beat: the machine's own, learned for this time of day, and at least
         # the busiest window it or a peer ever had here, spread by the window rule's ratio (a
         # busiest window is a maximum over days and members, not a mean), both as the run
         # started. Only where the busiest windows are small, there and where the run is now:
         # a group that is busy at this hour in bursts (CI runners taking turns) is not
-        # Poisson, and the window rule judges it.
-        start_rate, before0, before_here = state.off[6] / 1e6, state.off[7], state.off[8]
+        # Poisson, and the window rule judges it. At least once an hour, unless neither the
+        # machine nor its group was active around this time on any of the days they were
+        # active: then at least once in all those hours.
+        floor = 1.0 / 3600.0
+        if not days_near:
+            active = max(
+                schedule.active_days(own, slots, today, range(slots)),
+                schedule.active_days(group, slots, today, range(slots)),
+            )
+            floor = min(floor, 1.0 / (max(active, 1) * len(near) * cfg.off_hours_window_s))
         lam = max(
             start_rate / cfg.rate.interval_s,
             before0 / (cfg.off_hours_ratio * cfg.off_hours_window_s),
-            1.0 / 3600.0,
+            floor,
         )
         # A scan: the whole run, and each of its latest spaced accesses as the start of the
         # burst, so a stray access a quarter of an hour before does not dilute it. The
@@ -175,7 +241,7 @@ class OffHours(Detector):
         for i, t0 in enumerate(recent[: 1 - cfg.off_hours_burst_events]):
             p = min(p, poisson_tail(len(recent) - 1 - i, lam * (now - t0) / 1000.0))
         burst = (
-            max(before0, before_here) < cfg.off_hours_ratio * cfg.off_hours_burst_events
+            max(before0, before_here) < cfg.off_hours_ratio * _BURSTY
             and spaced >= cfg.off_hours_burst_events
             and p <= cfg.off_hours_burst_p
         )
@@ -198,6 +264,7 @@ class OffHours(Detector):
                 "most_events_at_this_time": before,
                 "events_per_hour_at_this_time": round(lam * 3600, 2),
                 "share_of_busiest_hour": round(expected_now / peak, 3) if peak else 0.0,
+                "days_active_at_this_time": days_near,
                 "window_minutes": cfg.off_hours_window_s // 60,
             },
         )

@@ -17,10 +17,11 @@ _META = b"gm"
 _RESOURCE = b"gr"
 _OPERATION = b"go"
 _WINDOWS = b"gh"
+_SCHEDULE = b"gs"
 _STORE = b"p"
 # Every kind of group knowledge, the combined model's trees (detectors.combined) included:
 # what a runtime shares between the partitions a group's machines are spread over.
-GROUP_KINDS = frozenset({_META, _RESOURCE, _OPERATION, _WINDOWS, b"gc"})
+GROUP_KINDS = frozenset({_META, _RESOURCE, _OPERATION, _WINDOWS, _SCHEDULE, b"gc"})
 _SEP = "\x1f"
 # A group's knowledge is refreshed at most this often per resource, to bound writes.
 _REFRESH_MS = 3_600_000
@@ -37,7 +38,7 @@ class KeyValue(Protocol):
 class PeerGroup:
     """One group's shared knowledge, read and written through a KeyValue."""
 
-    __slots__ = ("_meta", "_windows", "group", "kv")
+    __slots__ = ("_meta", "_schedule", "_windows", "group", "kv")
 
     def __init__(self, kv: KeyValue, group: str) -> None:
         self.kv = kv
@@ -46,6 +47,7 @@ class PeerGroup:
         # [first seen ms, members, last time a member joined ms]
         self._meta: list[int] | None = orjson.loads(raw) if raw is not None else None
         self._windows: list[int] | None = None
+        self._schedule: list[int] | None = None
 
     @property
     def known(self) -> bool:
@@ -103,6 +105,18 @@ class PeerGroup:
         if count > windows[slot]:
             windows[slot] = count
             self.kv.set(_WINDOWS, self.group, orjson.dumps(windows))
+
+    def schedule(self) -> list[int]:
+        """The group's schedule (`detectors.schedule`): on which days any member was active
+        in each window of the day."""
+        if self._schedule is None:
+            raw = self.kv.get(_SCHEDULE, self.group)
+            self._schedule = orjson.loads(raw) if raw is not None else []
+        return self._schedule
+
+    def save_schedule(self, schedule: list[int]) -> None:
+        self._schedule = schedule
+        self.kv.set(_SCHEDULE, self.group, orjson.dumps(schedule))
 
     def learn_resource(self, resource: str, ts_ms: int) -> None:
         self._learn(_RESOURCE, resource, ts_ms)

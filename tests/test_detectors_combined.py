@@ -97,8 +97,10 @@ def test_a_trickle_before_a_night_session_does_not_delay_its_page() -> None:
     evening = tuple(20 * 60 + 3 * i for i in range(10))
     alone = _night_session(0, evening)
     # Judged from the run's first access only, the trickle's 8 minutes dilute the session
-    # (one access later); each recent access is also tried as the burst's start.
-    assert _night_session(3, evening) == alone
+    # (one access later); each recent access is also tried as the burst's start. Up to the
+    # ten the evening had on earlier days the run is the machine's schedule (issue 16), and
+    # the trickle counts toward leaving it: never later.
+    assert _night_session(3, evening) <= alone
 
 
 def test_a_session_across_a_window_boundary_is_judged_against_the_night_before_it() -> None:

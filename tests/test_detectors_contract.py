@@ -36,6 +36,7 @@ KEYS = {
     "off": "h",
     "hmax": "k",
     "win": "cw",
+    "sched": "sc",
 }
 # The core's per-event detectors, as attributes of a DetectionCore, in the order they run.
 RUN_ORDER = (

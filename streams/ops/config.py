@@ -497,8 +497,10 @@ class DetectorSettings(_Model):
     off_hours_min_events: int = Field(5, ge=1)
     off_hours_window_s: int = Field(1800, ge=60)
     off_hours_spread: int = Field(2, ge=0)
-    off_hours_burst_events: int = Field(3, ge=2)
+    off_hours_burst_events: int = Field(2, ge=2)
     off_hours_burst_p: float = Field(1e-3, gt=0, lt=1)
+    off_hours_min_active_windows: int = Field(24, ge=0)
+    off_hours_schedule_ratio: float = Field(1.0, ge=0)
     max_machines: int = Field(100_000, ge=1)
     machine_idle_days: float = Field(30, gt=0)
     max_pages_per_minute: int = Field(20, ge=1)
@@ -536,6 +538,8 @@ class DetectorSettings(_Model):
             off_hours_spread=self.off_hours_spread,
             off_hours_burst_events=self.off_hours_burst_events,
             off_hours_burst_p=self.off_hours_burst_p,
+            off_hours_min_active_windows=self.off_hours_min_active_windows,
+            off_hours_schedule_ratio=self.off_hours_schedule_ratio,
             combined=self.combined.build(),
             max_machines=self.max_machines,
             machine_idle_horizon_s=int(self.machine_idle_days * 86400),
