@@ -52,9 +52,7 @@ def pages(alerts: list[Alert]) -> list[Alert]:
 # A small rate warm-up so the test can reach both the rate and the failure detectors quickly.
 RATE = RateParams(warmup_intervals=20, slots=0)
 # History behind it: maturity is test_maturity's.
-CONFIG = DetectorConfig(
-    rate=RATE, warmup_s=600, warmup_events=50, combined=None, mature_after_s=0
-)
+CONFIG = DetectorConfig(rate=RATE, warmup_s=600, warmup_events=50, combined=None, mature_after_s=0)
 
 
 def test_failure_spike_and_its_retry_burst_are_one_incident_with_one_page() -> None:
