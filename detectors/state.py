@@ -29,8 +29,11 @@ class MachineState:
     """Everything remembered about one machine; serialised as a JSON-friendly dict. The
     detectors own their fields (`Detector.owns`): `rate` and `peak` the access rate,
     `resources` and `recent_new` new resources, `ops` operations, `fail` the failure ratio,
-    `off` and `hmax` off hours, `win` the combined score; `episodes` are the incidents'; the
-    core keeps `first_ms`, `last_ms` and `n`."""
+    `off` and `hmax` off hours, `win` the combined score, `silence` silence's rhythm;
+    `episodes` are the incidents'; the core keeps `first_ms`, `last_ms` and `n`.
+    Format note: "sl" (the rhythm) came with issue 16; a record without it loads with an
+    empty rhythm, so that machine is not paged for silence until it has been watched again
+    for a day (or re-seeded from the archive)."""
 
     first_ms: int
     last_ms: int
@@ -49,6 +52,7 @@ class MachineState:
     # the combined score's open window: [window, events, failures, writes, new resources,
     # new operations, first event id, last event ms]
     win: list[Any] = field(default_factory=list)
+    silence: list[int] = field(default_factory=list)  # detectors.silence.learn's rhythm
     # The rate model as a live object while a worker keeps this state between events; `rate`
     # is its serialised form, brought up to date by to_dict.
     live_rate: RateBaseline | None = field(default=None, compare=False, repr=False)
@@ -72,6 +76,7 @@ class MachineState:
             "k": self.hmax,
             "pk": self.peak,
             "cw": self.win,
+            "sl": self.silence,
         }
 
     def rate_state(self) -> list[Any]:
@@ -101,6 +106,7 @@ class MachineState:
             d.get("k", []),
             d.get("pk", []),
             d.get("cw", []),
+            d.get("sl", []),
         )
 
 
