@@ -93,7 +93,11 @@ class DetectorConfig:
     off_hours_min_active_windows: int = 24
     off_hours_schedule_ratio: float = 1.0
     combined: CombinedParams | None = field(default_factory=CombinedParams)  # None: off
-    silence_min_active_hours: int = 6  # only machines busy most of the day are watched
+    # Silence pages only against the machine's rhythm (detectors.silence): active at this hour
+    # on at least this share of the earlier days it was known (up to 7), and quiet for longer
+    # than this many times its longest gap that began about then.
+    silence_expect_share: float = 0.5
+    silence_gap_factor: float = 2.0
     silence_max_skew_s: int = 3600  # a source this far behind the others counts as idle
     silence_min_gap_s: int = 300  # and never called silent before this much quiet
     max_watched: int = 50_000  # per store: the busiest machines beyond this are not watched

@@ -37,8 +37,8 @@ from detectors.silence import (
     SilenceWatches,
     note_event,
     note_open,
-    short_duty,
 )
+from detectors.silence import learn as silence_learn
 from detectors.silence import score as silence_score
 from detectors.state import MACHINE, MachineState, WorkingCopy, _decode_state, _encode_state
 from schemas.alert import Alert, AlertControl
@@ -342,12 +342,12 @@ class DetectionCore:
         return out
 
     def _sweep(self, watch: SilenceWatch, kv: KeyValue, partition: Any) -> list[Alert]:
-        """Judge the watched machines quiet for at least `silence_min_gap_s` for silence."""
+        """Judge the watched machines whose verdict is due (`WatchEntry.due_ms`) for silence."""
         now = watch.clock_ms
         alerts: list[Alert] = []
         for machine, entry in list(watch.entries.items()):
             cfg = self.config_for(machine, entry.group)
-            if entry.alerted or now - entry.last_ms < cfg.silence_min_gap_s * 1000:
+            if entry.alerted or now < entry.due_ms:
                 continue
             state = self._load(kv, partition, machine)
             if state is None:
@@ -359,10 +359,7 @@ class DetectionCore:
                 del watch.entries[machine]
                 continue
             rate = RateBaseline(cfg.rate, state.rate_state())
-            if short_duty(cfg, rate, now):
-                del watch.entries[machine]
-                continue
-            finding = silence_score(cfg, machine, entry, rate, now)
+            finding = silence_score(cfg, machine, entry, state.silence, state.first_ms, rate, now)
             if finding is None:
                 continue
             entry.alerted = True
@@ -408,6 +405,8 @@ class DetectionCore:
             found = self._new_identity(seen)
             if found is not None:
                 findings.append(found)
+        # Before the episodes resolve: the gap that ends a silence episode is not learned.
+        silence_learn(state.silence, state.last_ms, ts, "silence" in state.episodes)
         incidents = self._incidents
         alerts = (
             incidents.resolve_quiet(cfg, event.machine_id, group, state, ts)

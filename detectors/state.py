@@ -29,8 +29,12 @@ class MachineState:
     """Everything remembered about one machine; serialised as a JSON-friendly dict. The
     detectors own their fields (`Detector.owns`): `rate` and `peak` the access rate,
     `resources` and `recent_new` new resources, `ops` operations, `fail` the failure ratio,
-    `off`, `hmax` and `sched` off hours, `win` the combined score; `episodes` are the
-    incidents'; the core keeps `first_ms`, `last_ms` and `n`."""
+    `off`, `hmax` and `sched` off hours, `win` the combined score, `silence` silence's rhythm;
+    `episodes` are the incidents'; the core keeps `first_ms`, `last_ms` and `n`.
+    Format note: "sc" (the schedule) and "sl" (the rhythm) came with issue 16; a record without
+    them loads with an empty schedule and rhythm, so that machine is judged as newly watched by
+    off-hours and is not paged for silence until it has been watched again for a day (or
+    re-seeded from the archive)."""
 
     first_ms: int
     last_ms: int
@@ -51,6 +55,7 @@ class MachineState:
     win: list[Any] = field(default_factory=list)
     # [day, per window of the day: a mask of the days it was active] (detectors.schedule)
     sched: list[int] = field(default_factory=list)
+    silence: list[int] = field(default_factory=list)  # detectors.silence.learn's rhythm
     # The rate model as a live object while a worker keeps this state between events; `rate`
     # is its serialised form, brought up to date by to_dict.
     live_rate: RateBaseline | None = field(default=None, compare=False, repr=False)
@@ -75,6 +80,7 @@ class MachineState:
             "pk": self.peak,
             "cw": self.win,
             "sc": self.sched,
+            "sl": self.silence,
         }
 
     def rate_state(self) -> list[Any]:
@@ -105,6 +111,7 @@ class MachineState:
             d.get("pk", []),
             d.get("cw", []),
             d.get("sc", []),
+            d.get("sl", []),
         )
 
 

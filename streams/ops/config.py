@@ -491,7 +491,8 @@ class DetectorSettings(_Model):
     failure_min_ratio: float = Field(0.3, gt=0, le=1)
     silence_min_rate: float = Field(0.5, gt=0)
     silence_min_gap_s: int = Field(300, ge=60)
-    silence_min_active_hours: int = Field(6, ge=1, le=24)
+    silence_expect_share: float = Field(0.5, gt=0, le=1)
+    silence_gap_factor: float = Field(2.0, ge=1)
     off_hours_max_share: float = Field(0.1, gt=0, le=1)
     off_hours_ratio: float = Field(4.0, ge=1)
     off_hours_min_events: int = Field(5, ge=1)
@@ -530,7 +531,8 @@ class DetectorSettings(_Model):
             failure_min_ratio=self.failure_min_ratio,
             silence_min_rate=self.silence_min_rate,
             silence_min_gap_s=self.silence_min_gap_s,
-            silence_min_active_hours=self.silence_min_active_hours,
+            silence_expect_share=self.silence_expect_share,
+            silence_gap_factor=self.silence_gap_factor,
             off_hours_max_share=self.off_hours_max_share,
             off_hours_ratio=self.off_hours_ratio,
             off_hours_min_events=self.off_hours_min_events,
