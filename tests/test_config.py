@@ -231,3 +231,17 @@ def test_deploy_configs_name_every_topic() -> None:
     assert "control" in names
     for where, cfg in (("config.docker.yaml", docker), ("k8s/configmap.yaml", k8s)):
         assert not names - set(cfg["topics"]), f"{where} lacks topics {names - set(cfg['topics'])}"
+
+
+def test_a_retired_detector_setting_is_ignored_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A config file written for the release before issue 16 (silence_min_active_hours) still
+    loads: the key is ignored and the log says what replaced it."""
+    from streams.ops.config import DetectorSettings
+
+    with caplog.at_level("WARNING", logger="auditwatch.config"):
+        settings = DetectorSettings.model_validate({"silence_min_active_hours": 12})
+    assert settings == DetectorSettings()
+    assert "silence_min_active_hours is no longer used" in caplog.text
+    assert "silence_expect_share" in caplog.text

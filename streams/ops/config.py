@@ -474,7 +474,28 @@ class CombinedSettings(_Model):
         return CombinedParams(**self.model_dump(exclude={"enabled"}))
 
 
+# Detector settings a release retired, with what replaced them: a config file written for the
+# earlier release still loads (the key is ignored, with a warning) instead of failing to start.
+RETIRED_DETECTOR_SETTINGS = {
+    "silence_min_active_hours": "silence_expect_share and silence_gap_factor (issue 16: silence "
+    "is expected from the machine's own earlier days at this hour)",
+}
+
+
 class DetectorSettings(_Model):
+    @model_validator(mode="before")
+    @classmethod
+    def _retired(cls, data: Any) -> Any:
+        if isinstance(data, dict) and any(k in data for k in RETIRED_DETECTOR_SETTINGS):
+            data = dict(data)
+            for key, instead in RETIRED_DETECTOR_SETTINGS.items():
+                if key in data:
+                    del data[key]
+                    logging.getLogger("auditwatch.config").warning(
+                        "detectors.%s is no longer used and is ignored; see %s", key, instead
+                    )
+        return data
+
     warmup_s: int = Field(3600, ge=0)
     warmup_events: int = Field(50, ge=0)
     mature_after_s: int = Field(86_400, ge=0)
