@@ -28,8 +28,8 @@ Definitions (the scoring below implements exactly these):
   adds nothing. False pages per 1000 machine-hours = false pages * 1000 / machine-hours.
 
 Targets (from the issue; each reported with a pass/fail boolean, and a value that cannot be
-computed fails): recall >= 0.95, precision >= 0.9, <= 2 false pages per 1000 machine-hours,
-median time to detect <= 2 minutes for every anomaly kind but silence (the slowest kind's
+computed fails): recall >= 0.95, precision >= 0.9, <= 1 false page per 1000 machine-hours
+(issue 16; 2 before it), median time to detect <= 2 minutes for every anomaly kind but silence (the slowest kind's
 median is the value), and silence detected within 15 minutes (its median).
 
 The scoring functions (`score`, `check_targets`, `false_page_report`, `missed_report`,
@@ -75,7 +75,7 @@ PAGE_STATUSES = ("opened", "escalated")
 # median must meet it); silence can only be seen after some quiet time, so it has its own.
 TARGET_RECALL = 0.95
 TARGET_PRECISION = 0.9
-TARGET_FALSE_PAGES_PER_1000_MH = 2.0
+TARGET_FALSE_PAGES_PER_1000_MH = 1.0  # issue 16 (the first evaluation issue said 2)
 TARGET_MEDIAN_TTD_S = 120.0
 TARGET_SILENCE_TTD_S = 900.0
 SLOW_KINDS = ("silence",)

@@ -62,6 +62,7 @@ QUICK_ALERTS = {
     "detectors": {
         "warmup_s": 60,
         "warmup_events": 5,
+        "mature_after_s": 0,  # machines with history: a new resource pages
         "cooldown_s": 3600,
         "update_every_s": 0,
         "rate": {"min_count": 10**9},

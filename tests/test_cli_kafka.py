@@ -21,7 +21,8 @@ pytestmark = pytest.mark.kafka
 
 
 def test_produce_files_then_read_alerts(stack: Any, tmp_path: Path, capsys: Any) -> None:
-    s: Stack = stack()
+    # Two hours stand for a machine with history: its first new resource pages at once.
+    s: Stack = stack(detectors__mature_after_s=0)
     s.create_topics()
     machine = "etl-node-03"
     history = steady(machine, ["postgres://dw/public.facts"], BASE_MS, 2 * 3600, every_ms=2000)

@@ -142,6 +142,7 @@ def test_ack_and_snooze_are_honoured_by_every_worker(
         topics__partitions=2,
         detectors__warmup_s=60,
         detectors__warmup_events=5,
+        detectors__mature_after_s=0,  # machines with history: a new resource pages
         detectors__cooldown_s=3600,
         detectors__update_every_s=0,
         detectors__rate__min_count=10**9,

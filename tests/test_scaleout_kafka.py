@@ -51,7 +51,13 @@ EVERY_MS = 5_000
 # No "-NN" or pod-hash suffix: each machine is its own peer group, so what it pages depends on
 # its own events alone, which Kafka (per partition) and replay (by event time) order alike.
 MACHINES = [f"svc{i:02d}-worker" for i in range(40)]
-DETECTORS = {"detectors__warmup_s": 600, "detectors__warmup_events": 20}
+# mature_after_s 0: the fleet stands for machines with history behind them, which page a new
+# resource or operation at once (maturity is tests/test_maturity.py's).
+DETECTORS = {
+    "detectors__warmup_s": 600,
+    "detectors__warmup_events": 20,
+    "detectors__mature_after_s": 0,
+}
 # A SIGKILLed member keeps its partitions until its session expires (static membership: it
 # never leaves the group; kafka.session_timeout_s, 45 s by default) and, under exactly-once,
 # the transaction it left open holds back every read_committed reader of the partitions it
