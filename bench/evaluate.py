@@ -30,7 +30,8 @@ Definitions (the scoring below implements exactly these):
 Targets (from the issue; each reported with a pass/fail boolean, and a value that cannot be
 computed fails): recall >= 0.95, precision >= 0.9, <= 1 false page per 1000 machine-hours
 (issue 16; 2 before it), median time to detect <= 2 minutes for every anomaly kind but
-silence (the slowest kind's median is the value), and silence detected within 15 minutes (its median).
+silence (the slowest kind's median is the value), and silence detected within 15 minutes
+(its median).
 
 The scoring functions (`score`, `check_targets`, `false_page_report`, `missed_report`,
 `ActivitySpans`) are pure, over lists of `Episode` and alert dicts, so evaluations on real,
