@@ -89,7 +89,7 @@ class DetectorConfig:
     # Schedules (detectors.schedule): no off hours before the machine or its group has been
     # seen active in this many windows of earlier days (all times of day together), and
     # activity around a time of day active on an earlier day, up to this many times the most
-    # seen there, is the schedule.
+    # seen there and the most seen there within 2 minutes (schedule.PACE_MS), is the schedule.
     off_hours_min_active_windows: int = 24
     off_hours_schedule_ratio: float = 1.0
     combined: CombinedParams | None = field(default_factory=CombinedParams)  # None: off

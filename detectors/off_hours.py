@@ -32,8 +32,10 @@ _BURSTY = 3
 _SCAN_EVENTS = 8  # latest spaced off-hours accesses kept as candidate starts of a burst
 # state.off: [window, count in it, fired, run start ms, spaced accesses, last spaced ms,
 # learned rate x 1e6 and busiest nearby window at the run's start, busiest nearby window
-# around the current window (without the run's own), then the latest spaced access times]
-_OFF_RECENT = 9
+# and the schedule's pace around the current window (without the run's own), the most
+# spaced accesses within schedule.PACE_MS in the current window, then the latest spaced
+# access times]
+_OFF_RECENT = 11
 
 
 def _near(window: int, slots: int, spread: int) -> list[int]:
@@ -52,17 +54,28 @@ def _busiest_near(state: MachineState, peers: PeerGroup | None, near: list[int])
     return before
 
 
+def _pace_near(state: MachineState, peers: PeerGroup | None, slots: int, near: list[int]) -> int:
+    """The schedule's pace (schedule.pace) around this time of day, the machine's or a
+    peer's."""
+    pace = schedule.pace(state.sched, slots, near)
+    if peers is not None and peers.members > 1:
+        pace = max(pace, schedule.pace(peers.schedule(), slots, near))
+    return pace
+
+
 def _run_start(
     ts: int,
     rate: RateBaseline,
     state: MachineState,
     peers: PeerGroup | None,
+    slots: int,
     near: list[int],
 ) -> list[int]:
     """state.off[3:] for an off-hours run starting at ts (see _OFF_RECENT)."""
     before = _busiest_near(state, peers, near)
     rate_e6 = round(rate.expected_at(ts) * 1e6)
-    return [ts, 0, ts - _BURST_GAP_MS, rate_e6, before, before]
+    pace = _pace_near(state, peers, slots, near)
+    return [ts, 0, ts - _BURST_GAP_MS, rate_e6, before, before, pace, 0]
 
 
 def _learn_window(state: MachineState, peers: PeerGroup | None, slots: int, window_ms: int) -> None:
@@ -70,17 +83,20 @@ def _learn_window(state: MachineState, peers: PeerGroup | None, slots: int, wind
     window the machine was paged in is not taught to its group: one member's off-hours
     session would otherwise make the same hour ordinary for every other member. The machine
     itself learns it, so activity that comes back on later days becomes its schedule."""
-    absolute, count, paged = state.off[0], state.off[1], state.off[2]
+    absolute, count, paged, pace = state.off[0], state.off[1], state.off[2], state.off[10]
     slot = absolute % slots
     day = absolute * window_ms // schedule.DAY_MS
     state.hmax[slot] = max(state.hmax[slot], count)
-    state.sched = schedule.note(state.sched, slots, day, slot)
+    state.sched = schedule.note(state.sched, slots, day, slot, pace)
     if peers is None or paged or count <= 1:
         return
     peers.note_window(slot, slots, count)
     group = peers.schedule()
-    if not schedule.earlier(group, slots, day + 1, slot) & 1:
-        peers.save_schedule(schedule.note(list(group), slots, day, slot))
+    if (
+        not schedule.earlier(group, slots, day + 1, slot) & 1
+        or schedule.pace(group, slots, (slot,)) < pace
+    ):
+        peers.save_schedule(schedule.note(list(group), slots, day, slot, pace))
 
 
 class OffHours(Detector):
@@ -110,10 +126,12 @@ class OffHours(Detector):
         spread = cfg.off_hours_spread
         if state.off and (len(state.off) == 4 or state.off[0] > ts // 1000):
             state.off = []  # the first layout started with timestamps, not window numbers
+        elif len(state.off) > 9 and state.off[9] > schedule.UNKNOWN:
+            state.off = state.off[:3]  # kept before the pace was: access times from [9] on
         if state.off and len(state.off) < _OFF_RECENT:
             # Stored before the run kept what it is tested against: start a run here.
             near = _near(window, slots, spread)
-            state.off = [*state.off[:3], *_run_start(ts, rate, state, peers, near)]
+            state.off = [*state.off[:3], *_run_start(ts, rate, state, peers, slots, near)]
         if not state.off or window > state.off[0]:
             near = _near(window, slots, spread)
             # A run of accesses going on across the window boundary stays one run for the
@@ -130,6 +148,8 @@ class OffHours(Detector):
             )
             if run:
                 run[5] = _busiest_near(state, peers, near)
+                run[6] = _pace_near(state, peers, slots, near)
+                run[7] = 0
             paged = 0
             if state.off:
                 paged = state.off[2]
@@ -141,7 +161,7 @@ class OffHours(Detector):
                 window,
                 0,
                 paged if run else 0,
-                *(run or _run_start(ts, rate, state, peers, near)),
+                *(run or _run_start(ts, rate, state, peers, slots, near)),
             ]
         elif window < state.off[0]:
             return None  # a late event: its window is closed
@@ -153,6 +173,8 @@ class OffHours(Detector):
             state.off.append(ts)
             if len(state.off) > _OFF_RECENT + _SCAN_EVENTS:
                 del state.off[_OFF_RECENT]
+            since = ts - schedule.PACE_MS
+            state.off[10] = max(state.off[10], sum(t > since for t in state.off[_OFF_RECENT:]))
         count, fired, spaced = state.off[1], state.off[2], state.off[4]
         # Idle hours are only known once the profile has seen at least a full day.
         if (
@@ -181,12 +203,18 @@ class OffHours(Detector):
             schedule.active_days(group, slots, today, near),
         )
         # Its schedule: the machine or its group was active around this time on earlier
-        # days, at about this level (a job at the minute it always runs, a CI pool's night
-        # runs): the window, or the run if it crossed into it, has no more accesses than the
-        # busiest window around here before the run. Busier than that, the rules below judge
-        # it against what was seen here.
-        before0, before_here = state.off[7], state.off[8]
-        if days_near and max(count, spaced) <= cfg.off_hours_schedule_ratio * before_here:
+        # days, at about this level and pace (a job at the minute it always runs, a CI
+        # pool's night runs): the window, or the run if it crossed into it, has no more
+        # accesses than the busiest window around here before the run, and no more within
+        # schedule.PACE_MS than were ever seen there. Busier or faster than that, the rules
+        # below judge it against what was seen here: a business-hours tail of four accesses
+        # an evening does not explain four in two minutes.
+        before0, before_here, pace_here = state.off[7], state.off[8], state.off[9]
+        if (
+            days_near
+            and max(count, spaced) <= cfg.off_hours_schedule_ratio * before_here
+            and state.off[10] <= cfg.off_hours_schedule_ratio * pace_here
+        ):
             return None
         day = ts - ts % 86_400_000
         peak = max(rate.expected_at(day + h * 3_600_000) for h in range(24))

@@ -9,9 +9,14 @@ activity where the machine or its group has been active on earlier days, at a si
 its schedule, not off hours, and a time of day is only called idle once the machine has shown
 enough activity elsewhere for that idleness to mean something.
 
-State (JSON-friendly, bounded): `[day, mask per window of the day...]`, bit i of a window's
-mask set when there was activity in that window `i` days before `day`; `DAYS` days are kept,
-so a weekly job's last two runs are both remembered.
+State (JSON-friendly, bounded): `[day, mask per window of the day..., pace per window of the
+day...]`, bit i of a window's mask set when there was activity in that window `i` days before
+`day`; `DAYS` days are kept, so a weekly job's last two runs are both remembered. A window's
+pace is the most spaced accesses seen within `PACE_MS` there on any day: a job that runs at
+its minute makes its accesses within seconds every time, while a business-hours tail of a few
+accesses an evening is spread over the window, and an office tool's session at that time of
+day, at its daytime pace, is as busy as the tail within minutes, not at that level. Schedules
+stored before the pace was kept (`1 + windows` long) read as pace unknown.
 
 Imports: the standard library only.
 """
@@ -23,31 +28,44 @@ from collections.abc import Iterable
 DAYS = 28
 _FULL = (1 << DAYS) - 1
 DAY_MS = 86_400_000
+PACE_MS = 120_000
+UNKNOWN = 1 << 30  # the pace of a window noted before paces were kept: anything goes
 
 
-def note(sched: list[int], slots: int, day: int, slot: int) -> list[int]:
-    """`sched` with activity noted in window `slot` of `day` (a new schedule when `sched` is
-    empty or of another number of windows). Days before the newest one noted are still
-    noted, in their own bit; days older than DAYS are dropped."""
-    if len(sched) != slots + 1:
-        sched = [day, *([0] * slots)]
-    elif day > sched[0]:
+def _masks(sched: list[int], slots: int) -> bool:
+    """Whether `sched` is a schedule of `slots` windows (with or without paces)."""
+    return len(sched) in (slots + 1, 2 * slots + 1)
+
+
+def note(sched: list[int], slots: int, day: int, slot: int, pace: int = 1) -> list[int]:
+    """`sched` with activity noted in window `slot` of `day`, at most `pace` spaced accesses
+    within PACE_MS (a new schedule when `sched` is empty or of another number of windows).
+    Days before the newest one noted are still noted, in their own bit; days older than DAYS
+    are dropped; a window's pace is the most ever noted there."""
+    if not _masks(sched, slots):
+        sched = [day, *([0] * (2 * slots))]
+    elif len(sched) == slots + 1:
+        # Kept before paces were: windows already active have an unknown pace.
+        sched = [*sched, *(UNKNOWN if m else 0 for m in sched[1:])]
+    if day > sched[0]:
         shift = day - sched[0]
         if shift >= DAYS:
-            sched[1:] = [0] * slots
+            sched[1:] = [0] * (2 * slots)
         else:
-            sched[1:] = [(m << shift) & _FULL for m in sched[1:]]
+            sched[1 : slots + 1] = [(m << shift) & _FULL for m in sched[1 : slots + 1]]
         sched[0] = day
     back = sched[0] - day
     if back < DAYS:
         sched[slot + 1] |= 1 << back
+        i = slots + 1 + slot
+        sched[i] = max(sched[i], pace)
     return sched
 
 
 def earlier(sched: list[int], slots: int, day: int, slot: int) -> int:
     """The days before `day` on which window `slot` was active, as a mask (bit 0: the day
     before)."""
-    if len(sched) != slots + 1:
+    if not _masks(sched, slots):
         return 0
     shift = day - sched[0]
     if shift < 0:  # a day before the newest noted (another member's clock is ahead)
@@ -69,3 +87,13 @@ def active_windows(sched: list[int], slots: int, day: int) -> int:
     """Windows of earlier days with activity, all windows of the day together: how much the
     schedule has seen, the evidence an idle time of day rests on."""
     return sum(earlier(sched, slots, day, slot).bit_count() for slot in range(slots))
+
+
+def pace(sched: list[int], slots: int, near: Iterable[int]) -> int:
+    """The most spaced accesses seen within PACE_MS in any of the windows `near` (UNKNOWN
+    where a window was active before paces were kept)."""
+    if len(sched) == slots + 1:
+        return max((UNKNOWN if sched[slot + 1] else 0 for slot in near), default=0)
+    if len(sched) != 2 * slots + 1:
+        return 0
+    return max((sched[slots + 1 + slot] for slot in near), default=0)

@@ -129,3 +129,41 @@ def test_a_tool_used_in_a_few_sessions_has_no_idle_hours_yet() -> None:
     for j in range(10):
         c.send(start + j * 40 * S)
     assert off_hours_pages(c) == []
+
+
+def test_a_session_far_faster_than_earlier_nights_trickle_pages_within_two_minutes() -> None:
+    # Issue 16's synthetic regression: an office tool with a little activity late on earlier
+    # nights (six accesses spread over half an hour) starts a session there at its daytime
+    # pace. Six accesses a night were seen here, but never two within two minutes: the
+    # session is not that schedule, and it pages on the burst's evidence, not only once it
+    # has made more accesses than the trickle ever did (the seventh, three minutes in).
+    c = Client(DetectionCore(CFG), "backoffice")
+    for d in range(14):
+        working_day(c, d)
+        if d % 2:
+            t = T0 + d * DAY + 2 * HOUR + 2 * MIN
+            for k in range(6):
+                c.send(t + k * 5 * MIN)
+    c.alerts.clear()
+    start = T0 + 14 * DAY + 2 * HOUR + 5 * MIN
+    for j in range(20):
+        c.send(start + j * 30 * S)
+    found = off_hours_pages(c)
+    assert found
+    assert found[0] <= format_rfc3339_ms(start + 2 * MIN)
+
+
+def test_a_schedule_keeps_each_windows_fastest_pace() -> None:
+    sched: list[int] = []
+    sched = schedule.note(sched, 48, 10, 6, 4)
+    sched = schedule.note(sched, 48, 11, 6, 2)
+    sched = schedule.note(sched, 48, 11, 7)
+    assert schedule.pace(sched, 48, [6]) == 4
+    assert schedule.pace(sched, 48, [7, 8]) == 1
+    assert schedule.active_days(sched, 48, 12, [6]) == 2
+    # Kept before paces were: an active window's pace is unknown (the count rule alone).
+    legacy = [11, *([0] * 48)]
+    legacy[7] = 0b11
+    assert schedule.pace(legacy, 48, [6]) == schedule.UNKNOWN
+    assert schedule.pace(legacy, 48, [7]) == 0
+    assert schedule.pace(schedule.note(legacy, 48, 12, 7, 2), 48, [6, 7]) == schedule.UNKNOWN
