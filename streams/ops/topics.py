@@ -193,6 +193,43 @@ def _describe(admin: AdminClient, res: ConfigResource, timeout: float) -> dict[s
             time.sleep(0.2)
 
 
+def _await_usable(admin: AdminClient, names: list[str], timeout: float) -> None:
+    """Return once every topic just created has a leader for each partition and answers a
+    config lookup. The create request succeeds before the broker's metadata and config handler
+    know the topic; a caller (or the next command) that uses it at once would otherwise get
+    UNKNOWN_TOPIC_OR_PART under load."""
+    if not names:
+        return
+    deadline = time.monotonic() + timeout
+    waiting = set(names)
+    while waiting:
+        topics = admin.list_topics(timeout=timeout).topics
+        waiting = {
+            n
+            for n in waiting
+            if n not in topics
+            or topics[n].error is not None
+            or not topics[n].partitions
+            or any(p.leader < 0 for p in topics[n].partitions.values())
+        }
+        if waiting and time.monotonic() > deadline:
+            raise KafkaException(
+                KafkaError(
+                    KafkaError._TIMED_OUT,
+                    f"topics created but not usable after {timeout:.0f} s: "
+                    + ", ".join(sorted(waiting)),
+                )
+            )
+        if waiting:
+            time.sleep(0.1)
+    for n in names:
+        _describe(
+            admin,
+            ConfigResource(ConfigResource.Type.TOPIC, n),
+            max(deadline - time.monotonic(), 1.0),
+        )
+
+
 @dataclass
 class TopicReport:
     name: str
@@ -232,6 +269,7 @@ def ensure_topics(
                 # Someone else created it between our listing and our request.
                 elif e.args[0].name() != "TOPIC_ALREADY_EXISTS":
                     raise
+        _await_usable(admin, [r.name for r in reports.values() if r.created], timeout)
         if refused:
             raise TopicAuthorizationError(
                 cfg,
