@@ -9,9 +9,10 @@ machine), scored before it learns the window.
 
 The model's tree structure is random but fixed by the seed and the feature limits, so only the
 node masses are state: at most 1.3 kB per group at the defaults (compressed, usually a few
-hundred bytes), kept in the group's store under `COMBINED`, and rebuilt into a river model
-only when the stored bytes differ from the cached copy (another worker owned the partition, a
-restore, a rolled-back transaction).
+hundred bytes), kept in the group's store under `COMBINED`, and loaded again only when the
+stored bytes differ from the cached copy (another worker owned the partition, a restore, a
+rolled-back transaction). river draws the trees; the models walk them as flat lists
+(`_Trees`), river's arithmetic on them unchanged.
 """
 
 from __future__ import annotations
@@ -20,10 +21,8 @@ import math
 import zlib
 from collections import OrderedDict
 from collections.abc import Hashable
-from copy import copy
 from dataclasses import dataclass, replace
-from operator import attrgetter
-from random import Random
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -39,8 +38,6 @@ COMBINED = b"gc"  # store kind: a group's model masses
 FEATURES = ("rate", "new_resources", "failures", "writes", "new_operations")
 _LIMITS: dict[Hashable, tuple[float, float]] = dict.fromkeys(FEATURES, (0.0, 1.0))
 _HEADER = np.dtype("<u4")
-_R_MASS = attrgetter("r_mass")
-_L_MASS = attrgetter("l_mass")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,109 +75,151 @@ def features(
     }
 
 
-def _twin(node: Any, twins: dict[int, Any]) -> Any:
-    """A copy of a river tree node and everything below it (`twins`: original id -> copy)."""
-    twin = object.__new__(type(node))
-    attrs = twin.__dict__
-    attrs.update(node.__dict__)
-    children = attrs.get("children")
-    if children is not None:
-        attrs["children"] = tuple(_twin(c, twins) for c in children)
-    twins[id(node)] = twin
-    return twin
+class _Trees:
+    """The trees of a HalfSpaceTrees model of `p`, as river draws them for the seed and the
+    feature limits, flattened into lists in river's depth-first node order (the order the
+    stored masses follow). Every group's model has the same trees, only its masses differ,
+    so one `_Trees` serves them all and a new group's model is two lists of zeros, not a copy
+    of some 600 river nodes (about a millisecond each, on the first windows of every group
+    a worker meets)."""
+
+    __slots__ = (
+        "feature",
+        "height",
+        "left",
+        "max_score",
+        "n",
+        "right",
+        "roots",
+        "size_limit",
+        "threshold",
+    )
+
+    def __init__(self, p: CombinedParams) -> None:
+        hst = HalfSpaceTrees(
+            n_trees=p.n_trees,
+            height=p.height,
+            window_size=p.window_size,
+            limits=dict(_LIMITS),
+            seed=p.seed,
+        )
+        # river draws the trees on the first learn_one.
+        hst.learn_one(dict.fromkeys(FEATURES, 0.5))
+        nodes = [node for tree in hst._tree_nodes for node in tree]
+        index = {id(node): i for i, node in enumerate(nodes)}
+        self.n = len(nodes)
+        self.roots = [index[id(tree)] for tree in hst.trees]
+        self.height = p.height
+        # Leaves get feature -1: a full-height walk never reads past them.
+        self.feature = [FEATURES.index(n.feature) if _branch(n) else -1 for n in nodes]
+        self.left = [index[id(n.children[0])] if _branch(n) else -1 for n in nodes]
+        self.right = [index[id(n.children[1])] if _branch(n) else -1 for n in nodes]
+        self.threshold = [float(getattr(n, "threshold", 0.0)) for n in nodes]
+        self.size_limit = 0.1 * p.window_size
+        self.max_score = hst._max_score
+
+
+def _branch(node: Any) -> bool:
+    return getattr(node, "children", None) is not None
+
+
+@lru_cache(maxsize=8)
+def _trees(p: CombinedParams) -> _Trees:
+    return _Trees(p)
 
 
 class _Model:
-    """A river HalfSpaceTrees whose learned masses round-trip through bytes. `like`: a model
-    of the same parameters whose trees are copied rather than drawn again (the same seed and
-    limits draw the same trees; copying them costs a fraction of drawing them, and a worker
-    meets a group it has no model for yet on many of its first windows)."""
+    """One group's HalfSpaceTrees: river's algorithm (`score_one`, `learn_one` and the window
+    pivot) on the shared `_Trees`, its masses as two lists that round-trip through bytes.
+    Every feature of `features` is always present, so river's path for a missing feature is
+    never taken."""
 
-    def __init__(self, p: CombinedParams, like: _Model | None = None) -> None:
-        if like is None:
-            self.hst = HalfSpaceTrees(
-                n_trees=p.n_trees,
-                height=p.height,
-                window_size=p.window_size,
-                limits=dict(_LIMITS),
-                seed=p.seed,
-            )
-            # The trees are built on the first learn_one; build them now so masses can be
-            # loaded.
-            self.hst.learn_one(dict.fromkeys(FEATURES, 0.5))
-        else:
-            src = like.hst
-            hst = self.hst = object.__new__(HalfSpaceTrees)
-            hst.__dict__.update(src.__dict__)
-            hst.limits = copy(src.limits)
-            hst.rng = Random()
-            hst.rng.setstate(src.rng.getstate())
-            twins: dict[int, Any] = {}
-            hst.trees = [_twin(t, twins) for t in src.trees]
-            hst._tree_nodes = [[twins[id(n)] for n in nodes] for nodes in src._tree_nodes]
-        self.nodes = [node for nodes in self.hst._tree_nodes for node in nodes]
-        self.learned = 0
+    __slots__ = ("counter", "first_window", "l_mass", "learned", "narrow", "r_mass", "trees")
+
+    def __init__(self, p: CombinedParams) -> None:
+        self.trees = _trees(p)
         self.narrow = p.window_size <= 255
-        self._rs: list[int] | None = None
-        self._rs_at = (0, 0)  # (learned, window counter) when _rs was read
         self.load(None)
 
     def load(self, blob: bytes | None) -> None:
-        hst = self.hst
-        nodes = self.nodes
-        self._rs = None
+        n = self.trees.n
         if blob is None:
-            for node in nodes:
-                node.l_mass = node.r_mass = 0
-            hst.counter, hst._first_window, self.learned = 0, True, 0
+            self.r_mass, self.l_mass = [0] * n, [0] * n
+            self.counter, self.first_window, self.learned = 0, True, 0
             return
         head = np.frombuffer(blob, dtype=_HEADER, count=3)
         body = blob[head.nbytes :]
-        if len(body) == 4 * len(nodes):
+        if len(body) == 4 * n:
             # The first layout: uncompressed (r, l) pairs of little-endian u2.
             masses = np.frombuffer(body, dtype="<u2")
             rs, ls = masses[0::2].tolist(), masses[1::2].tolist()
         else:
             raw = zlib.decompress(body)
-            wide = len(raw) == 4 * len(nodes)
-            if not wide and len(raw) != 2 * len(nodes):
+            wide = len(raw) == 4 * n
+            if not wide and len(raw) != 2 * n:
                 raise ValueError("combined-score state does not match the model's shape")
             masses = np.frombuffer(raw, dtype="<u2" if wide else "u1")
-            rs, ls = masses[: len(nodes)].tolist(), masses[len(nodes) :].tolist()
-        for node, r, left in zip(nodes, rs, ls, strict=True):
-            node.r_mass, node.l_mass = r, left
-        hst.counter, hst._first_window, self.learned = int(head[0]), bool(head[1]), int(head[2])
+            rs, ls = masses[:n].tolist(), masses[n:].tolist()
+        self.r_mass, self.l_mass = rs, ls
+        self.counter, self.first_window, self.learned = int(head[0]), bool(head[1]), int(head[2])
 
     def dump(self) -> bytes:
         """Header, then zlib of every node's reference masses and then its latest masses, one
         byte each while a window fits in one (at most `window_size` learns land in a node):
         masses are small, repetitive counts, so this is a few hundred bytes, not 2.5 kB."""
-        hst = self.hst
-        head = np.array([hst.counter, hst._first_window, self.learned], dtype=_HEADER)
-        nodes = self.nodes
-        # Reference masses only change when a window closes, so they are read out of the
-        # nodes (about 50 ns an attribute in river's tree) once per window, not on every dump:
-        # the cached copy holds while the window counter moved exactly as many steps as
-        # windows were learned since (a close wraps it round).
-        learned, counter = self.learned, hst.counter
-        if self._rs is None or counter - self._rs_at[1] != learned - self._rs_at[0]:
-            self._rs = list(map(_R_MASS, nodes))
-            self._rs_at = (learned, counter)
-        rs = self._rs
-        ls = list(map(_L_MASS, nodes))
+        head = np.array([self.counter, self.first_window, self.learned], dtype=_HEADER)
+        rs, ls = self.r_mass, self.l_mass
         raw = bytes(rs) + bytes(ls) if self.narrow else np.array(rs + ls, dtype="<u2").tobytes()
         return head.tobytes() + zlib.compress(raw, 1)
 
+    def score_one(self, x: dict[str, float]) -> float:
+        """river's `HalfSpaceTrees.score_one` (call it once the first window is complete)."""
+        t = self.trees
+        values = [x[f] for f in FEATURES]
+        feature, threshold, left, right = t.feature, t.threshold, t.left, t.right
+        r_mass, size_limit, height = self.r_mass, t.size_limit, t.height
+        score = 0.0
+        for root in t.roots:
+            node, depth_pow, tree_score = root, 1, 0.0
+            for _ in range(height):
+                r = r_mass[node]
+                tree_score += r * depth_pow
+                if r < size_limit:
+                    break
+                node = left[node] if values[feature[node]] < threshold[node] else right[node]
+                depth_pow <<= 1
+            else:
+                tree_score += r_mass[node] * depth_pow
+            score += tree_score
+        return 1 - score / t.max_score
+
+    def learn_one(self, x: dict[str, float], window_size: int) -> None:
+        """river's `HalfSpaceTrees.learn_one`: count `x` along its path in every tree; the
+        latest masses become the reference every `window_size` learns."""
+        t = self.trees
+        values = [x[f] for f in FEATURES]
+        feature, threshold, left, right = t.feature, t.threshold, t.left, t.right
+        l_mass, height = self.l_mass, t.height
+        for root in t.roots:
+            node = root
+            for _ in range(height):
+                l_mass[node] += 1
+                node = left[node] if values[feature[node]] < threshold[node] else right[node]
+            l_mass[node] += 1
+        self.counter += 1
+        if self.counter == window_size:
+            self.r_mass, self.l_mass = l_mass, [0] * t.n
+            self.first_window = False
+            self.counter = 0
+
 
 class CombinedModels:
-    """The per-group models, cached as river objects and checked against the store."""
+    """The per-group models, cached and checked against the store."""
 
     def __init__(self, params: CombinedParams, cache_size: int = 512) -> None:
         self.params = params
         self.cache_size = cache_size
         self._cache: OrderedDict[str, tuple[bytes | None, _Model]] = OrderedDict()
-        self._spare: _Model | None = None
-        self._template: _Model | None = None
 
     def _model(self, group: str, blob: bytes | None) -> _Model:
         hit = self._cache.get(group)
@@ -189,21 +228,14 @@ class CombinedModels:
             if hit[0] == blob:
                 return hit[1]
             model = hit[1]
+            model.load(blob)
         else:
-            # Building the trees costs milliseconds; evicted models are reused, and new ones
-            # copy the trees of the first.
-            spare = self._spare
-            if spare is None:
-                if self._template is None:
-                    self._template = _Model(self.params)
-                spare = _Model(self.params, self._template)
-            model = spare
-            self._spare = None
-        model.load(blob)
+            model = _Model(self.params)
+            if blob is not None:
+                model.load(blob)
         self._cache[group] = (blob, model)
         if len(self._cache) > self.cache_size:
-            _, (_, evicted) = self._cache.popitem(last=False)
-            self._spare = evicted
+            self._cache.popitem(last=False)
         return model
 
     def score_and_learn(self, kv: KeyValue, group: str, x: dict[str, float]) -> float | None:
@@ -211,9 +243,8 @@ class CombinedModels:
         completed its first reference window (nothing to compare with yet)."""
         blob = kv.get(COMBINED, group)
         model = self._model(group, blob)
-        warm = not model.hst._first_window
-        score = float(model.hst.score_one(x)) if warm else None
-        model.hst.learn_one(x)
+        score = None if model.first_window else float(model.score_one(x))
+        model.learn_one(x, self.params.window_size)
         model.learned += 1
         out = model.dump()
         kv.set(COMBINED, group, out)

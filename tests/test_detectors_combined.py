@@ -8,8 +8,17 @@ import zlib
 
 import numpy as np
 import pytest
+from river.anomaly import HalfSpaceTrees
 
-from detectors.combined import COMBINED, CombinedModels, CombinedParams, MemoryKV, features
+from detectors.combined import (
+    _LIMITS,
+    COMBINED,
+    FEATURES,
+    CombinedModels,
+    CombinedParams,
+    MemoryKV,
+    features,
+)
 from detectors.core import DetectionCore, DetectorConfig
 from detectors.rate import RateParams, poisson_tail
 from schemas.event import format_rfc3339_ms, parse_timestamp_us
@@ -242,9 +251,9 @@ def test_stored_masses_are_the_models_at_every_step_across_window_closes() -> No
         assert blob is not None
         model = models._cache["g"][1]
         raw = np.frombuffer(zlib.decompress(blob[12:]), dtype="u1").tolist()
-        n = len(model.nodes)
-        assert raw[:n] == [node.r_mass for node in model.nodes]
-        assert raw[n:] == [node.l_mass for node in model.nodes]
+        n = model.trees.n
+        assert raw[:n] == model.r_mass
+        assert raw[n:] == model.l_mass
 
 
 def test_a_stale_cached_model_is_reloaded_from_the_store() -> None:
@@ -316,7 +325,8 @@ def test_several_small_shifts_together_page_as_combined() -> None:
     found = [a for a in pages(c.alerts) if a.detector == "combined"]
     assert found, [(a.detector, a.severity) for a in c.alerts]
     assert {a.detector for a in pages(c.alerts)} == {"combined"}
-    assert found[0].hint and found[0].observed["combined_score"] >= P.page_at
+    score = found[0].observed["combined_score"]
+    assert found[0].hint and isinstance(score, float) and score >= P.page_at
     assert "unusual as a whole" in found[0].summary
     # Anchored on the unusual window itself, not on the next window's first event.
     assert found[0].event_time < format_rfc3339_ms(T0 + (start + 10) * MIN)
@@ -344,18 +354,50 @@ def test_windows_too_quiet_to_judge_are_not_learned() -> None:
     assert kv.get(COMBINED, "cron-job") is not None
 
 
-def test_a_group_model_copied_from_the_first_scores_as_one_built_from_scratch() -> None:
-    # A worker's second and later groups copy the first group's trees instead of drawing
-    # them again: the copy must be the same model (same splits, masses its own), so that
-    # which group a worker met first changes no score.
+def test_a_groups_model_scores_and_learns_as_rivers_half_space_trees() -> None:
+    # The models walk river's trees as flat lists: every score and every mass must be
+    # river's own, across window pivots, for a model built from scratch.
+    p = CombinedParams(window_size=20, min_events=5)
+    rng = random.Random(11)
+    xs = [
+        features(rng.randrange(1, 60), 10.0, rng.randrange(4), 0.05, rng.randrange(3), 0, 0)
+        for _ in range(90)
+    ]
+    xs += [features(200, 2.0, 50, 0.0, 40, rng.randrange(9), rng.randrange(4)) for _ in range(5)]
+    river_hst = HalfSpaceTrees(
+        n_trees=p.n_trees,
+        height=p.height,
+        window_size=p.window_size,
+        limits=dict(_LIMITS),
+        seed=p.seed,
+    )
+    river_hst.learn_one(dict.fromkeys(FEATURES, 0.5))
+    for node in (n for tree in river_hst._tree_nodes for n in tree):
+        node.l_mass = node.r_mass = 0
+    river_hst.counter = 0
+    models, kv = CombinedModels(p), MemoryKV()
+    for x in xs:
+        expected = None if river_hst._first_window else float(river_hst.score_one(x))
+        assert models.score_and_learn(kv, "g", x) == expected
+        river_hst.learn_one(x)
+        model = models._cache["g"][1]
+        nodes = [n for tree in river_hst._tree_nodes for n in tree]
+        assert model.r_mass == [n.r_mass for n in nodes]
+        assert model.l_mass == [n.l_mass for n in nodes]
+    assert not river_hst._first_window
+
+
+def test_every_groups_model_walks_one_copy_of_the_trees() -> None:
+    # A worker meets hundreds of groups on its first windows: a new group's model is its
+    # masses only, the drawn trees shared, and its scores are those of a model alone.
     p = CombinedParams(window_size=20, min_events=5)
     rng = random.Random(11)
     xs = [features(rng.randrange(5, 40), 10.0, rng.randrange(3), 0.0, 1, 0, 0) for _ in range(70)]
     models, kv = CombinedModels(p), MemoryKV()
     for x in xs[:30]:
         models.score_and_learn(kv, "first", x)
-    assert models._template is not None
     copied = [models.score_and_learn(kv, "second", x) for x in xs]
+    assert models._cache["first"][1].trees is models._cache["second"][1].trees
     built, kv_built = CombinedModels(p), MemoryKV()
     alone = [built.score_and_learn(kv_built, "second", x) for x in xs]
     assert copied == alone
