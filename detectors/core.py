@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import Any
 
 from detectors.authenticity import finding as spoofed_finding
-from detectors.base import Finding, Seen
+from detectors.base import Detector, Finding, Seen
 from detectors.capacity import MachineIndex
 from detectors.combined import CombinedWindow
 from detectors.config import DetectorConfig
@@ -57,16 +57,17 @@ __all__ = [
 class DetectionCore:
     """Scores each event against its machine's baselines, then learns it."""
 
-    # The detectors of a machine's events (see process for the order), each as its bound
-    # `run` (score, then learn): a bound method costs less to call per event than an object.
-    # They keep no state between events, so one of each serves every core; the combined
-    # score's model cache is the core's own.
+    # The detectors of a machine's events (see process for the order). They keep no state
+    # between events, so one of each serves every core; the combined score's model cache is
+    # the core's own.
     _new_identity = NewIdentity().run
-    _access_rate = AccessRate().run
-    _off_hours = OffHours().run
-    _failure = FailureRatio().run
-    _operation = NewOperation().run
-    _new_resource = NewResource().run
+    _detectors: tuple[Detector, ...] = (
+        AccessRate(),
+        OffHours(),
+        FailureRatio(),
+        NewOperation(),
+        NewResource(),
+    )
 
     def __init__(
         self,
@@ -92,9 +93,18 @@ class DetectionCore:
             RateBaseline(self.config.rate),
         )
         self.last_findings: list[Finding] = []
-        self._combined = CombinedWindow().run
+        self.detectors: tuple[Detector, ...] = ()
+        self._steps: tuple[_Step, ...] = ()
+        self.wire((*self._detectors, CombinedWindow()))
         # None: every event writes its machine's state through to the store.
         self.working: WorkingCopy | None = None
+
+    def wire(self, detectors: Sequence[Detector]) -> None:
+        """Run `detectors`, in this order, on every event (after the new-identity check of a
+        machine's first event). Each is kept as its bound score and learn, called by process
+        directly: what `Detector.run` does, without a call in between on every event."""
+        self.detectors = tuple(detectors)
+        self._steps = tuple(_steps(d) for d in self.detectors)
 
     @property
     def control(self) -> Callable[[str], AlertControl | None] | None:
@@ -198,22 +208,48 @@ class DetectionCore:
         the upstream stream the event came through (an input partition), for the clock."""
         if event.unverified:
             return self._spoofed(event, kv, partition)
-        state = self._load(kv, partition, event.machine_id)
+        machine, ts = event.machine_id, event.timestamp_ms
+        working = self.working
+        if working is not None:
+            state = working.get(kv, partition, machine)
+        else:
+            raw = kv.get(MACHINE, machine)
+            state = _decode_state(raw) if raw is not None else None
         since = self.watching_since_ms
-        if since is None or event.timestamp_ms < since:
-            self.watching_since_ms = event.timestamp_ms
+        if since is None or ts < since:
+            self.watching_since_ms = ts
         try:
             state, alerts = self.process(event, state, kv)
         except Exception:
             # Writing through, a failed event leaves the stored state as it was; the working
             # copy's object may be half changed. Fall back to the store (the last flush): the
             # machine loses what it learned since, but never keeps half an event.
-            if self.working is not None:
-                self.working.discard(partition, event.machine_id)
+            if working is not None:
+                working.discard(partition, machine)
             raise
-        self._save(kv, partition, event.machine_id, state)
-        self._track(event, kv, partition)
-        alerts.extend(self._watch_silence(event, state, kv, partition, source))
+        if working is not None:
+            working.put(partition, machine, state)
+        else:
+            kv.set(MACHINE, machine, _encode_state(state))
+        # Capacity: the least recently seen machines beyond the cap are evicted.
+        index = self._indexes.get(partition)
+        if index is None:
+            # Not setdefault: that would build an index on every event to throw it away.
+            index = self._indexes[partition] = MachineIndex()
+        index.touch(machine, ts)
+        if len(index.last_seen) > self.config.max_machines:
+            self._evict(index, kv, partition)
+        # The silence watch. process() has just resolved this event's group, config and rate
+        # baseline: reuse them rather than work them out again.
+        group, cfg, rate = self._last
+        watch = self._watches.get(kv, partition)
+        if state.episodes or watch.open:
+            note_open(watch, machine, group, state.episodes)
+        note_event(watch, machine, group, ts, cfg, rate)
+        if source != "seed":
+            watch.advance(str(source), ts, cfg.silence_max_skew_s * 1000)
+        if watch.clock_ms >= watch.next_sweep_ms:
+            alerts.extend(self._sweep_if_due(watch, kv, partition))
         if not alerts:
             return alerts
         return self._storms.apply(self.config, self.config_version, event, alerts, partition)
@@ -245,13 +281,14 @@ class DetectionCore:
 
     def _track(self, event: AuditEvent, kv: KeyValue, partition: Any) -> None:
         """Capacity: evict the least recently seen machines beyond the cap."""
-        cfg = self.config
         index = self._indexes.get(partition)
         if index is None:
-            # Not setdefault: that would build an index on every event to throw it away.
             index = self._indexes[partition] = MachineIndex()
         index.touch(event.machine_id, event.timestamp_ms)
-        evicted = index.over(cfg.max_machines)
+        self._evict(index, kv, partition)
+
+    def _evict(self, index: MachineIndex, kv: KeyValue, partition: Any) -> None:
+        evicted = index.over(self.config.max_machines)
         if not evicted:
             return
         watch = self._watches.get(kv, partition)
@@ -271,20 +308,6 @@ class DetectionCore:
             self._forget(kv, partition, machine)
         self.evictions += len(idle)
         return idle
-
-    def _watch_silence(
-        self, event: AuditEvent, state: MachineState, kv: KeyValue, partition: Any, source: Any
-    ) -> list[Alert]:
-        # process() has just resolved this event's group, config and rate baseline: reuse
-        # them rather than work them out again on the per-event path.
-        group, cfg, rate = self._last
-        watch = self._watches.get(kv, partition)
-        note_open(watch, event.machine_id, group, state.episodes)
-        ts = event.timestamp_ms
-        note_event(watch, event.machine_id, group, ts, cfg, rate)
-        if source != "seed":
-            watch.advance(str(source), ts, cfg.silence_max_skew_s * 1000)
-        return self._sweep_if_due(watch, kv, partition)
 
     def punctuate(self, kv: KeyValue, partition: Any, clocks: dict[str, int]) -> list[Alert]:
         """Move a store's silence clock with the event time of other sources (the runtime's
@@ -423,15 +446,10 @@ class DetectionCore:
 
         # Each scores the event, then learns it. The order is part of the behaviour: the
         # combined score reads what the operation and resource detectors noted.
-        for detect in (
-            self._access_rate,
-            self._off_hours,
-            self._failure,
-            self._operation,
-            self._new_resource,
-            self._combined,
-        ):
-            found = detect(seen)
+        for score, learn in self._steps:
+            found = score(seen)
+            if learn is not None:
+                learn(seen, found)
             if found is not None:
                 findings.append(found)
 
@@ -481,3 +499,13 @@ class DetectionCore:
             # opens an episode of its own, so the first state on-call sees is `opened`.
             del state.episodes[f.detector]
         return f
+
+
+# A detector's score and learn as the core calls them; learn is None when it has nothing to
+# do (the detector learns as its intervals close, in score).
+_Step = tuple[Callable[[Seen], Finding | None], Callable[[Seen, Finding | None], None] | None]
+
+
+def _steps(detector: Detector) -> _Step:
+    learns = type(detector).learn is not Detector.learn
+    return detector.score, detector.learn if learns else None

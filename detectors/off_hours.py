@@ -48,9 +48,11 @@ def _busiest_near(state: MachineState, peers: PeerGroup | None, near: list[int])
     """The most events the machine, or a peer, made in these windows of the day.
     Neighbouring windows count: sessions and schedules drift by an hour or so from day
     to day, and that is not "off hours"."""
-    before = max(state.hmax[i] for i in near)
+    hmax = state.hmax
+    before = max([hmax[i] for i in near])
     if peers is not None and peers.members > 1:
-        before = max(before, *(peers.busiest_window(i) for i in near))
+        busiest = peers.busiest_window
+        before = max(before, *[busiest(i) for i in near])
     return before
 
 

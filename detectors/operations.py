@@ -10,6 +10,7 @@ Imports: the standard library and `detectors.base`.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from detectors.base import Detector, Finding, Seen
 
@@ -24,10 +25,13 @@ _READ = re.compile(
 )
 
 
+# Cached: the combined score classifies every event's operation, and a fleet uses few.
+@lru_cache(maxsize=4096)
 def is_destructive(operation: str) -> bool:
     return _DESTRUCTIVE.match(operation.upper()) is not None
 
 
+@lru_cache(maxsize=4096)
 def is_write(operation: str) -> bool:
     return _READ.match(operation.upper()) is None
 

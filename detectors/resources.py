@@ -39,6 +39,25 @@ def normalise_resource(resource: str, depth: int = 2) -> str:
     """The level at which a resource is judged new: scheme and host, then at most `depth` path
     segments with ids (numbers, UUIDs, hashes) replaced by placeholders, so that every object key
     or row id is not 'new'. `s3://bucket/2026/11/inv-8341.pdf` -> `s3://bucket/{n}/{n}`."""
+    # What follows the judged segments (an object key, a row id) makes most resources unique,
+    # so behind the cache of whole resources is one keyed on the part that is judged: cut at
+    # the slash that ends it.
+    end = resource.find("?")
+    if end < 0:
+        end = len(resource)
+    scheme = resource.find("://", 0, end)
+    pos = scheme + 3 if scheme >= 0 else 0
+    for _ in range(max(depth, 0) + 1):
+        while resource.startswith("/", pos, end):
+            pos += 1  # empty segments do not count
+        pos = resource.find("/", pos, end)
+        if pos < 0:
+            return _normalise(resource, depth)
+    return _normalise(resource[:pos], depth)
+
+
+@lru_cache(maxsize=65_536)
+def _normalise(resource: str, depth: int) -> str:
     base, _, _query = resource.partition("?")
     scheme, sep, rest = base.partition("://")
     if not sep:

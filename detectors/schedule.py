@@ -96,4 +96,5 @@ def pace(sched: list[int], slots: int, near: Iterable[int]) -> int:
         return max((UNKNOWN if sched[slot + 1] else 0 for slot in near), default=0)
     if len(sched) != 2 * slots + 1:
         return 0
-    return max((sched[slots + 1 + slot] for slot in near), default=0)
+    paces = slots + 1
+    return max([sched[paces + slot] for slot in near], default=0)

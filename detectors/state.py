@@ -157,8 +157,11 @@ class WorkingCopy:
 
     def put(self, partition: Any, machine: str, state: MachineState) -> None:
         key = (partition, machine)
-        self.states[key] = state
-        self.states.move_to_end(key)
+        states = self.states
+        # The state `get` returned (the usual case) is already the most recently used.
+        if states.get(key) is not state:
+            states[key] = state
+            states.move_to_end(key)
         dirty = self.dirty.get(partition)
         if dirty is None:
             dirty = self.dirty[partition] = set()

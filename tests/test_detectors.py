@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,6 +11,7 @@ import orjson
 import pytest
 from fastavro.validation import validate
 
+from detectors import resources
 from detectors.core import DetectionCore, DetectorConfig, MachineState
 from detectors.identity import default_group
 from detectors.rate import RateBaseline, RateParams
@@ -60,6 +62,31 @@ def test_normalise_resource_depth() -> None:
     assert normalise_resource(r, 0) == "s3://bucket"
     assert normalise_resource(r, 1) == "s3://bucket/a"
     assert normalise_resource(r, 3) == "s3://bucket/a/b/c"
+
+
+def test_ids_past_the_judged_depth_are_normalised_once() -> None:
+    # Most resources are unique by what follows the judged segments (an object key, a row
+    # id): normalising each again would cost every event. Only the judged part is normalised.
+    before = resources._normalise.cache_info()
+    for n in range(500):
+        assert normalise_resource(f"https://api.internal/v1/billing/{n}") == (
+            "https://api.internal/v1/billing"
+        )
+        assert normalise_resource(f"https://api.internal//v1//billing/{n}?q={n}") == (
+            "https://api.internal/v1/billing"
+        )
+    assert resources._normalise.cache_info().misses - before.misses <= 2
+
+
+def test_normalising_the_judged_part_is_normalising_the_whole() -> None:
+    rng = random.Random(7)
+    pieces = ["/", "/", "://", ":", "?", "a", "2345", "=", "x=12", "deadbeefdeadbeef00", "é"]
+    for _ in range(20_000):
+        r = "".join(rng.choice(pieces) for _ in range(rng.randrange(14)))
+        for depth in (-1, 0, 1, 2, 3):
+            assert normalise_resource.__wrapped__(r, depth) == resources._normalise.__wrapped__(
+                r, depth
+            )
 
 
 def test_object_keys_of_one_prefix_normalise_alike() -> None:

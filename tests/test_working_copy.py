@@ -8,7 +8,9 @@ from collections import Counter
 
 import pytest
 
+from detectors.base import Finding, Seen
 from detectors.core import MACHINE, DetectionCore, DetectorConfig, WorkingCopy
+from detectors.operations import NewOperation
 from schemas.codec import BundledSchemas
 from schemas.event import AuditEvent, Limits, event_from_mapping
 from streams.ops.config import Config
@@ -162,14 +164,16 @@ def test_a_failed_event_leaves_no_half_applied_state() -> None:
     for e in evs[10:20]:
         core.observe(e, store, 0)
 
-    def broken(*_: object) -> None:
-        raise RuntimeError("detector bug")
+    class Broken(NewOperation):
+        def score(self, seen: Seen) -> Finding | None:
+            raise RuntimeError("detector bug")
 
     # After the rate model has learned the event: the state object is half changed.
-    core._operation = broken  # type: ignore[method-assign]
+    detectors = core.detectors
+    core.wire([Broken() if isinstance(d, NewOperation) else d for d in detectors])
     with pytest.raises(RuntimeError, match="detector bug"):
         core.observe(evs[20], store, 0)
-    del core._operation
+    core.wire(detectors)
     assert core.flush({0: store}.__getitem__) == 0
     assert store.get(MACHINE, "orders-api-1") == committed
     core.observe(evs[21], store, 0)
