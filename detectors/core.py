@@ -413,13 +413,15 @@ class DetectionCore:
         state and the alert states to publish."""
         ts = event.timestamp_ms
         group = self._groups.of(event)
-        cfg = self.config_for(event.machine_id, group)
+        cfg = self.config_for(event.machine_id, group) if self.config.overrides else self.config
         peers = PeerGroup(kv, group) if kv is not None else None
         findings: list[Finding] = []
         new = state is None
         if state is None:
             state = MachineState.new(ts)
-        rate = state.rate_baseline(cfg.rate)
+        rate = state.live_rate
+        if rate is None or rate.params is not cfg.rate:
+            rate = state.rate_baseline(cfg.rate)
         self._last = (group, cfg, rate)
         seen = Seen(event, ts, group, cfg, state, peers, kv, rate)
         if new and kv is not None:
