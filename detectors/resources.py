@@ -25,8 +25,11 @@ _LONG_NUM = re.compile(r"\d{4,}")
 def _segment(seg: str) -> str:
     if seg.isdigit():
         return "{n}"
-    seg = _UUID.sub("{uuid}", seg)
-    seg = _HEX.sub("{hex}", seg)
+    # Most segments are too short to hold a UUID (36 characters) or a hash (16 or more).
+    if len(seg) >= 36:
+        seg = _UUID.sub("{uuid}", seg)
+    if len(seg) >= 16:
+        seg = _HEX.sub("{hex}", seg)
     seg = _LONG_NUM.sub("{n}", seg)
     key, eq, value = seg.partition("=")
     if eq and value.isdigit():

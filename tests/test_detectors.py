@@ -81,6 +81,7 @@ def test_ids_past_the_judged_depth_are_normalised_once() -> None:
 def test_normalising_the_judged_part_is_normalising_the_whole() -> None:
     rng = random.Random(7)
     pieces = ["/", "/", "://", ":", "?", "a", "2345", "=", "x=12", "deadbeefdeadbeef00", "é"]
+    pieces += ["123e4567-e89b-12d3-a456-426614174000", "ABCDEF0123456789", "-"]
     for _ in range(20_000):
         r = "".join(rng.choice(pieces) for _ in range(rng.randrange(14)))
         for depth in (-1, 0, 1, 2, 3):
