@@ -205,7 +205,9 @@ class SilenceWatch:
 
     def advance(self, source: str, ts_ms: int, max_skew_ms: int) -> None:
         sources = self.sources
-        sources[source] = max(ts_ms, sources.get(source, ts_ms))
+        known = sources.get(source)
+        if known is None or ts_ms > known:
+            sources[source] = ts_ms
         lead = max(sources.values())
         # A source this far behind the leader is idle (or stuck): it must not hold every
         # silence check back forever. The slowest live source, without building a list on
