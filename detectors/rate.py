@@ -420,19 +420,26 @@ class _Model:
         if counts and e < 0.0:  # max(e, 0.0), which keeps a -0.0
             e = 0.0
         # std(e), inlined; the series' variance as it stands before this value.
+        # (Python's max and min as comparisons below, ties and a -0.0 decided as they decide
+        # them: max keeps the first of equals, min(h, v) is v only if v < h. This runs once
+        # per machine and interval.)
         gvar = self.gvar
         gsd = math.sqrt(gvar)
-        var = max(self.var, z.floor2 * gvar)
+        var = self.var
+        v = z.floor2 * gvar
+        var = v if v > var else var
         if counts:
-            sd = math.sqrt(max(var, e, 0.25))
+            var = e if e > var else var
+            sd = math.sqrt(0.25 if var < 0.25 else var)
         else:
             sd = math.sqrt(max(var, (1e-3 * abs(e)) ** 2, 1e-12))
         clip_z = z.clip_z
         d = x - e
         lim = clip_z * sd
         side = 1 if d > lim else -1 if d < -lim else 0
-        # Winsorise: the baseline adapts to growth, not to bursts.
-        xc = e + max(-lim, min(lim, d))
+        # Winsorise: the baseline adapts to growth, not to bursts (max(-lim, min(lim, d))).
+        nlim = -lim
+        xc = e + ((d if d > nlim else nlim) if d < lim else (lim if lim > nlim else nlim))
         run = self.run
         if side and (run == 0 or (side > 0) == (run > 0)):
             run += side
@@ -456,11 +463,14 @@ class _Model:
             # deviations, on its own clock: `profile_days` of memory, starting from
             # `profile_prior_days` of weight on its first value.
             k = prof_n[slot]
-            r = max(1.0 / (k + 1 + z.prior), z.r_floor)
+            r = 1.0 / (k + 1 + z.prior)
+            r = z.r_floor if z.r_floor > r else r
             old = prof[slot]
             glim = clip_z * gsd
+            nglim = -glim
+            ghi = glim if glim > nglim else nglim  # what max(-g, min(g, v)) is for v >= g
             dp = x - (w * dow_l[dow] if w > 0 else 0.0) - old
-            new = prof[slot] = old + r * max(-glim, min(glim, dp))
+            new = prof[slot] = old + r * ((dp if dp > nglim else nglim) if dp < glim else ghi)
             # Counted only as far as it matters: past that the slot learns at its steady rate.
             k += 1
             prof_n[slot] = k if k < z.n_cap else z.n_cap
@@ -469,7 +479,7 @@ class _Model:
             level -= new - old
             # The day-of-week offset learns the day's departure from the profile.
             dd = x - new - dow_l[dow]
-            dow_l[dow] += z.rd * max(-glim, min(glim, dd))
+            dow_l[dow] += z.rd * ((dd if dd > nglim else nglim) if dd < glim else ghi)
             # Offsets average to zero: the profile holds the level of the week (m.__rsub__(v)
             # is v - m).
             self.dow = list(map((sum(dow_l) / _WEEK_DAYS).__rsub__, dow_l))
@@ -479,7 +489,9 @@ class _Model:
         ag = z.ag
         gmean = self.gmean
         glim = clip_z * gsd + abs(gmean)
-        gd = max(-glim, min(glim, x - gmean))
+        nglim = -glim
+        gd = x - gmean  # max(-glim, min(glim, gd)):
+        gd = (gd if gd > nglim else nglim) if gd < glim else (glim if glim > nglim else nglim)
         self.gmean = gmean + ag * gd
         self.gvar = z.c * (gvar + ag * gd * gd)
         self.n += 1
@@ -741,27 +753,38 @@ class _Model:
         if abs(b0) - aD * (w1 - w0) - slack <= g_max or aPD - slack <= g_max:
             # Not that far from a bound: step by step, and only the steps before the first one
             # that is not clipped.
-            gp = list(accumulate(gs, initial=0.0))  # sums of g_i for i < j
-            rp = list(accumulate(map(mul, gs, rs[kn : kn + m]), initial=0.0))
             sPD = sP * sD
             if ws is None:
+                # Up to the first step that is not clipped, with the running sums of g_i and
+                # r_i g_i for i < j added as accumulate() adds them.
                 bw, kw = abs(b0), sPD * beta * w0
-                ok = [
-                    bw - rpj - kw * gpj > gj and aPD - sPD * rpj1 - beta * gpj > gj
-                    for rpj, rpj1, gpj, gj in zip(rp, rp[1:], gp, gs, strict=False)
-                ]
+                gpj = rpj = 0.0
+                j = 0
+                for gj, rj in zip(gs, rs[kn : kn + m], strict=True):
+                    rpj1 = rpj + gj * rj
+                    if not (bw - rpj - kw * gpj > gj and aPD - sPD * rpj1 - beta * gpj > gj):
+                        break
+                    gpj += gj
+                    rpj = rpj1
+                    j += 1
+                if not j:
+                    return 0
+                if j < m:
+                    m, gs, sg, sr = j, gs[:j], gpj, rpj
             else:
+                gp = list(accumulate(gs, initial=0.0))  # sums of g_i for i < j
+                rp = list(accumulate(map(mul, gs, rs[kn : kn + m]), initial=0.0))
                 ok = [
                     sP * (P + wj * D) - rpj - sPD * beta * wj * gpj > gj
                     and aPD - sPD * rpj1 - beta * gpj > gj
                     for wj, rpj, rpj1, gpj, gj in zip(ws, rp, rp[1:], gp, gs, strict=False)
                 ]
-            if not ok[0]:
-                return 0
-            if not all(ok):
-                m = ok.index(False)
-                gs, sg, sr = gs[:m], gp[m], rp[m]
-                ws = ws[:m] if ws else None
+                if not ok[0]:
+                    return 0
+                if not all(ok):
+                    m = ok.index(False)
+                    gs, sg, sr = gs[:m], gp[m], rp[m]
+                    ws = ws[:m]
         Pm = P - sP * sr
         Dm = D - sD * beta * sg
         am = z.ap[m]
