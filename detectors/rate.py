@@ -653,7 +653,9 @@ class _Model:
         if w1 == 0.0:
             # Never clipped while |P_j| (within |P|) + |D_j| (within max(|D|, |P|) and
             # |D| + m beta |P|) is within the smallest bound, clip_z sqrt(c^(n-1) H).
-            x = aP + min(max(aD, aP), aD + m * beta * aP)
+            x = aP if aP > aD else aD  # aP + min(max(aD, aP), aD + m beta aP)
+            y = aD + m * beta * aP
+            x = aP + (y if y < x else x)
             n = m if x <= clip_z * math.sqrt(z.cp[m - 1] * H) else z.steps_within(x, H, m)
             if n:
                 m = n
