@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import cache, lru_cache
 from itertools import accumulate
-from operator import mul, sub
+from operator import add, mul, sub
 from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +44,9 @@ _DAY_S = 86_400
 _WEEK_DAYS = 7
 # Longest run of empty intervals learned one by one; longer gaps decay in closed form.
 _MAX_ZERO_STEPS = 2_880
+# Interval indices below this are exact in floats whatever the interval (up to a day) and
+# whatever is added to them within a day: integer slot arithmetic equals the float one.
+_EXACT_INTERVALS = 2**53 // (2 * _DAY_S)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,31 +88,39 @@ class _ZeroPlan:
     __slots__ = (
         "a",
         "a1m",
+        "ag",
         "ainv",
         "alpha",
         "ap",
         "beta",
+        "bp",
         "built",
         "c",
         "c1m",
         "cd",
         "clip_z",
+        "closed_max",
+        "consts",
         "cp",
         "e_max",
         "flat_ok",
+        "floor2",
         "interval_s",
         "log_a",
         "log_c",
         "n_cap",
         "ok",
+        "per_slot",
         "prior",
         "q",
+        "qp",
         "r",
         "r_floor",
         "rd",
         "size",
         "slots",
         "u",
+        "weekly_after",
     )
 
     def __init__(self, p: RateParams, interval_s: float) -> None:
@@ -117,8 +128,9 @@ class _ZeroPlan:
         self.slots = slots = p.slots
         self.alpha = alpha = p.alpha
         self.a = 1.0 - alpha
-        ag = alpha * p.scale_rate
+        self.ag = ag = alpha * p.scale_rate
         self.c = 1.0 - ag
+        self.floor2 = p.scale_floor**2
         self.clip_z = p.clip_z
         # An expectation e <= clip_z^2 is within clip_z sd of 0 (the sd is >= sqrt(e) and
         # >= 0.5): an empty interval then is not clipped and starts no one-sided run. A hair
@@ -139,6 +151,16 @@ class _ZeroPlan:
             self.rd = 1.0 / (per_day * slots * 3)
             self.beta = self.rd * 6.0 / _WEEK_DAYS  # the day's share once re-centred
         self.q = 1.0 - self.beta
+        self.weekly_after = p.weekly_after_days
+        self.consts = (self.a, alpha, self.beta, self.e_max, self.clip_z)
+        # Intervals per time-of-day slot when whole-second intervals tile the slots: then the
+        # slot boundaries of interval i are integer arithmetic on i, equal to what
+        # _slot_steps works out in floats (exact there: multiples of whole seconds).
+        self.per_slot = 0
+        if slots and float(interval_s).is_integer() and interval_s >= 1:
+            slot_s, iv = divmod(_DAY_S, slots)
+            if iv == 0 and slot_s % int(interval_s) == 0:
+                self.per_slot = slot_s // int(interval_s)
         self.ok = (
             self.flat_ok
             and slots > 0
@@ -156,6 +178,9 @@ class _ZeroPlan:
         self.cd: list[float] = []
         self.r: list[float] = []
         self.u: list[float] = []
+        self.qp: list[float] = []
+        self.bp: list[float] = []
+        self.closed_max = -1  # the longest run the closed forms take, once tables() has run
 
     def tables(self) -> int:
         """The longest run the closed forms take (0: none), building the tables on first use:
@@ -166,6 +191,7 @@ class _ZeroPlan:
             return self.size
         if not self.flat_ok:
             self.built = True
+            self.closed_max = 0
             return 0
         # As long as a run can be: a slot's intervals, or a whole run without slots; and
         # a^-size a float.
@@ -185,7 +211,13 @@ class _ZeroPlan:
             r = [max(1.0 / (k + 1 + prior), self.r_floor) for k in range(n_cap + 1)]
             self.r = r + [r[n_cap]] * size
             self.u = [0.0, *accumulate(q ** (-k) / (k + 1 + prior) for k in range(n_cap))]
+            # Powers by table (x ** j, as written where they are used): q^j up to a young
+            # slot's count plus a run, b^j (b = 1 - the floor rate) up to a run.
+            self.qp = [q**j for j in range(n_cap + size + 1)]
+            b = 1.0 - r[n_cap]
+            self.bp = [b**j for j in range(size + 1)]
         self.size = size
+        self.closed_max = size if self.ok else 0
         self.built = True
         return size
 
@@ -348,6 +380,9 @@ class _Model:
 
     def learn(self, x: float, t_s: float | None) -> None:
         p = self.params
+        z = self.plan  # constants under these parameters, worked out once (see _zero_plan)
+        if z.interval_s != self.interval_s:
+            z = self._zero_plan()
         # _where(t_s), inlined: slot, day of week and the day-of-week weight, taken before a
         # first value sets first_day.
         slot, dow, w = -1, -1, 0.0
@@ -358,84 +393,107 @@ class _Model:
             day = t_s / _DAY_S
             dow = (int(day) + 3) % _WEEK_DAYS
             if self.first_day >= 0:
-                w = min(1.0, max(0.0, (day - self.first_day - p.weekly_after_days) / _WEEK_DAYS))
+                # min(1.0, max(0.0, w)) in comparisons (a NaN or -0.0 gives 0.0 alike).
+                w = (day - self.first_day - z.weekly_after) / _WEEK_DAYS
+                w = (1.0 if w > 1.0 else w) if w > 0.0 else 0.0
             else:
                 self.first_day = day
-        prof = self.prof
-        if slot >= 0 and self.prof_n[slot] == 0:
+        prof, prof_n, dow_l = self.prof, self.prof_n, self.dow
+        if slot >= 0 and prof_n[slot] == 0:
             # A slot seen for the first time starts where the last one was, so the
             # expectation does not jump; its own history then takes over (below).
             prof[slot] = self.ref if self.n else x
         b = prof[slot] if slot >= 0 else 0.0
         if w > 0.0:
-            b += w * self.dow[dow]
+            b += w * dow_l[dow]
         if self.n == 0:
             self.gmean = x
             if slot < 0:
                 self.level = x
             else:
-                self.prof_n[slot] = 1
+                prof_n[slot] = 1
                 self.ref = x
             self.n = 1
             return
         e = b + self.level
-        if self.counts:
-            e = max(e, 0.0)
-        sd = self.std(e)
+        counts = self.counts
+        if counts and e < 0.0:  # max(e, 0.0), which keeps a -0.0
+            e = 0.0
+        # std(e), inlined; the series' variance as it stands before this value.
+        # (Python's max and min as comparisons below, ties and a -0.0 decided as they decide
+        # them: max keeps the first of equals, min(h, v) is v only if v < h. This runs once
+        # per machine and interval.)
+        gvar = self.gvar
+        gsd = math.sqrt(gvar)
+        var = self.var
+        v = z.floor2 * gvar
+        var = v if v > var else var
+        if counts:
+            var = e if e > var else var
+            sd = math.sqrt(0.25 if var < 0.25 else var)
+        else:
+            sd = math.sqrt(max(var, (1e-3 * abs(e)) ** 2, 1e-12))
+        clip_z = z.clip_z
         d = x - e
-        lim = p.clip_z * sd
+        lim = clip_z * sd
         side = 1 if d > lim else -1 if d < -lim else 0
-        # Winsorise: the baseline adapts to growth, not to bursts.
-        xc = e + max(-lim, min(lim, d))
-        if side and (self.run == 0 or (side > 0) == (self.run > 0)):
-            self.run += side
+        # Winsorise: the baseline adapts to growth, not to bursts (max(-lim, min(lim, d))).
+        nlim = -lim
+        xc = e + ((d if d > nlim else nlim) if d < lim else (lim if lim > nlim else nlim))
+        run = self.run
+        if side and (run == 0 or (side > 0) == (run > 0)):
+            run += side
             self.run_sum += x
         else:
-            self.run, self.run_sum = side, (x if side else 0.0)
-        if abs(self.run) >= p.adapt_after:
+            run, self.run_sum = side, (x if side else 0.0)
+        if abs(run) >= p.adapt_after:
             # The same side for this long is a new normal: re-anchor the level on it.
-            xc = self.run_sum / abs(self.run)
-            self.level += xc - e
+            xc = self.run_sum / abs(run)
+            level = self.level + (xc - e)
             self.var = max(self.var, (xc - e) ** 2 / p.adapt_after)
-            self.run, self.run_sum = 0, 0.0
+            run, self.run_sum = 0, 0.0
         else:
-            a = p.alpha
+            alpha = z.alpha
             dc = xc - e
-            self.level += a * dc
-            self.var = (1 - a) * (self.var + a * dc * dc)
+            level = self.level + alpha * dc
+            self.var = z.a * (self.var + alpha * dc * dc)
+        self.run = run
         if slot >= 0:
             # The profile learns the value itself, clipped at a few of the series' standard
             # deviations, on its own clock: `profile_days` of memory, starting from
             # `profile_prior_days` of weight on its first value.
-            z = self.plan  # the same constants, worked out once (see _zero_plan)
-            if z.interval_s != self.interval_s:
-                z = self._zero_plan()
-            k = self.prof_n[slot]
-            r = max(1.0 / (k + 1 + z.prior), z.r_floor)
+            k = prof_n[slot]
+            r = 1.0 / (k + 1 + z.prior)
+            r = z.r_floor if z.r_floor > r else r
             old = prof[slot]
-            glim = p.clip_z * math.sqrt(self.gvar)
-            dow_l = self.dow
+            glim = clip_z * gsd
+            nglim = -glim
+            ghi = glim if glim > nglim else nglim  # what max(-g, min(g, v)) is for v >= g
             dp = x - (w * dow_l[dow] if w > 0 else 0.0) - old
-            new = prof[slot] = old + r * max(-glim, min(glim, dp))
+            new = prof[slot] = old + r * ((dp if dp > nglim else nglim) if dp < glim else ghi)
             # Counted only as far as it matters: past that the slot learns at its steady rate.
-            self.prof_n[slot] = min(k + 1, z.n_cap)
+            k += 1
+            prof_n[slot] = k if k < z.n_cap else z.n_cap
             self.ref = new
             # Keep the expectation continuous: what the profile learned, the level gives up.
-            self.level -= new - old
+            level -= new - old
             # The day-of-week offset learns the day's departure from the profile.
             dd = x - new - dow_l[dow]
-            dow_l[dow] += z.rd * max(-glim, min(glim, dd))
-            # Offsets average to zero: the profile holds the level of the week.
-            mean_dow = sum(dow_l) / _WEEK_DAYS
-            self.dow = [v - mean_dow for v in dow_l]
+            dow_l[dow] += z.rd * ((dd if dd > nglim else nglim) if dd < glim else ghi)
+            # Offsets average to zero: the profile holds the level of the week (m.__rsub__(v)
+            # is v - m).
+            self.dow = list(map((sum(dow_l) / _WEEK_DAYS).__rsub__, dow_l))
+        self.level = level
         # The series' own scale, learned slowly and clipped relative to its size, so that one
         # huge burst does not make everything after it look small.
-        ag = p.alpha * p.scale_rate
-        gsd = math.sqrt(self.gvar)
-        glim = p.clip_z * gsd + abs(self.gmean)
-        gd = max(-glim, min(glim, x - self.gmean))
-        self.gmean += ag * gd
-        self.gvar = (1 - ag) * (self.gvar + ag * gd * gd)
+        ag = z.ag
+        gmean = self.gmean
+        glim = clip_z * gsd + abs(gmean)
+        nglim = -glim
+        gd = x - gmean  # max(-glim, min(glim, gd)):
+        gd = (gd if gd > nglim else nglim) if gd < glim else (glim if glim > nglim else nglim)
+        self.gmean = gmean + ag * gd
+        self.gvar = z.c * (gvar + ag * gd * gd)
         self.n += 1
 
     def learn_zeros(self, first: int, step_s: float, k: int) -> None:
@@ -453,22 +511,31 @@ class _Model:
         (tests/test_rate.py)."""
         if k <= 0:
             return
-        p = self.params
         if self.n == 0 or self.first_day < 0 or not self.counts:
             self._zeros_exact(first, step_s, k)
             return
-        slots = p.slots
+        z = self.plan
+        if z.interval_s != self.interval_s:
+            z = self._zero_plan()
+        slots = z.slots
         if not slots:
             if not self._zeros_flat(k):
                 self._zeros_exact(first, step_s, k)
             return
         end = first + k
+        per_slot = z.per_slot if step_s == z.interval_s and end < _EXACT_INTERVALS else 0
+        per_day = per_slot * slots
+        closed = self._zeros_closed
         i = first
         while i < end:
-            slot, m = _slot_steps(i, step_s, slots, end - i)
+            if per_slot:
+                m = min(per_slot - i % per_slot, end - i)
+                slot = i % per_day // per_slot
+            else:
+                slot, m = _slot_steps(i, step_s, slots, end - i)
             misses = 0
             while m > 0:
-                done = self._zeros_closed(i, step_s, m, slot)
+                done = closed(i, step_s, m, slot)
                 if not done:
                     # Often only a step or two are of no kind (a burst's level still being
                     # clipped): take them exactly and try the rest again, a few times.
@@ -553,15 +620,19 @@ class _Model:
         z = self.plan
         if z.interval_s != self.interval_s:
             z = self._zero_plan()
-        if not z.ok or m > (z.size if z.built else z.tables()):
+        lim = z.closed_max
+        if lim < 0:
+            z.tables()
+            lim = z.closed_max
+        if m > lim:
             return 0
-        p = self.params
         kn = self.prof_n[slot]
         n_cap = z.n_cap
         if kn < 0 or kn > n_cap:
             return 0
-        first_day, wa = self.first_day, p.weekly_after_days
-        w_first = (first * step_s / _DAY_S - first_day - wa) / _WEEK_DAYS
+        first_day, wa = self.first_day, z.weekly_after
+        day = first * step_s / _DAY_S
+        w_first = (day - first_day - wa) / _WEEK_DAYS
         w_last = ((first + m - 1) * step_s / _DAY_S - first_day - wa) / _WEEK_DAYS
         if w_last <= 0.0:
             w0 = w1 = 0.0
@@ -569,45 +640,48 @@ class _Model:
             w0 = w1 = 1.0
         else:
             w0, w1 = max(0.0, w_first), min(1.0, w_last)
-        dw = (int(first * step_s / _DAY_S) + 3) % _WEEK_DAYS
+        dw = (int(day) + 3) % _WEEK_DAYS
         # A slot seen for the first time starts where the last one was.
         P = self.prof[slot] if kn else self.ref
-        D, L, V, G, H = self.dow[dw], self.level, self.var, self.gmean, self.gvar
-        a, alpha, beta, e_max, clip_z = z.a, z.alpha, z.beta, z.e_max, z.clip_z
+        D, H = self.dow[dw], self.gvar
+        a, alpha, beta, e_max, clip_z = z.consts
         b0 = P + w0 * D
-        e0 = b0 + L
+        e0 = b0 + self.level
         if e0 > e_max:
             return 0
         aP, aD = abs(P), abs(D)
-        G2 = G * G
         if w1 == 0.0:
             # Never clipped while |P_j| (within |P|) + |D_j| (within max(|D|, |P|) and
             # |D| + m beta |P|) is within the smallest bound, clip_z sqrt(c^(n-1) H).
-            x = aP + min(max(aD, aP), aD + m * beta * aP)
+            x = aP if aP > aD else aD  # aP + min(max(aD, aP), aD + m beta aP)
+            y = aD + m * beta * aP
+            x = aP + (y if y < x else x)
             n = m if x <= clip_z * math.sqrt(z.cp[m - 1] * H) else z.steps_within(x, H, m)
             if n:
                 m = n
-                q = z.q
-                h = min(m, n_cap - kn)
+                q, qp = z.q, z.qp
+                h = n_cap - kn
+                h = min(h, m)
                 Pm, Dm = P, D
                 if h:
                     # r_j = 1 / (N + j) while the slot is younger than its cap.
                     N = kn + 1 + z.prior
                     u = z.u
-                    Dm = q**h * D - beta * P * (N - 1) * q ** (kn + h - 1) * (u[kn + h] - u[kn])
+                    Dm = qp[h] * D - beta * P * (N - 1) * qp[kn + h - 1] * (u[kn + h] - u[kn])
                     Pm = P * (N - 1) / (N + h - 1)
                 if m > h:
                     k = m - h
                     b = 1.0 - z.r[n_cap]
-                    s_qb = k * q ** (k - 1) if q == b else (q**k - b**k) / (q - b)
-                    Dm = q**k * Dm - beta * Pm * b * s_qb
-                    Pm *= b**k
+                    bk = z.bp[k]
+                    s_qb = k * qp[k - 1] if q == b else (qp[k] - bk) / (q - b)
+                    Dm = qp[k] * Dm - beta * Pm * b * s_qb
+                    Pm *= bk
                 am = z.ap[m]
                 if e0 >= 0.0:
-                    V = am * V + e0 * e0 * am * z.a1m[m]
+                    V = am * self.var + e0 * e0 * am * z.a1m[m]
                     Lm = e0 * am - Pm
                 else:
-                    V = am * V
+                    V = am * self.var
                     Lm = e0 - Pm
                 return self._zeros_commit(z, m, slot, kn, dw, Pm, Dm, Lm, V)
         elif w0 == 1.0 and kn == n_cap:
@@ -632,19 +706,21 @@ class _Model:
                 A, B = e0 - k2, k2
                 em = A * am + B * gm
                 if e0 >= 0.0 and em >= 0.0 and abs(A) + abs(B) <= e_max:
-                    V = am * V + alpha * am * (
+                    V = am * self.var + alpha * am * (
                         A * A * _geo(a, m) + 2.0 * A * B * _geo(g, m) + B * B * _geo(g * g / a, m)
                     )
                     Lm = em - Sm
                 elif e0 <= 0.0 and S >= 0.0:
                     # e stays 0: S + level only falls (by beta b S a step).
-                    V = am * V
+                    V = am * self.var
                     Lm = e0 - beta * b * S * _geo(g, m) - Sm
                 else:
                     return 0
                 return self._zeros_commit(z, m, slot, kn, dw, Pm, Dm, Lm, V)
         # Clipped at every step? The first one, at least (P moves by r g before D learns).
         sqrt = math.sqrt
+        G = self.gmean
+        G2 = G * G
         g_first = clip_z * sqrt(H)
         aPD = abs(P + D)
         rs = z.r
@@ -652,7 +728,14 @@ class _Model:
             return 0
         sP = 1.0 if b0 > 0.0 else -1.0
         sD = 1.0 if P + D > 0.0 else -1.0
-        gs = [clip_z * sqrt(H * u + G2 * v) for u, v in zip(z.cp[:m], z.cd[:m], strict=True)]
+        # g_j = clip_z sqrt(H c^j + G^2 c^j (1 - c^j)), as maps (the same products in the same
+        # order as a comprehension, without a Python step per element).
+        gs = list(
+            map(
+                clip_z.__mul__,
+                map(sqrt, map(add, map(H.__mul__, z.cp[:m]), map(G2.__mul__, z.cd[:m]))),
+            )
+        )
         sg = sum(gs)  # sum of g_j
         sr = sum(map(mul, gs, rs[kn : kn + m])) if kn < n_cap else rs[n_cap] * sg  # of r_j g_j
         ws = None
@@ -672,36 +755,47 @@ class _Model:
         if abs(b0) - aD * (w1 - w0) - slack <= g_max or aPD - slack <= g_max:
             # Not that far from a bound: step by step, and only the steps before the first one
             # that is not clipped.
-            gp = list(accumulate(gs, initial=0.0))  # sums of g_i for i < j
-            rp = list(accumulate(map(mul, gs, rs[kn : kn + m]), initial=0.0))
             sPD = sP * sD
             if ws is None:
+                # Up to the first step that is not clipped, with the running sums of g_i and
+                # r_i g_i for i < j added as accumulate() adds them.
                 bw, kw = abs(b0), sPD * beta * w0
-                ok = [
-                    bw - rpj - kw * gpj > gj and aPD - sPD * rpj1 - beta * gpj > gj
-                    for rpj, rpj1, gpj, gj in zip(rp, rp[1:], gp, gs, strict=False)
-                ]
+                gpj = rpj = 0.0
+                j = 0
+                for gj, rj in zip(gs, rs[kn : kn + m], strict=True):
+                    rpj1 = rpj + gj * rj
+                    if not (bw - rpj - kw * gpj > gj and aPD - sPD * rpj1 - beta * gpj > gj):
+                        break
+                    gpj += gj
+                    rpj = rpj1
+                    j += 1
+                if not j:
+                    return 0
+                if j < m:
+                    m, gs, sg, sr = j, gs[:j], gpj, rpj
             else:
+                gp = list(accumulate(gs, initial=0.0))  # sums of g_i for i < j
+                rp = list(accumulate(map(mul, gs, rs[kn : kn + m]), initial=0.0))
                 ok = [
                     sP * (P + wj * D) - rpj - sPD * beta * wj * gpj > gj
                     and aPD - sPD * rpj1 - beta * gpj > gj
                     for wj, rpj, rpj1, gpj, gj in zip(ws, rp, rp[1:], gp, gs, strict=False)
                 ]
-            if not ok[0]:
-                return 0
-            if not all(ok):
-                m = ok.index(False)
-                gs, sg, sr = gs[:m], gp[m], rp[m]
-                ws = ws[:m] if ws else None
+                if not ok[0]:
+                    return 0
+                if not all(ok):
+                    m = ok.index(False)
+                    gs, sg, sr = gs[:m], gp[m], rp[m]
+                    ws = ws[:m]
         Pm = P - sP * sr
         Dm = D - sD * beta * sg
         am = z.ap[m]
         if w1 == 0.0:
             if e0 >= 0.0:
-                V = am * V + e0 * e0 * am * z.a1m[m]
+                V = am * self.var + e0 * e0 * am * z.a1m[m]
                 Lm = e0 * am - Pm
             else:
-                V = am * V
+                V = am * self.var
                 Lm = e0 - Pm
             return self._zeros_commit(z, m, slot, kn, dw, Pm, Dm, Lm, V)
         # e' = a e + delta_j, delta_j = w_(j+1) D_(j+1) - w_j D_j with D_j = D - kd G_j, G_j the
@@ -728,7 +822,7 @@ class _Model:
             if min(es) < 0.0 or max(es) > e_max:
                 n = next(j for j, e in enumerate(es) if e < 0.0 or e > e_max)
                 return self._zeros_closed(first, step_s, n, slot) if n else 0
-            V = am * (V + alpha * sum(map(mul, z.ap[:m], map(mul, us, us))))
+            V = am * (self.var + alpha * sum(map(mul, z.ap[:m], map(mul, us, us))))
             e_last = a * es[-1]
         else:
             # e stays 0 while b + level stays <= 0: the level only gives up what the profile
@@ -737,7 +831,7 @@ class _Model:
                 return self._zeros_closed(
                     first, step_s, next(j for j, e in enumerate(es) if e > 0.0), slot
                 )
-            V = am * V
+            V = am * self.var
             e_last = es[-1]
         # L_m = (a or 1) e_(m-1) - w_(m-1) D_(m-1) - P_m.
         return self._zeros_commit(z, m, slot, kn, dw, Pm, Dm, e_last - wd_last - Pm, V)
@@ -754,20 +848,26 @@ class _Model:
         Lm: float,
         V: float,
     ) -> int:
-        # What D gains, the other days give up equally (they stay centred).
+        # What D gains, the other days give up equally (they stay centred). (other + v is
+        # v + other: float addition commutes exactly.)
         dow = self.dow
         other = (dow[dw] - Dm) / (_WEEK_DAYS - 1)
-        self.dow = [v + other for v in dow]
-        self.dow[dw] = Dm
+        dow = list(map(other.__add__, dow))
+        dow[dw] = Dm
+        self.dow = dow
         self.prof[slot] = Pm
-        self.prof_n[slot] = min(kn + m, z.n_cap)
+        kn += m
+        n_cap = z.n_cap
+        self.prof_n[slot] = kn if kn < n_cap else n_cap
         self.ref = Pm
         self.level = Lm
         self.var = V
         G = self.gmean
-        self.gvar = z.cp[m] * self.gvar + G * G * z.cd[m]
-        self.gmean = G * z.cp[m]
-        self.run, self.run_sum = 0, 0.0
+        cpm = z.cp[m]
+        self.gvar = cpm * self.gvar + G * G * z.cd[m]
+        self.gmean = G * cpm
+        self.run = 0
+        self.run_sum = 0.0
         self.n += m
         return m
 
@@ -865,13 +965,24 @@ class RateBaseline:
     list: [interval index, count in it, level, variance, intervals learned, model...], so it
     serialises cheaply; a fresh baseline is [-1, 0, 0.0, 0.0, 0]."""
 
-    __slots__ = ("_at", "_exp", "_iv_ms", "_thr", "count", "current", "model", "params")
+    __slots__ = (
+        "_at",
+        "_exp",
+        "_iv_ms",
+        "_step_s",
+        "_thr",
+        "count",
+        "current",
+        "model",
+        "params",
+    )
 
     def __init__(self, params: RateParams, state: list[Any] | None = None) -> None:
         self.params = params
         self.model = _Model(params, counts=True)
         self.current, self.count = -1, 0
         self._iv_ms = params.interval_s * 1000
+        self._step_s = float(params.interval_s)
         # The current interval's expectation and spike threshold, and the (interval, intervals
         # learned) they were worked out at: they only change when the model learns.
         self._at = (-2, -1)
@@ -898,16 +1009,19 @@ class RateBaseline:
 
     def advance(self, interval: int) -> None:
         """Close the current interval (learning it and any empty ones since) when time moves on."""
-        if interval <= self.current:
+        current = self.current
+        if interval <= current:
             return
-        if self.current >= 0:
+        if current >= 0:
             m = self.model
-            m.learn(float(self.count), self._t(self.current))
-            gap = min(interval - self.current - 1, 10_000_000)
-            step_s = float(self.params.interval_s)
-            m.learn_zeros(self.current + 1, step_s, min(gap, _MAX_ZERO_STEPS))
-            if gap > _MAX_ZERO_STEPS:
-                m.decay_zeros(gap - _MAX_ZERO_STEPS)
+            step_s = self._step_s
+            m.learn(float(self.count), current * step_s)
+            gap = interval - current - 1
+            if gap > 0:
+                gap = min(gap, 10_000_000)
+                m.learn_zeros(current + 1, step_s, min(gap, _MAX_ZERO_STEPS))
+                if gap > _MAX_ZERO_STEPS:
+                    m.decay_zeros(gap - _MAX_ZERO_STEPS)
         self.current, self.count = interval, 0
 
     def _current(self) -> None:

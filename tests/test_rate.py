@@ -13,7 +13,15 @@ from typing import Any
 import orjson
 import pytest
 
-from detectors.rate import RateBaseline, RateParams, SeriesBaseline, _Model, _Tail
+from detectors.rate import (
+    RateBaseline,
+    RateParams,
+    SeriesBaseline,
+    _Model,
+    _slot_steps,
+    _Tail,
+    _zero_plan,
+)
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z, a Thursday
 MIN = 60_000
@@ -560,3 +568,22 @@ def test_recent_peak_state_is_the_decayed_peak_of_the_intervals_before() -> None
         assert [type(v) for v in state.peak] == [type(v) for v in expected]
         highest = max(highest, expected[2])
     assert highest >= 5  # busy intervals were seen, and their peak decayed in between
+
+
+@pytest.mark.parametrize(("interval_s", "slots"), [(60, 24), (45, 24), (300, 12), (1, 24), (60, 7)])
+def test_slot_boundaries_in_integers_equal_the_float_formula(interval_s: int, slots: int) -> None:
+    """learn_zeros finds time-of-day slot boundaries in integer arithmetic where whole-second
+    intervals tile the slots: the same slot and run length as `_slot_steps` (floats) gives,
+    anywhere in the calendar; where they do not tile (7 slots a day), it keeps the floats."""
+    plan = _zero_plan(RateParams(interval_s=interval_s, slots=slots), float(interval_s))
+    per_slot = plan.per_slot
+    assert (per_slot == 0) == (86_400 % slots != 0 or 86_400 // slots % interval_s != 0)
+    if not per_slot:
+        return
+    rng = random.Random(interval_s)
+    per_day = 86_400 // interval_s
+    starts = [*range(3 * per_day), *(rng.randrange(10**9 // interval_s) for _ in range(5000))]
+    for i in starts:
+        limit = rng.choice([1, 7, per_slot, 3 * per_slot])
+        expected = _slot_steps(i, float(interval_s), slots, limit)
+        assert (i % (per_slot * slots) // per_slot, min(per_slot - i % per_slot, limit)) == expected
