@@ -98,3 +98,27 @@ def pace(sched: list[int], slots: int, near: Iterable[int]) -> int:
         return 0
     paces = slots + 1
     return max([sched[paces + slot] for slot in near], default=0)
+
+
+def merge(scheds: Iterable[list[int]]) -> list[int]:
+    """One schedule holding every day noted in any of `scheds` (the same group's schedule as
+    several workers noted it, each from the members it owns): masks aligned to the newest day,
+    OR-ed; paces the most of any. Nothing one of them noted within DAYS is lost, so merging is
+    order-free and merging a merge again changes nothing."""
+    given = [s for s in scheds if len(s) > 1]
+    if not given:
+        return []
+    # Every writer saves what `note` returns, which keeps paces: `1 + 2 * windows` values. A
+    # schedule that differs (another number of windows) is not this group's any more.
+    slots = (max(len(s) for s in given) - 1) // 2
+    given = [s for s in given if len(s) == 2 * slots + 1]
+    day = max(s[0] for s in given)
+    out = [day, *([0] * (2 * slots))]
+    for s in given:
+        shift = day - s[0]
+        for slot in range(slots):
+            if shift < DAYS:
+                out[slot + 1] |= (s[slot + 1] << shift) & _FULL
+            p = s[slots + 1 + slot]
+            out[slots + 1 + slot] = max(out[slots + 1 + slot], p)
+    return out

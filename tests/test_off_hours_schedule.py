@@ -167,3 +167,17 @@ def test_a_schedule_keeps_each_windows_fastest_pace() -> None:
     assert schedule.pace(legacy, 48, [6]) == schedule.UNKNOWN
     assert schedule.pace(legacy, 48, [7]) == 0
     assert schedule.pace(schedule.note(legacy, 48, 12, 7, 2), 48, [6, 7]) == schedule.UNKNOWN
+
+
+def test_merged_schedules_keep_every_writers_days_and_merge_again_to_the_same() -> None:
+    a = schedule.note(schedule.note([], 3, 40, 2, 5), 3, 38, 0)
+    b = schedule.note([], 3, 41, 1)
+    c = schedule.note([], 3, 5, 0)  # older than DAYS before the newest day: nothing to keep
+    merged = schedule.merge([a, b, c])
+    assert merged[0] == 41
+    assert schedule.earlier(merged, 3, 42, 2) == 0b10  # day 40
+    assert schedule.earlier(merged, 3, 42, 0) == 0b1000  # day 38
+    assert schedule.earlier(merged, 3, 42, 1) == 0b1  # day 41
+    assert schedule.pace(merged, 3, [2]) == 5
+    assert schedule.merge([merged, a]) == merged == schedule.merge([b, a, c])
+    assert schedule.merge([]) == []

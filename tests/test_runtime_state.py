@@ -10,10 +10,11 @@ from pathlib import Path
 import orjson
 import pytest
 
+from detectors import schedule
 from detectors.combined import COMBINED
 from detectors.core import MACHINE
 from streams.processor import Origin, SplitStore
-from streams.runtime.peers import META, OPERATION, RESOURCE, WINDOWS, PeerTable
+from streams.runtime.peers import META, OPERATION, RESOURCE, SCHEDULE, WINDOWS, PeerTable
 from streams.runtime.routing import Router, forwarded_origin, murmur2_partition, origin_header
 from streams.runtime.state import (
     FORMAT,
@@ -153,6 +154,12 @@ def test_peer_records_of_two_writers_merge_without_losing_an_update() -> None:
     b.set(WINDOWS, "orders-api", orjson.dumps([4, 2, 1]))
     a.set(COMBINED, "orders-api", b"a-trees")
     b.set(COMBINED, "orders-api", b"b-trees")
+    # Schedules of two windows a day: a saw window 0 active on day 10 (pace 3), b window 1 on
+    # day 11 and window 0 on day 11 (pace 1).
+    a.set(SCHEDULE, "orders-api", orjson.dumps(schedule.note([], 2, 10, 0, 3)))
+    b.set(
+        SCHEDULE, "orders-api", orjson.dumps(schedule.note(schedule.note([], 2, 11, 1), 2, 11, 0))
+    )
     from_a, from_b = list(a.drain()), list(b.drain())
     _apply_all(a, from_b, loading=False)
     _apply_all(b, from_a, loading=False)
@@ -161,6 +168,10 @@ def test_peer_records_of_two_writers_merge_without_losing_an_update() -> None:
         assert table.get(RESOURCE, "orders-api\x1fpostgres://db") == b"300"
         assert table.get(OPERATION, "orders-api\x1fDELETE") == b"50"
         assert orjson.loads(table.get(WINDOWS, "orders-api") or b"") == [4, 7, 1]
+        sched = orjson.loads(table.get(SCHEDULE, "orders-api") or b"")
+        assert schedule.earlier(sched, 2, 12, 0) == 0b11  # days 11 (b) and 10 (a)
+        assert schedule.earlier(sched, 2, 12, 1) == 0b1
+        assert schedule.pace(sched, 2, [0]) == 3
     # The combined model's trees have one writer each.
     assert a.get(COMBINED, "orders-api") == b"a-trees"
     assert b.get(COMBINED, "orders-api") == b"b-trees"

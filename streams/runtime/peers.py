@@ -13,6 +13,9 @@ is the merge of all writers' records, by a rule per kind that never loses an upd
 - `gr`, `go` (a resource or operation the group uses, with the time it was last refreshed):
   a grow-only set; the latest time wins.
 - `gh` (the most events any member made in each window of the day): element-wise maximum.
+- `gs` (on which of the last days any member was active in each window of the day, and the
+  pace there): the masks aligned to the newest day and OR-ed, the paces' maximum
+  (`detectors.schedule.merge`).
 - `gm` (first seen, members, last join): earliest first seen, latest join, and members as
   the sum of each writer's own count (a writer publishes only the members it added).
 - `gc` (the combined model's tree masses): one writer's own trees; a worker learns its trees
@@ -33,13 +36,14 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from detectors import schedule
 from detectors.combined import COMBINED
 from detectors.peers import GROUP_KINDS
 
 log = logging.getLogger("auditwatch.runtime")
 
-META, RESOURCE, OPERATION, WINDOWS = b"gm", b"gr", b"go", b"gh"
-PEER_KINDS = GROUP_KINDS  # META, RESOURCE, OPERATION, WINDOWS and COMBINED
+META, RESOURCE, OPERATION, WINDOWS, SCHEDULE = b"gm", b"gr", b"go", b"gh", b"gs"
+PEER_KINDS = GROUP_KINDS  # META, RESOURCE, OPERATION, WINDOWS, SCHEDULE and COMBINED
 CLOCKS = b"wm"
 _SEP = b"\x00"
 
@@ -60,6 +64,8 @@ def _merge(kind: bytes, values: list[bytes]) -> bytes:
         lists = [orjson.loads(v) for v in values]
         width = max(len(w) for w in lists)
         return orjson.dumps([max(w[i] if i < len(w) else 0 for w in lists) for i in range(width)])
+    if kind == SCHEDULE:
+        return orjson.dumps(schedule.merge(orjson.loads(v) for v in values))
     # RESOURCE, OPERATION: the latest refresh time.
     return max(values, key=int)
 
