@@ -142,14 +142,14 @@ class DetectionCore:
     ) -> int:
         """Write the working copy's changed states through `kv_of(partition)` (all changed
         partitions by default), then trim it to its bound. Returns the states written."""
+        for combined in self._combined():
+            combined.flush()
         working = self.working
         if working is None:
             return 0
         targets = working.dirty_partitions() if partitions is None else partitions
         written = sum(working.flush(kv_of(p), p) for p in targets)
         working.trim()
-        for combined in self._combined():
-            combined.flush()
         return written
 
     def _load(self, kv: KeyValue, partition: Any, machine: str) -> MachineState | None:
