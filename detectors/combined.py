@@ -217,13 +217,13 @@ class CombinedModels:
     """The per-group models, cached and checked against the store.
 
     `deferred`: a learned model is kept live and written to its store only by `flush` (the
-    core's, before a runtime commits), by `drop`, or when it must leave the cache, rather than
-    after every judged window: one dump per group and commit instead of one per window. What
-    is read back is the same either way, because a model is only written where it is the one
-    writer (a worker's own records, `streams.runtime.peers`): while its store still holds the
-    bytes the model was loaded from or last wrote, nobody else has changed it, and when it
-    holds others (a restore, a rewind), those replace the model exactly as they would have
-    replaced what it wrote."""
+    core's: before a runtime commits, and when it drops a partition) or when it must leave
+    the cache, rather than after every judged window: one dump per group and commit instead
+    of one per window. What is read back is the same either way, because a model is only
+    written where it is the one writer (a worker's own records, `streams.runtime.peers`):
+    while its store still holds the bytes the model was loaded from or last wrote, nobody
+    else has changed it, and when it holds others (a restore, a rewind), those replace the
+    model exactly as they would have replaced what it wrote."""
 
     def __init__(self, params: CombinedParams, cache_size: int = 512) -> None:
         self.params = params

@@ -460,7 +460,7 @@ class DetectionCore:
         warmup_ms = cfg.warmup_s * 1000
         # A new replica of a group that has been watched long enough is judged by the group
         # from its first event: rotated pods and autoscaled instances are not strangers. (The
-        # group is asked only when the machine is not warm on its own: most events.)
+        # group is asked only for a machine not warm on its own: most events skip it.)
         seen.warm = (state.n >= cfg.warmup_events and ts - state.first_ms >= warmup_ms) or (
             peers is not None and peers.members > 1 and peers.warm(ts, warmup_ms)
         )
