@@ -214,12 +214,24 @@ class _Model:
 
 
 class CombinedModels:
-    """The per-group models, cached and checked against the store."""
+    """The per-group models, cached and checked against the store.
+
+    `deferred`: a learned model is kept live and written to its store only by `flush` (the
+    core's: before a runtime commits, and when it drops a partition) or when it must leave
+    the cache, rather than after every judged window: one dump per group and commit instead
+    of one per window. What is read back is the same either way, because a model is only
+    written where it is the one writer (a worker's own records, `streams.runtime.peers`):
+    while its store still holds the bytes the model was loaded from or last wrote, nobody
+    else has changed it, and when it holds others (a restore, a rewind), those replace the
+    model exactly as they would have replaced what it wrote."""
 
     def __init__(self, params: CombinedParams, cache_size: int = 512) -> None:
         self.params = params
         self.cache_size = cache_size
         self._cache: OrderedDict[str, tuple[bytes | None, _Model]] = OrderedDict()
+        self.deferred = False
+        # group -> the store its learned, unwritten model goes to (deferred only).
+        self._pending: dict[str, KeyValue] = {}
 
     def _model(self, group: str, blob: bytes | None) -> _Model:
         hit = self._cache.get(group)
@@ -227,6 +239,9 @@ class CombinedModels:
             self._cache.move_to_end(group)
             if hit[0] == blob:
                 return hit[1]
+            # Someone else's bytes: they replace what the model learned since, as they would
+            # have overwritten it had it been written.
+            self._pending.pop(group, None)
             model = hit[1]
             model.load(blob)
         else:
@@ -235,21 +250,50 @@ class CombinedModels:
                 model.load(blob)
         self._cache[group] = (blob, model)
         if len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+            evicted, (_, old) = self._cache.popitem(last=False)
+            store = self._pending.pop(evicted, None)
+            if store is not None:
+                store.set(COMBINED, evicted, old.dump())
         return model
 
     def score_and_learn(self, kv: KeyValue, group: str, x: dict[str, float]) -> float | None:
         """Score `x` against `group`'s model, then learn it. None while the model has not
         completed its first reference window (nothing to compare with yet)."""
+        if self.deferred:
+            # A partition's store keeps group kinds in the worker's shared one (`shared`):
+            # that is where the model lives, whichever partition's machine reaches it.
+            kv = getattr(kv, "shared", kv)
+            pending = self._pending.get(group)
+            if pending is not None and pending is not kv:
+                self._write(group, pending)
         blob = kv.get(COMBINED, group)
         model = self._model(group, blob)
         score = None if model.first_window else float(model.score_one(x))
         model.learn_one(x, self.params.window_size)
         model.learned += 1
-        out = model.dump()
-        kv.set(COMBINED, group, out)
-        self._cache[group] = (out, model)
+        if self.deferred and group in self._cache:
+            self._pending[group] = kv
+        else:
+            out = model.dump()
+            kv.set(COMBINED, group, out)
+            self._cache[group] = (out, model)
         return score
+
+    def _write(self, group: str, kv: KeyValue) -> None:
+        del self._pending[group]
+        hit = self._cache.get(group)
+        if hit is None:
+            return
+        out = hit[1].dump()
+        kv.set(COMBINED, group, out)
+        self._cache[group] = (out, hit[1])
+
+    def flush(self) -> int:
+        """Write every learned model to its store; returns how many."""
+        pending = list(self._pending.items())
+        for group, kv in pending:
+            self._write(group, kv)
+        return len(pending)
 
 
 class MemoryKV:
@@ -291,13 +335,25 @@ class CombinedWindow(Detector):
     arrives; a finding is anchored on the window's own events. Reads `Seen.new_resource` and
     `Seen.new_operation`, so it runs after the detectors that note them."""
 
-    __slots__ = ("models", "store")
+    __slots__ = ("deferred", "models", "store")
     name = "combined"
     owns = ("win",)
 
     def __init__(self) -> None:
         self.models: CombinedModels | None = None
         self.store = MemoryKV()
+        # Keep learned models live until `flush` (`CombinedModels.deferred`): set by a core
+        # that keeps a working copy, which flushes before every commit.
+        self.deferred = False
+
+    def keep_live(self) -> None:
+        self.deferred = True
+        if self.models is not None:
+            self.models.deferred = True
+
+    def flush(self) -> int:
+        """Write the models learned since the last flush to their stores."""
+        return self.models.flush() if self.models is not None else 0
 
     def score(self, seen: Seen) -> Finding | None:
         p = seen.cfg.combined
@@ -348,7 +404,10 @@ class CombinedWindow(Detector):
         x = features(count, expected, failures, learned_failures, writes, new_resources, new_ops)
         store = seen.kv if seen.kv is not None else self.store
         if self.models is None or self.models.params != p:
+            if self.models is not None:
+                self.models.flush()
             self.models = CombinedModels(p)
+            self.models.deferred = self.deferred
         score = self.models.score_and_learn(store, seen.group, x)
         if score is None or not seen.warm or score < p.page_at:
             return None

@@ -95,16 +95,21 @@ class DetectionCore:
         self.last_findings: list[Finding] = []
         self.detectors: tuple[Detector, ...] = ()
         self._steps: tuple[_Step, ...] = ()
-        self.wire((*self._detectors, CombinedWindow()))
         # None: every event writes its machine's state through to the store.
         self.working: WorkingCopy | None = None
+        self.wire((*self._detectors, CombinedWindow()))
 
     def wire(self, detectors: Sequence[Detector]) -> None:
         """Run `detectors`, in this order, on every event (after the new-identity check of a
         machine's first event). Each is kept as its bound score and learn, called by process
         directly: what `Detector.run` does, without a call in between on every event."""
+        for combined in self._combined():
+            combined.flush()
         self.detectors = tuple(detectors)
         self._steps = tuple(_steps(d) for d in self.detectors)
+        if self.working is not None:
+            for combined in self._combined():
+                combined.keep_live()
 
     @property
     def control(self) -> Callable[[str], AlertControl | None] | None:
@@ -123,13 +128,22 @@ class DetectionCore:
         """Keep machine states decoded between events; the caller must `flush` each changed
         partition before it commits that partition's store, and `drop` a partition it loses."""
         self.working = WorkingCopy(max_machines)
+        # The combined models too stay live between flushes (one dump per group and flush,
+        # not one per judged window).
+        for combined in self._combined():
+            combined.keep_live()
         return self.working
+
+    def _combined(self) -> list[CombinedWindow]:
+        return [d for d in self.detectors if isinstance(d, CombinedWindow)]
 
     def flush(
         self, kv_of: Callable[[Any], KeyValue], partitions: Sequence[Any] | None = None
     ) -> int:
         """Write the working copy's changed states through `kv_of(partition)` (all changed
         partitions by default), then trim it to its bound. Returns the states written."""
+        for combined in self._combined():
+            combined.flush()
         working = self.working
         if working is None:
             return 0
@@ -326,6 +340,10 @@ class DetectionCore:
         self._storms.forget(partition)
         if self.working is not None:
             self.working.drop(partition)
+        # What the group models learned is theirs, not the partition's: written where the
+        # runtime will find it (a rewind then reloads the table, and the models with it).
+        for combined in self._combined():
+            combined.flush()
 
     def _sweep_if_due(self, watch: SilenceWatch, kv: KeyValue, partition: Any) -> list[Alert]:
         if watch.clock_ms < watch.next_sweep_ms:
@@ -440,11 +458,12 @@ class DetectionCore:
         )
 
         warmup_ms = cfg.warmup_s * 1000
-        own_warm = state.n >= cfg.warmup_events and ts - state.first_ms >= warmup_ms
         # A new replica of a group that has been watched long enough is judged by the group
-        # from its first event: rotated pods and autoscaled instances are not strangers.
-        peer_warm = peers is not None and peers.members > 1 and peers.warm(ts, warmup_ms)
-        seen.warm = own_warm or peer_warm
+        # from its first event: rotated pods and autoscaled instances are not strangers. (The
+        # group is asked only for a machine not warm on its own: most events skip it.)
+        seen.warm = (state.n >= cfg.warmup_events and ts - state.first_ms >= warmup_ms) or (
+            peers is not None and peers.members > 1 and peers.warm(ts, warmup_ms)
+        )
 
         # Each scores the event, then learns it. The order is part of the behaviour: the
         # combined score reads what the operation and resource detectors noted.

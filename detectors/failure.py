@@ -37,7 +37,9 @@ class FailureRatio(Detector):
     def score(self, seen: Seen) -> Finding | None:
         cfg, event, state, warm = seen.cfg, seen.event, seen.state, seen.warm
         interval = seen.ts // (cfg.rate.interval_s * 1000)
-        cur, n, f, p, learned = state.fail
+        fail = state.fail
+        cur, n, f, p, learned = fail
+        failed = event.outcome != "SUCCESS"
         if interval > cur:
             if (
                 cur >= 0
@@ -49,11 +51,14 @@ class FailureRatio(Detector):
                 a = min(0.5, 0.02 * n) if learned else 1.0
                 p += a * (min(f / n, max(p * 2, 0.05)) - p)
                 learned += 1
-            cur, n, f = interval, 0, 0
-        n += 1
-        failed = event.outcome != "SUCCESS"
-        f += failed
-        state.fail = [cur, n, f, round(p, 6), learned]
+            n, f = 1, int(failed)
+            state.fail = [interval, n, f, round(p, 6), learned]
+        else:
+            # Within the interval only the counts move: the stored ratio is already rounded
+            # (it is rounded whenever it changes), so it is not rounded again on every event.
+            n += 1
+            f += failed
+            fail[1], fail[2] = n, f
         if not (failed and warm and learned >= 5):
             return None
         ratio = f / n

@@ -296,6 +296,10 @@ class Incidents:
                 f"(evidence of incident {ep.incident_id}, which has paged; "
                 f"{ep.severity} on its own) {summary}"
             )
+        # An opened episode's three times are one: formatted once.
+        event_time = format_rfc3339_ms(ts)
+        first = event_time if ep.first_ms == ts else format_rfc3339_ms(ep.first_ms)
+        last = event_time if ep.last_ms == ts else format_rfc3339_ms(ep.last_ms)
         return Alert(
             alert_id=ep.alert_id,
             status=status,
@@ -304,14 +308,14 @@ class Incidents:
             detector=detector,
             severity=severity or ep.severity,
             score=round(max(ep.score, f.score) if status != "resolved" else ep.score, 1),
-            event_time=format_rfc3339_ms(ts),
+            event_time=event_time,
             summary=summary,
             observed=f.observed,
             expected=f.expected,
             event_ids=list(ep.event_ids),
             config_version=self.config_version,
-            first_event_time=format_rfc3339_ms(ep.first_ms),
-            last_event_time=format_rfc3339_ms(ep.last_ms),
+            first_event_time=first,
+            last_event_time=last,
             repeat_count=ep.count,
             hint=HINTS.get(detector),
             sequence=ep.states,

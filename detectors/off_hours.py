@@ -12,6 +12,7 @@ Imports: the standard library and `detectors` (base, rate).
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from detectors import schedule
@@ -38,13 +39,20 @@ _SCAN_EVENTS = 8  # latest spaced off-hours accesses kept as candidate starts of
 _OFF_RECENT = 11
 
 
-def _near(window: int, slots: int, spread: int) -> list[int]:
+def _near(window: int, slots: int, spread: int) -> tuple[int, ...]:
     """The windows of the day within `spread` of this one (off-hours' neighbourhood), built
     only where it is read: not on every event."""
-    return [(window + d) % slots for d in range(-spread, spread + 1)]
+    return _near_slot(window % slots, slots, spread)
 
 
-def _busiest_near(state: MachineState, peers: PeerGroup | None, near: list[int]) -> int:
+@lru_cache(maxsize=1024)
+def _near_slot(slot: int, slots: int, spread: int) -> tuple[int, ...]:
+    # A few dozen distinct neighbourhoods at any setting: built once each, not at every
+    # window a machine closes (nearly every event of a sparse machine).
+    return tuple([(slot + d) % slots for d in range(-spread, spread + 1)])
+
+
+def _busiest_near(state: MachineState, peers: PeerGroup | None, near: tuple[int, ...]) -> int:
     """The most events the machine, or a peer, made in these windows of the day.
     Neighbouring windows count: sessions and schedules drift by an hour or so from day
     to day, and that is not "off hours"."""
@@ -56,7 +64,9 @@ def _busiest_near(state: MachineState, peers: PeerGroup | None, near: list[int])
     return before
 
 
-def _pace_near(state: MachineState, peers: PeerGroup | None, slots: int, near: list[int]) -> int:
+def _pace_near(
+    state: MachineState, peers: PeerGroup | None, slots: int, near: tuple[int, ...]
+) -> int:
     """The schedule's pace (schedule.pace) around this time of day, the machine's or a
     peer's."""
     pace = schedule.pace(state.sched, slots, near)
@@ -71,7 +81,7 @@ def _run_start(
     state: MachineState,
     peers: PeerGroup | None,
     slots: int,
-    near: list[int],
+    near: tuple[int, ...],
 ) -> list[int]:
     """state.off[3:] for an off-hours run starting at ts (see _OFF_RECENT)."""
     before = _busiest_near(state, peers, near)
@@ -176,7 +186,11 @@ class OffHours(Detector):
             if len(state.off) > _OFF_RECENT + _SCAN_EVENTS:
                 del state.off[_OFF_RECENT]
             since = ts - schedule.PACE_MS
-            state.off[10] = max(state.off[10], sum(t > since for t in state.off[_OFF_RECENT:]))
+            within = 0
+            for t in state.off[_OFF_RECENT:]:
+                if t > since:
+                    within += 1
+            state.off[10] = max(state.off[10], within)
         count, fired, spaced = state.off[1], state.off[2], state.off[4]
         # Idle hours are only known once the profile has seen at least a full day.
         if (

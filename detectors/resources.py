@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -44,19 +45,20 @@ def normalise_resource(resource: str, depth: int = 2) -> str:
     or row id is not 'new'. `s3://bucket/2026/11/inv-8341.pdf` -> `s3://bucket/{n}/{n}`."""
     # What follows the judged segments (an object key, a row id) makes most resources unique,
     # so behind the cache of whole resources is one keyed on the part that is judged: cut at
-    # the slash that ends it.
-    end = resource.find("?")
-    if end < 0:
-        end = len(resource)
-    scheme = resource.find("://", 0, end)
-    pos = scheme + 3 if scheme >= 0 else 0
-    for _ in range(max(depth, 0) + 1):
-        while resource.startswith("/", pos, end):
-            pos += 1  # empty segments do not count
-        pos = resource.find("/", pos, end)
-        if pos < 0:
-            return _normalise(resource, depth)
-    return _normalise(resource[:pos], depth)
+    # the slash that ends it (`_judged`), or judge it whole when there is none.
+    m = _judged(depth)(resource)
+    return _normalise(resource if m is None else resource[: m.end()], depth)
+
+
+@lru_cache(maxsize=64)
+def _judged(depth: int) -> Callable[[str], re.Match[str] | None]:
+    """A match of a resource up to the slash that ends its judged part: the scheme (the first
+    `://` before any `?`), then the host and `depth` segments, each after any empty ones; no
+    match when the part before the query has no slash after them. Atomic and possessive, so a
+    segment is never split nor a later `://` tried: one scan, where a loop of finds took a
+    microsecond."""
+    segments = max(depth, 0) + 1
+    return re.compile(r"(?>(?:[^?]*?://)?)(?:/*+[^/?]++){" + str(segments) + "}(?=/)").match
 
 
 @lru_cache(maxsize=65_536)
@@ -69,7 +71,7 @@ def _normalise(resource: str, depth: int) -> str:
     if not parts:
         return resource
     host, path = parts[0], parts[1 : 1 + depth]
-    norm = "/".join([host, *(_segment(p) for p in path)])
+    norm = "/".join([host, *map(_segment, path)])
     return f"{scheme}://{norm}" if scheme else norm
 
 

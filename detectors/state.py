@@ -72,7 +72,8 @@ class MachineState:
             "r": self.resources,
             "q": self.rate_state(),
             "w": self.recent_new,
-            "e": {k: v.to_list() for k, v in self.episodes.items()},
+            # Most machines have no open episode: no comprehension to run for them.
+            "e": {k: v.to_list() for k, v in self.episodes.items()} if self.episodes else {},
             "o": self.ops,
             "x": self.fail,
             "h": self.off,

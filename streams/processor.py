@@ -161,16 +161,19 @@ class SplitStore:
     """One partition's store, whose peer-group kinds (`GROUP_KINDS`) live in `shared`, one
     store for every partition of a worker: a group's machines are spread over partitions."""
 
-    __slots__ = ("local", "shared")
+    __slots__ = ("_local_get", "_shared_get", "local", "shared")
 
     def __init__(self, local: Store, shared: Store) -> None:
         self.local = local
         self.shared = shared
+        # Several lookups an event go through here: bound once, not looked up on each.
+        self._local_get = local.get
+        self._shared_get = shared.get
 
     def get(self, kind: bytes, key: str) -> bytes | None:
         if kind in GROUP_KINDS:
-            return self.shared.get(kind, key)
-        return self.local.get(kind, key)
+            return self._shared_get(kind, key)
+        return self._local_get(kind, key)
 
     def set(self, kind: bytes, key: str, value: bytes) -> None:
         if kind in GROUP_KINDS:

@@ -21,8 +21,8 @@ from detectors.combined import (
 )
 from detectors.core import DetectionCore, DetectorConfig
 from detectors.rate import RateParams, poisson_tail
-from schemas.event import format_rfc3339_ms, parse_timestamp_us
-from streams.processor import MemoryStore
+from schemas.event import AuditEvent, format_rfc3339_ms, parse_timestamp_us
+from streams.processor import MemoryStore, SplitStore
 from tests.test_detectors_peers import MIN, T0, Client, pages
 
 HOUR = 60 * MIN
@@ -407,3 +407,67 @@ def test_every_groups_model_walks_one_copy_of_the_trees() -> None:
     for x in xs[:30]:
         again.score_and_learn(kv_again, "first", x)
     assert kv.get(COMBINED, "first") == kv_again.get(COMBINED, "first")
+
+
+def test_deferred_models_are_written_only_by_a_flush_as_writing_through_would() -> None:
+    rng = random.Random(3)
+    xs = [features(rng.randrange(5, 40), 10.0, rng.randrange(3), 0.0, 1, 0, 0) for _ in range(250)]
+    through, through_kv = CombinedModels(P), MemoryKV()
+    deferred, kv = CombinedModels(P), MemoryKV()
+    deferred.deferred = True
+    for i, x in enumerate(xs):
+        group = "ab"[i % 2]
+        assert deferred.score_and_learn(kv, group, x) == through.score_and_learn(
+            through_kv, group, x
+        )
+        if i == 120:
+            # A flush in between (a commit) writes each learned model once.
+            assert deferred.flush() == 2
+            assert kv.data == through_kv.data
+    # Since that flush the store holds what it wrote: one dump per group and flush, not one
+    # per judged window.
+    assert kv.data != through_kv.data
+    assert deferred.flush() == 2
+    assert kv.data == through_kv.data
+    assert deferred.flush() == 0
+
+
+def test_a_deferred_model_leaving_the_cache_is_written_first() -> None:
+    xs = [features(10 + i % 7, 10.0, 0, 0.0, 1, 0, 0) for i in range(40)]
+    through, through_kv = CombinedModels(P, cache_size=1), MemoryKV()
+    deferred, kv = CombinedModels(P, cache_size=1), MemoryKV()
+    deferred.deferred = True
+    for i, x in enumerate(xs):
+        group = "abc"[i % 3]
+        assert deferred.score_and_learn(kv, group, x) == through.score_and_learn(
+            through_kv, group, x
+        )
+    deferred.flush()
+    assert kv.data == through_kv.data
+
+
+def test_a_core_with_a_working_copy_keeps_group_models_live_until_it_flushes() -> None:
+    """Through the core: judged windows leave the shared store alone until a flush, and a
+    dropped partition writes what the group models learned where a rewind reloads them."""
+    core = DetectionCore()
+    core.keep_working_copy(100)
+    shared = MemoryStore()
+    store = SplitStore(MemoryStore(), shared)
+    t = T0
+    for i in range(200):
+        t += 20_000
+        core.observe(
+            AuditEvent(
+                event_id=f"e{i}",
+                ts_us=t * 1000,
+                machine_id="orders-api-1",
+                resource="postgres://db/public.orders",
+                operation="SELECT",
+                outcome="SUCCESS",
+            ),
+            store,
+            0,
+        )
+    assert not shared.data.get(COMBINED)
+    core.forget_partition(0)
+    assert set(shared.data[COMBINED]) == {"orders-api"}

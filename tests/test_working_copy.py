@@ -75,6 +75,8 @@ def test_working_copy_pages_and_stores_exactly_as_writing_through(
     assert live.local.keys() == plain.local.keys()
     for p, store in plain.local.items():
         assert live.local[p].data == store.data, p
+    # The group knowledge too, the combined models kept live until the flush included.
+    assert live.shared.data == plain.shared.data
     working = live.processor.core.working
     assert working is not None and not working.dirty_partitions()
     assert len(working.states) <= 5
