@@ -6,8 +6,10 @@ JSON) and drives one `streams.runtime.task.Task` over them as the runtime's loop
 of 1,000: `prepare` each record, `seen_ids`, `finish` each), with detection switched off as in
 `bench/floor.py`: decode, validation, the routing check, the dedupe digest and event-id state,
 the archive record and the task glue. It also times the stages on their own (decode and
-validate; digest; archive encode) and prints microseconds of CPU per event (process time:
-the box is shared), best of R repeats, as JSON.
+validate; digest; archive encode), and the worker's loop around the task (`loop`:
+`Worker.run_once` over the same records from a stub consumer into a stub commit policy: the
+per-record bookkeeping, offsets, latency histograms, punctuation and the task), and prints
+microseconds of CPU per event (process time: the box is shared), best of R repeats, as JSON.
 
 The processor's clock is fixed, so the output records are a function of the input alone:
 `outputs_sha256` hashes every record emitted (the archive records and the dead letters of a
@@ -18,7 +20,8 @@ so that `PYTHONPATH` picks the code under test (another checkout's, for a before
     PYTHONPATH=/work/main nice -n 19 python bench/floor_speed.py --out /tmp/before.json
     PYTHONPATH=$PWD nice -n 19 python bench/floor_speed.py --out /tmp/after.json
 
-Only what both versions have is imported: the task, the processor and the codec.
+Only what both versions have is imported: the worker, the task, the processor and the codec.
+The loop's outputs are checked equal to the task's.
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ from typing import Any
 from schemas.codec import BundledSchemas, decode_event, encode_archive, sha256
 from streams import processor as processor_module
 from streams.ops.config import Config
+from streams.ops.metrics import Telemetry
 from streams.processor import Processor
+from streams.runtime.loop import Worker
 from streams.runtime.peers import PeerTable
 from streams.runtime.routing import Router
 from streams.runtime.state import PartitionState
@@ -97,6 +102,9 @@ class Msg:
     def headers(self) -> None:
         return None
 
+    def error(self) -> None:
+        return None
+
     def timestamp(self) -> tuple[int, int]:
         return 1, NOW_MS
 
@@ -105,7 +113,7 @@ TOPIC = Config().topics.events
 
 
 def read_avro(n: int) -> list[tuple[bytes, bytes]]:
-    out = []
+    out: list[tuple[bytes, bytes]] = []
     with open(DATASET / "events.wire", "rb") as f:
         while len(out) < n:
             head = f.read(_FRAME.size)
@@ -117,7 +125,7 @@ def read_avro(n: int) -> list[tuple[bytes, bytes]]:
 
 
 def read_json(n: int) -> list[tuple[bytes, bytes]]:
-    out = []
+    out: list[tuple[bytes, bytes]] = []
     with open(DATASET / "events.jsonl", "rb") as f:
         for line in f:
             if len(out) >= n:
@@ -172,6 +180,64 @@ def run_task(records: list[tuple[bytes, bytes]]) -> tuple[float, str]:
     return elapsed, h.hexdigest()
 
 
+class _Consumer:
+    """Hands the records out in batches of `BATCH`, whatever the worker's setting, as the
+    task alone is driven."""
+
+    def __init__(self, msgs: list[Msg]) -> None:
+        self.msgs, self.at = msgs, 0
+
+    def consume(self, num_messages: int, timeout: float) -> list[Msg]:
+        batch = self.msgs[self.at : self.at + BATCH]
+        self.at += len(batch)
+        return batch
+
+
+class _Policy:
+    """Keeps what the worker produces, in the emit format of `new_task`."""
+
+    def __init__(self, roles: dict[str, str], emitted: list[bytes]) -> None:
+        self.roles, self.emitted = roles, emitted
+
+    def produce(self, topic: str, key: bytes | None, value: bytes, *_args: Any) -> None:
+        self.emitted.append(self.roles[topic].encode() + b"\x00" + (key or b"") + b"\x00" + value)
+
+    def poll(self) -> None:
+        pass
+
+
+def run_loop(records: list[tuple[bytes, bytes]]) -> tuple[float, str]:
+    """Seconds for the sample through `Worker.run_once` (one task, batches of 1,000), and the
+    hash of its outputs."""
+    cfg = Config()
+    emitted: list[bytes] = []
+    processor = Processor(cfg, BundledSchemas(), clock=lambda: NOW_MS)
+    worker = Worker(cfg, processor, Telemetry(cfg, processor))
+    worker.consumer = _Consumer([Msg(i, k, v) for i, (k, v) in enumerate(records)])
+    worker.policy = _Policy({t: r for r, t in worker.outputs.items()}, emitted)  # type: ignore[assignment]
+    worker.tasks = {
+        0: Task(
+            0,
+            PartitionState(0),
+            worker.peers,
+            processor,
+            Router("murmur2", 1),
+            cfg.topics.detect,
+            worker._emit,
+            worker.telemetry,
+        )
+    }
+    gc.collect()
+    t0 = time.process_time()
+    while worker.run_once():
+        pass
+    elapsed = time.process_time() - t0
+    h = hashlib.sha256()
+    for out in emitted:
+        h.update(len(out).to_bytes(4, "big") + out)
+    return elapsed, h.hexdigest()
+
+
 def run_stages(records: list[tuple[bytes, bytes]]) -> dict[str, float]:
     """Seconds for decode+validate, the content digest and the archive encode on their own."""
     limits = Config().input.limits()
@@ -216,17 +282,22 @@ def main(argv: list[str] | None = None) -> int:
     }
     for fmt, records in (("avro", read_avro(args.events)), ("json", read_json(args.events))):
         n = len(records)
-        task_times, hashes = [], set()
+        task_times, loop_times, hashes = [], [], set()
         stages: dict[str, list[float]] = {}
+        sample = records + [(b"m", v) for v in MALFORMED]
         for _ in range(args.repeats):
-            elapsed, digest = run_task(records + [(b"m", v) for v in MALFORMED])
+            elapsed, digest = run_task(sample)
             task_times.append(elapsed)
+            hashes.add(digest)
+            elapsed, digest = run_loop(sample)
+            loop_times.append(elapsed)
             hashes.add(digest)
             for name, sec in run_stages(records).items():
                 stages.setdefault(name, []).append(sec)
-        assert len(hashes) == 1, "outputs differ between repeats"
+        assert len(hashes) == 1, "outputs differ between repeats, or the loop's from the task's"
         result[fmt] = {
             "task_us_per_event": round(min(task_times) / n * 1e6, 2),
+            "loop_us_per_event": round(min(loop_times) / n * 1e6, 2),
             **{f"{k}_us_per_event": round(min(v) / n * 1e6, 2) for k, v in stages.items()},
             "outputs_sha256": hashes.pop(),
         }

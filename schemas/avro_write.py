@@ -120,13 +120,24 @@ def _full_name(node: Mapping[str, Any], namespace: str | None) -> str:
 
 
 class _Generator:
-    """Emits the source of one function that writes a record field by field."""
+    """Emits the source of one function that writes a record field by field.
+
+    What can be written as expressions (everything but the entries of maps and arrays, and
+    records or blocks inside a union) is collected in runs, each one tuple display added to
+    the output at once: a field costs no method call, and a record whose fields are all
+    expressions is one `join`. The archive record's writer went from 4.0 to 3.75 us with
+    this (an `append` per piece before; the same 20,000 bench events, one process)."""
 
     def __init__(self, named: dict[str, Any]) -> None:
         self.named = named  # full name -> definition, filled as definitions are met
         self.lines: list[str] = []
         self.consts: dict[str, Any] = {}
         self._n = 0
+        # The pending run: expressions of consecutive pieces, and the depth they are at.
+        self.run: list[str] = []
+        self.run_depth = 0
+        # Whether a statement has written something yet (the first run then starts the list).
+        self.started = False
 
     def var(self, stem: str) -> str:
         self._n += 1
@@ -137,7 +148,36 @@ class _Generator:
         self.consts[name] = value
         return name
 
+    def flush(self) -> None:
+        if not self.run:
+            return
+        pieces = ", ".join(self.run)
+        if self.started:
+            self.lines.append("    " * self.run_depth + f"_e(({pieces},))")
+        else:
+            # Nothing written before: the run starts the list of parts.
+            self._start(pieces)
+        self.run = []
+
+    def piece(self, depth: int, expr: str) -> None:
+        """An expression whose value (bytes) is the next piece of the output."""
+        if self.run and self.run_depth != depth:
+            self.flush()
+        if not self.started and depth != 1:
+            self._start()
+        self.run_depth = depth
+        self.run.append(expr)
+
+    def _start(self, pieces: str = "") -> None:
+        self.lines.append(f"    _parts = [_header{', ' if pieces else ''}{pieces}]")
+        self.lines.append("    _a = _parts.append")
+        self.lines.append("    _e = _parts.extend")
+        self.started = True
+
     def emit(self, depth: int, line: str) -> None:
+        self.flush()
+        if not self.started:
+            self._start()
         self.lines.append("    " * depth + line)
 
     def resolve(self, t: Any, namespace: str | None) -> tuple[Any, str | None]:
@@ -159,78 +199,118 @@ class _Generator:
             return t["type"], namespace
         return t, namespace
 
-    def write(self, t: Any, expr: str, depth: int, namespace: str | None, what: str) -> None:
-        """Code writing the value of `expr` as type `t`; `what` names it in errors."""
+    def pieces(self, t: Any, expr: str, namespace: str | None, what: str) -> list[str] | None:
+        """The expressions writing the value of `expr` as type `t`, in order, when `t` is
+        written without a statement (None otherwise). `expr` may be evaluated more than once
+        only when it is a plain name: anything else is bound by an assignment expression."""
         t, namespace = self.resolve(t, namespace)
         if t == "null":
-            self.emit(depth, "pass")  # nothing to write, but a loop body must not be empty
-            return
+            return []
         if t == "boolean":
-            self.emit(depth, f'_a(b"\\x01" if {expr} else b"\\x00")')
-        elif t in ("int", "long"):
+            return [f'(b"\\x01" if {expr} else b"\\x00")']
+        if t in ("int", "long"):
             v = self.var("v")
-            self.emit(depth, f"{v} = {expr}")
-            self.emit(depth, f"_a(_LONGS[{v}] if 0 <= {v} < {_SMALL} else _long({v}))")
-        elif t == "float":
-            self.emit(depth, f"_a(_FLOAT({expr}))")
-        elif t == "double":
-            self.emit(depth, f"_a(_DOUBLE({expr}))")
-        elif t in ("string", "bytes"):
-            b = self.var("b")
-            self.emit(depth, f"{b} = {expr}.encode()" if t == "string" else f"{b} = {expr}")
-            n = self.var("n")
-            self.emit(depth, f"{n} = len({b})")
-            self.emit(depth, f"_a(_LONGS[{n}] if {n} < {_SMALL} else _long({n}))")
-            self.emit(depth, f"_a({b})")
-        elif isinstance(t, list):
-            self._union(t, expr, depth, namespace, what)
-        elif isinstance(t, dict):
+            return [f"(_LONGS[{v}] if 0 <= ({v} := {expr}) < {_SMALL} else _long({v}))"]
+        if t == "float":
+            return [f"_FLOAT({expr})"]
+        if t == "double":
+            return [f"_DOUBLE({expr})"]
+        if t in ("string", "bytes"):
+            b, n = self.var("b"), self.var("n")
+            raw = f"{expr}.encode()" if t == "string" else expr
+            return [
+                f"(_LONGS[{n}] if ({n} := len({b} := {raw})) < {_SMALL} else _long({n}))",
+                b,
+            ]
+        if isinstance(t, list):
+            return self._union_pieces(t, expr, namespace, what)
+        if isinstance(t, dict):
             kind = t.get("type")
             if kind == "enum":
                 table = self.const({s: _long(i) for i, s in enumerate(t["symbols"])})
-                self.emit(depth, f"_a({table}[{expr}])")
-            elif kind == "fixed":
+                return [f"{table}[{expr}]"]
+            if kind == "fixed":
                 size = int(t["size"])
                 v = self.var("v")
-                self.emit(depth, f"{v} = {expr}")
-                self.emit(depth, f"if len({v}) != {size}:")
-                self.emit(
-                    depth + 1,
-                    f"raise ValueError(f'{what} is {{len({v})}} bytes, not {size}')",
-                )
-                self.emit(depth, f"_a({v})")
-            elif kind in ("map", "array"):
-                self._block(t, expr, depth, namespace, what)
-            elif kind == "record":
-                v = self.var("r")
-                self.emit(depth, f"{v} = {expr}")
-                self.record_body(t, v, depth, namespace)
-            else:
-                raise Unsupported(f"{what}: type {kind!r}")
-        else:
-            raise Unsupported(f"{what}: type {t!r}")
+                check = self.const(_fixed_check(size, what))
+                return [f"({v} if len({v} := {expr}) == {size} else {check}({v}))"]
+            if kind == "record":
+                if not expr.isidentifier():
+                    return None
+                out: list[str] = []
+                for ftype, fexpr, fwhat in self.record_fields(t, expr, namespace):
+                    more = self.pieces(ftype, fexpr, namespace, fwhat)
+                    if more is None:
+                        return None
+                    out += more
+                return out
+            if kind in ("map", "array"):
+                return None
+            raise Unsupported(f"{what}: type {kind!r}")
+        raise Unsupported(f"{what}: type {t!r}")
 
-    def _union(self, branches: list[Any], expr: str, depth: int, ns: str | None, what: str) -> None:
+    def _union_pieces(
+        self, branches: list[Any], expr: str, ns: str | None, what: str
+    ) -> list[str] | None:
+        kinds = self._union_kinds(branches, ns, what)
+        if len(branches) == 1:
+            inner = self.pieces(branches[0], expr, ns, what)
+            return None if inner is None else ['b"\\x00"', *inner]
+        null_at = kinds.index("null")
+        v = self.var("v")
+        inner = self.pieces(branches[1 - null_at], v, ns, what)
+        if inner is None:
+            return None
+        first = f"({_long(null_at)!r} if ({v} := {expr}) is None else {_long(1 - null_at)!r})"
+        return [first, *(f'(b"" if {v} is None else {p})' for p in inner)]
+
+    def _union_kinds(self, branches: list[Any], ns: str | None, what: str) -> list[Any]:
         kinds = [self.resolve(b, ns)[0] for b in branches]
         if len(branches) == 1:
-            self.emit(depth, '_a(b"\\x00")')
-            self.write(branches[0], expr, depth, ns, what)
-            return
+            return kinds
         if len(branches) != 2 or "null" not in kinds:
             # fastavro picks the branch by validating the value against each in turn; doing
             # that here would cost what generating the writer saves.
             raise Unsupported(f"{what}: a union other than null and one type")
-        null_at = kinds.index("null")
-        other = branches[1 - null_at]
-        if isinstance(kinds[1 - null_at], list):
+        if isinstance(kinds[1 - kinds.index("null")], list):
             raise Unsupported(f"{what}: a union inside a union")
+        return kinds
+
+    def write(self, t: Any, expr: str, depth: int, namespace: str | None, what: str) -> None:
+        """Code writing the value of `expr` as type `t`; `what` names it in errors."""
+        found = self.pieces(t, expr, namespace, what)
+        if found is not None:
+            for p in found:
+                self.piece(depth, p)
+            return
+        t, namespace = self.resolve(t, namespace)
+        if isinstance(t, list):
+            self._union(t, expr, depth, namespace, what)
+        elif t.get("type") in ("map", "array"):
+            self._block(t, expr, depth, namespace, what)
+        else:  # a record with a field written by statements
+            v = expr
+            if not expr.isidentifier():
+                v = self.var("r")
+                self.emit(depth, f"{v} = {expr}")
+            for ftype, fexpr, fwhat in self.record_fields(t, v, namespace):
+                self.write(ftype, fexpr, depth, namespace, fwhat)
+
+    def _union(self, branches: list[Any], expr: str, depth: int, ns: str | None, what: str) -> None:
+        kinds = self._union_kinds(branches, ns, what)
+        if len(branches) == 1:
+            self.piece(depth, 'b"\\x00"')
+            self.write(branches[0], expr, depth, ns, what)
+            return
+        null_at = kinds.index("null")
         v = self.var("v")
         self.emit(depth, f"{v} = {expr}")
         self.emit(depth, f"if {v} is None:")
         self.emit(depth + 1, f"_a({_long(null_at)!r})")
         self.emit(depth, "else:")
         self.emit(depth + 1, f"_a({_long(1 - null_at)!r})")
-        self.write(other, v, depth + 1, ns, what)
+        self.write(branches[1 - null_at], v, depth + 1, ns, what)
+        self.flush()
 
     def _block(self, t: dict[str, Any], expr: str, depth: int, ns: str | None, what: str) -> None:
         v = self.var("m")
@@ -246,13 +326,21 @@ class _Generator:
             x = self.var("x")
             self.emit(depth + 1, f"for {x} in {v}:")
             self.write(t["items"], x, depth + 2, ns, what)
-        self.emit(depth, '_a(b"\\x00")')  # the closing zero-count block
+        # A loop body with nothing to write (an array of nulls) still needs a statement.
+        if not self.run and self.lines[-1].endswith(":"):
+            self.emit(depth + 2, "pass")
+        self.flush()
+        self.piece(depth, 'b"\\x00"')  # the closing zero-count block
 
-    def record_body(self, record: dict[str, Any], obj: str, depth: int, ns: str | None) -> None:
+    def record_fields(
+        self, record: dict[str, Any], obj: str, ns: str | None
+    ) -> list[tuple[Any, str, str]]:
+        """(type, expression, name for errors) of each field of `record`, read from `obj`."""
         full = _full_name(record, ns)
         cls = _CLASSES.get(full)
         known = {f.name for f in dataclass_fields(cls)} if cls is not None else None
         expressions = _EXPRESSIONS.get(full, {})
+        out = []
         for field in record["fields"]:
             name = field["name"]
             what = f"{record['name']}.{name}"
@@ -269,7 +357,15 @@ class _Generator:
                 expr = self.const(field["default"])
             else:
                 raise Unsupported(f"{what}: not an attribute of {cls} and no default")
-            self.write(field["type"], expr, depth, ns, what)
+            out.append((field["type"], expr, what))
+        return out
+
+
+def _fixed_check(size: int, what: str) -> Callable[[bytes], bytes]:
+    def refuse(value: bytes) -> bytes:
+        raise ValueError(f"{what} is {len(value)} bytes, not {size}")
+
+    return refuse
 
 
 def compile_writer(schema: Mapping[str, Any], named: Mapping[str, Any] | None = None) -> Any:
@@ -291,13 +387,16 @@ def compile_writer(schema: Mapping[str, Any], named: Mapping[str, Any] | None = 
             params.append(f"{name}={gen.const(field['default'])}")
         else:
             required.append(name)
-    gen.emit(1, "_parts = [_header]")
-    gen.emit(1, "_a = _parts.append")
     for field in schema["fields"]:
         gen.write(field["type"], field["name"], 1, ns, f"{schema['name']}.{field['name']}")
-    gen.emit(1, 'return b"".join(_parts)')
+    if not gen.started:
+        # Expressions only: one join, no list.
+        body = [f'    return b"".join((_header, {"".join(p + ", " for p in gen.run)}))']
+    else:
+        gen.flush()
+        body = [*gen.lines, '    return b"".join(_parts)']
     head = f"def _write(_header, *, {', '.join(required + params)}):"
-    source = "\n".join([head, *gen.lines])
+    source = "\n".join([head, *body])
     scope: dict[str, Any] = {
         "_long": _long,
         "_LONGS": _LONGS,

@@ -63,19 +63,22 @@ class Router:
     """The partition of each machine id under the configured partitioner, cached (murmur2 in
     Python costs microseconds a key; a fleet has few distinct machines)."""
 
-    __slots__ = ("_cache", "_partition_of", "partitions")
+    __slots__ = ("_partition_of", "cache", "partitions")
 
     def __init__(self, partitioner: str, partitions: int) -> None:
         self._partition_of = PARTITIONERS[partitioner]
         self.partitions = partitions
-        self._cache: dict[str, int] = {}
+        # Machine id -> partition. Tasks read it directly (one lookup, no call); it is the
+        # same dict for the router's life, emptied rather than replaced when full.
+        self.cache: dict[str, int] = {}
 
     def partition(self, machine_id: str) -> int:
-        p = self._cache.get(machine_id)
+        cache = self.cache
+        p = cache.get(machine_id)
         if p is None:
-            if len(self._cache) >= _CACHE_MAX:
-                self._cache.clear()
-            p = self._cache[machine_id] = self._partition_of(machine_id.encode(), self.partitions)
+            if len(cache) >= _CACHE_MAX:
+                cache.clear()
+            p = cache[machine_id] = self._partition_of(machine_id.encode(), self.partitions)
         return p
 
 
