@@ -8,6 +8,7 @@ common case (the machine already knows what it touches) costs nothing.
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 import orjson
@@ -18,10 +19,11 @@ _RESOURCE = b"gr"
 _OPERATION = b"go"
 _WINDOWS = b"gh"
 _SCHEDULE = b"gs"
+_PEAK = b"gp"
 _STORE = b"p"
 # Every kind of group knowledge, the combined model's trees (detectors.combined) included:
 # what a runtime shares between the partitions a group's machines are spread over.
-GROUP_KINDS = frozenset({_META, _RESOURCE, _OPERATION, _WINDOWS, _SCHEDULE, b"gc"})
+GROUP_KINDS = frozenset({_META, _RESOURCE, _OPERATION, _WINDOWS, _SCHEDULE, _PEAK, b"gc"})
 _SEP = "\x1f"
 # A group's knowledge is refreshed at most this often per resource, to bound writes.
 _REFRESH_MS = 3_600_000
@@ -117,6 +119,25 @@ class PeerGroup:
     def save_schedule(self, schedule: list[int]) -> None:
         self._schedule = schedule
         self.kv.set(_SCHEDULE, self.group, orjson.dumps(schedule))
+
+    def recent_peak(self, ts_s: float, half_life_s: float) -> float:
+        """The most accesses any member made in one interval, decayed by `half_life_s` to
+        `ts_s` (see note_peak); 0 for a group that has noted none."""
+        raw = self.kv.get(_PEAK, self.group)
+        return 0.0 if raw is None else 2.0 ** (float(raw) - ts_s / half_life_s)
+
+    def note_peak(self, count: int, ts_s: float, half_life_s: float) -> None:
+        """A member closed an interval starting at `ts_s` with `count` accesses: the group's
+        recent peak, so a CI runner's first build is judged against the builds its peers run
+        every day. Kept as log2(peak) + t / half-life, the peak's value decayed back to the
+        epoch: the larger of two such values is the larger peak at any time, so writers (the
+        partitions and workers a group spreads over) merge by plain maximum."""
+        if count <= 0:
+            return
+        level = round(math.log2(count) + ts_s / half_life_s, 6)
+        raw = self.kv.get(_PEAK, self.group)
+        if raw is None or level > float(raw):
+            self.kv.set(_PEAK, self.group, repr(level).encode())
 
     def learn_resource(self, resource: str, ts_ms: int) -> None:
         self._learn(_RESOURCE, resource, ts_ms)

@@ -15,6 +15,8 @@ is the merge of all writers' records, by a rule per kind that never loses an upd
 - `gh` (the most events any member made in each window of the day): element-wise maximum.
 - `gm` (first seen, members, last join): earliest first seen, latest join, and members as
   the sum of each writer's own count (a writer publishes only the members it added).
+- `gp` (the group's recent access-rate peak, `PeerGroup.note_peak`: log2 of the peak plus
+  its time in half-lives): maximum.
 - `gc` (the combined model's tree masses): one writer's own trees; a worker learns its trees
   from the group's members it owns and restores them from its own records (its writer id is
   stable across restarts).
@@ -38,8 +40,8 @@ from detectors.peers import GROUP_KINDS
 
 log = logging.getLogger("auditwatch.runtime")
 
-META, RESOURCE, OPERATION, WINDOWS = b"gm", b"gr", b"go", b"gh"
-PEER_KINDS = GROUP_KINDS  # META, RESOURCE, OPERATION, WINDOWS and COMBINED
+META, RESOURCE, OPERATION, WINDOWS, PEAK = b"gm", b"gr", b"go", b"gh", b"gp"
+PEER_KINDS = GROUP_KINDS  # META, RESOURCE, OPERATION, WINDOWS, PEAK and COMBINED
 CLOCKS = b"wm"
 _SEP = b"\x00"
 
@@ -60,6 +62,8 @@ def _merge(kind: bytes, values: list[bytes]) -> bytes:
         lists = [orjson.loads(v) for v in values]
         width = max(len(w) for w in lists)
         return orjson.dumps([max(w[i] if i < len(w) else 0 for w in lists) for i in range(width)])
+    if kind == PEAK:
+        return max(values, key=float)
     # RESOURCE, OPERATION: the latest refresh time.
     return max(values, key=int)
 
