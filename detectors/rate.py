@@ -1232,7 +1232,8 @@ def recent_peak(cfg: DetectorConfig, peak_state: Sequence[Any], ts_ms: int) -> f
 
 class AccessRate(Detector):
     """More accesses in one interval than the machine's rate model expects at this time of day,
-    and more than its own and its peer group's recent peaks (`rate_peak_ratio` times either).
+    and more than its own recent peaks (`rate_peak_ratio` times) and, when
+    `rate_group_peak_ratio` is set, its peer group's.
     Owns `MachineState.rate` (the model, live on the state as `live_rate`),
     `MachineState.peak` (`[interval, count in it, decayed peak]`) and the group's peak
     (`PeerGroup.note_peak`)."""
@@ -1253,8 +1254,12 @@ class AccessRate(Detector):
             # clipped out of the learned level on purpose; its own recent peaks say they are
             # normal for it.
             return None
-        if seen.peers is not None and rate.count < cfg.rate_peak_ratio * seen.peers.recent_peak(
-            seen.ts / 1000, cfg.rate_peak_half_life_s
+        group_ratio = cfg.rate_group_peak_ratio
+        if (
+            group_ratio > 0
+            and seen.peers is not None
+            and rate.count
+            < group_ratio * seen.peers.recent_peak(seen.ts / 1000, cfg.rate_peak_half_life_s)
         ):
             # Nor are bursts its peers make routinely: a CI runner's first build of the day is
             # new to its own history, not to its runner pool's.
@@ -1288,6 +1293,7 @@ class AccessRate(Detector):
             return
         if (
             stored
+            and cfg.rate_group_peak_ratio > 0
             and seen.peers is not None
             and stored[1] > stored[2]
             and self.name not in state.episodes

@@ -65,7 +65,7 @@ class Runner:
 def pool(kv: MemoryStore) -> tuple[Runner, Runner, Runner]:
     """Three runners of one pool, two hours of quiet but for a build of the first (40 accesses
     a minute for five minutes) in its first hour, the detectors' warm-up."""
-    core = DetectionCore(DetectorConfig())
+    core = DetectionCore(DetectorConfig(rate_group_peak_ratio=1.5))
     runners = (
         Runner(core, "ci-runner-01", kv),
         Runner(core, "ci-runner-02", kv),
