@@ -1259,7 +1259,10 @@ class AccessRate(Detector):
             group_ratio > 0
             and seen.peers is not None
             and rate.count
-            < group_ratio * seen.peers.recent_peak(seen.ts / 1000, cfg.rate_peak_half_life_s)
+            < group_ratio
+            * seen.peers.recent_peak(
+                seen.ts / 1000, cfg.rate_peak_half_life_s, seen.event.machine_id
+            )
         ):
             # Nor are bursts its peers make routinely: a CI runner's first build of the day is
             # new to its own history, not to its runner pool's.
@@ -1296,13 +1299,17 @@ class AccessRate(Detector):
             and cfg.rate_group_peak_ratio > 0
             and seen.peers is not None
             and stored[1] > stored[2]
-            and self.name not in state.episodes
+            and not any(ep.severity != "info" for ep in state.episodes.values())
         ):
             # The closed interval raised the machine's own peak (one that did not cannot raise
-            # its group's, which holds the machine's earlier intervals). An interval of an open
-            # access-rate episode is not taught: what paged must not become the group's normal.
+            # its group's, which holds the machine's earlier intervals). An interval of a
+            # machine with an open page (this detector's, or a failure spike's retries) is not
+            # taught: what paged must not become the group's normal.
             seen.peers.note_peak(
-                stored[1], stored[0] * cfg.rate.interval_s, cfg.rate_peak_half_life_s
+                seen.event.machine_id,
+                stored[1],
+                stored[0] * cfg.rate.interval_s,
+                cfg.rate_peak_half_life_s,
             )
         peak = recent_peak(cfg, stored, ts)
         current, count = (state.peak[0], state.peak[1]) if state.peak else (interval, 0)

@@ -15,8 +15,9 @@ is the merge of all writers' records, by a rule per kind that never loses an upd
 - `gh` (the most events any member made in each window of the day): element-wise maximum.
 - `gm` (first seen, members, last join): earliest first seen, latest join, and members as
   the sum of each writer's own count (a writer publishes only the members it added).
-- `gp` (the group's recent access-rate peak, `PeerGroup.note_peak`: log2 of the peak plus
-  its time in half-lives): maximum.
+- `gp` (the group's recent access-rate peaks, `PeerGroup.note_peak`: per member, log2 of
+  its peak plus the peak's time in half-lives; the highest few members): per member the
+  maximum, then the highest few (`detectors.peers.merge_peaks`).
 - `gc` (the combined model's tree masses): one writer's own trees; a worker learns its trees
   from the group's members it owns and restores them from its own records (its writer id is
   stable across restarts).
@@ -36,7 +37,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from detectors.combined import COMBINED
-from detectors.peers import GROUP_KINDS
+from detectors.peers import GROUP_KINDS, merge_peaks
 
 log = logging.getLogger("auditwatch.runtime")
 
@@ -63,7 +64,7 @@ def _merge(kind: bytes, values: list[bytes]) -> bytes:
         width = max(len(w) for w in lists)
         return orjson.dumps([max(w[i] if i < len(w) else 0 for w in lists) for i in range(width)])
     if kind == PEAK:
-        return max(values, key=float)
+        return merge_peaks(values)
     # RESOURCE, OPERATION: the latest refresh time.
     return max(values, key=int)
 
