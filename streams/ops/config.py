@@ -507,7 +507,7 @@ class DetectorSettings(_Model):
     update_every_s: int = Field(60, ge=0)
     max_operations: int = Field(128, ge=1)
     rate_peak_ratio: float = Field(1.5, ge=1)
-    rate_group_peak_ratio: float = Field(0.0, ge=0)
+    rate_group_peak_ratio: float = Field(1.5, ge=0)
     rate_peak_half_life_s: int = Field(7 * 86400, ge=60)
     failure_min_count: int = Field(5, ge=1)
     failure_min_ratio: float = Field(0.3, gt=0, le=1)
