@@ -69,6 +69,9 @@ class DetectorConfig:
     update_every_s: int = 60  # at most one 'updated' state per alert per this much event time
     max_operations: int = 128
     rate_peak_ratio: float = 1.5  # a spike must also exceed the recent peak this many times
+    # and this many times the level two other members of its peer group reached recently
+    # (PeerGroup.recent_peak; 0: not judged against the group)
+    rate_group_peak_ratio: float = 1.5
     rate_peak_half_life_s: int = 7 * 86400
     failure_min_count: int = 5  # failures in one interval before the ratio can page
     failure_min_ratio: float = 0.3  # and at least this share of the interval's accesses

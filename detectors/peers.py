@@ -8,6 +8,7 @@ common case (the machine already knows what it touches) costs nothing.
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 import orjson
@@ -18,10 +19,15 @@ _RESOURCE = b"gr"
 _OPERATION = b"go"
 _WINDOWS = b"gh"
 _SCHEDULE = b"gs"
+_PEAK = b"gp"
 _STORE = b"p"
+# A burst is routine for a group when this many of its other members reached its level.
+GROUP_PEAK_MEMBERS = 2
+# Members' peaks kept per group: the highest GROUP_PEAK_MEMBERS others of any member.
+_PEAK_KEPT = GROUP_PEAK_MEMBERS + 1
 # Every kind of group knowledge, the combined model's trees (detectors.combined) included:
 # what a runtime shares between the partitions a group's machines are spread over.
-GROUP_KINDS = frozenset({_META, _RESOURCE, _OPERATION, _WINDOWS, _SCHEDULE, b"gc"})
+GROUP_KINDS = frozenset({_META, _RESOURCE, _OPERATION, _WINDOWS, _SCHEDULE, _PEAK, b"gc"})
 _SEP = "\x1f"
 # A group's knowledge is refreshed at most this often per resource, to bound writes.
 _REFRESH_MS = 3_600_000
@@ -118,6 +124,42 @@ class PeerGroup:
         self._schedule = schedule
         self.kv.set(_SCHEDULE, self.group, orjson.dumps(schedule))
 
+    def recent_peak(self, ts_s: float, half_life_s: float, member: str) -> float:
+        """The level at least `GROUP_PEAK_MEMBERS` members other than `member` reached in one
+        interval, decayed by `half_life_s` to `ts_s` (see note_peak); 0 for a group where
+        fewer members have noted one. Other members only, so a member's own burst cannot
+        vouch for itself; several of them, so one member's odd burst (an anomaly nobody
+        paged) does not make bursts that high routine for the whole group."""
+        raw = self.kv.get(_PEAK, self.group)
+        if raw is None:
+            return 0.0
+        levels = sorted((v for k, v in orjson.loads(raw).items() if k != member), reverse=True)
+        if len(levels) < GROUP_PEAK_MEMBERS:
+            return 0.0
+        return float(2.0 ** (levels[GROUP_PEAK_MEMBERS - 1] - ts_s / half_life_s))
+
+    def note_peak(self, member: str, count: int, ts_s: float, half_life_s: float) -> None:
+        """`member` closed an interval starting at `ts_s` with `count` accesses: the group's
+        recent peaks, so a CI runner's first build is judged against the builds its peers run
+        every day. Each member's peak is kept as log2(peak) + t / half-life, the peak's value
+        decayed back to the epoch (the larger of two is the larger peak at any time), and
+        only the `_PEAK_KEPT` highest members' are kept: bounded, and enough for the
+        `GROUP_PEAK_MEMBERS`-th highest of any member's others. See merge_peaks for how
+        writers combine."""
+        if count <= 0:
+            return
+        level = round(math.log2(count) + ts_s / half_life_s, 6)
+        raw = self.kv.get(_PEAK, self.group)
+        peaks: dict[str, float] = orjson.loads(raw) if raw is not None else {}
+        if level <= peaks.get(member, -math.inf):
+            return
+        peaks[member] = level
+        if len(peaks) > _PEAK_KEPT:
+            peaks = _top_peaks(peaks)
+            if member not in peaks:
+                return
+        self.kv.set(_PEAK, self.group, orjson.dumps(peaks))
+
     def learn_resource(self, resource: str, ts_ms: int) -> None:
         self._learn(_RESOURCE, resource, ts_ms)
 
@@ -143,3 +185,20 @@ def store_first_seen(kv: KeyValue, ts_ms: int, watching_since_ms: int | None = N
         kv.set(_STORE, "first", str(first).encode())
         return first
     return int(raw)
+
+
+def merge_peaks(values: list[bytes]) -> bytes:
+    """Writers' `gp` records of one group as one: each member's highest level, the
+    `_PEAK_KEPT` highest members kept. A member one writer dropped had that many higher ones
+    there, which the merge keeps too, so merging in any order or grouping gives the same."""
+    peaks: dict[str, float] = {}
+    for raw in values:
+        for member, level in orjson.loads(raw).items():
+            if level > peaks.get(member, -math.inf):
+                peaks[member] = level
+    return orjson.dumps(_top_peaks(peaks))
+
+
+def _top_peaks(peaks: dict[str, float]) -> dict[str, float]:
+    # Ties broken by name, so every writer keeps the same members.
+    return dict(sorted(peaks.items(), key=lambda p: (-p[1], p[0]))[:_PEAK_KEPT])

@@ -1346,8 +1346,11 @@ def recent_peak(cfg: DetectorConfig, peak_state: Sequence[Any], ts_ms: int) -> f
 
 class AccessRate(Detector):
     """More accesses in one interval than the machine's rate model expects at this time of day,
-    and more than its own recent peaks. Owns `MachineState.rate` (the model, live on the
-    state as `live_rate`) and `MachineState.peak` (`[interval, count in it, decayed peak]`)."""
+    and more than its own recent peaks (`rate_peak_ratio` times) and, when
+    `rate_group_peak_ratio` is set, its peer group's.
+    Owns `MachineState.rate` (the model, live on the state as `live_rate`),
+    `MachineState.peak` (`[interval, count in it, decayed peak]`) and the group's peak
+    (`PeerGroup.note_peak`)."""
 
     __slots__ = ()
     name = "access_rate"
@@ -1358,14 +1361,27 @@ class AccessRate(Detector):
         # The model counts the event into its interval (learning the intervals closed since)
         # and scores the interval against what it learned before.
         rate_score = rate.observe(seen.ts)
-        if rate_score > 0 and rate.count < cfg.rate_peak_ratio * recent_peak(
-            cfg, seen.state.peak, seen.ts
-        ):
+        if rate_score <= 0:
+            return None
+        if rate.count < cfg.rate_peak_ratio * recent_peak(cfg, seen.state.peak, seen.ts):
             # Bursts this machine makes routinely (a console session, a cron fan-in) are
             # clipped out of the learned level on purpose; its own recent peaks say they are
             # normal for it.
             return None
-        if not (seen.warm and rate_score > 0):
+        group_ratio = cfg.rate_group_peak_ratio
+        if (
+            group_ratio > 0
+            and seen.peers is not None
+            and rate.count
+            < group_ratio
+            * seen.peers.recent_peak(
+                seen.ts / 1000, cfg.rate_peak_half_life_s, seen.event.machine_id
+            )
+        ):
+            # Nor are bursts its peers make routinely: a CI runner's first build of the day is
+            # new to its own history, not to its runner pool's.
+            return None
+        if not seen.warm:
             return None
         expected = rate.expected()
         return Finding(
@@ -1392,6 +1408,23 @@ class AccessRate(Detector):
             count = stored[1] + 1 if interval == stored[0] else stored[1]
             state.peak = [stored[0], count, pk if type(pk) is float else round(float(pk), 3)]
             return
+        if (
+            stored
+            and cfg.rate_group_peak_ratio > 0
+            and seen.peers is not None
+            and stored[1] > stored[2]
+            and not any(ep.severity != "info" for ep in state.episodes.values())
+        ):
+            # The closed interval raised the machine's own peak (one that did not cannot raise
+            # its group's, which holds the machine's earlier intervals). An interval of a
+            # machine with an open page (this detector's, or a failure spike's retries) is not
+            # taught: what paged must not become the group's normal.
+            seen.peers.note_peak(
+                seen.event.machine_id,
+                stored[1],
+                stored[0] * cfg.rate.interval_s,
+                cfg.rate_peak_half_life_s,
+            )
         peak = recent_peak(cfg, stored, ts)
         current, count = (state.peak[0], state.peak[1]) if state.peak else (interval, 0)
         if interval > current:

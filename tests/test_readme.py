@@ -24,6 +24,7 @@ import venv
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
 import pytest
 
 from tests.conftest import ROOT
@@ -216,7 +217,7 @@ def test_demo_pages_every_injected_anomaly_and_warns_of_nothing(
 ) -> None:
     """What `make demo` runs, against the broker $AUDITWATCH_BOOTSTRAP names: it uses that
     broker (starts and stops none, even with no local broker of its own), pages each machine it
-    injects an anomaly on, and logs no warning."""
+    injects an anomaly on and nothing else (issue 16), and logs no warning."""
     env = {
         **os.environ,
         "AUDITWATCH_BOOTSTRAP": bootstrap,
@@ -242,9 +243,14 @@ def test_demo_pages_every_injected_anomaly_and_warns_of_nothing(
     assert not unpaged, done.stdout
     page_lines = [line for line in done.stdout.splitlines() if line.strip()]
     assert all(line.startswith(("[injected ", "[NOT injected]")) for line in page_lines)
+    assert not [line for line in page_lines if line.startswith("[NOT injected]")], done.stdout
     for m in injected:
         assert any(line.startswith("[injected ") and f" {m}: " in line for line in page_lines)
-    assert re.search(r"^demo done: \d+ pages, .*every one paged", log, re.MULTILINE), log[-4000:]
+    assert re.search(
+        r"^demo done: \d+ pages, \d+ on injected anomalies, 0 on none; .*every one paged",
+        log,
+        re.MULTILINE,
+    ), log[-4000:]
     # A fresh deployment: what needs a daily cycle is still learning, and the demo says so.
     assert re.search(r"^learning: new_identity until \d{4}-", log, re.MULTILINE), log[-4000:]
     # GETPID ("coordinator load in progress") is librdkafka's retry while the broker loads its
@@ -255,6 +261,61 @@ def test_demo_pages_every_injected_anomaly_and_warns_of_nothing(
         if re.search(r"warn", line, re.IGNORECASE) and "GETPID" not in line
     ]
     assert not noisy, "\n".join(noisy)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_readme_synthetic_example_pages_its_injected_anomalies_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    """The README's `produce --synthetic --hours 6 --machines 200 --anomalies
+    fan_out=2,rate_burst=1`, written to a file and backtested (what the worker would page,
+    without a broker), from a fixed start: every injected anomaly pages and nothing else does
+    (issue 16: ci-runner-09's build paged as access_rate here before its group's peaks), with
+    the default config."""
+    events = tmp_path / "six.jsonl"
+    run = [sys.executable, "-m", "streams.cli"]
+    subprocess.run(
+        [
+            *run,
+            "produce",
+            "--synthetic",
+            "--hours",
+            "6",
+            "--machines",
+            "200",
+            "--anomalies",
+            "fan_out=2,rate_burst=1",
+            "--start",
+            "2026-12-07T13:10:00Z",
+            "--seed",
+            "7",
+            "--out",
+            str(events),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+        timeout=300,
+    )
+    report = tmp_path / "bt.json"
+    labels = tmp_path / "six.labels.jsonl"
+    backtest = ["backtest", str(events), "--labels", str(labels), "-q"]
+    subprocess.run(
+        [*run, *backtest, "--json", str(report)],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+        timeout=600,
+    )
+    new = orjson.loads(report.read_bytes())["runs"]["new"]
+    false = [
+        (p["machine_id"], p["detector"], p["event_time"])
+        for p, v in zip(new["page_list"], new["page_verdicts"], strict=True)
+        if not v["true"]
+    ]
+    assert not false
+    assert new["score"]["recall"] == 1.0, new["score"]
 
 
 # -- a first install is quiet ----------------------------------------------------------------

@@ -507,6 +507,7 @@ class DetectorSettings(_Model):
     update_every_s: int = Field(60, ge=0)
     max_operations: int = Field(128, ge=1)
     rate_peak_ratio: float = Field(1.5, ge=1)
+    rate_group_peak_ratio: float = Field(1.5, ge=0)
     rate_peak_half_life_s: int = Field(7 * 86400, ge=60)
     failure_min_count: int = Field(5, ge=1)
     failure_min_ratio: float = Field(0.3, gt=0, le=1)
@@ -547,6 +548,7 @@ class DetectorSettings(_Model):
             update_every_s=self.update_every_s,
             max_operations=self.max_operations,
             rate_peak_ratio=self.rate_peak_ratio,
+            rate_group_peak_ratio=self.rate_group_peak_ratio,
             rate_peak_half_life_s=self.rate_peak_half_life_s,
             failure_min_count=self.failure_min_count,
             failure_min_ratio=self.failure_min_ratio,

@@ -18,6 +18,9 @@ is the merge of all writers' records, by a rule per kind that never loses an upd
   (`detectors.schedule.merge`).
 - `gm` (first seen, members, last join): earliest first seen, latest join, and members as
   the sum of each writer's own count (a writer publishes only the members it added).
+- `gp` (the group's recent access-rate peaks, `PeerGroup.note_peak`: per member, log2 of
+  its peak plus the peak's time in half-lives; the highest few members): per member the
+  maximum, then the highest few (`detectors.peers.merge_peaks`).
 - `gc` (the combined model's tree masses): one writer's own trees; a worker learns its trees
   from the group's members it owns and restores them from its own records (its writer id is
   stable across restarts).
@@ -38,12 +41,13 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from detectors import schedule
 from detectors.combined import COMBINED
-from detectors.peers import GROUP_KINDS
+from detectors.peers import GROUP_KINDS, merge_peaks
 
 log = logging.getLogger("auditwatch.runtime")
 
-META, RESOURCE, OPERATION, WINDOWS, SCHEDULE = b"gm", b"gr", b"go", b"gh", b"gs"
-PEER_KINDS = GROUP_KINDS  # META, RESOURCE, OPERATION, WINDOWS, SCHEDULE and COMBINED
+META, RESOURCE, OPERATION, WINDOWS = b"gm", b"gr", b"go", b"gh"
+SCHEDULE, PEAK = b"gs", b"gp"
+PEER_KINDS = GROUP_KINDS  # META, RESOURCE, OPERATION, WINDOWS, SCHEDULE, PEAK and COMBINED
 CLOCKS = b"wm"
 _SEP = b"\x00"
 
@@ -66,6 +70,8 @@ def _merge(kind: bytes, values: list[bytes]) -> bytes:
         return orjson.dumps([max(w[i] if i < len(w) else 0 for w in lists) for i in range(width)])
     if kind == SCHEDULE:
         return orjson.dumps(schedule.merge(orjson.loads(v) for v in values))
+    if kind == PEAK:
+        return merge_peaks(values)
     # RESOURCE, OPERATION: the latest refresh time.
     return max(values, key=int)
 
