@@ -1361,7 +1361,9 @@ class AccessRate(Detector):
         # The model counts the event into its interval (learning the intervals closed since)
         # and scores the interval against what it learned before.
         rate_score = rate.observe(seen.ts)
-        if rate_score <= 0:
+        # A cold machine pages on nothing here: decide that before the peak lookups (the
+        # group's is a read and decode of the peer record).
+        if rate_score <= 0 or not seen.warm:
             return None
         if rate.count < cfg.rate_peak_ratio * recent_peak(cfg, seen.state.peak, seen.ts):
             # Bursts this machine makes routinely (a console session, a cron fan-in) are
@@ -1380,8 +1382,6 @@ class AccessRate(Detector):
         ):
             # Nor are bursts its peers make routinely: a CI runner's first build of the day is
             # new to its own history, not to its runner pool's.
-            return None
-        if not seen.warm:
             return None
         expected = rate.expected()
         return Finding(
