@@ -11,7 +11,7 @@ import orjson
 from detectors.base import Finding
 from detectors.config import DetectorConfig
 from detectors.core import DetectionCore, MachineState
-from detectors.maturity import DAILY_CYCLE_MS, FANOUT_PAGES_FROM, learning_until
+from detectors.maturity import DAILY_CYCLE_MS, FANOUT_PAGES_FROM, QUIET_RATE, learning_until
 from detectors.rate import RateParams
 from schemas.alert import Alert
 from schemas.event import AuditEvent
@@ -72,6 +72,15 @@ def test_rule_pages_only_what_the_history_behind_it_can_judge() -> None:
     assert learning_until(fan, at, young, young, young) is None
     for own_run in ("access_rate", "failure_ratio", "off_hours", "silence", "combined"):
         assert learning_until(f(own_run), at, young, young, young) is None
+
+    # A quiet machine's burst needs a daily cycle of the machine or its group; a busy one's
+    # is judged against its own run.
+    def burst(mean: float) -> Finding:
+        return Finding("access_rate", 60.0, "", {}, {"mean": mean})
+
+    assert learning_until(burst(QUIET_RATE / 2), at, old, young, young) == young + DAY
+    assert learning_until(burst(QUIET_RATE / 2), at, old, young, old) is None
+    assert learning_until(burst(QUIET_RATE), at, young, young, young) is None
     # The bound is the configured one, and 0 pages on everything as before.
     assert learning_until(f("operation"), at, old, young, young, H) is None
     assert learning_until(f("new_identity"), at, young, young, young, 0) is None
@@ -148,3 +157,32 @@ def test_mature_after_zero_pages_from_the_warm_up_on() -> None:
     s.usual("admin-tool", T0, 2 * 60)
     [page] = s.send("admin-tool", T0 + 2 * H, USUAL, "DELETE")
     assert (page.detector, page.severity) == ("operation", "high")
+
+
+def test_a_quiet_machines_first_burst_is_info_until_a_day_a_busy_ones_pages() -> None:
+    """Fails before the access-rate rule: the demo's and the README example's CI runner,
+    at about one access a minute, paged its first build of the evening as CRITICAL
+    access_rate in a deployment three hours old, with no build of its pool watched yet to
+    judge it by. A service at several accesses a minute that bursts pages as before, and
+    the runner's burst pages once it has been watched for a daily cycle."""
+    s = Store(DetectorConfig(warmup_s=3600, warmup_events=50))
+
+    def run(machine: str, start: int, minutes: int, per_minute: int) -> list[Alert]:
+        return [
+            a
+            for i in range(minutes)
+            for k in range(per_minute)
+            for a in s.send(machine, start + i * MIN + k * (50_000 // per_minute))
+        ]
+
+    def rate(alerts: list[Alert]) -> list[Alert]:
+        return [a for a in alerts if a.detector == "access_rate"]
+
+    assert not rate(run("ci-runner-1", T0, 3 * 60, 1) + run("api-1", T0, 3 * 60, 6))
+    [first] = rate(run("ci-runner-1", T0 + 3 * H, 1, 30))[:1]
+    assert first.severity == "info" and not first.is_page
+    assert first.expected["learning_until"] == "2026-01-02T00:00:00.000Z"
+    assert rate(run("api-1", T0 + 3 * H, 1, 90))[0].is_page
+    # A day on, a bigger build than its first is no longer recorded only.
+    run("ci-runner-1", T0 + 3 * H + MIN, 22 * 60, 1)
+    assert any(a.is_page for a in rate(run("ci-runner-1", T0 + 25 * H + MIN, 1, 60)))
