@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import cache, lru_cache
 from itertools import accumulate
-from operator import add, mul, sub
+from operator import mul, sub
 from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
 
@@ -102,6 +102,7 @@ class _ZeroPlan:
         "closed_max",
         "consts",
         "cp",
+        "cpd",
         "e_max",
         "flat_ok",
         "floor2",
@@ -176,6 +177,7 @@ class _ZeroPlan:
         self.cp: list[float] = []
         self.c1m: list[float] = []
         self.cd: list[float] = []
+        self.cpd: list[tuple[float, float]] = []
         self.r: list[float] = []
         self.u: list[float] = []
         self.qp: list[float] = []
@@ -205,6 +207,8 @@ class _ZeroPlan:
         self.cp = [math.exp(j * log_c) for j in js]
         self.c1m = [-math.expm1(j * log_c) for j in js]
         self.cd = [x * y for x, y in zip(self.cp, self.c1m, strict=True)]
+        # (c^j, c^j (1 - c^j)) by step: the series' variance after j steps, one slice a run.
+        self.cpd = list(zip(self.cp, self.cd, strict=True))
         if self.ok:
             n_cap, prior, q = self.n_cap, self.prior, self.q
             # learn(): max(1 / (count + 1 + prior), floor); the count stops at n_cap.
@@ -480,9 +484,11 @@ class _Model:
             # The day-of-week offset learns the day's departure from the profile.
             dd = x - new - dow_l[dow]
             dow_l[dow] += z.rd * ((dd if dd > nglim else nglim) if dd < glim else ghi)
-            # Offsets average to zero: the profile holds the level of the week (m.__rsub__(v)
-            # is v - m).
-            self.dow = list(map((sum(dow_l) / _WEEK_DAYS).__rsub__, dow_l))
+            # Offsets average to zero: the profile holds the level of the week. (Unpacked:
+            # seven subtractions written out cost a third of a map or a comprehension.)
+            d0, d1, d2, d3, d4, d5, d6 = dow_l
+            mean = sum(dow_l) / _WEEK_DAYS
+            self.dow = [d0 - mean, d1 - mean, d2 - mean, d3 - mean, d4 - mean, d5 - mean, d6 - mean]
         self.level = level
         # The series' own scale, learned slowly and clipped relative to its size, so that one
         # huge burst does not make everything after it look small.
@@ -632,14 +638,16 @@ class _Model:
             return 0
         first_day, wa = self.first_day, z.weekly_after
         day = first * step_s / _DAY_S
-        w_first = (day - first_day - wa) / _WEEK_DAYS
         w_last = ((first + m - 1) * step_s / _DAY_S - first_day - wa) / _WEEK_DAYS
         if w_last <= 0.0:
-            w0 = w1 = 0.0
-        elif w_first >= 1.0:
-            w0 = w1 = 1.0
+            # (Before the offsets apply, the usual case: the first step's weight is not needed.)
+            w0 = w1 = w_first = 0.0
         else:
-            w0, w1 = max(0.0, w_first), min(1.0, w_last)
+            w_first = (day - first_day - wa) / _WEEK_DAYS
+            if w_first >= 1.0:
+                w0 = w1 = 1.0
+            else:
+                w0, w1 = max(0.0, w_first), min(1.0, w_last)
         dw = (int(day) + 3) % _WEEK_DAYS
         # A slot seen for the first time starts where the last one was.
         P = self.prof[slot] if kn else self.ref
@@ -728,14 +736,9 @@ class _Model:
             return 0
         sP = 1.0 if b0 > 0.0 else -1.0
         sD = 1.0 if P + D > 0.0 else -1.0
-        # g_j = clip_z sqrt(H c^j + G^2 c^j (1 - c^j)), as maps (the same products in the same
-        # order as a comprehension, without a Python step per element).
-        gs = list(
-            map(
-                clip_z.__mul__,
-                map(sqrt, map(add, map(H.__mul__, z.cp[:m]), map(G2.__mul__, z.cd[:m]))),
-            )
-        )
+        # g_j = clip_z sqrt(H c^j + G^2 c^j (1 - c^j)). (A comprehension: maps of bound
+        # float methods were twice as slow, each element a method-wrapper call.)
+        gs = [clip_z * sqrt(H * c + G2 * d) for c, d in z.cpd[:m]]
         sg = sum(gs)  # sum of g_j
         sr = sum(map(mul, gs, rs[kn : kn + m])) if kn < n_cap else rs[n_cap] * sg  # of r_j g_j
         ws = None
@@ -849,10 +852,11 @@ class _Model:
         V: float,
     ) -> int:
         # What D gains, the other days give up equally (they stay centred). (other + v is
-        # v + other: float addition commutes exactly.)
+        # v + other: float addition commutes exactly; written out, as in learn.)
         dow = self.dow
         other = (dow[dw] - Dm) / (_WEEK_DAYS - 1)
-        dow = list(map(other.__add__, dow))
+        d0, d1, d2, d3, d4, d5, d6 = dow
+        dow = [d0 + other, d1 + other, d2 + other, d3 + other, d4 + other, d5 + other, d6 + other]
         dow[dw] = Dm
         self.dow = dow
         self.prof[slot] = Pm
@@ -880,17 +884,14 @@ class _Model:
             for i in range(k):
                 self.learn(0.0, (first + i) * step_s)
             return
-        p = self.params
-        slots = p.slots
-        alpha, clip_z, adapt_after = p.alpha, p.clip_z, p.adapt_after
-        floor2 = p.scale_floor**2
-        weekly_after = p.weekly_after_days
-        per_day = max(1.0, _DAY_S / self.interval_s / slots) if slots else 1.0
-        prior = per_day * p.profile_prior_days
-        r_floor = 1.0 / (per_day * p.profile_days)
-        n_cap = int(per_day * (p.profile_days - p.profile_prior_days))
-        rd = 1.0 / (per_day * slots * 3) if slots else 0.0
-        ag = alpha * p.scale_rate
+        # The plan's constants are these parameters' worked out as learn() works them out (the
+        # profile's only with slots, the only case that reads them); learn_zeros mostly comes
+        # here for one interval, so they are not worked out again.
+        z = self._zero_plan()
+        slots = z.slots
+        alpha, clip_z, adapt_after = z.alpha, z.clip_z, self.params.adapt_after
+        floor2, weekly_after, ag = z.floor2, z.weekly_after, z.ag
+        prior, r_floor, n_cap, rd = z.prior, z.r_floor, z.n_cap, z.rd
         level, var, n, run, run_sum = self.level, self.var, self.n, self.run, self.run_sum
         gmean, gvar, ref, first_day = self.gmean, self.gvar, self.ref, self.first_day
         prof, prof_n, dow_l = self.prof, self.prof_n, self.dow
@@ -941,8 +942,16 @@ class _Model:
                 dd = 0.0 - new - dow_l[dw]
                 dow_l[dw] += rd * max(-glim, min(glim, dd))
                 mean_dow = sum(dow_l) / _WEEK_DAYS
-                for j in range(_WEEK_DAYS):
-                    dow_l[j] -= mean_dow
+                d0, d1, d2, d3, d4, d5, d6 = dow_l
+                dow_l[:] = (
+                    d0 - mean_dow,
+                    d1 - mean_dow,
+                    d2 - mean_dow,
+                    d3 - mean_dow,
+                    d4 - mean_dow,
+                    d5 - mean_dow,
+                    d6 - mean_dow,
+                )
             gsd = sqrt(gvar)
             glim = clip_z * gsd + abs(gmean)
             gd = max(-glim, min(glim, 0.0 - gmean))
@@ -1018,22 +1027,31 @@ class RateBaseline:
             m.learn(float(self.count), current * step_s)
             gap = interval - current - 1
             if gap > 0:
-                gap = min(gap, 10_000_000)
-                m.learn_zeros(current + 1, step_s, min(gap, _MAX_ZERO_STEPS))
-                if gap > _MAX_ZERO_STEPS:
-                    m.decay_zeros(gap - _MAX_ZERO_STEPS)
+                if gap <= _MAX_ZERO_STEPS:
+                    m.learn_zeros(current + 1, step_s, gap)
+                else:
+                    m.learn_zeros(current + 1, step_s, _MAX_ZERO_STEPS)
+                    m.decay_zeros((gap if gap < 10_000_000 else 10_000_000) - _MAX_ZERO_STEPS)
         self.current, self.count = interval, 0
 
     def _current(self) -> None:
         """Work out the current interval's expectation and threshold if the model has learned
         since."""
         m = self.model
-        at = (self.current, m.n)
+        current = self.current
+        at = (current, m.n)
         if at != self._at:
             p = self.params
-            e = m.expected(self._t(self.current) if self.current >= 0 else None)
+            e = m.expected(current * self._step_s if current >= 0 else None)
             self._exp = e
-            self._thr = max(e + p.z * m.std(e), p.min_ratio * e, float(p.min_count))
+            # m.std(e), inlined (the model counts; a sparse machine's every event comes here),
+            # its max()es as the comparisons max() makes.
+            var = m.var
+            v = m.plan.floor2 * m.gvar
+            var = v if v > var else var
+            var = e if e > var else var
+            sd = math.sqrt(0.25 if var < 0.25 else var)
+            self._thr = max(e + p.z * sd, p.min_ratio * e, float(p.min_count))
             self._at = at
 
     def expected(self) -> float:

@@ -410,6 +410,25 @@ def test_expected_and_threshold_follow_what_the_model_learns() -> None:
         assert b.threshold() == max(e + p.z * b.model.std(e), p.min_ratio * e, p.min_count)
 
 
+@pytest.mark.parametrize(
+    ("var", "gvar", "level"),
+    [(0.0, 0.0, 0.1), (0.1, 0.0, 3.0), (9.0, 0.0, 1.0), (0.0, 900.0, 1.0), (0.25, 0.0, 0.25)],
+)
+def test_threshold_takes_the_models_std_at_each_of_its_floors(
+    var: float, gvar: float, level: float
+) -> None:
+    # The threshold works the std out inline: the same as std() whichever floor decides (the
+    # Poisson 0.25, the expectation, the series' scale, or the variance itself).
+    p = RateParams()
+    b = RateBaseline(p)
+    run(b, 0, 100, 3)
+    m = b.model
+    m.var, m.gvar, m.level = var, gvar, level
+    m.n += 1  # learned since: worked out again
+    e = m.expected(b.current * 60.0)
+    assert b.threshold() == max(e + p.z * m.std(e), p.min_ratio * e, p.min_count)
+
+
 def test_score_one_before_learn_one() -> None:
     m = SeriesBaseline()
     x = {"value": 1e9, "timestamp": T0}
