@@ -369,6 +369,17 @@ class CombinedWindow(Detector):
         last_ms = int(win[7]) if len(win) > 7 else seen.ts
         return replace(found, anchor=replace(event, event_id=first_id, ts_us=last_ms * 1000))
 
+    def run(self, seen: Seen) -> Finding | None:
+        """`score` then `learn`, with `score` called only when the event closes the open
+        window (most events do not)."""
+        p = seen.cfg.combined
+        if p is None:
+            return None
+        win = seen.state.win
+        found = self.score(seen) if win and seen.ts // (p.window_s * 1000) > win[0] else None
+        self.learn(seen, found)
+        return found
+
     def learn(self, seen: Seen, found: Finding | None) -> None:
         """Count the event into the open window (a late event into the window still open)."""
         p = seen.cfg.combined

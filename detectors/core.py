@@ -250,8 +250,16 @@ class DetectionCore:
         if index is None:
             # Not setdefault: that would build an index on every event to throw it away.
             index = self._indexes[partition] = MachineIndex()
-        index.touch(machine, ts)
-        if len(index.last_seen) > self.config.max_machines:
+        # MachineIndex.touch inlined (every event).
+        seen = index.last_seen
+        last = seen.get(machine)
+        if last is None:
+            seen[machine] = ts
+        else:
+            if ts > last:
+                seen[machine] = ts
+            seen.move_to_end(machine)
+        if len(seen) > self.config.max_machines:
             self._evict(index, kv, partition)
         # The silence watch. process() has just resolved this event's group, config and rate
         # baseline: reuse them rather than work them out again.
@@ -528,5 +536,10 @@ _Step = tuple[Callable[[Seen], Finding | None], Callable[[Seen, Finding | None],
 
 
 def _steps(detector: Detector) -> _Step:
-    learns = type(detector).learn is not Detector.learn
+    kind = type(detector)
+    if "run" in vars(kind) and kind.run is not Detector.run:
+        # Its class's own run does score then learn in one call (the usual case cut short);
+        # a subclass that changes score or learn without its own run is called through them.
+        return detector.run, None
+    learns = kind.learn is not Detector.learn
     return detector.score, detector.learn if learns else None

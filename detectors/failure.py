@@ -41,10 +41,12 @@ class FailureRatio(Detector):
         cur, n, f, p, learned = fail
         failed = event.outcome != "SUCCESS"
         if interval > cur:
+            # `_paused` asked only with an episode open (most intervals close with none).
+            episodes = state.episodes
             if (
                 cur >= 0
                 and n > 0
-                and not self._paused(seen, (cur + 1) * cfg.rate.interval_s * 1000)
+                and (not episodes or not self._paused(seen, (cur + 1) * cfg.rate.interval_s * 1000))
             ):
                 # Weight by accesses (a busy interval says more) but cap it, and clip what is
                 # learned so a failure storm does not become the new normal.

@@ -52,19 +52,32 @@ class GroupNames:
     the named group "group", else the first group, else the whole match), then
     `default_group`."""
 
-    __slots__ = ("attribute", "patterns")
+    __slots__ = ("_by_machine", "attribute", "patterns")
 
     def __init__(self, attribute: str | None, patterns: Sequence[str]) -> None:
         self.attribute = attribute
         self.patterns = [re.compile(p) for p in patterns]
+        # Past the attribute a machine's group depends on its id alone, and every event
+        # asks: one dict lookup, not a walk of the patterns (bounded like default_group).
+        self._by_machine: dict[str, str] = {}
 
     def of(self, event: AuditEvent) -> str:
         if self.attribute is not None:
             named = event.attributes.get(self.attribute)
             if named:
                 return named
+        machine = event.machine_id
+        found = self._by_machine.get(machine)
+        if found is None:
+            found = self._of_machine(machine)
+            if len(self._by_machine) >= 65_536:
+                self._by_machine.clear()
+            self._by_machine[machine] = found
+        return found
+
+    def _of_machine(self, machine_id: str) -> str:
         for pattern in self.patterns:
-            m = pattern.search(event.machine_id)
+            m = pattern.search(machine_id)
             if m is not None:
                 if "group" in pattern.groupindex:
                     found = m.group("group")
@@ -72,7 +85,7 @@ class GroupNames:
                     found = m.group(1) if pattern.groups else m.group(0)
                 # A group that took no part in the match falls back to the whole match.
                 return found or m.group(0)
-        return default_group(event.machine_id)
+        return default_group(machine_id)
 
 
 @lru_cache(maxsize=16)

@@ -77,6 +77,20 @@ class NewOperation(Detector):
             {"operations": ", ".join(sorted(o for o in ops if o != forgotten))[:200]},
         )
 
+    def run(self, seen: Seen) -> Finding | None:
+        """`score` then `learn`, with the usual case (an operation the machine performs)
+        settled in one lookup: nothing to find, and only its last-seen time to move."""
+        op = seen.event.operation.upper()
+        ops = seen.state.ops
+        last = ops.get(op)
+        if last is not None:
+            if seen.ts > last:
+                ops[op] = seen.ts
+            return None
+        found = self.score(seen)
+        self.learn(seen, found)
+        return found
+
     def learn(self, seen: Seen, found: Finding | None) -> None:
         op = seen.event.operation.upper()
         ts = seen.ts

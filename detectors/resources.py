@@ -87,9 +87,32 @@ class NewResource(Detector):
     owns = ("resources", "recent_new")
 
     def score(self, seen: Seen) -> Finding | None:
-        cfg, state, peers = seen.cfg, seen.state, seen.peers
+        resource = seen.resource = normalise_resource(seen.event.resource, seen.cfg.resource_depth)
+        if resource in seen.state.resources:
+            return None
+        return self._judge(seen, resource)
+
+    def run(self, seen: Seen) -> Finding | None:
+        """`score` then `learn`, with the usual case (a resource the machine uses) settled in
+        one lookup: nothing to find, and only its last-seen time to move."""
+        cfg = seen.cfg
         resource = seen.resource = normalise_resource(seen.event.resource, cfg.resource_depth)
-        if resource in state.resources or (peers is not None and peers.uses_resource(resource)):
+        resources = seen.state.resources
+        last = resources.get(resource)
+        if last is not None:
+            if seen.ts > last:
+                resources[resource] = seen.ts
+            if len(resources) > cfg.max_resources:
+                self.learn(seen, None)
+            return None
+        found = self._judge(seen, resource)
+        self.learn(seen, found)
+        return found
+
+    def _judge(self, seen: Seen, resource: str) -> Finding | None:
+        """`score` of a resource new to the machine."""
+        cfg, state, peers = seen.cfg, seen.state, seen.peers
+        if peers is not None and peers.uses_resource(resource):
             return None
         seen.new_resource = True
         if not seen.warm:

@@ -187,9 +187,10 @@ class WorkingCopy:
         machines = self.dirty.pop(partition, None)
         if not machines:
             return 0
-        states = self.states
+        states, set_, dumps = self.states, kv.set, orjson.dumps
+        # `_encode_state` without its frame: one call fewer per changed machine.
         for machine in machines:
-            kv.set(MACHINE, machine, _encode_state(states[(partition, machine)]))
+            set_(MACHINE, machine, dumps(states[(partition, machine)].to_dict()))
         return len(machines)
 
     def trim(self) -> None:

@@ -143,7 +143,11 @@ class MemoryStore:
         return None if table is None else table.get(key)
 
     def set(self, kind: bytes, key: str, value: bytes) -> None:
-        self.data.setdefault(kind, {})[key] = value
+        # Not setdefault: that would build a table on every write to throw it away.
+        table = self.data.get(kind)
+        if table is None:
+            table = self.data[kind] = {}
+        table[key] = value
 
     def delete(self, kind: bytes, key: str) -> None:
         self.data.get(kind, {}).pop(key, None)

@@ -13,7 +13,7 @@ from fastavro.validation import validate
 
 from detectors import resources
 from detectors.core import DetectionCore, DetectorConfig, MachineState
-from detectors.identity import default_group
+from detectors.identity import GroupNames, default_group
 from detectors.rate import RateBaseline, RateParams
 from detectors.resources import normalise_resource
 from schemas.alert import Alert
@@ -123,6 +123,31 @@ def test_hash_after_underscore_is_normalised() -> None:
 )
 def test_default_group(machine_id: str, group: str) -> None:
     assert default_group(machine_id) == group
+
+
+def test_group_names_remember_a_bounded_number_of_machines() -> None:
+    """GroupNames keeps each machine's group (every event asks) in a bounded dict, and an
+    event naming its group by attribute is not answered from it."""
+    names = GroupNames("team", [r"^(?P<group>[a-z]+)-box-\d+$"])
+
+    def event(machine: str, **attributes: str) -> AuditEvent:
+        return AuditEvent(
+            event_id="e",
+            ts_us=0,
+            machine_id=machine,
+            resource="r",
+            operation="GET",
+            outcome="SUCCESS",
+            attributes=attributes,
+        )
+
+    assert names.of(event("ci-box-1")) == "ci"
+    assert names.of(event("ci-box-1", team="payments")) == "payments"
+    assert names.of(event("ci-box-1")) == "ci"
+    for i in range(70_000):
+        assert names.of(event(f"host{i}")) == f"host{i}"
+    assert len(names._by_machine) <= 65_536
+    assert names.of(event("kafka-3")) == "kafka"
 
 
 # --- rate baseline ----------------------------------------------------------------------

@@ -213,3 +213,46 @@ def test_detector_modules_import_nothing_above_them() -> None:
             ), (module, name)
             if module not in above:
                 assert name not in above, (module, name)
+
+
+@pytest.mark.parametrize("small", [False, True])
+def test_a_detectors_own_run_equals_its_score_then_learn(small: bool) -> None:
+    """The operation and resource detectors settle the usual case (known to the machine) in
+    their own `run`, the combined score skips its score while the window stays open: the
+    core calls `run`, and it must page and learn exactly as score then learn do (`small`:
+    bounds low enough that learning forgets)."""
+    from dataclasses import replace
+
+    from detectors.combined import CombinedWindow
+    from detectors.resources import NewResource
+
+    class PlainOperation(NewOperation):
+        run = Detector.run
+
+    class PlainResource(NewResource):
+        run = Detector.run
+
+    class PlainCombined(CombinedWindow):
+        run = Detector.run
+
+    def outcome(plain: bool) -> tuple[list[Any], dict[bytes, dict[str, bytes]]]:
+        core = DetectionCore()
+        if small:
+            core.reconfigure(replace(core.config, max_resources=3, max_operations=1))
+        if plain:
+            swap = {
+                NewOperation: PlainOperation(),
+                NewResource: PlainResource(),
+                CombinedWindow: PlainCombined(),
+            }
+            core.wire([swap.get(type(d), d) for d in core.detectors])  # type: ignore[call-overload]
+        store = MemoryStore()
+        alerts = []
+        for e in sorted(_traffic(), key=lambda e: e.ts_us):
+            alerts.extend(a.to_json() for a in core.observe(e, store, 0, 0))
+        return alerts, {kind: dict(table) for kind, table in store.data.items()}
+
+    fast, plain = outcome(False), outcome(True)
+    # Pages, and windows judged by the group's combined model (its record in the store).
+    assert fast[0] and fast[1][b"gc"]
+    assert fast == plain
