@@ -9,7 +9,6 @@ common case (the machine already knows what it touches) costs nothing.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 from typing import Protocol
 
 import orjson
@@ -34,22 +33,6 @@ _SEP = "\x1f"
 _REFRESH_MS = 3_600_000
 
 
-# A group's records (meta, windows, schedule, peaks) decoded once per stored value, not each
-# time an event reads them: keyed by the stored bytes, so a record another writer's update
-# replaced (the runtime's peer table merges it into new bytes), or this worker's own write,
-# is simply a new key, with no hook into whoever changes the store. Bytes cache their hash,
-# so a hit on the value the store holds is a pointer compare. The decoded values are shared
-# between readers: nothing mutates one (writers copy first).
-_decoded = lru_cache(maxsize=4096)(orjson.loads)
-
-
-@lru_cache(maxsize=1024)
-def _peak_levels(raw: bytes) -> tuple[tuple[str, float], ...]:
-    """A `gp` record's members and levels, highest first (ties in the record's order)."""
-    peaks: dict[str, float] = _decoded(raw)
-    return tuple(sorted(peaks.items(), key=lambda p: -p[1]))
-
-
 class KeyValue(Protocol):
     """Bytes by (kind, key): Quix state through the runtime, a dict in replay and tests."""
 
@@ -67,8 +50,8 @@ class PeerGroup:
         self.kv = kv
         self.group = group
         raw = kv.get(_META, group)
-        # [first seen ms, members, last time a member joined ms]; shared, never mutated.
-        self._meta: list[int] | None = _decoded(raw) if raw is not None else None
+        # [first seen ms, members, last time a member joined ms]
+        self._meta: list[int] | None = orjson.loads(raw) if raw is not None else None
         self._windows: list[int] | None = None
         self._schedule: list[int] | None = None
 
@@ -90,13 +73,13 @@ class PeerGroup:
 
     def join(self, ts_ms: int) -> None:
         """A machine seen for the first time joins its group."""
-        meta = [ts_ms, 0, ts_ms] if self._meta is None else list(self._meta)
-        if len(meta) < 3:
-            meta.append(ts_ms)
-        meta[1] += 1
-        meta[2] = max(meta[2], ts_ms)
-        self._meta = meta
-        self.kv.set(_META, self.group, orjson.dumps(meta))
+        if self._meta is None:
+            self._meta = [ts_ms, 0, ts_ms]
+        elif len(self._meta) < 3:
+            self._meta.append(ts_ms)
+        self._meta[1] += 1
+        self._meta[2] = max(self._meta[2], ts_ms)
+        self.kv.set(_META, self.group, orjson.dumps(self._meta))
 
     @property
     def last_join_ms(self) -> int:
@@ -111,33 +94,31 @@ class PeerGroup:
         return self.kv.get(_OPERATION, self.group + _SEP + operation) is not None
 
     def busiest(self) -> list[int]:
-        """The most events any member made in each window of the day (see note_window);
-        shared with other readers: not to be changed in place."""
-        windows = self._windows
-        if windows is None:
+        """The most events any member made in each window of the day (see note_window), as
+        this view first read them."""
+        if self._windows is None:
             raw = self.kv.get(_WINDOWS, self.group)
-            windows = self._windows = _decoded(raw) if raw is not None else []
-        return windows
+            self._windows = orjson.loads(raw) if raw is not None else []
+        return self._windows
 
     def note_window(self, slot: int, slots: int, count: int) -> None:
         """A member closed a window of the day with `count` events: the group's time-of-day
         habits, so one CI runner's evening build is not 'off hours' when its peers build
         every evening."""
         raw = self.kv.get(_WINDOWS, self.group)
-        windows: list[int] = _decoded(raw) if raw is not None else []
+        windows: list[int] = orjson.loads(raw) if raw is not None else []
         if len(windows) != slots:
             windows = [0] * slots
         if count > windows[slot]:
-            windows = list(windows)  # the decoded value is shared
             windows[slot] = count
             self.kv.set(_WINDOWS, self.group, orjson.dumps(windows))
 
     def schedule(self) -> list[int]:
         """The group's schedule (`detectors.schedule`): on which days any member was active
-        in each window of the day. Shared with other readers: not to be changed in place."""
+        in each window of the day."""
         if self._schedule is None:
             raw = self.kv.get(_SCHEDULE, self.group)
-            self._schedule = _decoded(raw) if raw is not None else []
+            self._schedule = orjson.loads(raw) if raw is not None else []
         return self._schedule
 
     def save_schedule(self, schedule: list[int]) -> None:
@@ -153,13 +134,10 @@ class PeerGroup:
         raw = self.kv.get(_PEAK, self.group)
         if raw is None:
             return 0.0
-        others = 0
-        for name, level in _peak_levels(raw):
-            if name != member:
-                others += 1
-                if others == GROUP_PEAK_MEMBERS:
-                    return float(2.0 ** (level - ts_s / half_life_s))
-        return 0.0
+        levels = sorted((v for k, v in orjson.loads(raw).items() if k != member), reverse=True)
+        if len(levels) < GROUP_PEAK_MEMBERS:
+            return 0.0
+        return float(2.0 ** (levels[GROUP_PEAK_MEMBERS - 1] - ts_s / half_life_s))
 
     def note_peak(self, member: str, count: int, ts_s: float, half_life_s: float) -> None:
         """`member` closed an interval starting at `ts_s` with `count` accesses: the group's
@@ -173,10 +151,9 @@ class PeerGroup:
             return
         level = round(math.log2(count) + ts_s / half_life_s, 6)
         raw = self.kv.get(_PEAK, self.group)
-        peaks: dict[str, float] = _decoded(raw) if raw is not None else {}
+        peaks: dict[str, float] = orjson.loads(raw) if raw is not None else {}
         if level <= peaks.get(member, -math.inf):
             return
-        peaks = dict(peaks)  # the decoded value is shared
         peaks[member] = level
         if len(peaks) > _PEAK_KEPT:
             peaks = _top_peaks(peaks)

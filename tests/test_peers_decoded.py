@@ -1,8 +1,8 @@
-"""A group's records are decoded once per stored value and shared between readers
-(detectors.peers): a reader sees every change to the store, its own writes and another
-worker's records merged in by the peer table, and no write changes what another reader holds.
-Off hours' neighbourhood pickers answer as the plain maxima they replace. In-process, no Kafka:
-the peer table's merge is pure (the topic's round trip is tests/test_runtime_kafka.py's)."""
+"""What a view of a peer group (detectors.peers) reads: every change to the store, its own
+writes and another worker's records merged in by the peer table, and no write changes what
+another view holds (a cache of decoded records must keep it so). Off hours' neighbourhood
+pickers answer as the plain maxima they replace. In-process, no Kafka: the peer table's merge
+is pure (the topic's round trip is tests/test_runtime_kafka.py's)."""
 
 from __future__ import annotations
 
@@ -45,8 +45,8 @@ def test_a_group_read_after_another_workers_record_is_the_merge() -> None:
 
 
 def test_writes_never_change_what_other_readers_hold() -> None:
-    """Two groups whose records are the same bytes share one decoded value: a write to one
-    must not show in the other, nor in a view read before the write."""
+    """Two groups whose records are the same bytes: a write to one must not show in the
+    other, nor in a view read before the write."""
     kv = MemoryStore()
     for g in ("a", "b"):
         PeerGroup(kv, g).join(T0)
