@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
+from operator import itemgetter
 from typing import TYPE_CHECKING
 
 from detectors import schedule
@@ -39,39 +40,68 @@ _SCAN_EVENTS = 8  # latest spaced off-hours accesses kept as candidate starts of
 _OFF_RECENT = 11
 
 
-def _near(window: int, slots: int, spread: int) -> tuple[int, ...]:
-    """The windows of the day within `spread` of this one (off-hours' neighbourhood), built
-    only where it is read: not on every event."""
+class _Near:
+    """The windows of the day within `spread` of one (off-hours' neighbourhood), with pickers
+    for them: the most of a per-window list over a neighbourhood is asked at nearly every event
+    of a sparse machine, and a C-level pick is several times cheaper than a comprehension."""
+
+    __slots__ = ("pick", "pick_pace", "top", "windows")
+
+    def __init__(self, slot: int, slots: int, spread: int) -> None:
+        self.windows = tuple([(slot + d) % slots for d in range(-spread, spread + 1)])
+        self.top = max(self.windows)
+        # The window itself twice, so the pick is a tuple even for a neighbourhood of one.
+        self.pick = itemgetter(*self.windows, slot)
+        # The paces of a schedule with paces (`schedule`: 1 + 2 * slots values).
+        self.pick_pace = itemgetter(*[slots + 1 + w for w in self.windows], slots + 1 + slot)
+
+
+def _near(window: int, slots: int, spread: int) -> _Near:
+    """Off-hours' neighbourhood of a window, built only where it is read: not on every
+    event."""
     return _near_slot(window % slots, slots, spread)
 
 
 @lru_cache(maxsize=1024)
-def _near_slot(slot: int, slots: int, spread: int) -> tuple[int, ...]:
+def _near_slot(slot: int, slots: int, spread: int) -> _Near:
     # A few dozen distinct neighbourhoods at any setting: built once each, not at every
     # window a machine closes (nearly every event of a sparse machine).
-    return tuple([(slot + d) % slots for d in range(-spread, spread + 1)])
+    return _Near(slot, slots, spread)
 
 
-def _busiest_near(state: MachineState, peers: PeerGroup | None, near: tuple[int, ...]) -> int:
+def _busiest_near(state: MachineState, peers: PeerGroup | None, near: _Near) -> int:
     """The most events the machine, or a peer, made in these windows of the day.
     Neighbouring windows count: sessions and schedules drift by an hour or so from day
     to day, and that is not "off hours"."""
-    hmax = state.hmax
-    before = max([hmax[i] for i in near])
+    before: int = max(near.pick(state.hmax))
     if peers is not None and peers.members > 1:
-        busiest = peers.busiest_window
-        before = max(before, *[busiest(i) for i in near])
+        busiest = peers.busiest()
+        if len(busiest) > near.top:
+            group: int = max(near.pick(busiest))
+        elif busiest:  # kept under another window length: only the windows it has
+            n = len(busiest)
+            group = max([busiest[i] if i < n else 0 for i in near.windows])
+        else:
+            return before
+        if group > before:
+            return group
     return before
 
 
-def _pace_near(
-    state: MachineState, peers: PeerGroup | None, slots: int, near: tuple[int, ...]
-) -> int:
+def _pace(sched: list[int], slots: int, near: _Near) -> int:
+    if len(sched) == 2 * slots + 1:
+        return max(near.pick_pace(sched))
+    return schedule.pace(sched, slots, near.windows)
+
+
+def _pace_near(state: MachineState, peers: PeerGroup | None, slots: int, near: _Near) -> int:
     """The schedule's pace (schedule.pace) around this time of day, the machine's or a
     peer's."""
-    pace = schedule.pace(state.sched, slots, near)
+    pace = _pace(state.sched, slots, near)
     if peers is not None and peers.members > 1:
-        pace = max(pace, schedule.pace(peers.schedule(), slots, near))
+        group = _pace(peers.schedule(), slots, near)
+        if group > pace:
+            return group
     return pace
 
 
@@ -81,7 +111,7 @@ def _run_start(
     state: MachineState,
     peers: PeerGroup | None,
     slots: int,
-    near: tuple[int, ...],
+    near: _Near,
 ) -> list[int]:
     """state.off[3:] for an off-hours run starting at ts (see _OFF_RECENT)."""
     before = _busiest_near(state, peers, near)
@@ -98,7 +128,8 @@ def _learn_window(state: MachineState, peers: PeerGroup | None, slots: int, wind
     absolute, count, paged, pace = state.off[0], state.off[1], state.off[2], state.off[10]
     slot = absolute % slots
     day = absolute * window_ms // schedule.DAY_MS
-    state.hmax[slot] = max(state.hmax[slot], count)
+    hmax = state.hmax
+    hmax[slot] = max(hmax[slot], count)
     state.sched = schedule.note(state.sched, slots, day, slot, pace)
     if peers is None or paged or count <= 1:
         return
@@ -136,15 +167,16 @@ class OffHours(Detector):
         if len(state.hmax) != slots:
             state.hmax = [0] * slots
         spread = cfg.off_hours_spread
-        if state.off and (len(state.off) == 4 or state.off[0] > ts // 1000):
-            state.off = []  # the first layout started with timestamps, not window numbers
-        elif len(state.off) > 9 and state.off[9] > schedule.UNKNOWN:
-            state.off = state.off[:3]  # kept before the pace was: access times from [9] on
-        if state.off and len(state.off) < _OFF_RECENT:
+        off = state.off
+        if off and (len(off) == 4 or off[0] > ts // 1000):
+            off = state.off = []  # the first layout started with timestamps, not window numbers
+        elif len(off) > 9 and off[9] > schedule.UNKNOWN:
+            off = state.off = off[:3]  # kept before the pace was: access times from [9] on
+        if off and len(off) < _OFF_RECENT:
             # Stored before the run kept what it is tested against: start a run here.
             near = _near(window, slots, spread)
-            state.off = [*state.off[:3], *_run_start(ts, rate, state, peers, slots, near)]
-        if not state.off or window > state.off[0]:
+            off = state.off = [*off[:3], *_run_start(ts, rate, state, peers, slots, near)]
+        if not off or window > off[0]:
             near = _near(window, slots, spread)
             # A run of accesses going on across the window boundary stays one run for the
             # burst test; what it is tested against is taken before the run's own events
@@ -152,10 +184,10 @@ class OffHours(Detector):
             # window the run reaches (before the window that closes, perhaps the run's own
             # accesses, is added to them).
             run = (
-                state.off[3:]
-                if state.off
-                and ts - state.off[5] <= _RUN_GAP_MS
-                and ts - state.off[3] <= window_ms  # a busy day is not one long run
+                off[3:]
+                if off
+                and ts - off[5] <= _RUN_GAP_MS
+                and ts - off[3] <= window_ms  # a busy day is not one long run
                 else []
             )
             if run:
@@ -163,35 +195,35 @@ class OffHours(Detector):
                 run[6] = _pace_near(state, peers, slots, near)
                 run[7] = 0
             paged = 0
-            if state.off:
-                paged = state.off[2]
+            if off:
+                paged = off[2]
                 _learn_window(state, peers, slots, window_ms)
             # A new run: the window that closed is not its own, so it counts. A run that has
             # paged stays paged: one page for one run, and what it does next is not taught to
             # the group either.
-            state.off = [
+            off = state.off = [
                 window,
                 0,
                 paged if run else 0,
                 *(run or _run_start(ts, rate, state, peers, slots, near)),
             ]
-        elif window < state.off[0]:
+        elif window < off[0]:
             return None  # a late event: its window is closed
-        state.off[1] += 1
-        if ts - state.off[5] >= _BURST_GAP_MS:
-            state.off[4] += 1
-            state.off[5] = ts
+        off[1] += 1
+        if ts - off[5] >= _BURST_GAP_MS:
+            off[4] += 1
+            off[5] = ts
             # The latest spaced accesses, for the scan below.
-            state.off.append(ts)
-            if len(state.off) > _OFF_RECENT + _SCAN_EVENTS:
-                del state.off[_OFF_RECENT]
+            off.append(ts)
+            if len(off) > _OFF_RECENT + _SCAN_EVENTS:
+                del off[_OFF_RECENT]
             since = ts - schedule.PACE_MS
             within = 0
-            for t in state.off[_OFF_RECENT:]:
+            for t in off[_OFF_RECENT:]:
                 if t > since:
                     within += 1
-            state.off[10] = max(state.off[10], within)
-        count, fired, spaced = state.off[1], state.off[2], state.off[4]
+            off[10] = max(off[10], within)
+        count, fired, spaced = off[1], off[2], off[4]
         # Idle hours are only known once the profile has seen at least a full day.
         if (
             fired
@@ -215,8 +247,8 @@ class OffHours(Detector):
         ):
             return None
         days_near = max(
-            schedule.active_days(own, slots, today, near),
-            schedule.active_days(group, slots, today, near),
+            schedule.active_days(own, slots, today, near.windows),
+            schedule.active_days(group, slots, today, near.windows),
         )
         # Its schedule: the machine or its group was active around this time on earlier
         # days, at about this level and pace (a job at the minute it always runs, a CI
@@ -267,7 +299,7 @@ class OffHours(Detector):
                 schedule.active_days(own, slots, today, range(slots)),
                 schedule.active_days(group, slots, today, range(slots)),
             )
-            floor = min(floor, 1.0 / (max(active, 1) * len(near) * cfg.off_hours_window_s))
+            floor = min(floor, 1.0 / (max(active, 1) * len(near.windows) * cfg.off_hours_window_s))
         lam = max(
             start_rate / cfg.rate.interval_s,
             before0 / (cfg.off_hours_ratio * cfg.off_hours_window_s),

@@ -93,12 +93,13 @@ class PeerGroup:
     def uses_operation(self, operation: str) -> bool:
         return self.kv.get(_OPERATION, self.group + _SEP + operation) is not None
 
-    def busiest_window(self, slot: int) -> int:
-        """The most events any member made in this window of the day (see note_window)."""
+    def busiest(self) -> list[int]:
+        """The most events any member made in each window of the day (see note_window), as
+        this view first read them."""
         if self._windows is None:
             raw = self.kv.get(_WINDOWS, self.group)
             self._windows = orjson.loads(raw) if raw is not None else []
-        return self._windows[slot] if slot < len(self._windows) else 0
+        return self._windows
 
     def note_window(self, slot: int, slots: int, count: int) -> None:
         """A member closed a window of the day with `count` events: the group's time-of-day

@@ -42,9 +42,10 @@ def note(sched: list[int], slots: int, day: int, slot: int, pace: int = 1) -> li
     within PACE_MS (a new schedule when `sched` is empty or of another number of windows).
     Days before the newest one noted are still noted, in their own bit; days older than DAYS
     are dropped; a window's pace is the most ever noted there."""
-    if not _masks(sched, slots):
+    n = len(sched)
+    if n != 2 * slots + 1 and n != slots + 1:  # not _masks(sched, slots), without the call
         sched = [day, *([0] * (2 * slots))]
-    elif len(sched) == slots + 1:
+    elif n == slots + 1:
         # Kept before paces were: windows already active have an unknown pace.
         sched = [*sched, *(UNKNOWN if m else 0 for m in sched[1:])]
     if day > sched[0]:
