@@ -15,6 +15,7 @@ from confluent_kafka import KafkaException
 
 from schemas.codec import BundledSchemas, SchemaResolver
 from streams.ops.broker import wait_for_broker
+from streams.ops.collector import tune_for_detection
 from streams.ops.config import Config
 from streams.ops.control import ControlReader
 from streams.ops.metrics import InputWatch, Telemetry, start_http
@@ -79,6 +80,7 @@ def _run(
         if reloader is not None:
             hup.attach(reloader)
         worker = Worker(cfg, processor, telemetry, reloader)
+        tune_for_detection()
         if cfg.monitoring.input_quiet_s:
             watch = InputWatch(cfg, telemetry, lambda: processor.core.config_version)
             watch.start()

@@ -26,6 +26,7 @@ import orjson
 
 from schemas.codec import BundledSchemas, decode_wire
 from schemas.event import AuditEvent, format_rfc3339_ms
+from streams.ops.collector import tune_for_detection
 from streams.ops.config import Config
 from streams.processor import MemoryStore, Processor
 from streams.tools.partitioning import PartitionedDetection
@@ -128,13 +129,15 @@ def replay(
         # The detection core's clock starts at the first event it sees; each process sees
         # only its partitions', so every one starts at the first event of all.
         processor.core.watching_since_ms = events[0].timestamp_ms
+    # The events stay for the whole run (and shared with forked workers): out of every
+    # collection, which then runs as a worker's does.
+    collecting = tune_for_detection()
     shares = _shares(processor, cfg, events, workers)
     _FORKED.append((processor, cfg, events, shares, progress))
     try:
         if len(shares) == 1:
             parts = [_detect_share(0)]
         else:
-            gc.freeze()  # the events stay shared with the workers, not copied by the collector
             # SIGTERM would end this process and leave the workers running: stop them too.
             on_term = signal.signal(signal.SIGTERM, _terminated)
             try:
@@ -145,6 +148,7 @@ def replay(
     finally:
         _FORKED.clear()
         gc.unfreeze()
+        gc.set_threshold(*collecting)
     for pages, statuses in parts:
         result.alerts.update(statuses)
         result.pages += len(pages)
