@@ -68,7 +68,9 @@ def pool(kv: MemoryStore, builders: int = 2) -> tuple[Runner, ...]:
     """Four runners of one pool, two hours of quiet but for a build (40 accesses a minute for
     five minutes) of each of the first `builders` in their first hour, the detectors'
     warm-up."""
-    core = DetectionCore(DetectorConfig(rate_group_peak_ratio=1.5))
+    # Seeded with history (`mature_after_s=0`): a quiet runner's burst is judged from the
+    # warm-up on, not recorded as the young deployment's learning (detectors.maturity).
+    core = DetectionCore(DetectorConfig(rate_group_peak_ratio=1.5, mature_after_s=0))
     runners = tuple(Runner(core, f"ci-runner-0{i}", kv) for i in range(1, 5))
     for r in runners[:builders]:
         r.steady(T0, 30)
