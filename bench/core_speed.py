@@ -28,6 +28,7 @@ import gc
 import hashlib
 import sys
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -95,29 +96,27 @@ def run_once(events: list[AuditEvent], batch: int, commit_every: int) -> tuple[f
     # The collector as the version under test runs it in a worker (before it had settings of
     # its own, the interpreter's defaults).
     try:
-        from streams.ops.collector import tune_for_detection
+        from streams.ops.collector import tuned_for_detection
     except ImportError:
-        collecting = None
         gc.collect()
+        collecting: AbstractContextManager[None] = nullcontext()
     else:
-        collecting = tune_for_detection()
-    t0 = time.process_time()
-    for i, (event, p, store, origin, source, ts) in enumerate(routed, 1):
-        out = detect(event, store, origin, False, p)
-        if out:
-            outputs.extend(out)
-        if ts > clocks.get(source, -1):
-            clocks[source] = ts
-        if i % batch == 0:
-            for q, s in stores.items():
-                outputs.extend(punctuate(s, q, clocks))
-        if i % commit_every == 0:
-            flush()
-    flush()
-    elapsed = time.process_time() - t0
-    if collecting is not None:
-        gc.unfreeze()
-        gc.set_threshold(*collecting)
+        collecting = tuned_for_detection()
+    with collecting:
+        t0 = time.process_time()
+        for i, (event, p, store, origin, source, ts) in enumerate(routed, 1):
+            out = detect(event, store, origin, False, p)
+            if out:
+                outputs.extend(out)
+            if ts > clocks.get(source, -1):
+                clocks[source] = ts
+            if i % batch == 0:
+                for q, s in stores.items():
+                    outputs.extend(punctuate(s, q, clocks))
+            if i % commit_every == 0:
+                flush()
+        flush()
+        elapsed = time.process_time() - t0
     digest = hashlib.sha256()
     for out in outputs:
         digest.update(out.value)

@@ -13,7 +13,6 @@ are merged back by event.
 
 from __future__ import annotations
 
-import gc
 import heapq
 import multiprocessing
 import signal
@@ -26,7 +25,7 @@ import orjson
 
 from schemas.codec import BundledSchemas, decode_wire
 from schemas.event import AuditEvent, format_rfc3339_ms
-from streams.ops.collector import tune_for_detection
+from streams.ops.collector import tuned_for_detection
 from streams.ops.config import Config
 from streams.processor import MemoryStore, Processor
 from streams.tools.partitioning import PartitionedDetection
@@ -131,24 +130,22 @@ def replay(
         processor.core.watching_since_ms = events[0].timestamp_ms
     # The events stay for the whole run (and shared with forked workers): out of every
     # collection, which then runs as a worker's does.
-    collecting = tune_for_detection()
-    shares = _shares(processor, cfg, events, workers)
-    _FORKED.append((processor, cfg, events, shares, progress))
-    try:
-        if len(shares) == 1:
-            parts = [_detect_share(0)]
-        else:
-            # SIGTERM would end this process and leave the workers running: stop them too.
-            on_term = signal.signal(signal.SIGTERM, _terminated)
-            try:
-                with multiprocessing.get_context("fork").Pool(len(shares)) as pool:
-                    parts = pool.map(_detect_share, range(len(shares)))
-            finally:
-                signal.signal(signal.SIGTERM, on_term)
-    finally:
-        _FORKED.clear()
-        gc.unfreeze()
-        gc.set_threshold(*collecting)
+    with tuned_for_detection():
+        shares = _shares(processor, cfg, events, workers)
+        _FORKED.append((processor, cfg, events, shares, progress))
+        try:
+            if len(shares) == 1:
+                parts = [_detect_share(0)]
+            else:
+                # SIGTERM would end this process and leave the workers running: stop them too.
+                on_term = signal.signal(signal.SIGTERM, _terminated)
+                try:
+                    with multiprocessing.get_context("fork").Pool(len(shares)) as pool:
+                        parts = pool.map(_detect_share, range(len(shares)))
+                finally:
+                    signal.signal(signal.SIGTERM, on_term)
+        finally:
+            _FORKED.clear()
     for pages, statuses in parts:
         result.alerts.update(statuses)
         result.pages += len(pages)
