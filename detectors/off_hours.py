@@ -52,8 +52,7 @@ class _Near:
         self.top = max(self.windows)
         # The window itself twice, so the pick is a tuple even for a neighbourhood of one.
         self.pick = itemgetter(*self.windows, slot)
-        # The paces of a schedule with paces (`schedule`: 1 + 2 * slots values).
-        self.pick_pace = itemgetter(*[slots + 1 + w for w in self.windows], slots + 1 + slot)
+        self.pick_pace = schedule.pace_picker(slots, self.windows)
 
 
 def _near(window: int, slots: int, spread: int) -> _Near:
@@ -88,18 +87,12 @@ def _busiest_near(state: MachineState, peers: PeerGroup | None, near: _Near) -> 
     return before
 
 
-def _pace(sched: list[int], slots: int, near: _Near) -> int:
-    if len(sched) == 2 * slots + 1:
-        return max(near.pick_pace(sched))
-    return schedule.pace(sched, slots, near.windows)
-
-
 def _pace_near(state: MachineState, peers: PeerGroup | None, slots: int, near: _Near) -> int:
     """The schedule's pace (schedule.pace) around this time of day, the machine's or a
     peer's."""
-    pace = _pace(state.sched, slots, near)
+    pace = schedule.pace(state.sched, slots, near.windows, near.pick_pace)
     if peers is not None and peers.members > 1:
-        group = _pace(peers.schedule(), slots, near)
+        group = schedule.pace(peers.schedule(), slots, near.windows, near.pick_pace)
         if group > pace:
             return group
     return pace

@@ -23,7 +23,8 @@ Imports: the standard library only.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from operator import itemgetter
 
 DAYS = 28
 _FULL = (1 << DAYS) - 1
@@ -90,15 +91,30 @@ def active_windows(sched: list[int], slots: int, day: int) -> int:
     return sum(earlier(sched, slots, day, slot).bit_count() for slot in range(slots))
 
 
-def pace(sched: list[int], slots: int, near: Iterable[int]) -> int:
+def pace(
+    sched: list[int],
+    slots: int,
+    near: Iterable[int],
+    pick: Callable[[list[int]], tuple[int, ...]] | None = None,
+) -> int:
     """The most spaced accesses seen within PACE_MS in any of the windows `near` (UNKNOWN
-    where a window was active before paces were kept)."""
+    where a window was active before paces were kept). `pick`: `pace_picker(slots, near)`,
+    for a caller that asks about the same windows often."""
     if len(sched) == slots + 1:
         return max((UNKNOWN if sched[slot + 1] else 0 for slot in near), default=0)
     if len(sched) != 2 * slots + 1:
         return 0
+    if pick is not None:
+        return max(pick(sched))
     paces = slots + 1
     return max([sched[paces + slot] for slot in near], default=0)
+
+
+def pace_picker(slots: int, near: Sequence[int]) -> Callable[[list[int]], tuple[int, ...]]:
+    """The paces of windows `near` (at least one) in a schedule of `slots` windows with paces,
+    as one C-level pick: the first window twice, so it is a tuple even for one window."""
+    paces = slots + 1
+    return itemgetter(*[paces + w for w in near], paces + near[0])
 
 
 def merge(scheds: Iterable[list[int]]) -> list[int]:
