@@ -8,7 +8,8 @@
 - Storm control: at most `max_pages_per_minute` pages per store and event-time minute (and
   `max_new_identity_pages_per_minute` for new identities); pages beyond the cap are still
   written, at low severity, and one roll-up alert names how many pages and machines the
-  minute had. Caps apply per detection partition.
+  minute had. A held-back page has not paged: the alert's next state at page severity
+  after the storm pages, as `opened`. Caps apply per detection partition.
 """
 
 from __future__ import annotations

@@ -274,7 +274,9 @@ class DetectionCore:
             alerts.extend(self._sweep_if_due(watch, kv, partition))
         if not alerts:
             return alerts
-        return self._storms.apply(self.config, self.config_version, event, alerts, partition)
+        return self._storms.apply(
+            self.config, self.config_version, event.timestamp_ms, alerts, partition, self._incidents
+        )
 
     def _spoofed(self, event: AuditEvent, kv: KeyValue, partition: Any) -> list[Alert]:
         """A signing machine's event that did not verify (`detectors.authenticity`): one
@@ -299,7 +301,14 @@ class DetectionCore:
         self._track(anchored, kv, partition)
         if alert is None:
             return []
-        return self._storms.apply(self.config, self.config_version, anchored, [alert], partition)
+        return self._storms.apply(
+            self.config,
+            self.config_version,
+            anchored.timestamp_ms,
+            [alert],
+            partition,
+            self._incidents,
+        )
 
     def _track(self, event: AuditEvent, kv: KeyValue, partition: Any) -> None:
         """Capacity: evict the least recently seen machines beyond the cap."""
@@ -339,7 +348,12 @@ class DetectionCore:
         skew = self.config.silence_max_skew_s * 1000
         for source, ts in clocks.items():
             watch.advance(source, ts, skew)
-        return self._sweep_if_due(watch, kv, partition)
+        alerts = self._sweep_if_due(watch, kv, partition)
+        if not alerts:
+            return alerts
+        return self._storms.apply(
+            self.config, self.config_version, watch.clock_ms, alerts, partition, self._incidents
+        )
 
     def forget_partition(self, partition: Any) -> None:
         """Drop what is kept in memory for a partition this worker no longer owns."""

@@ -154,13 +154,16 @@ class Incidents:
     `config_version` goes into every alert and alert id; `control` looks up on-call's
     acknowledgements and snoozes by alert_id (None in replay: nobody acknowledges a replay)."""
 
-    __slots__ = ("config_version", "control")
+    __slots__ = ("config_version", "control", "pages")
 
     def __init__(
         self, config_version: str, control: Callable[[str], AlertControl | None] | None = None
     ) -> None:
         self.config_version = config_version
         self.control = control
+        # The pages written since storm control last looked, with what paging changed: a
+        # page it holds back is then undone (`unpage`), so it does not count as paged.
+        self.pages: dict[str, _Paged] = {}
 
     def alert_id(self, machine_id: str, detector: str, first_event_id: str) -> str:
         blob = "\x1f".join((machine_id, detector, first_event_id, self.config_version))
@@ -189,6 +192,7 @@ class Incidents:
             ep.severity = severity if status == "escalated" else ep.severity
             ep.score = max(ep.score, f.score)
             ep.last_emit_ms = ts
+            before = _before_paging(state, ep)
             status, shown = incident_view(state, ep, status)
             control = self.control(ep.alert_id) if self.control is not None else None
             if status in ("opened", "escalated") and control is not None and control.silenced:
@@ -196,9 +200,12 @@ class Incidents:
                 status = "updated"
             f = with_baseline(cfg, f, state)
             ep.observed, ep.expected = dict(f.observed), dict(f.expected)
-            return self.alert(
+            alert = self.alert(
                 event.machine_id, group, f.detector, status, ep, f, ts, control, shown
             )
+            if alert.is_page:
+                self.pages[alert.alert_id] = before
+            return alert
         alert_id = self.alert_id(event.machine_id, f.detector, event.event_id)
         incident_id, level = open_incident(state, ts - cfg.cooldown_s * 1000)
         ep = Episode(
@@ -214,10 +221,25 @@ class Incidents:
             incident_paged=level,
         )
         state.episodes[f.detector] = ep
+        before = _before_paging(state, ep)
         status, shown = incident_view(state, ep, "opened")
         f = with_baseline(cfg, f, state)
         ep.observed, ep.expected = dict(f.observed), dict(f.expected)
-        return self.alert(event.machine_id, group, f.detector, status, ep, f, ts, None, shown)
+        alert = self.alert(event.machine_id, group, f.detector, status, ep, f, ts, None, shown)
+        if alert.is_page:
+            self.pages[alert.alert_id] = before
+        return alert
+
+    def unpage(self, alert_id: str) -> None:
+        """Undo what writing `alert_id`'s page changed in its episodes (storm control held
+        it back): the alert has not paged, and neither has its incident at that severity."""
+        before = self.pages.pop(alert_id, None)
+        if before is None:
+            return
+        ep, paged, levels = before
+        ep.paged = paged
+        for e, level in levels:
+            e.incident_paged = level
 
     def resolve_quiet(
         self,
@@ -325,6 +347,15 @@ class Incidents:
         )
 
 
+# An episode that paged, what it had paged at before, and what every episode of the machine
+# knew of its incident's level before.
+_Paged = tuple[Episode, int, list[tuple[Episode, int]]]
+
+
+def _before_paging(state: MachineState, ep: Episode) -> _Paged:
+    return ep, ep.paged, [(e, e.incident_paged) for e in state.episodes.values()]
+
+
 # What an incident's evidence is written at when it never paged: below a page, so whatever
 # selects alert states by status and severity does not page for it.
 EVIDENCE_SEVERITY = "low"
@@ -357,7 +388,9 @@ def incident_view(state: MachineState, ep: Episode, status: str) -> tuple[str, s
     at `EVIDENCE_SEVERITY`."""
     rank = SEVERITY_RANK[ep.severity]
     incident = ep.incident_id or ep.alert_id
-    if status in ("opened", "escalated") and rank >= PAGE_RANK:
+    if rank >= PAGE_RANK and (
+        status in ("opened", "escalated") or (status == "updated" and ep.paged < 0)
+    ):
         level = max(
             (
                 e.incident_paged
@@ -383,7 +416,8 @@ def incident_view(state: MachineState, ep: Episode, status: str) -> tuple[str, s
 class StormControl:
     """At most `max_pages_per_minute` pages per store and event-time minute (fewer for new
     identities): the pages beyond are written at low severity, and one roll-up alert says how
-    many pages and machines the minute had (see `detectors.capacity`)."""
+    many pages and machines the minute had (see `detectors.capacity`). A page held back has
+    not paged: its alert's next state at page severity after the storm is its `opened` page."""
 
     __slots__ = ("windows",)
 
@@ -397,16 +431,35 @@ class StormControl:
         self,
         cfg: DetectorConfig,
         config_version: str,
-        event: AuditEvent,
+        ts_ms: int,
         alerts: list[Alert],
         partition: Any,
+        incidents: Incidents,
+    ) -> list[Alert]:
+        """`alerts`, written at `ts_ms` (event time), as they may go out; `incidents` wrote
+        them, and forgets here what its pages changed, after undoing the held ones'."""
+        try:
+            return self._apply(cfg, config_version, ts_ms, alerts, partition, incidents)
+        finally:
+            incidents.pages.clear()
+
+    def _apply(
+        self,
+        cfg: DetectorConfig,
+        config_version: str,
+        ts_ms: int,
+        alerts: list[Alert],
+        partition: Any,
+        incidents: Incidents,
     ) -> list[Alert]:
         window = self.windows.get(partition)
         if window is None:
             window = self.windows[partition] = StormWindow()
-        minute = event.timestamp_ms // 60_000
+        minute = ts_ms // 60_000
         out: list[Alert] = []
-        if minute != window.minute:
+        # A late event's pages count in the current minute: going back to its minute would
+        # start the count again (and roll up the same storm twice).
+        if minute > window.minute:
             if window.held:
                 out.append(self.rollup(cfg, config_version, window, "updated"))
             self.windows[partition] = window = StormWindow(minute=minute)
@@ -427,6 +480,7 @@ class StormControl:
                 out.append(alert)
                 continue
             window.held += 1
+            incidents.unpage(alert.alert_id)
             if not window.first_event_id:
                 window.first_event_id = alert.event_ids[0] if alert.event_ids else alert.alert_id
             out.append(

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from detectors.base import Finding
 from detectors.core import MACHINE, DetectionCore, DetectorConfig
+from detectors.incidents import Incidents, StormControl
+from detectors.state import MachineState
+from schemas.alert import Alert
 from schemas.event import AuditEvent
 from streams.processor import MemoryStore
 
@@ -67,3 +71,71 @@ def test_a_flood_of_new_identities_is_one_rollup_not_thousands_of_pages() -> Non
     later = core.observe(ev("intruder-late", T0 + 12 * 60_000), store)
     final = [a for a in later if a.detector == "storm"]
     assert final and final[0].status == "updated" and final[0].observed["pages"] == 300
+
+
+def held_storm(cap: int) -> tuple[StormControl, Incidents, DetectorConfig]:
+    cfg = replace(DetectorConfig(), max_pages_per_minute=cap)
+    return StormControl(), Incidents(cfg.version()), cfg
+
+
+def write(
+    storm: StormControl,
+    incidents: Incidents,
+    cfg: DetectorConfig,
+    states: dict[str, MachineState],
+    machine: str,
+    ts_ms: int,
+    score: float,
+) -> list[Alert]:
+    """One finding of `machine`'s exfiltration-like detector through incidents, then storm
+    control, as the core writes it."""
+    state = states.setdefault(machine, MachineState.new(ts_ms))
+    found = Finding("access_rate", score, f"{machine}: many reads", {"n": 1}, {"n": 0})
+    alert = incidents.episode(cfg, ev(machine, ts_ms), "g", state, found)
+    if alert is None:
+        return []
+    return storm.apply(cfg, cfg.version(), ts_ms, [alert], 0, incidents)
+
+
+def test_a_page_held_back_by_storm_control_has_not_paged() -> None:
+    """Observed: a held-back page still counted as paged, so its alert never paged after the
+    storm (later states were `updated`), and a rise in severity said `escalated` to an
+    on-call person who had seen nothing of it."""
+    storm, incidents, cfg = held_storm(cap=2)
+    states: dict[str, MachineState] = {}
+    t = T0 + 5 * 60_000
+    first = [
+        a for m in ("m1", "m2", "m3", "m4") for a in write(storm, incidents, cfg, states, m, t, 60)
+    ]
+    by = {(a.machine_id, a.detector): a for a in first}
+    assert [m for m in ("m1", "m2", "m3", "m4") if by[(m, "access_rate")].is_page] == ["m1", "m2"]
+    assert by[("*", "storm")].is_page
+    for m in ("m3", "m4"):
+        held = by[(m, "access_rate")]
+        assert held.severity == "low" and held.summary.startswith("(held back by storm control)")
+        assert states[m].episodes["access_rate"].paged == -1
+        assert states[m].episodes["access_rate"].incident_paged == -1
+    assert incidents.pages == {}
+    # After the storm minute: m3 goes on at the same severity, m4 rises; m1 goes on as well.
+    later = t + 2 * 60_000
+    m3 = write(storm, incidents, cfg, states, "m3", later, 60)
+    m4 = write(storm, incidents, cfg, states, "m4", later, 90)
+    m1 = write(storm, incidents, cfg, states, "m1", later, 60)
+    # The next minute's first alert carries the storm's final count (as before).
+    assert [(a.detector, a.status, a.is_page) for a in m3[:1]] == [("storm", "updated", False)]
+    assert [(a.status, a.severity, a.is_page) for a in m3[1:]] == [("opened", "medium", True)]
+    assert [(a.status, a.severity, a.is_page) for a in m4] == [("opened", "critical", True)]
+    # m1 paged in the storm: its update is no page.
+    assert [(a.status, a.is_page) for a in m1] == [("updated", False)]
+
+
+def test_a_late_events_page_counts_in_the_current_storm_minute() -> None:
+    """A page stamped a minute earlier than the storm's does not start the count again."""
+    storm, incidents, cfg = held_storm(cap=1)
+    states: dict[str, MachineState] = {}
+    t = T0 + 5 * 60_000
+    out = write(storm, incidents, cfg, states, "m1", t, 60)
+    out += write(storm, incidents, cfg, states, "m2", t - 60_000, 60)
+    out += write(storm, incidents, cfg, states, "m3", t + 1, 60)
+    pages = [(a.machine_id, a.detector) for a in out if a.is_page]
+    assert pages == [("m1", "access_rate"), ("*", "storm")]

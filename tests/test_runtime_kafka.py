@@ -494,6 +494,7 @@ OUTAGE_S = 90
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # gives the workers 120 s after the broker is back: measured alone
 @pytest.mark.timeout(480)
 def test_workers_ride_out_a_broker_outage(
     tmp_path: Path,

@@ -408,6 +408,7 @@ def topic_partitions(s: Stack) -> dict[str, int]:
 # ------------------------------------------------------------------- 1. SIGKILL of one of two
 
 
+@pytest.mark.serial  # bounds the take-over and catch-up times: measured alone
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("guarantee", ["at-least-once", "exactly-once"])
 def test_survivor_takes_over_a_sigkilled_worker(

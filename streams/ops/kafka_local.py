@@ -490,9 +490,12 @@ transaction.state.log.min.isr=1
 transaction.state.log.num.partitions=1
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
-# A restart on existing data is refused (DUPLICATE_BROKER_REGISTRATION) until the previous
-# incarnation's session expires, 9 s by default; the heartbeat must stay well inside it.
-broker.session.timeout.ms=4000
+# The controller fences a broker whose heartbeats it has not processed for this long. On a
+# loaded 2-core box (the test suite's three processes and brokers) its event queue fell 5-21 s
+# behind, the broker was fenced at 4 s ("controller event queue overloaded") and every client
+# stalled. The price: a restart on existing data is refused (DUPLICATE_BROKER_REGISTRATION)
+# until the previous incarnation's session expires, 8 s longer than at 4 s (16-17 s here).
+broker.session.timeout.ms=12000
 broker.heartbeat.interval.ms=1000
 # Consumers in tests join immediately instead of waiting 3 s for more members.
 group.initial.rebalance.delay.ms=0
