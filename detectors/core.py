@@ -23,7 +23,7 @@ from detectors.combined import CombinedWindow
 from detectors.config import DetectorConfig
 from detectors.failure import FailureRatio
 from detectors.identity import GroupNames, NewIdentity
-from detectors.incidents import Incidents, StormControl
+from detectors.incidents import Gate, Incidents, StormControl
 from detectors.maturity import NEEDS, as_info, learning_until
 from detectors.off_hours import OffHours
 from detectors.operations import NewOperation
@@ -86,6 +86,7 @@ class DetectionCore:
         # The earliest event time seen in any store: where a store that is new starts watching.
         self.watching_since_ms: int | None = None
         self._storms = StormControl()
+        self._gates: dict[Any, Gate] = {}
         self.evictions = 0
         self._last: tuple[str, DetectorConfig, RateBaseline] = (
             "",
@@ -220,6 +221,7 @@ class DetectionCore:
         tells the stores apart in memory): the machine's baselines, its peer group, and the
         silence watch list, which may yield alerts for other, silent machines. `source` names
         the upstream stream the event came through (an input partition), for the clock."""
+        self._storm_gate(partition)
         if event.unverified:
             return self._spoofed(event, kv, partition)
         machine, ts = event.machine_id, event.timestamp_ms
@@ -275,7 +277,7 @@ class DetectionCore:
         if not alerts:
             return alerts
         return self._storms.apply(
-            self.config, self.config_version, event.timestamp_ms, alerts, partition, self._incidents
+            self.config, self.config_version, event.timestamp_ms, alerts, partition
         )
 
     def _spoofed(self, event: AuditEvent, kv: KeyValue, partition: Any) -> list[Alert]:
@@ -302,13 +304,22 @@ class DetectionCore:
         if alert is None:
             return []
         return self._storms.apply(
-            self.config,
-            self.config_version,
-            anchored.timestamp_ms,
-            [alert],
-            partition,
-            self._incidents,
+            self.config, self.config_version, anchored.timestamp_ms, [alert], partition
         )
+
+    def _storm_gate(self, partition: Any) -> None:
+        """Storm control has its say on the pages written for `partition` from here on."""
+        gate = self._gates.get(partition)
+        if gate is None:
+            storms = self._storms
+
+            def gate(ts: int, detector: str, machine: str, alert_id: str, first: str) -> bool:
+                return storms.admit(self.config, partition, ts, detector, machine, alert_id, first)
+
+            self._gates[partition] = gate
+        self._incidents.gate = gate
+        if storms_held := self._storms.held:
+            storms_held.clear()  # an event that failed half-way: its pages never went out
 
     def _track(self, event: AuditEvent, kv: KeyValue, partition: Any) -> None:
         """Capacity: evict the least recently seen machines beyond the cap."""
@@ -348,11 +359,12 @@ class DetectionCore:
         skew = self.config.silence_max_skew_s * 1000
         for source, ts in clocks.items():
             watch.advance(source, ts, skew)
+        self._storm_gate(partition)
         alerts = self._sweep_if_due(watch, kv, partition)
         if not alerts:
             return alerts
         return self._storms.apply(
-            self.config, self.config_version, watch.clock_ms, alerts, partition, self._incidents
+            self.config, self.config_version, watch.clock_ms, alerts, partition
         )
 
     def forget_partition(self, partition: Any) -> None:
@@ -360,6 +372,7 @@ class DetectionCore:
         self._watches.drop(partition)
         self._indexes.pop(partition, None)
         self._storms.forget(partition)
+        self._gates.pop(partition, None)
         if self.working is not None:
             self.working.drop(partition)
         # What the group models learned is theirs, not the partition's: written where the

@@ -44,6 +44,10 @@ if TYPE_CHECKING:
     from detectors.config import DetectorConfig
     from detectors.state import MachineState
 
+# Storm control's say on a page: (event time, detector, machine, alert_id, the alert's first
+# event id) -> may it page.
+Gate = Callable[[int, str, str, str, str], bool]
+
 HINTS = {
     "access_rate": "Check what the machine was running at that time (deploy, backfill, retry "
     "loop) and whether its credentials are used from an unexpected place.",
@@ -154,16 +158,24 @@ class Incidents:
     `config_version` goes into every alert and alert id; `control` looks up on-call's
     acknowledgements and snoozes by alert_id (None in replay: nobody acknowledges a replay)."""
 
-    __slots__ = ("config_version", "control", "pages")
+    __slots__ = ("config_version", "control", "gate")
 
     def __init__(
         self, config_version: str, control: Callable[[str], AlertControl | None] | None = None
     ) -> None:
         self.config_version = config_version
         self.control = control
-        # The pages written since storm control last looked, with what paging changed: a
-        # page it holds back is then undone (`unpage`), so it does not count as paged.
-        self.pages: dict[str, _Paged] = {}
+        # Storm control's say on each page before it counts as paged (`StormControl.admit`
+        # for the partition at hand; None: no storm control, as in `process` alone).
+        self.gate: Gate | None = None
+
+    def _admit(self, ts: int, detector: str, machine_id: str) -> Callable[[Episode], bool] | None:
+        gate = self.gate
+        if gate is None:
+            return None
+        return lambda ep: gate(
+            ts, detector, machine_id, ep.alert_id, ep.event_ids[0] if ep.event_ids else ep.alert_id
+        )
 
     def alert_id(self, machine_id: str, detector: str, first_event_id: str) -> str:
         blob = "\x1f".join((machine_id, detector, first_event_id, self.config_version))
@@ -192,20 +204,22 @@ class Incidents:
             ep.severity = severity if status == "escalated" else ep.severity
             ep.score = max(ep.score, f.score)
             ep.last_emit_ms = ts
-            before = _before_paging(state, ep)
-            status, shown = incident_view(state, ep, status)
             control = self.control(ep.alert_id) if self.control is not None else None
-            if status in ("opened", "escalated") and control is not None and control.silenced:
+            silenced = control is not None and control.silenced
+            status, shown = incident_view(
+                state,
+                ep,
+                status,
+                None if silenced else self._admit(ts, f.detector, event.machine_id),
+            )
+            if status in ("opened", "escalated") and silenced:
                 # Acknowledged or snoozed: the higher severity is recorded, nobody is paged.
                 status = "updated"
             f = with_baseline(cfg, f, state)
             ep.observed, ep.expected = dict(f.observed), dict(f.expected)
-            alert = self.alert(
+            return self.alert(
                 event.machine_id, group, f.detector, status, ep, f, ts, control, shown
             )
-            if alert.is_page:
-                self.pages[alert.alert_id] = before
-            return alert
         alert_id = self.alert_id(event.machine_id, f.detector, event.event_id)
         incident_id, level = open_incident(state, ts - cfg.cooldown_s * 1000)
         ep = Episode(
@@ -221,25 +235,12 @@ class Incidents:
             incident_paged=level,
         )
         state.episodes[f.detector] = ep
-        before = _before_paging(state, ep)
-        status, shown = incident_view(state, ep, "opened")
+        status, shown = incident_view(
+            state, ep, "opened", self._admit(ts, f.detector, event.machine_id)
+        )
         f = with_baseline(cfg, f, state)
         ep.observed, ep.expected = dict(f.observed), dict(f.expected)
-        alert = self.alert(event.machine_id, group, f.detector, status, ep, f, ts, None, shown)
-        if alert.is_page:
-            self.pages[alert.alert_id] = before
-        return alert
-
-    def unpage(self, alert_id: str) -> None:
-        """Undo what writing `alert_id`'s page changed in its episodes (storm control held
-        it back): the alert has not paged, and neither has its incident at that severity."""
-        before = self.pages.pop(alert_id, None)
-        if before is None:
-            return
-        ep, paged, levels = before
-        ep.paged = paged
-        for e, level in levels:
-            e.incident_paged = level
+        return self.alert(event.machine_id, group, f.detector, status, ep, f, ts, None, shown)
 
     def resolve_quiet(
         self,
@@ -347,15 +348,6 @@ class Incidents:
         )
 
 
-# An episode that paged, what it had paged at before, and what every episode of the machine
-# knew of its incident's level before.
-_Paged = tuple[Episode, int, list[tuple[Episode, int]]]
-
-
-def _before_paging(state: MachineState, ep: Episode) -> _Paged:
-    return ep, ep.paged, [(e, e.incident_paged) for e in state.episodes.values()]
-
-
 # What an incident's evidence is written at when it never paged: below a page, so whatever
 # selects alert states by status and severity does not page for it.
 EVIDENCE_SEVERITY = "low"
@@ -379,13 +371,20 @@ def open_incident(state: MachineState, since_ms: int) -> tuple[str, int]:
     return incident, level
 
 
-def incident_view(state: MachineState, ep: Episode, status: str) -> tuple[str, str]:
+def incident_view(
+    state: MachineState,
+    ep: Episode,
+    status: str,
+    admit: Callable[[Episode], bool] | None = None,
+) -> tuple[str, str]:
     """The status and severity to write for `ep`'s next state, `status` being what its own
     episode says. A state at page severity that raises its incident's paged level pages: as
     `opened` when its alert has not paged before (the first state on-call sees of an alert is
     always `opened`), else `escalated`. Any other would-be page is the incident's evidence:
     an escalation that raises nothing is an update, and an alert that never paged is written
-    at `EVIDENCE_SEVERITY`."""
+    at `EVIDENCE_SEVERITY`. An update of an alert that never paged is a page too, unless it
+    is evidence: a page storm control held back (`admit` said no) is not recorded as paged,
+    so the alert's next state after the storm pages, as `opened`."""
     rank = SEVERITY_RANK[ep.severity]
     incident = ep.incident_id or ep.alert_id
     if rank >= PAGE_RANK and (
@@ -401,6 +400,8 @@ def incident_view(state: MachineState, ep: Episode, status: str) -> tuple[str, s
         )
         if rank > max(level, ep.incident_paged):
             status = "opened" if ep.paged < 0 else "escalated"
+            if admit is not None and not admit(ep):
+                return status, ep.severity
             ep.paged = ep.incident_paged = rank
             for e in state.episodes.values():
                 if (e.incident_id or e.alert_id) == incident:
@@ -416,16 +417,65 @@ def incident_view(state: MachineState, ep: Episode, status: str) -> tuple[str, s
 class StormControl:
     """At most `max_pages_per_minute` pages per store and event-time minute (fewer for new
     identities): the pages beyond are written at low severity, and one roll-up alert says how
-    many pages and machines the minute had (see `detectors.capacity`). A page held back has
-    not paged: its alert's next state at page severity after the storm is its `opened` page."""
+    many pages and machines the minute had (see `detectors.capacity`). Storm control has its
+    say before a page counts as paged (`admit`, `Incidents.gate`): a page held back has not
+    paged, so its alert's next state at page severity after the storm pages, as `opened`."""
 
-    __slots__ = ("windows",)
+    __slots__ = ("ended", "held", "windows")
 
     def __init__(self) -> None:
         self.windows: dict[Any, StormWindow] = {}
+        # Alerts held back since the last `apply`, and the windows that ended meanwhile with
+        # pages held back (their roll-ups carry the final count).
+        self.held: set[str] = set()
+        self.ended: list[StormWindow] = []
 
     def forget(self, partition: Any) -> None:
         self.windows.pop(partition, None)
+
+    def _window(self, partition: Any, ts_ms: int) -> StormWindow:
+        window = self.windows.get(partition)
+        minute = ts_ms // 60_000
+        if window is None:
+            window = self.windows[partition] = StormWindow(minute=minute)
+        # A late event's pages count in the current minute (going back to its own would start
+        # the count again and roll up the same storm twice); an event far behind, after one
+        # stamped ahead of the rest, starts a window again rather than be counted in a
+        # minute the stream has not reached.
+        elif minute > window.minute or minute < window.minute - 1:
+            if window.held:
+                self.ended.append(window)
+            window = self.windows[partition] = StormWindow(minute=minute)
+        return window
+
+    def admit(
+        self,
+        cfg: DetectorConfig,
+        partition: Any,
+        ts_ms: int,
+        detector: str,
+        machine_id: str,
+        alert_id: str,
+        first_event_id: str,
+    ) -> bool:
+        """Count a page of the store's current minute; False: it is beyond the cap."""
+        window = self._window(partition, ts_ms)
+        window.pages += 1
+        window.machines.add(machine_id)
+        n = window.by_detector.get(detector, 0) + 1
+        window.by_detector[detector] = n
+        cap = (
+            cfg.max_new_identity_pages_per_minute
+            if detector == "new_identity"
+            else cfg.max_pages_per_minute
+        )
+        if n <= cap and window.pages - window.held <= cfg.max_pages_per_minute:
+            return True
+        window.held += 1
+        if not window.first_event_id:
+            window.first_event_id = first_event_id
+        self.held.add(alert_id)
+        return False
 
     def apply(
         self,
@@ -434,55 +484,19 @@ class StormControl:
         ts_ms: int,
         alerts: list[Alert],
         partition: Any,
-        incidents: Incidents,
     ) -> list[Alert]:
-        """`alerts`, written at `ts_ms` (event time), as they may go out; `incidents` wrote
-        them, and forgets here what its pages changed, after undoing the held ones'."""
-        try:
-            return self._apply(cfg, config_version, ts_ms, alerts, partition, incidents)
-        finally:
-            incidents.pages.clear()
-
-    def _apply(
-        self,
-        cfg: DetectorConfig,
-        config_version: str,
-        ts_ms: int,
-        alerts: list[Alert],
-        partition: Any,
-        incidents: Incidents,
-    ) -> list[Alert]:
-        window = self.windows.get(partition)
-        if window is None:
-            window = self.windows[partition] = StormWindow()
-        minute = ts_ms // 60_000
+        """`alerts`, written at `ts_ms` (event time), as they go out: the pages `admit` held
+        back at low severity, with the roll-ups."""
+        window = self._window(partition, ts_ms)
         out: list[Alert] = []
-        # A late event's pages count in the current minute: going back to its minute would
-        # start the count again (and roll up the same storm twice).
-        if minute > window.minute:
-            if window.held:
-                out.append(self.rollup(cfg, config_version, window, "updated"))
-            self.windows[partition] = window = StormWindow(minute=minute)
+        for ended in self.ended:
+            out.append(self.rollup(cfg, config_version, ended, "updated"))
+        self.ended.clear()
+        held, self.held = self.held, set()
         for alert in alerts:
-            if not alert.is_page:
+            if alert.alert_id not in held or not alert.is_page:
                 out.append(alert)
                 continue
-            window.pages += 1
-            window.machines.add(alert.machine_id)
-            n = window.by_detector.get(alert.detector, 0) + 1
-            window.by_detector[alert.detector] = n
-            cap = (
-                cfg.max_new_identity_pages_per_minute
-                if alert.detector == "new_identity"
-                else cfg.max_pages_per_minute
-            )
-            if n <= cap and window.pages - window.held <= cfg.max_pages_per_minute:
-                out.append(alert)
-                continue
-            window.held += 1
-            incidents.unpage(alert.alert_id)
-            if not window.first_event_id:
-                window.first_event_id = alert.event_ids[0] if alert.event_ids else alert.alert_id
             out.append(
                 replace(
                     alert,
@@ -490,7 +504,7 @@ class StormControl:
                     summary="(held back by storm control) " + alert.summary,
                 )
             )
-            if not window.rollup_sent:
+            if not window.rollup_sent and window.held:
                 window.rollup_sent = True
                 out.append(self.rollup(cfg, config_version, window, "opened"))
         return out

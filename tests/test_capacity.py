@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from detectors.base import Finding
 from detectors.core import MACHINE, DetectionCore, DetectorConfig
-from detectors.incidents import Incidents, StormControl
-from detectors.state import MachineState
+from detectors.incidents import Episode, Incidents, StormControl
+from detectors.state import MachineState, _decode_state
 from schemas.alert import Alert
 from schemas.event import AuditEvent
 from streams.processor import MemoryStore
@@ -73,69 +75,126 @@ def test_a_flood_of_new_identities_is_one_rollup_not_thousands_of_pages() -> Non
     assert final and final[0].status == "updated" and final[0].observed["pages"] == 300
 
 
-def held_storm(cap: int) -> tuple[StormControl, Incidents, DetectorConfig]:
-    cfg = replace(DetectorConfig(), max_pages_per_minute=cap)
-    return StormControl(), Incidents(cfg.version()), cfg
+def stored_episode(store: MemoryStore, machine: str, detector: str) -> Episode:
+    return _decode_state(store.data[MACHINE][machine]).episodes[detector]
 
 
-def write(
-    storm: StormControl,
-    incidents: Incidents,
-    cfg: DetectorConfig,
-    states: dict[str, MachineState],
-    machine: str,
-    ts_ms: int,
-    score: float,
-) -> list[Alert]:
-    """One finding of `machine`'s exfiltration-like detector through incidents, then storm
-    control, as the core writes it."""
-    state = states.setdefault(machine, MachineState.new(ts_ms))
-    found = Finding("access_rate", score, f"{machine}: many reads", {"n": 1}, {"n": 0})
-    alert = incidents.episode(cfg, ev(machine, ts_ms), "g", state, found)
-    if alert is None:
-        return []
-    return storm.apply(cfg, cfg.version(), ts_ms, [alert], 0, incidents)
+@pytest.mark.parametrize("working_copy", [False, True])
+def test_identities_held_back_in_a_flood_have_not_paged(working_copy: bool) -> None:
+    """Observed: a page held back by storm control still counted as paged in the stored
+    episode (and the state is saved before storm control sees the page, so it must have its
+    say before the page counts)."""
+    cfg = replace(DetectorConfig(), warmup_s=60, warmup_events=1, mature_after_s=0)
+    core = DetectionCore(cfg)
+    working = core.keep_working_copy(1000) if working_copy else None
+    store = MemoryStore()
+    for k in range(5):
+        core.observe(ev("known-svc", T0 + k * 30_000), store)
+    cap = cfg.max_new_identity_pages_per_minute
+    alerts = []
+    for i in range(cap + 3):
+        alerts += core.observe(ev(f"rogue{i}x", T0 + 10 * 60_000 + i * 100), store)
+    if working is not None:
+        working.flush(store, None)
+    paged = {a.machine_id for a in alerts if a.is_page and a.detector == "new_identity"}
+    assert paged == {f"rogue{i}x" for i in range(cap)}
+    for i in range(cap + 3):
+        ep = stored_episode(store, f"rogue{i}x", "new_identity")
+        assert (ep.paged >= 0) == (i < cap), (i, ep)
 
 
-def test_a_page_held_back_by_storm_control_has_not_paged() -> None:
-    """Observed: a held-back page still counted as paged, so its alert never paged after the
-    storm (later states were `updated`), and a rise in severity said `escalated` to an
-    on-call person who had seen nothing of it."""
-    storm, incidents, cfg = held_storm(cap=2)
-    states: dict[str, MachineState] = {}
-    t = T0 + 5 * 60_000
-    first = [
-        a for m in ("m1", "m2", "m3", "m4") for a in write(storm, incidents, cfg, states, m, t, 60)
+class Storm:
+    """Incidents and storm control of one partition, wired as `DetectionCore` wires them,
+    for findings made up by the test."""
+
+    def __init__(self, cap: int) -> None:
+        self.cfg = replace(DetectorConfig(), max_pages_per_minute=cap)
+        self.storm = StormControl()
+        self.incidents = Incidents(self.cfg.version())
+        self.incidents.gate = lambda ts, detector, machine, alert_id, first: self.storm.admit(
+            self.cfg, 0, ts, detector, machine, alert_id, first
+        )
+        self.states: dict[str, MachineState] = {}
+
+    def event(self, machine: str, ts_ms: int, *found: tuple[str, float]) -> list[Alert]:
+        """One event of `machine` with findings (detector, score), as the core writes them."""
+        state = self.states.setdefault(machine, MachineState.new(ts_ms))
+        alerts = []
+        for detector, score in found:
+            f = Finding(detector, score, f"{machine}: {detector}", {"n": 1}, {"n": 0})
+            alert = self.incidents.episode(self.cfg, ev(machine, ts_ms), "g", state, f)
+            if alert is not None:
+                alerts.append(alert)
+        if not alerts:
+            return []
+        return self.storm.apply(self.cfg, self.cfg.version(), ts_ms, alerts, 0)
+
+
+def shown(alerts: list[Alert], machine: str) -> list[tuple[str, str, str, bool]]:
+    return [
+        (a.detector, a.status, a.severity, a.is_page) for a in alerts if a.machine_id == machine
     ]
-    by = {(a.machine_id, a.detector): a for a in first}
-    assert [m for m in ("m1", "m2", "m3", "m4") if by[(m, "access_rate")].is_page] == ["m1", "m2"]
-    assert by[("*", "storm")].is_page
+
+
+def test_a_page_held_back_by_storm_control_pages_opened_after_the_storm() -> None:
+    """Observed: a held-back page counted as paged, so its alert never paged after the storm
+    (later states were `updated`), and a rise in severity said `escalated` to an on-call
+    person who had seen nothing of it."""
+    s = Storm(cap=2)
+    t = T0 + 5 * 60_000
+    first = [a for m in ("m1", "m2", "m3", "m4") for a in s.event(m, t, ("access_rate", 60))]
+    assert [a.machine_id for a in first if a.is_page] == ["m1", "m2", "*"]
     for m in ("m3", "m4"):
-        held = by[(m, "access_rate")]
+        [held] = [a for a in first if a.machine_id == m]
         assert held.severity == "low" and held.summary.startswith("(held back by storm control)")
-        assert states[m].episodes["access_rate"].paged == -1
-        assert states[m].episodes["access_rate"].incident_paged == -1
-    assert incidents.pages == {}
+        assert s.states[m].episodes["access_rate"].paged == -1
     # After the storm minute: m3 goes on at the same severity, m4 rises; m1 goes on as well.
     later = t + 2 * 60_000
-    m3 = write(storm, incidents, cfg, states, "m3", later, 60)
-    m4 = write(storm, incidents, cfg, states, "m4", later, 90)
-    m1 = write(storm, incidents, cfg, states, "m1", later, 60)
-    # The next minute's first alert carries the storm's final count (as before).
-    assert [(a.detector, a.status, a.is_page) for a in m3[:1]] == [("storm", "updated", False)]
-    assert [(a.status, a.severity, a.is_page) for a in m3[1:]] == [("opened", "medium", True)]
-    assert [(a.status, a.severity, a.is_page) for a in m4] == [("opened", "critical", True)]
+    m3 = s.event("m3", later, ("access_rate", 60))
+    m4 = s.event("m4", later, ("access_rate", 90))
+    m1 = s.event("m1", later, ("access_rate", 60))
+    # The next minute's first alert carries the storm's final count, as before.
+    assert [(a.detector, a.status) for a in m3 if a.machine_id == "*"] == [("storm", "updated")]
+    assert shown(m3, "m3") == [("access_rate", "opened", "medium", True)]
+    assert shown(m4, "m4") == [("access_rate", "opened", "critical", True)]
     # m1 paged in the storm: its update is no page.
-    assert [(a.status, a.is_page) for a in m1] == [("updated", False)]
+    assert shown(m1, "m1") == [("access_rate", "updated", "medium", False)]
+
+
+def test_a_finding_after_a_held_page_in_the_same_event_does_not_inherit_its_level() -> None:
+    """A held-back page raises no incident level: a second finding of the same event (a
+    failure spike's retry burst) is not made evidence of a page nobody received."""
+    s = Storm(cap=1)
+    t = T0 + 5 * 60_000
+    s.event("other", t, ("access_rate", 60))
+    both = s.event("m1", t + 1, ("access_rate", 90), ("failure_ratio", 55))
+    assert [(a.detector, a.severity, a.is_page) for a in both if a.machine_id == "m1"] == [
+        ("access_rate", "low", False),
+        ("failure_ratio", "low", False),
+    ]
+    episodes = s.states["m1"].episodes
+    assert episodes["failure_ratio"].incident_paged == -1
+    assert episodes["access_rate"].paged == -1
+    after = s.event("m1", t + 2 * 60_000, ("access_rate", 90))
+    assert shown(after, "m1") == [("access_rate", "opened", "critical", True)]
 
 
 def test_a_late_events_page_counts_in_the_current_storm_minute() -> None:
     """A page stamped a minute earlier than the storm's does not start the count again."""
-    storm, incidents, cfg = held_storm(cap=1)
-    states: dict[str, MachineState] = {}
+    s = Storm(cap=1)
     t = T0 + 5 * 60_000
-    out = write(storm, incidents, cfg, states, "m1", t, 60)
-    out += write(storm, incidents, cfg, states, "m2", t - 60_000, 60)
-    out += write(storm, incidents, cfg, states, "m3", t + 1, 60)
+    out = s.event("m1", t, ("access_rate", 60))
+    out += s.event("m2", t - 60_000, ("access_rate", 60))
+    out += s.event("m3", t + 1, ("access_rate", 60))
     pages = [(a.machine_id, a.detector) for a in out if a.is_page]
     assert pages == [("m1", "access_rate"), ("*", "storm")]
+
+
+def test_one_event_stamped_an_hour_ahead_does_not_hold_back_the_hour() -> None:
+    """Input accepts events up to max_future_s ahead: one of them must not make every later
+    page count in its minute."""
+    s = Storm(cap=1)
+    t = T0 + 5 * 60_000
+    s.event("ahead", t + 59 * 60_000, ("access_rate", 60))
+    out = [a for k in range(10) for a in s.event(f"m{k}", t + k * 60_000, ("access_rate", 60))]
+    assert [a.machine_id for a in out if a.is_page] == [f"m{k}" for k in range(10)]
