@@ -86,7 +86,14 @@ class DetectionCore:
         # The earliest event time seen in any store: where a store that is new starts watching.
         self.watching_since_ms: int | None = None
         self._storms = StormControl()
-        self._gates: dict[Any, Gate] = {}
+        storms = self._storms
+
+        def gate(detector: str, machine: str, alert_id: str, first: str, incident: str) -> bool:
+            return storms.admit(self.config, detector, machine, alert_id, first, incident)
+
+        # Set on `Incidents` only while `observe` or `punctuate` runs: `process` alone (a
+        # machine scored on its own) has no store, so no storm control.
+        self._gate: Gate = gate
         self.evictions = 0
         self._last: tuple[str, DetectorConfig, RateBaseline] = (
             "",
@@ -221,9 +228,17 @@ class DetectionCore:
         tells the stores apart in memory): the machine's baselines, its peer group, and the
         silence watch list, which may yield alerts for other, silent machines. `source` names
         the upstream stream the event came through (an input partition), for the clock."""
-        self._storm_gate(partition)
-        if event.unverified:
-            return self._spoofed(event, kv, partition)
+        self._storms.begin(partition, event.timestamp_ms)
+        incidents = self._incidents
+        incidents.gate = self._gate
+        try:
+            if event.unverified:
+                return self._spoofed(event, kv, partition)
+            return self._observe(event, kv, partition, source)
+        finally:
+            incidents.gate = None
+
+    def _observe(self, event: AuditEvent, kv: KeyValue, partition: Any, source: Any) -> list[Alert]:
         machine, ts = event.machine_id, event.timestamp_ms
         working = self.working
         if working is not None:
@@ -276,9 +291,7 @@ class DetectionCore:
             alerts.extend(self._sweep_if_due(watch, kv, partition))
         if not alerts:
             return alerts
-        return self._storms.apply(
-            self.config, self.config_version, event.timestamp_ms, alerts, partition
-        )
+        return self._storms.apply(self.config, self.config_version, alerts)
 
     def _spoofed(self, event: AuditEvent, kv: KeyValue, partition: Any) -> list[Alert]:
         """A signing machine's event that did not verify (`detectors.authenticity`): one
@@ -292,6 +305,7 @@ class DetectionCore:
             trusted_ms = clock if clock > 0 else event.timestamp_ms
             state = MachineState.new(trusted_ms)
         anchored = replace(event, ts_us=trusted_ms * 1000)
+        self._storms.begin(partition, trusted_ms)
         group = self._groups.of(event)
         cfg = self.config_for(event.machine_id, group)
         found = spoofed_finding(event)
@@ -303,23 +317,7 @@ class DetectionCore:
         self._track(anchored, kv, partition)
         if alert is None:
             return []
-        return self._storms.apply(
-            self.config, self.config_version, anchored.timestamp_ms, [alert], partition
-        )
-
-    def _storm_gate(self, partition: Any) -> None:
-        """Storm control has its say on the pages written for `partition` from here on."""
-        gate = self._gates.get(partition)
-        if gate is None:
-            storms = self._storms
-
-            def gate(ts: int, detector: str, machine: str, alert_id: str, first: str) -> bool:
-                return storms.admit(self.config, partition, ts, detector, machine, alert_id, first)
-
-            self._gates[partition] = gate
-        self._incidents.gate = gate
-        if storms_held := self._storms.held:
-            storms_held.clear()  # an event that failed half-way: its pages never went out
+        return self._storms.apply(self.config, self.config_version, [alert])
 
     def _track(self, event: AuditEvent, kv: KeyValue, partition: Any) -> None:
         """Capacity: evict the least recently seen machines beyond the cap."""
@@ -359,20 +357,22 @@ class DetectionCore:
         skew = self.config.silence_max_skew_s * 1000
         for source, ts in clocks.items():
             watch.advance(source, ts, skew)
-        self._storm_gate(partition)
-        alerts = self._sweep_if_due(watch, kv, partition)
+        self._storms.begin(partition, watch.clock_ms)
+        incidents = self._incidents
+        incidents.gate = self._gate
+        try:
+            alerts = self._sweep_if_due(watch, kv, partition)
+        finally:
+            incidents.gate = None
         if not alerts:
             return alerts
-        return self._storms.apply(
-            self.config, self.config_version, watch.clock_ms, alerts, partition
-        )
+        return self._storms.apply(self.config, self.config_version, alerts)
 
     def forget_partition(self, partition: Any) -> None:
         """Drop what is kept in memory for a partition this worker no longer owns."""
         self._watches.drop(partition)
         self._indexes.pop(partition, None)
         self._storms.forget(partition)
-        self._gates.pop(partition, None)
         if self.working is not None:
             self.working.drop(partition)
         # What the group models learned is theirs, not the partition's: written where the

@@ -44,9 +44,9 @@ if TYPE_CHECKING:
     from detectors.config import DetectorConfig
     from detectors.state import MachineState
 
-# Storm control's say on a page: (event time, detector, machine, alert_id, the alert's first
-# event id) -> may it page.
-Gate = Callable[[int, str, str, str, str], bool]
+# Storm control's say on a page: (detector, machine, alert_id, the alert's first event id,
+# its incident) -> may it page.
+Gate = Callable[[str, str, str, str, str], bool]
 
 HINTS = {
     "access_rate": "Check what the machine was running at that time (deploy, backfill, retry "
@@ -169,12 +169,16 @@ class Incidents:
         # for the partition at hand; None: no storm control, as in `process` alone).
         self.gate: Gate | None = None
 
-    def _admit(self, ts: int, detector: str, machine_id: str) -> Callable[[Episode], bool] | None:
+    def _admit(self, detector: str, machine_id: str) -> Callable[[Episode], bool] | None:
         gate = self.gate
         if gate is None:
             return None
         return lambda ep: gate(
-            ts, detector, machine_id, ep.alert_id, ep.event_ids[0] if ep.event_ids else ep.alert_id
+            detector,
+            machine_id,
+            ep.alert_id,
+            ep.event_ids[0] if ep.event_ids else ep.alert_id,
+            ep.incident_id or ep.alert_id,
         )
 
     def alert_id(self, machine_id: str, detector: str, first_event_id: str) -> str:
@@ -210,7 +214,7 @@ class Incidents:
                 state,
                 ep,
                 status,
-                None if silenced else self._admit(ts, f.detector, event.machine_id),
+                None if silenced else self._admit(f.detector, event.machine_id),
             )
             if status in ("opened", "escalated") and silenced:
                 # Acknowledged or snoozed: the higher severity is recorded, nobody is paged.
@@ -236,7 +240,7 @@ class Incidents:
         )
         state.episodes[f.detector] = ep
         status, shown = incident_view(
-            state, ep, "opened", self._admit(ts, f.detector, event.machine_id)
+            state, ep, "opened", self._admit(f.detector, event.machine_id)
         )
         f = with_baseline(cfg, f, state)
         ep.observed, ep.expected = dict(f.observed), dict(f.expected)
@@ -418,24 +422,41 @@ class StormControl:
     """At most `max_pages_per_minute` pages per store and event-time minute (fewer for new
     identities): the pages beyond are written at low severity, and one roll-up alert says how
     many pages and machines the minute had (see `detectors.capacity`). Storm control has its
-    say before a page counts as paged (`admit`, `Incidents.gate`): a page held back has not
-    paged, so its alert's next state at page severity after the storm pages, as `opened`."""
+    say before a page counts as paged (`admit`, through `Incidents.gate`): a page held back
+    has not paged, so its alert's next state at page severity after the storm pages, as
+    `opened`. One event (or punctuation) is one `begin`, its pages' `admit`s, one `apply`."""
 
-    __slots__ = ("ended", "held", "windows")
+    __slots__ = ("ended", "held", "partition", "refused", "ts_ms", "windows")
 
     def __init__(self) -> None:
         self.windows: dict[Any, StormWindow] = {}
-        # Alerts held back since the last `apply`, and the windows that ended meanwhile with
-        # pages held back (their roll-ups carry the final count).
+        # Per partition, windows that ended with pages held back: their roll-ups, with the
+        # final count, go out with the partition's next alerts.
+        self.ended: dict[Any, list[StormWindow]] = {}
+        # The store and event time at hand, the alerts held back since `begin`, and their
+        # incidents (the rest of a held incident is held with it, uncounted, as it would
+        # have been its evidence).
+        self.partition: Any = None
+        self.ts_ms = 0
         self.held: set[str] = set()
-        self.ended: list[StormWindow] = []
+        self.refused: set[str] = set()
 
     def forget(self, partition: Any) -> None:
         self.windows.pop(partition, None)
+        self.ended.pop(partition, None)
 
-    def _window(self, partition: Any, ts_ms: int) -> StormWindow:
+    def begin(self, partition: Any, ts_ms: int) -> None:
+        """Pages from here on are `partition`'s, counted in the minute of `ts_ms`: the event's
+        time (or the clock that punctuates), whatever the time a finding is anchored on."""
+        self.partition = partition
+        self.ts_ms = ts_ms
+        self.held.clear()
+        self.refused.clear()
+
+    def _window(self) -> StormWindow:
+        partition = self.partition
         window = self.windows.get(partition)
-        minute = ts_ms // 60_000
+        minute = self.ts_ms // 60_000
         if window is None:
             window = self.windows[partition] = StormWindow(minute=minute)
         # A late event's pages count in the current minute (going back to its own would start
@@ -444,22 +465,24 @@ class StormControl:
         # minute the stream has not reached.
         elif minute > window.minute or minute < window.minute - 1:
             if window.held:
-                self.ended.append(window)
+                self.ended.setdefault(partition, []).append(window)
             window = self.windows[partition] = StormWindow(minute=minute)
         return window
 
     def admit(
         self,
         cfg: DetectorConfig,
-        partition: Any,
-        ts_ms: int,
         detector: str,
         machine_id: str,
         alert_id: str,
         first_event_id: str,
+        incident: str,
     ) -> bool:
-        """Count a page of the store's current minute; False: it is beyond the cap."""
-        window = self._window(partition, ts_ms)
+        """Count a page in the current minute; False: it is beyond the cap."""
+        if incident in self.refused:
+            self.held.add(alert_id)
+            return False
+        window = self._window()
         window.pages += 1
         window.machines.add(machine_id)
         n = window.by_detector.get(detector, 0) + 1
@@ -475,23 +498,18 @@ class StormControl:
         if not window.first_event_id:
             window.first_event_id = first_event_id
         self.held.add(alert_id)
+        self.refused.add(incident)
         return False
 
-    def apply(
-        self,
-        cfg: DetectorConfig,
-        config_version: str,
-        ts_ms: int,
-        alerts: list[Alert],
-        partition: Any,
-    ) -> list[Alert]:
-        """`alerts`, written at `ts_ms` (event time), as they go out: the pages `admit` held
-        back at low severity, with the roll-ups."""
-        window = self._window(partition, ts_ms)
+    def apply(self, cfg: DetectorConfig, config_version: str, alerts: list[Alert]) -> list[Alert]:
+        """`alerts` of the event at hand as they go out: the pages `admit` held back at low
+        severity, with the roll-ups."""
+        window = self._window()
         out: list[Alert] = []
-        for ended in self.ended:
-            out.append(self.rollup(cfg, config_version, ended, "updated"))
-        self.ended.clear()
+        ended = self.ended.pop(self.partition, None)
+        if ended:
+            for w in ended:
+                out.append(self.rollup(cfg, config_version, w, "updated"))
         held, self.held = self.held, set()
         for alert in alerts:
             if alert.alert_id not in held or not alert.is_page:

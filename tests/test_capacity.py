@@ -111,23 +111,28 @@ class Storm:
         self.cfg = replace(DetectorConfig(), max_pages_per_minute=cap)
         self.storm = StormControl()
         self.incidents = Incidents(self.cfg.version())
-        self.incidents.gate = lambda ts, detector, machine, alert_id, first: self.storm.admit(
-            self.cfg, 0, ts, detector, machine, alert_id, first
+        self.incidents.gate = lambda detector, machine, alert_id, first, incident: self.storm.admit(
+            self.cfg, detector, machine, alert_id, first, incident
         )
         self.states: dict[str, MachineState] = {}
 
-    def event(self, machine: str, ts_ms: int, *found: tuple[str, float]) -> list[Alert]:
-        """One event of `machine` with findings (detector, score), as the core writes them."""
+    def event(
+        self, machine: str, ts_ms: int, *found: tuple[str, float], anchor_ms: int | None = None
+    ) -> list[Alert]:
+        """One event of `machine` with findings (detector, score), as the core writes them;
+        `anchor_ms`: the findings are anchored on an earlier event (a judged window)."""
         state = self.states.setdefault(machine, MachineState.new(ts_ms))
+        self.storm.begin(0, ts_ms)
+        anchor = ev(machine, ts_ms if anchor_ms is None else anchor_ms)
         alerts = []
         for detector, score in found:
             f = Finding(detector, score, f"{machine}: {detector}", {"n": 1}, {"n": 0})
-            alert = self.incidents.episode(self.cfg, ev(machine, ts_ms), "g", state, f)
+            alert = self.incidents.episode(self.cfg, anchor, "g", state, f)
             if alert is not None:
                 alerts.append(alert)
         if not alerts:
             return []
-        return self.storm.apply(self.cfg, self.cfg.version(), ts_ms, alerts, 0)
+        return self.storm.apply(self.cfg, self.cfg.version(), alerts)
 
 
 def shown(alerts: list[Alert], machine: str) -> list[tuple[str, str, str, bool]]:
@@ -198,3 +203,36 @@ def test_one_event_stamped_an_hour_ahead_does_not_hold_back_the_hour() -> None:
     s.event("ahead", t + 59 * 60_000, ("access_rate", 60))
     out = [a for k in range(10) for a in s.event(f"m{k}", t + k * 60_000, ("access_rate", 60))]
     assert [a.machine_id for a in out if a.is_page] == [f"m{k}" for k in range(10)]
+
+
+def test_findings_anchored_minutes_back_count_in_the_events_minute() -> None:
+    """A judged window's finding is anchored on its own, earlier events: storm control counts
+    it in the minute of the event at hand, or the windows would start again at every event
+    and the cap would not hold."""
+    s = Storm(cap=20)
+    t = T0 + 10 * 60_000
+    out = [
+        a
+        for k in range(30)
+        for a in s.event(f"m{k}", t + k * 100, ("combined", 60), anchor_ms=t - 180_000)
+    ]
+    pages = [a.machine_id for a in out if a.is_page]
+    assert pages.count("*") == 1 and len(pages) == 21
+
+
+def test_the_rest_of_a_held_incident_is_held_with_it() -> None:
+    """A flood of new identities whose first event also makes other findings: the new-identity
+    cap holds for the whole incident, as when those findings were the held page's evidence."""
+    s = Storm(cap=20)
+    cap = s.cfg.max_new_identity_pages_per_minute
+    t = T0 + 10 * 60_000
+    out = [
+        a
+        for k in range(cap + 10)
+        for a in s.event(f"m{k}", t + k * 100, ("new_identity", 60), ("new_resource", 60))
+    ]
+    pages = [(a.machine_id, a.detector) for a in out if a.is_page]
+    assert pages == [(f"m{k}", "new_identity") for k in range(cap)] + [("*", "storm")]
+    # The roll-up counts the new identities, not each finding of their incidents.
+    window = s.storm.windows[0]
+    assert (window.pages, window.held) == (cap + 10, 10)
