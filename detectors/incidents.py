@@ -386,13 +386,14 @@ def incident_view(
     `opened` when its alert has not paged before (the first state on-call sees of an alert is
     always `opened`), else `escalated`. Any other would-be page is the incident's evidence:
     an escalation that raises nothing is an update, and an alert that never paged is written
-    at `EVIDENCE_SEVERITY`. An update of an alert that never paged is a page too, unless it
-    is evidence: a page storm control held back (`admit` said no) is not recorded as paged,
-    so the alert's next state after the storm pages, as `opened`."""
+    at `EVIDENCE_SEVERITY`. An update above what its alert has paged at is a page too, unless
+    it is evidence: a page storm control held back (`admit` said no) is not recorded as
+    paged, so the alert's next state after the storm pages (`opened`, or `escalated` when it
+    had paged lower)."""
     rank = SEVERITY_RANK[ep.severity]
     incident = ep.incident_id or ep.alert_id
     if rank >= PAGE_RANK and (
-        status in ("opened", "escalated") or (status == "updated" and ep.paged < 0)
+        status in ("opened", "escalated") or (status == "updated" and rank > ep.paged)
     ):
         level = max(
             (
@@ -522,7 +523,7 @@ class StormControl:
                     summary="(held back by storm control) " + alert.summary,
                 )
             )
-            if not window.rollup_sent and window.held:
+            if not window.rollup_sent:
                 window.rollup_sent = True
                 out.append(self.rollup(cfg, config_version, window, "opened"))
         return out
