@@ -233,3 +233,21 @@ def test_the_rest_of_a_held_incident_is_held_with_it() -> None:
     # The roll-up counts the new identities, not each finding of their incidents.
     window = s.storm.windows[0]
     assert (window.pages, window.held) == (cap + 10, 10)
+
+
+def test_forged_events_of_many_machines_are_capped_and_the_held_ones_have_not_paged() -> None:
+    """Forged events (a signing machine's events that do not verify) page through the same
+    storm control, and a held one is not recorded as paged."""
+    cfg = replace(DetectorConfig(), max_pages_per_minute=2)
+    core = DetectionCore(cfg)
+    store = MemoryStore()
+    t = T0 + 10 * 60_000
+    alerts = []
+    for k in range(5):
+        forged = replace(ev(f"signer{k}", t + k * 100), verification="bad_signature")
+        alerts += core.observe(forged, store)
+    pages = [a.machine_id for a in alerts if a.is_page]
+    assert pages == ["signer0", "signer1", "*"], [(a.machine_id, a.severity) for a in alerts]
+    for k in range(5):
+        ep = stored_episode(store, f"signer{k}", "spoofed_identity")
+        assert (ep.paged >= 0) == (k < 2), (k, ep)
