@@ -23,7 +23,7 @@ from detectors.combined import CombinedWindow
 from detectors.config import DetectorConfig
 from detectors.failure import FailureRatio
 from detectors.identity import GroupNames, NewIdentity
-from detectors.incidents import Gate, Incidents, StormControl
+from detectors.incidents import Incidents, StormControl
 from detectors.maturity import NEEDS, as_info, learning_until
 from detectors.off_hours import OffHours
 from detectors.operations import NewOperation
@@ -86,14 +86,6 @@ class DetectionCore:
         # The earliest event time seen in any store: where a store that is new starts watching.
         self.watching_since_ms: int | None = None
         self._storms = StormControl()
-        storms = self._storms
-
-        def gate(detector: str, machine: str, alert_id: str, first: str, incident: str) -> bool:
-            return storms.admit(self.config, detector, machine, alert_id, first, incident)
-
-        # Set on `Incidents` only while `observe` or `punctuate` runs: `process` alone (a
-        # machine scored on its own) has no store, so no storm control.
-        self._gate: Gate = gate
         self.evictions = 0
         self._last: tuple[str, DetectorConfig, RateBaseline] = (
             "",
@@ -230,13 +222,24 @@ class DetectionCore:
         the upstream stream the event came through (an input partition), for the clock."""
         self._storms.begin(partition, event.timestamp_ms)
         incidents = self._incidents
-        incidents.gate = self._gate
+        incidents.gate = self._admit
         try:
             if event.unverified:
                 return self._spoofed(event, kv, partition)
             return self._observe(event, kv, partition, source)
         finally:
             incidents.gate = None
+
+    def _admit(
+        self, detector: str, machine: str, alert_id: str, first_event_id: str, incident: str
+    ) -> bool:
+        """Storm control's say on a page (`Incidents.gate`). Set on `Incidents` only while
+        `observe` or `punctuate` runs: `process` alone (a machine scored on its own) has no
+        store, so no storm control. A method, not a closure: a copy of the core (replay's
+        `copy.deepcopy`) must ask its own storm control."""
+        return self._storms.admit(
+            self.config, detector, machine, alert_id, first_event_id, incident
+        )
 
     def _observe(self, event: AuditEvent, kv: KeyValue, partition: Any, source: Any) -> list[Alert]:
         machine, ts = event.machine_id, event.timestamp_ms
@@ -359,7 +362,7 @@ class DetectionCore:
             watch.advance(source, ts, skew)
         self._storms.begin(partition, watch.clock_ms)
         incidents = self._incidents
-        incidents.gate = self._gate
+        incidents.gate = self._admit
         try:
             alerts = self._sweep_if_due(watch, kv, partition)
         finally:

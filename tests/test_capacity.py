@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 
 import pytest
@@ -251,3 +252,32 @@ def test_forged_events_of_many_machines_are_capped_and_the_held_ones_have_not_pa
     for k in range(5):
         ep = stored_episode(store, f"signer{k}", "spoofed_identity")
         assert (ep.paged >= 0) == (k < 2), (k, ep)
+
+
+def test_a_copy_of_the_core_has_storm_control_of_its_own() -> None:
+    """Replay continues copies of one core (`copy.deepcopy`) for many runs: a copy's pages
+    must be judged by its own storm control, not by the original's (which then held them
+    back unseen: they went out as pages, recorded as not paged)."""
+    cfg = replace(
+        DetectorConfig(),
+        warmup_s=60,
+        warmup_events=1,
+        mature_after_s=0,
+        max_new_identity_pages_per_minute=2,
+    )
+    core = DetectionCore(cfg)
+    store = MemoryStore()
+    for k in range(5):
+        core.observe(ev("known-svc", T0 + k * 30_000), store)
+    t = T0 + 10 * 60_000
+    assert [a.is_page for i in range(2) for a in core.observe(ev(f"new{i}x", t + i), store)] == [
+        True,
+        True,
+    ]
+    for run in range(3):
+        copy_, copied_store = copy.deepcopy((core, store))
+        out = copy_.observe(ev(f"late{run}x", t + 10), copied_store)
+        held = [a for a in out if a.machine_id == f"late{run}x"]
+        assert [(a.severity, a.is_page) for a in held] == [("low", False)], run
+        ep = stored_episode(copied_store, f"late{run}x", "new_identity")
+        assert ep.paged == -1
