@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import random
 from dataclasses import replace
 
 import pytest
@@ -281,3 +282,20 @@ def test_a_copy_of_the_core_has_storm_control_of_its_own() -> None:
         assert [(a.severity, a.is_page) for a in held] == [("low", False)], run
         ep = stored_episode(copied_store, f"late{run}x", "new_identity")
         assert ep.paged == -1
+
+
+def test_silence_pages_of_punctuation_go_through_storm_control() -> None:
+    """Machines that stop together on a partition that then gets no events are judged by
+    punctuation (other partitions' clocks) alone: those pages are capped too (they were not)."""
+    from tests.test_silence import CONFIG, DAY, HOUR, T0, Partition, poisson
+
+    p = Partition(replace(CONFIG, max_pages_per_minute=1))
+    stop = T0 + 4 * DAY + 10 * HOUR
+    rhythm = poisson(random.Random(7), "x", 1.25, T0, stop)
+    p.run([(t + k, f"consumer-{k}") for k in range(4) for t, _ in rhythm], stop + 2 * HOUR)
+    silence = [a for a in p.alerts if a.detector == "silence"]
+    assert sorted(a.machine_id for a in silence) == [f"consumer-{k}" for k in range(4)]
+    assert [a.machine_id for a in p.alerts if a.is_page] == ["consumer-0", "*"]
+    for a in silence[1:]:
+        assert a.summary.startswith("(held back by storm control)")
+        assert stored_episode(p.kv, a.machine_id, "silence").paged == -1
