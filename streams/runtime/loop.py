@@ -271,10 +271,12 @@ class Worker:
                 p if self.archive_aligned else -1,
             )
 
-    def _retrying(self, what: str, call: Callable[[], T]) -> T:
+    def _retrying(self, what: str, call: Callable[[], T], give_up_after: int = 0) -> T:
         """`call()`, retried with backoff on a Kafka error that can pass (a broker coming
-        back, a leader moving); a fatal one is raised."""
+        back, a leader moving); a fatal one is raised. `give_up_after` failures in a row
+        (0: never) raise `_ConsumerFatal` too: the call's client is replaced."""
         delay = 0.5
+        failures = 0
         while True:
             try:
                 return call()
@@ -282,9 +284,13 @@ class Worker:
                 err = e.args[0]
                 if _fatal(err):
                     raise _ConsumerFatal(err.str()) from None
-                log.warning("%s failed (%s); retrying in %.1f s", what, err.str(), delay)
+                why = err.str()
             except TimeoutError as e:
-                log.warning("%s failed (%s); retrying in %.1f s", what, e, delay)
+                why = str(e)
+            failures += 1
+            if give_up_after and failures >= give_up_after:
+                raise _ConsumerFatal(f"{what} failed {failures} times in a row ({why})")
+            log.warning("%s failed (%s); retrying in %.1f s", what, why, delay)
             time.sleep(delay)
             delay = min(2 * delay, 10.0)
 
@@ -562,8 +568,14 @@ class Worker:
             for topic in (self.events_topic, self.repartition_topic)
             for p in owned
         ]
+        # Seen after a 90 s outage, exactly-once: the consumer's every offset fetch timed
+        # out for minutes while the broker served everyone else (the at-least-once worker's
+        # consumer, fenced as a static member, was replaced and went on). Two timeouts of
+        # 30 s: a new consumer, which static membership hands the partitions back to.
         return self._retrying(
-            "reading committed offsets", lambda: list(self.consumer.committed(wanted, 30.0))
+            "reading committed offsets",
+            lambda: list(self.consumer.committed(wanted, 30.0)),
+            give_up_after=2,
         )
 
     def _reload_peers(self) -> None:
