@@ -124,11 +124,11 @@ def _task(state: PartitionState, emitted: list[str]) -> Task:
     )
 
 
-def _value(i: int, resource: str = "db") -> bytes:
+def _value(i: int, ts_ms: int, resource: str = "db") -> bytes:
     return orjson.dumps(
         {
             "event_id": f"e{i}",
-            "timestamp": int(time.time() * 1000) - 1000,
+            "timestamp": ts_ms,
             "machine_id": "m1",
             "resource": resource,
             "operation": "read",
@@ -139,7 +139,11 @@ def _value(i: int, resource: str = "db") -> bytes:
 
 def _stream() -> list[Msg]:
     topic = Config().topics.events
-    values = [_value(0), _value(1), _value(0), _value(1, "other"), b"\x07 not an event"]
+    # One time for every event: a duplicate is the same bytes again, and two clock reads can
+    # straddle a millisecond (then the "duplicate" conflicts with its first copy instead).
+    now = int(time.time() * 1000) - 1000
+    values = [_value(0, now), _value(1, now), _value(0, now), _value(1, now, "other")]
+    values.append(b"\x07 not an event")
     return [Msg(topic, 0, off, v, b"m1") for off, v in enumerate(values)]
 
 

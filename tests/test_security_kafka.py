@@ -284,6 +284,10 @@ def test_a_broker_whose_pid_file_is_gone_is_still_found(tmp_path: Path) -> None:
         ]
     )
     try:
+        # Popen returns before the child has exec'd: until then its command line is this
+        # process's, and no broker can be found by it.
+        cmdline = Path(f"/proc/{stand_in.pid}/cmdline")
+        wait_until(lambda: b"kafka.Kafka" in cmdline.read_bytes(), what="the stand-in's exec")
         assert not (rd / "broker.pid").exists()
         assert kafka_local._running_pid(rd) == stand_in.pid
         assert (rd / "broker.pid").read_text().strip() == str(stand_in.pid)
