@@ -124,11 +124,11 @@ def _task(state: PartitionState, emitted: list[str]) -> Task:
     )
 
 
-def _value(i: int, ts_ms: int, resource: str = "db") -> bytes:
+def _value(i: int, resource: str = "db", ts_ms: int | None = None) -> bytes:
     return orjson.dumps(
         {
             "event_id": f"e{i}",
-            "timestamp": ts_ms,
+            "timestamp": int(time.time() * 1000) - 1000 if ts_ms is None else ts_ms,
             "machine_id": "m1",
             "resource": resource,
             "operation": "read",
@@ -142,7 +142,7 @@ def _stream() -> list[Msg]:
     # One time for every event: a duplicate is the same bytes again, and two clock reads can
     # straddle a millisecond (then the "duplicate" conflicts with its first copy instead).
     now = int(time.time() * 1000) - 1000
-    values = [_value(0, now), _value(1, now), _value(0, now), _value(1, now, "other")]
+    values = [_value(i, r, now) for i, r in ((0, "db"), (1, "db"), (0, "db"), (1, "other"))]
     values.append(b"\x07 not an event")
     return [Msg(topic, 0, off, v, b"m1") for off, v in enumerate(values)]
 
